@@ -1,0 +1,92 @@
+// Shared argument-checking helpers for the op bindings. Every message names the argument, and
+// every check raises ValueError (TORCH_CHECK_VALUE) for shape/dtype/value problems and
+// RuntimeError (TORCH_CHECK) for device problems, so Python sees a clear error, never a crash.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "common/dtype.h"
+
+#ifdef FLUID_RT_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace fluid_rt {
+
+inline DType float_dtype_of(const at::Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::kFloat32;
+    case at::kBFloat16: return DType::kBFloat16;
+    case at::kHalf: return DType::kFloat16;
+    default:
+      TORCH_CHECK_VALUE(false, name, ": expected float32, bfloat16 or float16, got ", t.scalar_type());
+  }
+  return DType::kFloat32;
+}
+
+inline void check_dtype(const at::Tensor& t, at::ScalarType want, const char* name) {
+  TORCH_CHECK_VALUE(t.scalar_type() == want, name, ": expected dtype ", want, ", got ", t.scalar_type());
+}
+
+inline void check_rank(const at::Tensor& t, int64_t rank, const char* name) {
+  TORCH_CHECK_VALUE(t.dim() == rank, name, ": expected a ", rank, "-D tensor, got shape ", t.sizes());
+}
+
+inline void check_size(const at::Tensor& t, int64_t dim, int64_t want, const char* name, const char* what) {
+  TORCH_CHECK_VALUE(t.size(dim) == want, name, ": dim ", dim, " (", what, ") must be ", want, ", got shape ",
+                    t.sizes());
+}
+
+inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name) {
+  TORCH_CHECK(t.device() == ref.device(), name, ": expected device ", ref.device(), " (that of ", ref_name,
+              "), got ", t.device());
+}
+
+inline void check_supported_device(const at::Tensor& t, const char* name) {
+#ifdef FLUID_RT_WITH_CUDA
+  TORCH_CHECK(t.is_cpu() || t.is_cuda(), name, ": expected a CPU or CUDA tensor, got ", t.device());
+#else
+  TORCH_CHECK(t.is_cpu(), name, ": expected a CPU tensor, got ", t.device(),
+              " (this build of fluid_rt has no CUDA kernels)");
+#endif
+}
+
+inline void check_contiguous(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.is_contiguous(), name, ": expected a contiguous tensor, got strides ", t.strides());
+}
+
+inline void check_last_dim_contiguous(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.dim() > 0 && (t.stride(-1) == 1 || t.size(-1) == 1), name,
+                    ": the last dimension must be contiguous (stride 1), got strides ", t.strides());
+}
+
+// Two tensors whose storage ranges intersect cannot be written and read by the same op safely.
+inline bool storage_overlaps(const at::Tensor& a, const at::Tensor& b) {
+  if (!a.defined() || !b.defined() || a.numel() == 0 || b.numel() == 0) return false;
+  if (!a.has_storage() || !b.has_storage()) return false;
+  if (a.storage().data() != b.storage().data()) return false;
+  auto span = [](const at::Tensor& t) {
+    int64_t lo = t.storage_offset(), hi = t.storage_offset();
+    for (int64_t d = 0; d < t.dim(); ++d) hi += (t.size(d) - 1) * t.stride(d);
+    return std::make_pair(lo * t.element_size(), (hi + 1) * t.element_size());
+  };
+  auto [a0, a1] = span(a);
+  auto [b0, b1] = span(b);
+  return a0 < b1 && b0 < a1;
+}
+
+inline void check_no_overlap(const at::Tensor& a, const char* a_name, const at::Tensor& b, const char* b_name) {
+  TORCH_CHECK_VALUE(!storage_overlaps(a, b), a_name, " and ", b_name, " must not share memory");
+}
+
+#ifdef FLUID_RT_WITH_CUDA
+inline cudaStream_t current_stream_for(const at::Tensor& t) {
+  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+}
+#endif
+
+}  // namespace fluid_rt

@@ -1,0 +1,27 @@
+#include "common/cpu_features.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace fluid_rt {
+
+bool cpu_has_avx512() {
+#if defined(__x86_64__) && defined(FLUID_RT_HAS_AVX512)
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
+  return has;
+#else
+  return false;
+#endif
+}
+
+int cpu_max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+}  // namespace fluid_rt

@@ -1,0 +1,32 @@
+"""fluid_rt: an inference runtime for FLUID-style elastic-horizon language models.
+
+Importing the package loads the compiled extension ``fluid_rt._C``, which registers the kernels as
+``torch.ops.fluid_rt.*``; ``fluid_rt.ops`` holds their typed Python wrappers.
+"""
+
+from __future__ import annotations
+
+try:
+    from fluid_rt import _C  # noqa: F401  (registers torch.ops.fluid_rt.*)
+except ImportError as err:  # pragma: no cover - only hit on a broken install
+    raise ImportError(
+        "fluid_rt._C is missing or does not load: build it with `pip install --no-build-isolation .` "
+        f"(or see DEVELOPERS.md for an in-place build). Original error: {err}"
+    ) from err
+
+from fluid_rt import ops  # noqa: E402
+
+__version__ = _C.__version__
+
+
+def build_info() -> dict:
+    """How the extension was built: version, whether CUDA kernels are in, and their archs."""
+    return {
+        "version": _C.__version__,
+        "with_cuda": bool(_C.with_cuda),
+        "cuda_archs": list(_C.cuda_archs),
+        "cpu_avx512_compiled": bool(_C.cpu_avx512_compiled),
+    }
+
+
+__all__ = ["ops", "build_info", "__version__"]

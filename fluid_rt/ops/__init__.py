@@ -1,0 +1,9 @@
+"""Typed wrappers of the fluid_rt kernels (``torch.ops.fluid_rt.*``).
+
+Each family lives in its own module with its fake (meta) implementation, so the ops trace under
+``torch.compile`` and capture in CUDA graphs.
+"""
+
+from fluid_rt.ops.attention import *  # noqa: F401,F403
+from fluid_rt.ops.commit import *  # noqa: F401,F403
+from fluid_rt.ops.entropy import *  # noqa: F401,F403

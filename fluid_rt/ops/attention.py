@@ -1,0 +1,2 @@
+"""placeholder until the attention family lands."""
+__all__ = []

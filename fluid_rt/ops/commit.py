@@ -1,0 +1,2 @@
+"""placeholder until the commit family lands."""
+__all__ = []
