@@ -1,5 +1,10 @@
-"""Test setup: import fluid_rt from this checkout (in-place builds) before any installed copy."""
+"""Test setup shared by the whole suite.
 
+Imports fluid_rt from this checkout when it holds an in-place build (DEVELOPERS.md), and otherwise
+from the installed package (pip install), never a checkout copy without its compiled extension.
+"""
+
+import glob
 import os
 import sys
 
@@ -7,10 +12,12 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
 GOLDEN_DIR = os.path.join(ROOT, "tests", "data", "golden")
+
+if glob.glob(os.path.join(ROOT, "fluid_rt", "_C*.so")):
+    sys.path.insert(0, ROOT)
+else:
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != ROOT]
 
 
 def pytest_collection_modifyitems(config, items):
