@@ -209,8 +209,9 @@ def check_draft_random(device, seed):
         got = run_draft(st, thr, is_entropy, device)
         for k in ["block", "step", "drafting"]:
             assert got[k].cpu().tolist() == want[k], (case, k)
-        for k in ["pred", "score", "horizon"]:  # inputs are unchanged
-            assert torch.equal(got[k].cpu(), to_tensors({k: st[k]}, "cpu")[k]) or k == "score"
+        for k in ["pred", "score", "horizon"]:  # inputs are unchanged (NaN scores included)
+            want_in = to_tensors({k: st[k]}, "cpu")[k]
+            assert torch.allclose(got[k].cpu(), want_in, rtol=0, atol=0, equal_nan=True), (case, k)
 
 
 def check_verify_random(device, seed):
@@ -225,6 +226,8 @@ def check_verify_random(device, seed):
         got = run_verify(st, eos, remask, device)
         for k in VERIFY_MUTATED:
             assert got[k].cpu().tolist() == want[k], (case, k)
+        for k in ["block", "pred", "horizon", "budget"]:  # inputs are unchanged
+            assert got[k].cpu().tolist() == st[k], (case, k)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -550,6 +553,18 @@ def test_cuda_verify_commit_matches_reference():
 def test_cuda_opcheck():
     torch.library.opcheck(torch.ops.fluid_rt.draft_commit.default, _draft_args("cuda"))
     torch.library.opcheck(torch.ops.fluid_rt.verify_commit.default, _verify_args("cuda"))
+
+
+@pytest.mark.cuda
+def test_cuda_device_mismatch_raises():
+    args = _draft_args("cuda")
+    args[4] = args[4].cpu()
+    with pytest.raises(RuntimeError, match="score"):
+        draft_commit(*args)
+    args = _verify_args("cuda")
+    args[4] = args[4].cpu()
+    with pytest.raises(RuntimeError, match="eos_ids"):
+        verify_commit(*args)
 
 
 @pytest.mark.cuda
