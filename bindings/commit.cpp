@@ -45,7 +45,7 @@ void check_matrix(const at::Tensor& t, int64_t batch, int64_t kmax, at::ScalarTy
 
 DraftCommitParams draft_params(const at::Tensor& block, const at::Tensor& step, const at::Tensor& drafting,
                                const at::Tensor& pred, const at::Tensor& score, const at::Tensor& horizon,
-                               double threshold, int64_t mask_token_id, bool score_is_entropy) {
+                               const at::Tensor& threshold, int64_t mask_token_id, bool score_is_entropy) {
   check_dtype(block, at::kLong, "block");
   check_rank(block, 2, "block");
   check_contiguous(block, "block");
@@ -56,12 +56,14 @@ DraftCommitParams draft_params(const at::Tensor& block, const at::Tensor& step, 
   check_matrix(pred, B, kmax, at::kLong, "pred");
   check_matrix(score, B, kmax, at::kFloat, "score");
   check_vector(horizon, B, at::kInt, "horizon");
+  check_vector(threshold, B, at::kFloat, "threshold");
   check_devices_and_overlap({{&block, "block", true},
                              {&step, "step", true},
                              {&drafting, "drafting", true},
                              {&pred, "pred", false},
                              {&score, "score", false},
-                             {&horizon, "horizon", false}});
+                             {&horizon, "horizon", false},
+                             {&threshold, "threshold", false}});
   DraftCommitParams p;
   p.block = block.data_ptr<int64_t>();
   p.step = step.data_ptr<int32_t>();
@@ -71,7 +73,7 @@ DraftCommitParams draft_params(const at::Tensor& block, const at::Tensor& step, 
   p.horizon = horizon.data_ptr<int32_t>();
   p.batch = B;
   p.kmax = kmax;
-  p.threshold = static_cast<float>(threshold);
+  p.threshold = threshold.data_ptr<float>();
   p.mask_token_id = mask_token_id;
   p.score_is_entropy = score_is_entropy;
   return p;
@@ -79,7 +81,7 @@ DraftCommitParams draft_params(const at::Tensor& block, const at::Tensor& step, 
 
 void draft_commit_cpu_impl(const at::Tensor& block, const at::Tensor& step, const at::Tensor& drafting,
                            const at::Tensor& pred, const at::Tensor& score, const at::Tensor& horizon,
-                           double threshold, int64_t mask_token_id, bool score_is_entropy) {
+                           const at::Tensor& threshold, int64_t mask_token_id, bool score_is_entropy) {
   const DraftCommitParams p =
       draft_params(block, step, drafting, pred, score, horizon, threshold, mask_token_id, score_is_entropy);
   // Host-side value checks (the kernel would only guard these rows).
@@ -96,7 +98,7 @@ void draft_commit_cpu_impl(const at::Tensor& block, const at::Tensor& step, cons
 // --- verify_commit ----------------------------------------------------------------------------
 
 VerifyCommitParams verify_params(const at::Tensor& block, const at::Tensor& pred, const at::Tensor& horizon,
-                                 const at::Tensor& verifying, const at::Tensor& eos_ids, bool remask,
+                                 const at::Tensor& verifying, const at::Tensor& eos_ids, const at::Tensor& remask,
                                  const at::Tensor& out_tokens, const at::Tensor& out_len, const at::Tensor& budget,
                                  const at::Tensor& done, const at::Tensor& pending, const at::Tensor& cache_seqlens,
                                  const at::Tensor& committed, const at::Tensor& mismatch) {
@@ -109,8 +111,10 @@ VerifyCommitParams verify_params(const at::Tensor& block, const at::Tensor& pred
   check_vector(horizon, B, at::kInt, "horizon");
   check_vector(verifying, B, at::kBool, "verifying");
   check_dtype(eos_ids, at::kLong, "eos_ids");
-  check_rank(eos_ids, 1, "eos_ids");
+  check_rank(eos_ids, 2, "eos_ids");
+  check_size(eos_ids, 0, B, "eos_ids", "batch");
   check_contiguous(eos_ids, "eos_ids");
+  check_vector(remask, B, at::kBool, "remask");
   check_dtype(out_tokens, at::kLong, "out_tokens");
   check_rank(out_tokens, 2, "out_tokens");
   check_size(out_tokens, 0, B, "out_tokens", "batch");
@@ -127,6 +131,7 @@ VerifyCommitParams verify_params(const at::Tensor& block, const at::Tensor& pred
                              {&horizon, "horizon", false},
                              {&verifying, "verifying", true},
                              {&eos_ids, "eos_ids", false},
+                             {&remask, "remask", false},
                              {&out_tokens, "out_tokens", true},
                              {&out_len, "out_len", true},
                              {&budget, "budget", false},
@@ -141,8 +146,8 @@ VerifyCommitParams verify_params(const at::Tensor& block, const at::Tensor& pred
   p.horizon = horizon.data_ptr<int32_t>();
   p.verifying = verifying.data_ptr<bool>();
   p.eos_ids = eos_ids.numel() > 0 ? eos_ids.data_ptr<int64_t>() : nullptr;
-  p.num_eos = eos_ids.numel();
-  p.remask = remask;
+  p.num_eos = eos_ids.size(1);
+  p.remask = remask.data_ptr<bool>();
   p.out_tokens = out_tokens.numel() > 0 ? out_tokens.data_ptr<int64_t>() : nullptr;
   p.out_stride = out_tokens.size(1);
   p.out_len = out_len.data_ptr<int32_t>();
@@ -158,7 +163,7 @@ VerifyCommitParams verify_params(const at::Tensor& block, const at::Tensor& pred
 }
 
 void verify_commit_cpu_impl(const at::Tensor& block, const at::Tensor& pred, const at::Tensor& horizon,
-                            const at::Tensor& verifying, const at::Tensor& eos_ids, bool remask,
+                            const at::Tensor& verifying, const at::Tensor& eos_ids, const at::Tensor& remask,
                             const at::Tensor& out_tokens, const at::Tensor& out_len, const at::Tensor& budget,
                             const at::Tensor& done, const at::Tensor& pending, const at::Tensor& cache_seqlens,
                             const at::Tensor& committed, const at::Tensor& mismatch) {
@@ -180,7 +185,7 @@ void verify_commit_cpu_impl(const at::Tensor& block, const at::Tensor& pred, con
 #ifdef FLUID_RT_WITH_CUDA
 void draft_commit_cuda_impl(const at::Tensor& block, const at::Tensor& step, const at::Tensor& drafting,
                             const at::Tensor& pred, const at::Tensor& score, const at::Tensor& horizon,
-                            double threshold, int64_t mask_token_id, bool score_is_entropy) {
+                            const at::Tensor& threshold, int64_t mask_token_id, bool score_is_entropy) {
   const DraftCommitParams p =
       draft_params(block, step, drafting, pred, score, horizon, threshold, mask_token_id, score_is_entropy);
   const c10::cuda::CUDAGuard guard(block.device());
@@ -189,7 +194,7 @@ void draft_commit_cuda_impl(const at::Tensor& block, const at::Tensor& step, con
 }
 
 void verify_commit_cuda_impl(const at::Tensor& block, const at::Tensor& pred, const at::Tensor& horizon,
-                             const at::Tensor& verifying, const at::Tensor& eos_ids, bool remask,
+                             const at::Tensor& verifying, const at::Tensor& eos_ids, const at::Tensor& remask,
                              const at::Tensor& out_tokens, const at::Tensor& out_len, const at::Tensor& budget,
                              const at::Tensor& done, const at::Tensor& pending, const at::Tensor& cache_seqlens,
                              const at::Tensor& committed, const at::Tensor& mismatch) {
@@ -207,10 +212,10 @@ void verify_commit_cuda_impl(const at::Tensor& block, const at::Tensor& pred, co
 TORCH_LIBRARY_FRAGMENT(fluid_rt, m) {
   m.def(
       "draft_commit(Tensor(a!) block, Tensor(b!) step, Tensor(c!) drafting, Tensor pred, Tensor score, "
-      "Tensor horizon, float threshold, int mask_token_id, bool score_is_entropy) -> ()");
+      "Tensor horizon, Tensor threshold, int mask_token_id, bool score_is_entropy) -> ()");
   m.def(
       "verify_commit(Tensor block, Tensor pred, Tensor horizon, Tensor(a!) verifying, Tensor eos_ids, "
-      "bool remask, Tensor(b!) out_tokens, Tensor(c!) out_len, Tensor budget, Tensor(d!) done, "
+      "Tensor remask, Tensor(b!) out_tokens, Tensor(c!) out_len, Tensor budget, Tensor(d!) done, "
       "Tensor(e!) pending, Tensor(f!) cache_seqlens, Tensor(g!) committed, Tensor(h!) mismatch) -> ()");
 }
 

@@ -31,10 +31,10 @@ def f32(x: float) -> float:
 def ref_draft(st: dict, threshold: float, mask: int, is_entropy: bool) -> dict:
     block = [list(r) for r in st["block"]]
     step, drafting = list(st["step"]), list(st["drafting"])
-    thr = f32(threshold)
     for b in range(len(block)):
         if not drafting[b]:
             continue
+        thr = f32(threshold[b] if isinstance(threshold, list) else threshold)  # per row or shared
         K, s = st["horizon"][b], step[b]
         block[b][s] = st["pred"][b][s]
         jump, run = 0, True
@@ -60,8 +60,9 @@ def ref_verify(st: dict, eos: list, remask: bool) -> dict:
             continue
         K = st["horizon"][b]
         blk, prd = st["block"][b], st["pred"][b]
+        row_eos = eos[b] if eos and isinstance(eos[0], list) else eos  # per row or shared
         f = None
-        if remask:
+        if (remask[b] if isinstance(remask, list) else remask):
             for j in range(K):
                 if blk[j] != prd[j]:
                     f = j
@@ -73,7 +74,7 @@ def ref_verify(st: dict, eos: list, remask: bool) -> dict:
                 break
             out["out_tokens"][b][n] = t
             n += 1
-            if t in eos:
+            if t in row_eos:
                 finished = True
                 break
         if n >= budget:
@@ -183,15 +184,31 @@ def random_verify_state(rng: random.Random, B: int, kmax: int, N: int):
     return st, eos
 
 
+def per_row_params(rng: random.Random, B: int, thr: float, eos: list, remask: bool):
+    """Per-row thresholds, EOS sets (with -1 padding) and remask flags, for one batch."""
+    thrs = [thr if rng.random() < 0.5 else rng.random() for _ in range(B)]
+    eos_rows = [rng.choice([[], eos, [rng.randrange(VOCAB)]]) for _ in range(B)]
+    remasks = [rng.random() < 0.6 for _ in range(B)]
+    return thrs, eos_rows, remasks
+
+
 def run_draft(st, thr, is_entropy, device):
     t = to_tensors(st, device)
+    if isinstance(thr, list):
+        thr = torch.tensor(thr, dtype=torch.float32, device=device)
     draft_commit(t["block"], t["step"], t["drafting"], t["pred"], t["score"], t["horizon"], thr, MASK, is_entropy)
     return t
 
 
 def run_verify(st, eos, remask, device):
     t = to_tensors(st, device)
-    eos_t = torch.tensor(eos, dtype=torch.int64, device=device)
+    if eos and isinstance(eos[0], list):  # per row: [B, E] padded with -1
+        width = max(1, max(len(e) for e in eos))
+        eos_t = torch.tensor([e + [-1] * (width - len(e)) for e in eos], dtype=torch.int64, device=device)
+    else:
+        eos_t = torch.tensor(eos, dtype=torch.int64, device=device)
+    if isinstance(remask, list):
+        remask = torch.tensor(remask, dtype=torch.bool, device=device)
     verify_commit(t["block"], t["pred"], t["horizon"], t["verifying"], eos_t, remask, t["out_tokens"],
                   t["out_len"], t["budget"], t["done"], t["pending"], t["cache_seqlens"], t["committed"],
                   t["mismatch"])
@@ -205,6 +222,8 @@ def check_draft_random(device, seed):
         B = rng.choice([1, 2, 3, 7, 33])
         kmax = rng.choice([1, 2, 4, 16, 31, 32, 33, 70])
         st, thr = random_draft_state(rng, B, kmax, is_entropy)
+        if case % 4 >= 2:  # every row with its own threshold
+            thr = per_row_params(rng, B, thr, [], True)[0]
         want = ref_draft(st, thr, MASK, is_entropy)
         got = run_draft(st, thr, is_entropy, device)
         for k in ["block", "step", "drafting"]:
@@ -222,6 +241,8 @@ def check_verify_random(device, seed):
         N = rng.choice([0, 1, 5, 40, 100])
         st, eos = random_verify_state(rng, B, kmax, N)
         remask = case % 3 != 2
+        if case % 4 >= 2:  # every row with its own EOS set and remask flag
+            _, eos, remask = per_row_params(rng, B, 0.5, eos, remask)
         want = ref_verify(st, eos, remask)
         got = run_verify(st, eos, remask, device)
         for k in VERIFY_MUTATED:
@@ -345,7 +366,8 @@ def _draft_args(device="cpu", B=3, kmax=5):
     pred = torch.randint(0, VOCAB, (B, kmax), device=device)
     score = torch.rand(B, kmax, device=device)
     horizon = torch.full((B,), kmax, dtype=torch.int32, device=device)
-    return [block, step, drafting, pred, score, horizon, 0.5, MASK, False]
+    threshold = torch.full((B,), 0.5, device=device)
+    return [block, step, drafting, pred, score, horizon, threshold, MASK, False]
 
 
 def _verify_args(device="cpu", B=3, kmax=5, N=12):
@@ -353,7 +375,8 @@ def _verify_args(device="cpu", B=3, kmax=5, N=12):
     pred = block.clone()
     pred[0, kmax // 2] = (pred[0, kmax // 2] + 1) % VOCAB
     return [block, pred, torch.full((B,), kmax, dtype=torch.int32, device=device),
-            torch.ones(B, dtype=torch.bool, device=device), torch.tensor([3], device=device), True,
+            torch.ones(B, dtype=torch.bool, device=device), torch.full((B, 1), 3, device=device),
+            torch.ones(B, dtype=torch.bool, device=device),
             torch.zeros(B, N, dtype=torch.int64, device=device), torch.zeros(B, dtype=torch.int32, device=device),
             torch.full((B,), N, dtype=torch.int32, device=device), torch.zeros(B, dtype=torch.bool, device=device),
             torch.zeros(B, dtype=torch.int64, device=device), torch.zeros(B, dtype=torch.int32, device=device),
@@ -364,7 +387,7 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.fluid_rt.draft_commit.default, _draft_args())
     torch.library.opcheck(torch.ops.fluid_rt.verify_commit.default, _verify_args())
     args = _verify_args()
-    args[4] = torch.empty(0, dtype=torch.int64)
+    args[4] = torch.empty(3, 0, dtype=torch.int64)
     torch.library.opcheck(torch.ops.fluid_rt.verify_commit.default, args)
 
 

@@ -28,7 +28,7 @@ void draft_row(const DraftCommitParams& p, int64_t b) {
   block[s] = pred[s];  // the left-most open position is always committed
   int64_t run_end = K;  // first j > s that is not confident: the new step (= s + 1 + jump)
   for (int64_t j = s + 1; j < K; ++j) {
-    if (confident(score[j], p.threshold, p.score_is_entropy)) {
+    if (confident(score[j], p.threshold[b], p.score_is_entropy)) {
       block[j] = pred[j];  // written even when not contiguous with s
     } else if (run_end == K) {
       run_end = j;
@@ -42,9 +42,10 @@ void draft_row(const DraftCommitParams& p, int64_t b) {
   p.drafting[b] = has_mask && run_end < K;
 }
 
-bool is_eos(const VerifyCommitParams& p, int64_t token) {
+bool is_eos(const VerifyCommitParams& p, int64_t b, int64_t token) {
+  const int64_t* eos = p.eos_ids + b * p.num_eos;
   for (int64_t e = 0; e < p.num_eos; ++e)
-    if (p.eos_ids[e] == token) return true;
+    if (eos[e] == token) return true;
   return false;
 }
 
@@ -64,7 +65,7 @@ void verify_row(const VerifyCommitParams& p, int64_t b) {
   const int64_t* pred = p.pred + b * p.kmax;
 
   int64_t f = K;  // first mismatch, K when none
-  if (p.remask) {
+  if (p.remask[b]) {
     for (int64_t j = 0; j < K; ++j) {
       if (block[j] != pred[j]) {
         f = j;
@@ -82,7 +83,7 @@ void verify_row(const VerifyCommitParams& p, int64_t b) {
     if (len >= budget) break;
     const int64_t t = token(i);
     out[len++] = t;
-    if (is_eos(p, t)) {
+    if (is_eos(p, b, t)) {
       finished = true;  // keep the EOS itself, drop the rest of the block
       break;
     }

@@ -46,7 +46,7 @@ __global__ void draft_commit_kernel(DraftCommitParams p) {
       if (j == s) {
         tok = pred[j];
         block[j] = tok;
-      } else if (j > s && confident(score[j], p.threshold, p.score_is_entropy)) {
+      } else if (j > s && confident(score[j], p.threshold[b], p.score_is_entropy)) {
         tok = pred[j];
         block[j] = tok;
       } else {
@@ -85,7 +85,7 @@ __global__ void verify_commit_kernel(VerifyCommitParams p) {
   const int64_t* pred = p.pred + b * p.kmax;
 
   int64_t f = K;  // first mismatch, K when none
-  if (p.remask) {
+  if (p.remask[b]) {
     for (int64_t base = 0; base < K; base += kWarp) {
       const int64_t j = base + lane;
       const unsigned m = __ballot_sync(kFull, j < K && block[j] != pred[j]);
@@ -104,7 +104,8 @@ __global__ void verify_commit_kernel(VerifyCommitParams p) {
     bool eos = false;
     if (i < count) {
       const int64_t t = i < f ? block[i] : pred[i];
-      for (int64_t e = 0; e < p.num_eos && !eos; ++e) eos = p.eos_ids[e] == t;
+      const int64_t* row_eos = p.eos_ids + b * p.num_eos;
+      for (int64_t e = 0; e < p.num_eos && !eos; ++e) eos = row_eos[e] == t;
     }
     const unsigned m = __ballot_sync(kFull, eos);
     if (m != 0) {

@@ -26,7 +26,7 @@ struct DraftCommitParams {
   const int32_t* horizon;  // [B] K of each row
   int64_t batch;           // B
   int64_t kmax;            // Kmax
-  float threshold;         // rounded to float32 once: the comparison is float32, as torch's
+  const float* threshold;  // [B] per-row threshold; the comparison is float32, as torch's
   int64_t mask_token_id;
   bool score_is_entropy;   // confident = score < threshold instead of score > threshold
 };
@@ -36,9 +36,9 @@ struct VerifyCommitParams {
   const int64_t* pred;     // [B, Kmax] verify argmax predicting block position j
   const int32_t* horizon;  // [B]
   bool* verifying;         // [B] rows to commit (with !done); cleared for every committed row
-  const int64_t* eos_ids;  // [E] (may be null when E == 0)
+  const int64_t* eos_ids;  // [B, E] EOS ids per row, -1 pads (may be null when E == 0)
   int64_t num_eos;         // E
-  bool remask;             // false: accept the block as drafted (no mismatch search)
+  const bool* remask;      // [B] false: accept the row's block as drafted (no mismatch search)
   int64_t* out_tokens;     // [B, N] generated tokens
   int64_t out_stride;      // N
   int32_t* out_len;        // [B] tokens in out_tokens

@@ -18,6 +18,16 @@ import torch
 __all__ = ["draft_commit", "verify_commit"]
 
 
+def _per_row(value, like: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
+    """A per-row parameter as a ``[B]`` tensor: a tensor is passed through (the op checks it), a
+    Python scalar is broadcast (one small allocation; decode loops pass tensors)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if not isinstance(value, (bool, int, float)):
+        raise TypeError(f"{name}: expected a number or a [B] tensor, got {type(value).__name__}")
+    return torch.full((like.shape[0] if like.dim() else 0,), value, dtype=dtype, device=like.device)
+
+
 def draft_commit(
     block: torch.Tensor,
     step: torch.Tensor,
@@ -25,7 +35,7 @@ def draft_commit(
     pred: torch.Tensor,
     score: torch.Tensor,
     horizon: torch.Tensor,
-    threshold: float,
+    threshold: float | torch.Tensor,
     mask_token_id: int,
     score_is_entropy: bool = False,
 ) -> None:
@@ -39,8 +49,8 @@ def draft_commit(
         score: ``[B, Kmax]`` float32, the max softmax probability of position ``j`` (or its
             entropy when ``score_is_entropy``).
         horizon: ``[B]`` int32, the row's block length ``K``, ``1 <= K <= Kmax``.
-        threshold: commit threshold; rounded once to float32 and compared in float32 (as
-            ``score > threshold`` on a float32 tensor in torch).
+        threshold: ``[B]`` float32, the commit threshold of each row (a Python float is
+            broadcast); compared in float32, as ``score > threshold`` on a float32 tensor in torch.
         mask_token_id: the MASK id.
         score_is_entropy: confident means ``score < threshold`` instead of ``score > threshold``.
 
@@ -60,7 +70,8 @@ def draft_commit(
     writes nothing else.
     """
     torch.ops.fluid_rt.draft_commit(
-        block, step, drafting, pred, score, horizon, float(threshold), int(mask_token_id), bool(score_is_entropy)
+        block, step, drafting, pred, score, horizon, _per_row(threshold, block, torch.float32, "threshold"),
+        int(mask_token_id), bool(score_is_entropy),
     )
 
 
@@ -70,7 +81,7 @@ def verify_commit(
     horizon: torch.Tensor,
     verifying: torch.Tensor,
     eos_ids: torch.Tensor,
-    remask: bool,
+    remask: bool | torch.Tensor,
     out_tokens: torch.Tensor,
     out_len: torch.Tensor,
     budget: torch.Tensor,
@@ -87,8 +98,10 @@ def verify_commit(
         pred: ``[B, Kmax]`` int64, the verify argmax predicting block position ``j``.
         horizon: ``[B]`` int32, ``K`` of each row (``1 <= K <= Kmax``).
         verifying: ``[B]`` bool, rows to commit. Cleared for every committed row.
-        eos_ids: ``[E]`` int64, the EOS ids (``E`` may be 0).
-        remask: look for the first mismatch; when false the block is accepted as drafted.
+        eos_ids: ``[B, E]`` int64, each row's EOS ids, -1 for unused slots (``E`` may be 0); a
+            ``[E]`` tensor is shared by all rows.
+        remask: ``[B]`` bool (or one bool for all rows): look for the first mismatch; when false
+            the row's block is accepted as drafted.
         out_tokens: ``[B, N]`` int64, the generated tokens. Appended to.
         out_len: ``[B]`` int32, tokens in ``out_tokens``. Updated.
         budget: ``[B]`` int32, the most tokens ``out_tokens[b]`` may hold in all
@@ -103,7 +116,7 @@ def verify_commit(
     For a selected row: ``f`` = first ``j < K`` with ``block[b, j] != pred[b, j]`` (none when
     ``remask`` is false); the committed tokens are ``block[b, :f] + [pred[b, f]]`` or
     ``block[b, :K]``. They are appended to ``out_tokens[b, out_len[b]:]`` while
-    ``out_len[b] < budget[b]``, stopping right after the first token in ``eos_ids`` (kept);
+    ``out_len[b] < budget[b]``, stopping right after the first token in ``eos_ids[b]`` (kept);
     either stop sets ``done[b]``. ``verifying[b]`` is cleared.
 
     Rows not selected (``verifying[b]`` false, or ``done[b]`` already set) are left entirely
@@ -114,8 +127,10 @@ def verify_commit(
     the row without writing tokens (``done = True``, ``verifying = False``, ``committed = 0``,
     ``mismatch = -1``; ``out_tokens``, ``out_len``, ``pending``, ``cache_seqlens`` untouched).
     """
+    if isinstance(eos_ids, torch.Tensor) and eos_ids.dim() == 1 and block.dim() == 2:
+        eos_ids = eos_ids.expand(block.shape[0], -1).contiguous()
     torch.ops.fluid_rt.verify_commit(
-        block, pred, horizon, verifying, eos_ids, bool(remask), out_tokens, out_len, budget, done, pending,
+        block, pred, horizon, verifying, eos_ids, _per_row(remask, block, torch.bool, "remask"), out_tokens, out_len, budget, done, pending,
         cache_seqlens, committed, mismatch,
     )
 

@@ -1,0 +1,429 @@
+"""Elastic-horizon (FLUID) decoding and plain greedy AR decoding on one static KV cache.
+
+Every elastic forward has the same shape ``[B, 1 + 2 * block_size]``:
+
+    slot 0          the pending token: the last committed one, whose K/V is (re)computed here
+    slots 1..bs     the block being drafted or verified (MASK beyond its horizon K)
+    slots bs+1..2bs MASK
+
+so the cache always holds the committed tokens but the last, and the output at slot j predicts
+block position j (slot 0's output is the spec's ``next_logits``). After each forward, on the
+device and without a host round-trip:
+
+1. rows that were verifying commit ``block[:f] + [pred_f]`` (or the whole block) with
+   ``verify_commit``; the accepted prefix's K/V is already exact, so there is no recommit forward:
+   after a mismatch the corrected token is the next forward's pending token;
+2. rows that start a block pick K (policies.HorizonPolicy) from the hidden state at their pending
+   slot: slot 0 after a mismatch, slot K when the whole block was accepted (its trailing MASKs
+   *are* the next block's first draft pass: verify and draft fused), the last prompt slot after
+   prefill (prefill and first draft fused);
+3. rows that are drafting apply one ``draft_commit`` update.
+
+With ``remask`` every committed token is the greedy argmax given all tokens before it, so the
+output equals greedy AR decoding (``mode="ar"``) of the same model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from fluid_rt import ops
+from fluid_rt.cache import KVCache
+from fluid_rt.policies import CommitPolicy, HorizonPolicy
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Decode parameters of one request (spec/decoding.md). ``threshold`` is on the max probability
+    for ``commit="confidence"`` and on the entropy (nats) for ``commit="entropy"``. Requests with
+    different thresholds, block sizes, remask, budgets and EOS ids decode in one batch; ``mode``,
+    ``horizon``, ``commit`` and the entropy bounds must agree within a batch."""
+
+    mode: str = "elastic"
+    max_new_tokens: int = 64
+    block_size: int = 16
+    min_block: int = 4
+    threshold: float = 0.9
+    remask: bool = True
+    horizon: str = "khead"
+    commit: str = "confidence"
+    eos_token_ids: tuple[int, ...] = ()
+    entropy_low: float = 0.5
+    entropy_high: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("elastic", "ar"):
+            raise ValueError(f"mode: expected 'elastic' or 'ar', got {self.mode!r}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 1 <= self.min_block <= self.block_size:
+            raise ValueError(f"need 1 <= min_block <= block_size, got min_block={self.min_block}, "
+                             f"block_size={self.block_size}")
+        if not math.isfinite(self.threshold):
+            raise ValueError(f"threshold must be finite, got {self.threshold}")
+        self.horizon_policy(), self.commit_policy()  # validate the policy arguments now
+
+    def horizon_policy(self) -> HorizonPolicy:
+        return HorizonPolicy(self.horizon, self.entropy_low, self.entropy_high)
+
+    def commit_policy(self) -> CommitPolicy:
+        return CommitPolicy(self.commit)
+
+    def batch_key(self) -> tuple:
+        """Requests with equal keys can share a batch."""
+        return (self.mode, self.horizon, self.commit, self.entropy_low, self.entropy_high)
+
+
+@dataclass
+class Generation:
+    """One sequence's result. ``trace`` has one entry per block: K, draft_passes, committed
+    (tokens the block committed before any EOS/length cut) and mismatch (first rejected
+    position or None). ``forwards`` counts the model forwards this sequence took part in."""
+
+    tokens: list[int]
+    stop_reason: str
+    forwards: int
+    trace: list[dict] = field(default_factory=list)
+    text: str | None = None
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return len(self.tokens) / max(self.forwards, 1)
+
+
+@dataclass
+class BatchStats:
+    """Wall time of a ``generate`` call and what it produced."""
+
+    forwards: int
+    new_tokens: int
+    wall_s: float
+    prefill_s: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / max(self.wall_s, 1e-9)
+
+
+# Streaming: called with (index of the prompt, newly committed token ids) as blocks commit.
+OnCommit = Callable[[int, list[int]], None]
+
+
+class _Rows:
+    """Per-sequence decode state and parameters of the rows still running, as device tensors.
+    Compact: row i of every tensor is prompt ``seq[i]``; finished rows are dropped (``keep``).
+    Updated in place, so one CUDA graph can replay a whole step over it."""
+
+    def __init__(self, cfgs: list[DecodeConfig], mask_id: int, device) -> None:
+        n, i32, i64 = len(cfgs), torch.int32, torch.int64
+        bs = max(c.block_size for c in cfgs)
+
+        def full(shape, value, dtype):
+            return torch.full(shape, value, dtype=dtype, device=device)
+
+        def per_row(values, dtype):
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        self.seq = list(range(n))
+        self.emitted = [0] * n
+        # Parameters.
+        self.budget = per_row([c.max_new_tokens for c in cfgs], i32)
+        self.block_size = per_row([c.block_size for c in cfgs], i32)
+        self.min_block = per_row([c.min_block for c in cfgs], i32)
+        self.threshold = per_row([c.threshold for c in cfgs], torch.float32)
+        self.remask = per_row([c.remask for c in cfgs], torch.bool)
+        n_eos = max(1, max(len(c.eos_token_ids) for c in cfgs))
+        self.eos = per_row([list(c.eos_token_ids) + [-1] * (n_eos - len(c.eos_token_ids))
+                            for c in cfgs], i64)
+        # State.
+        self.cache_rows = torch.arange(n, dtype=i32, device=device)
+        self.tokens = full((n, 1 + 2 * bs), mask_id, i64)  # the next forward's input
+        self.out = full((n, max(c.max_new_tokens for c in cfgs)), -1, i64)
+        self.out_len, self.seqlens = full(n, 0, i32), full(n, 0, i32)
+        self.pending = full(n, 0, i64)
+        self.block = full((n, bs), mask_id, i64)
+        self.step, self.passes = full(n, 0, i32), full(n, 0, i32)
+        self.horizon = self.block_size.clone()
+        self.committed, self.mismatch = full(n, 0, i32), full(n, -1, i32)
+        self.done, self.drafting = full(n, False, torch.bool), full(n, False, torch.bool)
+        self.verifying, self.restart = full(n, False, torch.bool), full(n, False, torch.bool)
+        # What the last step verified, for the host-side trace: [verified, K, draft passes].
+        self.verified = full((n, 3), 0, i32)
+
+    def keep(self, idx: list[int]) -> None:
+        """Drop finished rows so they stop costing work."""
+        index = torch.tensor(idx, dtype=torch.long, device=self.out.device)
+        self.seq = [self.seq[i] for i in idx]
+        self.emitted = [self.emitted[i] for i in idx]
+        for name, value in list(vars(self).items()):
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value.index_select(0, index))
+
+
+class Decoder:
+    """Decodes batches of prompts with a model on a static KV cache sized for the requests.
+
+    ``model``: ``fluid_rt.model.Transformer``; ``khead``: ``fluid_rt.khead.KHead`` (needed for
+    ``horizon="khead"``); ``mask_token_id``: the FLUID mask token (needed for elastic decoding);
+    ``max_seq``: a fixed cache capacity (default: sized per call, up to the model's context);
+    ``cuda_graphs``: replay each elastic step as one CUDA graph on a CUDA device.
+    """
+
+    def __init__(self, model, *, khead=None, mask_token_id: int | None = None,
+                 max_seq: int | None = None, cuda_graphs: bool = True) -> None:
+        self.model = model
+        self.khead = khead
+        self.mask_token_id = mask_token_id
+        self.max_seq = max_seq
+        self.cuda_graphs = cuda_graphs
+        self.cache: KVCache | None = None
+        self._graph = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # -- public API ------------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[Sequence[int]],
+                 cfg: DecodeConfig | Sequence[DecodeConfig] = DecodeConfig(),
+                 on_commit: OnCommit | None = None) -> tuple[list[Generation], BatchStats]:
+        """Decode every prompt (a list of token ids) in one batch, with one ``DecodeConfig`` for
+        all or one per prompt. Each row has its own K, step and stop; its tokens and trace equal
+        those of its batch-of-one run. ``on_commit(i, ids)`` streams prompt i's new tokens.
+        Returns one ``Generation`` per prompt, in order, and the batch's ``BatchStats``."""
+        prompts = [[int(t) for t in p] for p in prompts]
+        cfgs = [cfg] * len(prompts) if isinstance(cfg, DecodeConfig) else list(cfg)
+        self._check(prompts, cfgs)
+        n = len(prompts)
+        self._ensure_cache(n, max(len(p) + c.max_new_tokens + 2 * c.block_size + 1
+                                  for p, c in zip(prompts, cfgs)))
+        self.cache.reset()
+        rows = _Rows(cfgs, self.mask_token_id if self.mask_token_id is not None else 0, self.device)
+        self._cfgs, self._graph = cfgs, None
+        self._results: list[Generation | None] = [None] * n
+        self._traces: list[list[dict]] = [[] for _ in range(n)]
+        self._forwards = [0] * n
+        mode, on = cfgs[0].mode, on_commit
+        start = time.perf_counter()
+        if mode == "ar":
+            prefill_s, batch_forwards = self._run_ar(prompts, rows, on)
+        else:
+            prefill_s, batch_forwards = self._run_elastic(prompts, cfgs[0], rows, on)
+        wall = time.perf_counter() - start
+        results = self._results
+        for i, g in enumerate(results):
+            g.forwards, g.trace = self._forwards[i], self._traces[i]
+        return results, BatchStats(batch_forwards, sum(len(g.tokens) for g in results), wall,
+                                   prefill_s)
+
+    # -- elastic ---------------------------------------------------------------------------------
+    def _run_elastic(self, prompts, cfg: DecodeConfig, rows: _Rows, on_commit):
+        mask, dev = self.mask_token_id, self.device
+        horizon, commit = cfg.horizon_policy(), cfg.commit_policy()
+        lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int32, device=dev)
+        # Prefill fused with the first draft pass: [prompt, MASK * bs], right-padded with MASK.
+        t0 = time.perf_counter()
+        tokens = torch.full((len(prompts), max(map(len, prompts)) + rows.block.shape[1]), mask,
+                            dtype=torch.int64)
+        for i, p in enumerate(prompts):
+            tokens[i, : len(p)] = torch.tensor(p)
+        tokens = tokens.to(dev)
+        rows.pending.copy_(tokens.gather(1, (lengths - 1).long()[:, None]).squeeze(1))
+        rows.seqlens.copy_(lengths - 1)
+        rows.restart.fill_(True)
+        logits, hidden = self._forward(tokens, rows)
+        self._advance(rows, logits, hidden, lengths - 1, horizon, commit)
+        prefill_s = time.perf_counter() - t0
+        batch_forwards = 1
+        self._count_forward(rows)
+        while self._collect(rows, on_commit):
+            self._elastic_step(rows, horizon, commit)
+            batch_forwards += 1
+            self._count_forward(rows)
+        return prefill_s, batch_forwards
+
+    def _elastic_step(self, rows: _Rows, horizon: HorizonPolicy, commit: CommitPolicy) -> None:
+        """One steady-state step: forward [pending, block, MASK] and advance every row."""
+
+        def step():
+            logits, hidden = self._forward(rows.tokens, rows)
+            self._advance(rows, logits, hidden, torch.zeros_like(rows.seqlens), horizon, commit)
+
+        if not (self.cuda_graphs and self.device.type == "cuda"):
+            step()
+            return
+        if self._graph is None:  # (re)captured whenever the set of running rows changes
+            snapshot = {k: v.clone() for k, v in vars(rows).items() if isinstance(v, torch.Tensor)}
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                step()  # warm up (allocations, lazy init) outside the capture, then undo it
+            torch.cuda.current_stream().wait_stream(side)
+            for k, v in snapshot.items():
+                getattr(rows, k).copy_(v)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step()
+            self._graph = graph
+        self._graph.replay()
+
+    def _advance(self, rows: _Rows, logits, hidden, start_slot, horizon: HorizonPolicy,
+                 commit: CommitPolicy) -> None:
+        """Everything between two elastic forwards, as in-place device ops (no host sync).
+        ``rows.restart`` marks rows whose new block begins at ``start_slot`` of this forward."""
+        mask, bs = self.mask_token_id, rows.block.shape[1]
+        stats = ops.token_entropy(logits)
+        pred, score = stats.argmax, commit.score(stats)
+
+        # 1. Verify: commit the accepted prefix plus the corrected token, or the whole block.
+        was_verifying = rows.verifying.clone()
+        k_verified, passes_verified = rows.horizon.clone(), rows.passes.clone()
+        ops.verify_commit(rows.block, pred[:, :bs].contiguous(), rows.horizon, rows.verifying,
+                          rows.eos, rows.remask, rows.out, rows.out_len, rows.budget, rows.done,
+                          rows.pending, rows.seqlens, rows.committed, rows.mismatch)
+        rows.verified.copy_(torch.stack([was_verifying.to(torch.int32), k_verified,
+                                         passes_verified], dim=1))
+        live = ~rows.done
+        accepted = was_verifying & (rows.mismatch < 0) & live
+        rejected = was_verifying & (rows.mismatch >= 0) & live
+
+        # 2. New blocks: K from the state at the pending token's slot (fused after a full accept).
+        new = (rows.restart | accepted) & live
+        slot = torch.where(accepted, rows.horizon, start_slot).long()
+        at = torch.arange(slot.numel(), device=slot.device)
+        k = horizon.choose(hidden[at, slot], stats.entropy[at, slot], rows.min_block,
+                           rows.block_size, self.khead)
+        rows.horizon.copy_(torch.where(new, k, rows.horizon))
+        rows.block.masked_fill_(new[:, None], mask)
+        rows.step.masked_fill_(new, 0)
+        rows.passes.masked_fill_(new, 0)
+        rows.drafting |= new
+
+        # 3. One draft pass for every drafting row; a row whose block filled up verifies next.
+        slots = torch.where(new, slot, 0)[:, None] + torch.arange(bs, device=slot.device)
+        drafting = rows.drafting.clone()
+        rows.passes += drafting.to(torch.int32)
+        ops.draft_commit(rows.block, rows.step, rows.drafting, pred.gather(1, slots),
+                         score.gather(1, slots).contiguous(), rows.horizon, rows.threshold, mask,
+                         commit.score_is_entropy)
+        rows.verifying |= drafting & ~rows.drafting
+
+        # 4. The next input. After a mismatch the corrected token is pending and the block restarts.
+        rows.restart.copy_(rejected)
+        rows.block.masked_fill_(rejected[:, None], mask)
+        in_block = torch.arange(bs, device=slot.device)[None, :] < rows.horizon[:, None]
+        rows.tokens[:, 0] = rows.pending
+        rows.tokens[:, 1 : 1 + bs] = torch.where(in_block, rows.block, mask)
+        rows.tokens[:, 1 + bs :] = mask
+
+    # -- plain greedy AR ---------------------------------------------------------------------------
+    def _run_ar(self, prompts, rows: _Rows, on_commit):
+        """Greedy AR on the same runtime: the fair baseline. Each step commits one token through
+        the same commit kernel (a one-token block, accepted as it is)."""
+        dev = self.device
+        lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int32, device=dev)
+        t0 = time.perf_counter()
+        tokens = torch.zeros((len(prompts), max(map(len, prompts))), dtype=torch.int64)
+        for i, p in enumerate(prompts):
+            tokens[i, : len(p)] = torch.tensor(p)
+        slots = (lengths - 1).long()[:, None]
+        logits, _ = self._forward(tokens.to(dev), rows, logits_slots=slots)
+        rows.seqlens.copy_(lengths - 1)  # + 1 in the commit: the last prompt token's K/V is exact
+        self._commit_ar(rows, logits)
+        prefill_s = time.perf_counter() - t0
+        batch_forwards = 1
+        self._count_forward(rows)
+        while self._collect(rows, on_commit):
+            logits, _ = self._forward(rows.pending[:, None], rows)
+            self._commit_ar(rows, logits)
+            batch_forwards += 1
+            self._count_forward(rows)
+        return prefill_s, batch_forwards
+
+    def _commit_ar(self, rows: _Rows, logits) -> None:
+        pred = ops.token_entropy(logits[:, -1:]).argmax.contiguous()
+        rows.verifying.fill_(True)
+        ops.verify_commit(pred, pred, torch.ones_like(rows.horizon), rows.verifying, rows.eos,
+                          rows.remask, rows.out, rows.out_len, rows.budget, rows.done, rows.pending,
+                          rows.seqlens, rows.committed, rows.mismatch)
+
+    # -- shared plumbing ---------------------------------------------------------------------------
+    def _forward(self, tokens, rows: _Rows, logits_slots=None):
+        self.cache.seqlens.index_copy_(0, rows.cache_rows.long(), rows.seqlens)
+        return self.model(tokens, self.cache, rows=rows.cache_rows, logits_slots=logits_slots)
+
+    def _count_forward(self, rows: _Rows) -> None:
+        for s in rows.seq:
+            self._forwards[s] += 1
+
+    def _collect(self, rows: _Rows, on_commit) -> bool:
+        """The step's one host sync: record block traces and new tokens, retire finished rows.
+        Returns whether any row is still running."""
+        info = torch.cat([rows.verified, rows.committed[:, None], rows.mismatch[:, None],
+                          rows.out_len[:, None], rows.done[:, None].to(torch.int32)], 1).tolist()
+        keep = []
+        for i, (verified, k, passes, committed, mismatch, n_out, done) in enumerate(info):
+            s = rows.seq[i]
+            cfg = self._cfgs[s]
+            if verified and cfg.mode == "elastic":
+                self._traces[s].append({"K": k, "draft_passes": passes, "committed": committed,
+                                        "mismatch": None if mismatch < 0 else mismatch})
+            if on_commit is not None and n_out > rows.emitted[i]:
+                on_commit(s, rows.out[i, rows.emitted[i] : n_out].tolist())
+                rows.emitted[i] = n_out
+            if done:
+                tokens = rows.out[i, :n_out].tolist()
+                eos = bool(tokens) and tokens[-1] in cfg.eos_token_ids
+                self._results[s] = Generation(tokens, "eos" if eos else "length", 0)
+            else:
+                keep.append(i)
+        if len(keep) < len(rows.seq):
+            rows.keep(keep)
+            self._graph = None
+        return bool(rows.seq)
+
+    def _check(self, prompts, cfgs: list[DecodeConfig]) -> None:
+        if not prompts:
+            raise ValueError("prompts: expected at least one prompt")
+        if len(cfgs) != len(prompts):
+            raise ValueError(f"got {len(cfgs)} decode configs for {len(prompts)} prompts")
+        if len({c.batch_key() for c in cfgs}) > 1:
+            raise ValueError("prompts of one batch must agree on mode, horizon, commit and the "
+                             "entropy bounds; decode the others in another batch")
+        vocab = self.model.cfg.vocab_size
+        for i, p in enumerate(prompts):
+            if not p:
+                raise ValueError(f"prompts[{i}] is empty: a prompt needs at least one token")
+            bad = [t for t in p if not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"prompts[{i}] has token ids outside [0, {vocab}): {bad[:5]}")
+        cfg = cfgs[0]
+        if cfg.mode == "elastic":
+            if self.mask_token_id is None or not 0 <= self.mask_token_id < vocab:
+                raise ValueError(f"elastic decoding needs a mask token id in [0, {vocab}), got "
+                                 f"{self.mask_token_id} (set mask_token_id or use mode='ar')")
+            if cfg.horizon == "khead" and self.khead is None:
+                raise ValueError("horizon 'khead' needs a K-head (--head); use horizon 'entropy' "
+                                 "or 'fixed' for a model without one")
+        for c in cfgs:
+            bad_eos = [t for t in c.eos_token_ids if not 0 <= t < vocab]
+            if bad_eos:
+                raise ValueError(f"eos_token_ids outside [0, {vocab}): {bad_eos}")
+
+    def _ensure_cache(self, batch: int, need: int) -> None:
+        limit = self.max_seq or self.model.cfg.max_position_embeddings
+        if need > limit:
+            raise ValueError(
+                f"prompt + max_new_tokens + 2 * block_size + 1 = {need} positions exceed the "
+                f"{'cache capacity' if self.max_seq else 'model context'} of {limit}: shorten the "
+                "prompt or lower max_new_tokens")
+        size = self.max_seq or need
+        c = self.cache
+        if c is None or c.max_batch < batch or c.capacity < size:
+            self.cache = None  # free the old one before allocating the new one
+            self.cache = KVCache(self.model.cfg, batch, size, self.model.dtype, self.device)

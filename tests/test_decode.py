@@ -1,0 +1,158 @@
+"""The elastic-horizon decoder against the golden cases (an independent float64 implementation of
+the FLUID reference loop), greedy AR decoding, and its own batching and stop rules."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import GOLDEN_DIR
+from fluid_rt.decode import DecodeConfig, Decoder
+from fluid_rt.loader import load_model
+
+with open(os.path.join(GOLDEN_DIR, "cases.json")) as f:
+    CASES = json.load(f)["cases"]
+MODELS = sorted({c["model"] for c in CASES})
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return {name: load_model(os.path.join(GOLDEN_DIR, name)) for name in MODELS}
+
+
+def case_config(case, **overrides) -> DecodeConfig:
+    eos = case["eos_token_id"]
+    args = dict(mode="elastic", max_new_tokens=case["max_new_tokens"], block_size=case["block_size"],
+                min_block=case["min_block"], threshold=case["threshold"], remask=case["remask"],
+                horizon="khead", eos_token_ids=() if eos is None else (eos,))
+    args.update(overrides)
+    return DecodeConfig(**args)
+
+
+def decoder_for(loaded, case) -> Decoder:
+    return Decoder(loaded.model, khead=loaded.khead, mask_token_id=case["mask_token_id"])
+
+
+def expected_of(case):
+    return case["expected_tokens"][: case["max_new_tokens"]]
+
+
+@pytest.mark.parametrize("idx", range(len(CASES)))
+def test_golden_case_tokens_trace_and_forwards(golden, idx):
+    case = CASES[idx]
+    (g,), _ = decoder_for(golden[case["model"]], case).generate([case["prompt"]], case_config(case))
+    assert g.tokens == expected_of(case)
+    # The reference overshoots max_new_tokens inside its last block: compare all blocks but ours last.
+    assert g.trace[:-1] == case["trace"][: len(g.trace) - 1]
+    assert len(g.trace) <= len(case["trace"])
+    if len(case["trace"]) >= 2:
+        assert g.forwards < case["reference_forwards"], (g.forwards, case["reference_forwards"])
+    eos = case["eos_token_id"]
+    assert g.stop_reason == ("eos" if eos is not None and eos in g.tokens else "length")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_batch_of_all_cases_equals_batch_of_one(golden, model):
+    """Every golden case of a model in ONE batch (different prompts, thresholds, block sizes,
+    remask, budgets and EOS ids): each row equals its batch-of-one run."""
+    cases = [c for c in CASES if c["model"] == model]
+    dec = decoder_for(golden[model], cases[0])
+    gens, stats = dec.generate([c["prompt"] for c in cases], [case_config(c) for c in cases])
+    for case, g in zip(cases, gens):
+        (alone,), _ = dec.generate([case["prompt"]], case_config(case))
+        assert g.tokens == alone.tokens == expected_of(case)
+        assert g.trace == alone.trace
+        assert g.forwards == alone.forwards
+    # Rows finish at different times and are dropped: the batch takes fewer forwards than the sum.
+    assert stats.forwards < sum(g.forwards for g in gens)
+    assert stats.forwards == max(g.forwards for g in gens)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("horizon,commit,threshold", [
+    ("khead", "confidence", 0.9), ("entropy", "confidence", 0.5), ("fixed", "confidence", 0.2),
+    ("fixed", "entropy", 0.5), ("entropy", "entropy", 2.0),
+])
+def test_remask_is_lossless_against_greedy_ar(golden, model, horizon, commit, threshold):
+    loaded = golden[model]
+    vocab = loaded.config.vocab_size
+    dec = Decoder(loaded.model, khead=loaded.khead, mask_token_id=vocab - 1)
+    gen = torch.Generator().manual_seed(hash((model, horizon, commit)) % 1000)
+    prompts = [torch.randint(0, vocab - 1, (n,), generator=gen).tolist() for n in (1, 4, 19)]
+    ar, _ = dec.generate(prompts, DecodeConfig(mode="ar", max_new_tokens=40))
+    cfg = DecodeConfig(max_new_tokens=40, block_size=12, min_block=2, horizon=horizon,
+                       commit=commit, threshold=threshold)
+    elastic, _ = dec.generate(prompts, cfg)
+    for a, e in zip(ar, elastic):
+        assert e.tokens == a.tokens
+        assert a.forwards == len(a.tokens) == 40
+        assert sum(b["committed"] for b in e.trace) >= len(e.tokens)
+
+
+def test_ar_mode_equals_transformers_greedy(golden):
+    transformers = pytest.importorskip("transformers")
+    loaded = golden["llama-tiny"]
+    hf = transformers.LlamaForCausalLM.from_pretrained(os.path.join(GOLDEN_DIR, "llama-tiny"),
+                                                       torch_dtype=torch.float32).eval()
+    prompt = [5, 17, 99, 3, 250]
+    want = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False,
+                       eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+    (g,), _ = Decoder(loaded.model).generate([prompt], DecodeConfig(mode="ar", max_new_tokens=24))
+    assert g.tokens == want
+    assert g.forwards == 24 and g.trace == []
+
+
+def test_stops_eos_set_and_exact_budget(golden):
+    case = next(c for c in CASES if c["eos_token_id"] is not None and c["remask"])
+    loaded = golden[case["model"]]
+    dec = decoder_for(loaded, case)
+    (free,), _ = dec.generate([case["prompt"]], case_config(case, eos_token_ids=()))
+    # Any of several EOS ids stops at its first occurrence, inclusive.
+    stop = [free.tokens[9], free.tokens[5]]
+    (g,), _ = dec.generate([case["prompt"]], case_config(case, eos_token_ids=tuple(stop)))
+    first = min(free.tokens.index(t) for t in stop)
+    assert g.tokens == free.tokens[: first + 1] and g.stop_reason == "eos"
+    for budget in (1, 2, 7, 16, 17):
+        (g,), _ = dec.generate([case["prompt"]], case_config(case, eos_token_ids=(),
+                                                             max_new_tokens=budget))
+        assert g.tokens == free.tokens[:budget] and g.stop_reason == "length"
+
+
+def test_streaming_yields_every_token_once(golden):
+    case = CASES[0]
+    dec = decoder_for(golden[case["model"]], case)
+    seen = []
+    (g,), _ = dec.generate([case["prompt"]], case_config(case),
+                           on_commit=lambda i, ids: seen.append((i, ids)))
+    assert all(i == 0 and ids for i, ids in seen)
+    assert [t for _, ids in seen for t in ids] == g.tokens
+    assert len(seen) > 1
+
+
+def test_bad_requests_raise_clear_errors(golden):
+    loaded = golden["pangu-tiny"]
+    vocab = loaded.config.vocab_size
+    dec = Decoder(loaded.model, khead=loaded.khead, mask_token_id=vocab - 1, max_seq=64)
+    with pytest.raises(ValueError, match="exceed the cache capacity"):
+        dec.generate([[1] * 40], DecodeConfig(max_new_tokens=16))
+    with pytest.raises(ValueError, match="outside"):
+        dec.generate([[vocab]], DecodeConfig(max_new_tokens=4))
+    with pytest.raises(ValueError, match="empty"):
+        dec.generate([[]], DecodeConfig(max_new_tokens=4))
+    with pytest.raises(ValueError, match="must agree"):
+        dec.generate([[1], [2]], [DecodeConfig(max_new_tokens=4),
+                                  DecodeConfig(max_new_tokens=4, horizon="fixed")])
+    with pytest.raises(ValueError, match="min_block"):
+        DecodeConfig(block_size=4, min_block=5)
+    with pytest.raises(ValueError, match="horizon"):
+        DecodeConfig(horizon="psychic")
+    no_mask = Decoder(loaded.model, khead=loaded.khead)
+    with pytest.raises(ValueError, match="mask token"):
+        no_mask.generate([[1]], DecodeConfig(max_new_tokens=4))
+    no_head = Decoder(loaded.model, mask_token_id=vocab - 1)
+    with pytest.raises(ValueError, match="K-head"):
+        no_head.generate([[1]], DecodeConfig(max_new_tokens=4))
+    # Nothing was lost: the decoder still works after the errors.
+    (g,), _ = dec.generate([[1, 2]], DecodeConfig(max_new_tokens=4))
+    assert len(g.tokens) == 4
