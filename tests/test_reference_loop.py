@@ -118,3 +118,36 @@ def test_rejects_bad_arguments(models):
         reference_generate(model, khead, [], mask_token_id=5)
     with pytest.raises(ValueError, match="min_block"):
         reference_generate(model, khead, [3], mask_token_id=5, min_block=8, block_size=4)
+
+
+def test_random_model_generator(tmp_path):
+    """benchmarks/make_random_model.py: a small instance is deterministic for a seed, loads as a
+    Pangu checkpoint, its K-head proposes a spread of K >= 4, and the reference loop runs on it."""
+    from benchmarks.make_random_model import write_model
+
+    kw = dict(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=96, vocab=300, seed=3)
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    write_model(str(a), **kw)
+    write_model(str(b), **kw)
+    write_model(str(c), **dict(kw, seed=4))
+    sa, sb, sc = (load_file(str(d / "model.safetensors")) for d in (a, b, c))
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["lm_head.weight"], sc["lm_head.weight"])
+    with open(a / "config.json") as f:
+        cfg = json.load(f)
+    with open(a / "fluid.json") as f:
+        fluid = json.load(f)
+    assert cfg["model_type"] == "PanguEmbedded" and cfg["bias"] is True
+    assert fluid == {"mask_token_id": 299, "max_k": 16, "end_of_think_token_id": None}
+    assert sa["model.layers.1.self_attn.o_proj.bias"].shape == (64,)
+    assert all(t.dtype == torch.float32 for t in sa.values())
+
+    model, khead = load_hf_fluid_model(str(a), torch.float32)
+    assert khead[2].weight.shape == (16, 64 // 4)
+    res = reference_generate(model, khead, [5, 17, 42, 7], mask_token_id=299, max_new_tokens=48)
+    assert len(res["tokens"]) >= 48 and 299 not in res["tokens"]
+    assert all(4 <= b["K"] <= 16 for b in res["trace"])
+    ids = torch.randint(0, 299, (1, 200), generator=torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        ks = khead(model.model(input_ids=ids).last_hidden_state[0]).argmax(-1) + 1
+    assert ks.min() >= 4 and len(set(ks.tolist())) >= 4
