@@ -2,6 +2,7 @@
 
 Imports fluid_rt from this checkout when it holds an in-place build (DEVELOPERS.md), and otherwise
 from the installed package (pip install), never a checkout copy without its compiled extension.
+Either way ``benchmarks`` (the baselines some tests check) is importable from the checkout.
 """
 
 import glob
@@ -18,6 +19,9 @@ if glob.glob(os.path.join(ROOT, "fluid_rt", "_C*.so")):
     sys.path.insert(0, ROOT)
 else:
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != ROOT]
+    import fluid_rt  # noqa: E402,F401  (the installed package, before the checkout is on the path)
+
+    sys.path.append(ROOT)  # for benchmarks/ (the baseline implementations the tests check)
 
 
 def pytest_collection_modifyitems(config, items):
