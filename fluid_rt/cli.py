@@ -275,6 +275,7 @@ def cmd_bench(args) -> int:
         script = os.path.join(root, "benchmarks", f"bench_{args.name}.py")
         if os.path.isfile(script):
             sys.argv = [script, *args.args]
+            sys.path.insert(0, os.path.dirname(script))  # the scripts import benchmarks/common.py
             runpy.run_path(script, run_name="__main__")
             return 0
     raise SystemExit(f"fluid-rt bench: no benchmarks/bench_{args.name}.py here or next to the "

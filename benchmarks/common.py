@@ -1,0 +1,62 @@
+"""Shared plumbing of the benchmark scripts: import path, timing, tables and JSON.
+
+Every benchmark measures a baseline and fluid_rt in the same run (these machines are shared and
+noisy) and reports medians and the ratio baseline / ours (> 1 means fluid_rt is faster).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def use_checkout() -> None:
+    """Import fluid_rt from this checkout when it holds an in-place build, else the installed one;
+    make ``benchmarks.*`` importable either way."""
+    if glob.glob(os.path.join(ROOT, "fluid_rt", "_C*.so")):
+        sys.path.insert(0, ROOT)
+    else:
+        import fluid_rt  # noqa: F401  (installed)
+
+        sys.path.append(ROOT)
+
+
+def median_ms(fn, *, iters: int = 50, warmup: int = 5, sync=None) -> float:
+    """Median wall time of ``fn()`` in milliseconds; ``sync`` (e.g. torch.cuda.synchronize) runs
+    after each call so GPU work is inside the timed region."""
+    for _ in range(warmup):
+        fn()
+    if sync:
+        sync()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    """A fixed-width table of ``rows`` (dicts) with the given columns, floats to 3 significant
+    decimals."""
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    widths = [max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) for c in columns]
+    print(title)
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    for r in rows:
+        print("  ".join(fmt(r.get(c, "")).rjust(w) for c, w in zip(columns, widths)))
+
+
+def emit_json(name: str, device: str, rows: list[dict], **extra) -> None:
+    """One JSON document per run: what benchmarks/summarize.py reads."""
+    print(json.dumps({"benchmark": name, "device": device, "rows": rows, **extra}))
