@@ -77,12 +77,12 @@ class ModelConfig:
         """Build from an HF ``config.json`` dict (model_type PanguEmbedded, llama or qwen2)."""
         model_type = d.get("model_type")
         if model_type not in _MODEL_TYPES:
-            raise ValueError(f"config.json: model_type {model_type!r} is not supported "
+            raise ValueError(f"model_type {model_type!r} is not supported "
                              f"(supported: {sorted(_MODEL_TYPES)})")
         family = _MODEL_TYPES[model_type]
         act = d.get("hidden_act", "silu")
         if act not in ("silu", "swish"):
-            raise ValueError(f"config.json: hidden_act {act!r} is not supported (only silu)")
+            raise ValueError(f"hidden_act {act!r} is not supported (only silu)")
         hidden = int(d["hidden_size"])
         heads = int(d["num_attention_heads"])
         kv_heads = int(d.get("num_key_value_heads") or heads)
@@ -96,7 +96,7 @@ class ModelConfig:
             mlp_bias = bool(d.get("mlp_bias", False))
         else:  # qwen2: q/k/v biases always, no o / MLP bias
             if d.get("use_sliding_window", False):
-                raise ValueError("config.json: qwen2 use_sliding_window=true is not supported")
+                raise ValueError("qwen2 use_sliding_window=true is not supported")
             qkv_bias, o_bias, mlp_bias = True, False, False
         eos = d.get("eos_token_id")
         if eos is None:
