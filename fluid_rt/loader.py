@@ -46,7 +46,10 @@ def load_model(path: Optional[str] = None, *, head: Optional[str] = None,
     path: None -> the embedded default GGUF model; ``*.gguf`` -> GGUF file; a directory -> HF
     checkpoint (config.json + safetensors), its K-head (``model_head.{safetensors,bin}`` there or in
     ``head/``, optional) and tokenizer (optional). head: an explicit K-head file or directory.
-    FLUID tokens: defaults < ``fluid.json`` next to the checkpoint < the arguments here."""
+    FLUID tokens: defaults < ``fluid.json`` next to the checkpoint < the arguments here. An argument
+    outside the vocabulary raises ValueError; a default / fluid.json mask id outside it warns (pass
+    ``mask_token_id=``) and such an end-of-think id becomes None (the model cannot emit it).
+    With a K-head, ``fluid.max_k`` is the head's output size."""
     if path is None:
         from fluid_rt.weights.gguf import default_model_path
 
@@ -79,14 +82,17 @@ def load_model(path: Optional[str] = None, *, head: Optional[str] = None,
         head_sd, max_k = load_khead(head_path, cfg.hidden_size)
         khead = KHead(head_sd, dtype=dtype, device=device)
         fluid.max_k = max_k  # the head decides how many horizons it can propose
-    for name in ("mask_token_id", "end_of_think_token_id"):
+    explicit = {"mask_token_id": mask_token_id, "end_of_think_token_id": end_of_think_token_id}
+    for name, given in explicit.items():
         value = getattr(fluid, name)
         if value is None or 0 <= value < cfg.vocab_size:
             continue
-        explicit = {"mask_token_id": mask_token_id,
-                    "end_of_think_token_id": end_of_think_token_id}[name]
-        if explicit is not None:
+        if given is not None:
             raise ValueError(f"{name}: {value} is outside the vocabulary (size {cfg.vocab_size})")
+        if name == "end_of_think_token_id":
+            # A token the model cannot emit never ends a think section: drop it.
+            fluid.end_of_think_token_id = None
+            continue
         warnings.warn(f"{path}: {name} {value} (default / fluid.json) is outside the vocabulary "
                       f"(size {cfg.vocab_size}); pass {name}= to load_model", stacklevel=2)
     return LoadedModel(model=model, config=cfg, fluid=fluid, khead=khead, tokenizer=tokenizer,

@@ -297,3 +297,7 @@ def test_load_model_directory(tmp_path):
     assert lm2.fluid.mask_token_id == 3 and lm2.model.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="mask_token_id"):
         load_model(tmp_path, mask_token_id=97)
+    os.remove(tmp_path / "fluid.json")  # defaults: openPangu ids, outside this vocab of 97
+    with pytest.warns(UserWarning, match="mask_token_id 144208"):
+        lm3 = load_model(tmp_path)
+    assert lm3.fluid.end_of_think_token_id is None
