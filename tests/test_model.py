@@ -226,3 +226,80 @@ def test_state_dict_checks():
     del bad["model.norm.weight"]
     with pytest.raises(ValueError, match="model.norm.weight"):
         Transformer(cfg, bad)
+
+
+# ---------------------------------------------------------------- CUDA (run on a lent GPU)
+
+def _hf_state(hf):
+    return {k: v.detach().clone() for k, v in hf.state_dict().items()}
+
+
+@pytest.mark.cuda
+def test_cuda_float32_matches_hf(pair):
+    _, hf, _, cfg = pair
+    model = Transformer(cfg, _hf_state(hf), device="cuda")
+    gen = torch.Generator().manual_seed(5)
+    blocks = [6, 1, 9, 4]
+    seq = torch.randint(0, VOCAB, (sum(blocks),), generator=gen).tolist()
+    ref_logits, ref_hidden = _hf_full(hf, seq)
+    cache = KVCache(cfg, 1, 48, device="cuda")
+    start = 0
+    for T in blocks:
+        logits, hidden = model(torch.tensor([seq[start:start + T]], device="cuda"), cache)
+        _close(logits[0].cpu(), ref_logits[start:start + T])
+        _close(hidden[0].cpu(), ref_hidden[start:start + T])
+        start += T
+        cache.seqlens += T
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_half_close_to_float32(pair, dtype):
+    _, hf, _, cfg = pair
+    m32 = Transformer(cfg, _hf_state(hf), device="cuda")
+    m16 = Transformer(cfg, _hf_state(hf), dtype=dtype, device="cuda")
+    seq = torch.randint(0, VOCAB, (2, 11), generator=torch.Generator().manual_seed(6)).cuda()
+    c32 = KVCache(cfg, 2, 16, device="cuda")
+    c16 = KVCache(cfg, 2, 16, dtype=dtype, device="cuda")
+    l32, _ = m32(seq, c32)
+    l16, h16 = m16(seq, c16)
+    assert l16.dtype == torch.float32 and h16.dtype == dtype and torch.isfinite(l16).all()
+    err = (l16 - l32).abs().max().item()
+    assert err <= 0.05 * l32.abs().max().item(), err
+
+
+@pytest.mark.cuda
+def test_cuda_graph_capture_block_decode(pair):
+    """One captured forward replayed over a growing cache (rows + logits_slots) equals HF."""
+    _, hf, _, cfg = pair
+    model = Transformer(cfg, _hf_state(hf), device="cuda")
+    gen = torch.Generator().manual_seed(7)
+    T, steps = 4, 5
+    a = torch.randint(0, VOCAB, (3 + T * steps,), generator=gen).tolist()
+    b = torch.randint(0, VOCAB, (8 + T * steps,), generator=gen).tolist()
+    ref_a, _ = _hf_full(hf, a)
+    ref_b, _ = _hf_full(hf, b)
+    cache = KVCache(cfg, 2, 40, device="cuda")
+    rows = torch.tensor([1, 0], dtype=torch.int32, device="cuda")
+    model(torch.tensor([a[:3]], device="cuda"), cache, rows=rows[:1])
+    model(torch.tensor([b[:8]], device="cuda"), cache, rows=rows[1:])
+    cache.seqlens.copy_(torch.tensor([8, 3], dtype=torch.int32))
+    tokens = torch.zeros(2, T, dtype=torch.int64, device="cuda")
+    slots = torch.tensor([[0, 3], [2, 1]], device="cuda")
+    # Warm up on a side stream (allocator, lazy init), then capture.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        model(tokens, cache, rows=rows, logits_slots=slots)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        logits, hidden = model(tokens, cache, rows=rows, logits_slots=slots)
+    for s in range(steps):
+        pa, pb = 3 + T * s, 8 + T * s
+        tokens.copy_(torch.tensor([a[pa:pa + T], b[pb:pb + T]]))
+        graph.replay()
+        got = logits.cpu()
+        _close(got[0], ref_a[pa:pa + T][slots[0].cpu()])
+        _close(got[1], ref_b[pb:pb + T][slots[1].cpu()])
+        cache.seqlens += T  # commit on the device, no host round trip
