@@ -48,13 +48,17 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
 
 
 def rope_tables(cfg: ModelConfig, num_positions: int, dtype, device):
-    """cos, sin [num_positions, head_dim] (the half-table repeated: rotate-half layout), in ``dtype``
-    like HF (computed in float32, then cast)."""
+    """cos, sin [num_positions, head_dim] in ``dtype`` (computed in float32, then cast, like HF).
+
+    Rotate-half layout: the half-table is repeated. ``sin``'s first half is negated so that
+    ``rope(x) = x * cos + swap_halves(x) * sin`` (HF's ``rotate_half(x) * sin``, bit for bit,
+    without a negation per call)."""
     inv_freq = rope_inv_freq(cfg)
     pos = torch.arange(num_positions, dtype=torch.float32)
     freqs = pos[:, None] * inv_freq[None, :]
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype=dtype, device=device), emb.sin().to(dtype=dtype, device=device)
+    cos = torch.cat((freqs.cos(), freqs.cos()), dim=-1)
+    sin = torch.cat((-freqs.sin(), freqs.sin()), dim=-1)
+    return cos.to(dtype=dtype, device=device), sin.to(dtype=dtype, device=device)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -65,11 +69,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, T, heads, D]; cos, sin [B, T, 1, D]. Rotate-half (NeoX) layout."""
+    """x [B, T, heads, D]; cos, sin [B, T, 1, D] from ``rope_tables`` (sin half-negated)."""
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return x * cos + rotated * sin
+    swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + swapped * sin
 
 
 class _Layer:
@@ -102,7 +105,7 @@ class Transformer:
 
         def get(name):
             t = state_dict.pop(name) if consume else state_dict[name]
-            return t.to(dtype=dtype, device=self.device)
+            return t.detach().to(dtype=dtype, device=self.device)
 
         def maybe(name):
             return get(name) if name in expected else None
@@ -172,6 +175,9 @@ class Transformer:
             seqlens = cache.seqlens.index_select(0, rows)
             batch_idx = rows.to(torch.int32)
         positions = seqlens.long()[:, None] + torch.arange(T, device=tokens.device)  # [B, T]
+        # Clamped only so that a row past the cache capacity cannot index the tables out of range
+        # (a device assert on CUDA); the attention op itself rejects / NaN-fills such rows.
+        positions = positions.clamp(0, self._rope_len - 1)
         cos = self.cos[positions].unsqueeze(2)  # [B, T, 1, D]
         sin = self.sin[positions].unsqueeze(2)
         Hq, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -182,10 +188,11 @@ class Transformer:
         for li, layer in enumerate(self.layers):
             h = rms_norm(x, layer.ln_in, eps)
             qkv = F.linear(h, layer.w_qkv, layer.b_qkv)
-            q, k, v = qkv.split((q_size, kv_size, kv_size), dim=-1)
-            q = apply_rope(q.view(B, T, Hq, D), cos, sin)
-            k = apply_rope(k.view(B, T, Hkv, D), cos, sin)
-            v = v.reshape(B, T, Hkv, D)
+            # RoPE on q and k together (one set of elementwise ops); q, k, v stay views with a
+            # contiguous last dim, as causal_attention accepts.
+            qk = apply_rope(qkv[..., :q_size + kv_size].unflatten(-1, (Hq + Hkv, D)), cos, sin)
+            q, k = qk[:, :, :Hq], qk[:, :, Hq:]
+            v = qkv[..., q_size + kv_size:].unflatten(-1, (Hkv, D))
             attn, _ = ops.causal_attention(q, cache.k[li], cache.v[li], seqlens, k, v,
                                            cache_batch_idx=batch_idx)
             x = x + F.linear(attn.reshape(B, T, q_size), layer.w_o, layer.b_o)
