@@ -198,6 +198,38 @@ def test_bfloat16_close_to_float32(pair):
     assert err <= 0.05 * hf16.abs().max().item(), err
 
 
+def test_kernel_path_and_torch_fallback(pair, monkeypatch):
+    """Kernel head dims call fluid_rt.ops.causal_attention; the plain-torch path (used for head
+    dims the kernel lacks) gives the same results on rows / growing-cache inputs."""
+    import fluid_rt.ops
+    from fluid_rt import model as model_mod
+
+    _, hf, model, cfg = pair
+    assert model.uses_kernel and cfg.head_dim in model_mod.KERNEL_HEAD_DIMS
+    calls = []
+    real = fluid_rt.ops.causal_attention
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fluid_rt.ops, "causal_attention", counting)
+    gen = torch.Generator().manual_seed(8)
+    seq = torch.randint(0, VOCAB, (2, 12), generator=gen)
+    rows = torch.tensor([1, 0])
+    outs = []
+    for use in (True, False):
+        model.uses_kernel = use
+        cache = KVCache(cfg, 2, 24)
+        a, _ = model(seq[:, :7], cache, rows=rows)
+        cache.seqlens += 7
+        b, _ = model(seq[:, 7:], cache, rows=rows)
+        outs.append(torch.cat([a, b], 1))
+    model.uses_kernel = True
+    assert len(calls) == 2 * cfg.num_layers
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+
+
 def test_cache_reset_and_capacity():
     cfg = ModelConfig(family="llama", vocab_size=10, hidden_size=128, intermediate_size=32,
                       num_layers=3, num_heads=2, num_kv_heads=1, head_dim=64)
