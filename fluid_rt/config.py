@@ -1,0 +1,215 @@
+"""Model and FLUID configuration: one dataclass for the pangu / llama / qwen2 families.
+
+``ModelConfig.from_hf_dict`` reads an HF ``config.json`` dict; ``expected_tensor_shapes`` lists the
+HF tensor names and shapes a checkpoint of that config must hold (the loaders check against it).
+``FluidConfig`` carries the FLUID decode tokens (mask, end-of-think) and the K-head's max_k.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+FAMILIES = ("pangu", "llama", "qwen2")
+
+# HF model_type -> our family name.
+_MODEL_TYPES = {"PanguEmbedded": "pangu", "llama": "llama", "qwen2": "qwen2"}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a pre-norm, RoPE, GQA, SwiGLU decoder (Llama layout, HF tensor names)."""
+
+    family: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[dict] = field(default=None, hash=False)  # dict: kept out of hash()
+    attention_bias: bool = False  # biases on q, k, v
+    o_bias: bool = False  # bias on o_proj
+    mlp_bias: bool = False  # biases on gate, up, down
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 4096
+    bos_token_id: Optional[int] = None
+    eos_token_ids: tuple = ()
+    pad_token_id: Optional[int] = None
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"family: {self.family!r} is not one of {FAMILIES}")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                     "num_kv_heads", "head_dim", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name}: must be a positive int, got {value!r}")
+        if self.num_heads % self.num_kv_heads != 0:
+            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                             f"({self.num_kv_heads})")
+        if self.head_dim % 2 != 0:
+            raise ValueError(f"head_dim: RoPE needs an even head_dim, got {self.head_dim}")
+        if self.rope_scaling is not None:
+            kind = _rope_type(self.rope_scaling)
+            if kind not in ("default", "llama3", "linear"):
+                raise ValueError(f"rope_scaling: type {kind!r} is not supported "
+                                 "(supported: default, linear, llama3)")
+        if not isinstance(self.eos_token_ids, tuple):
+            object.__setattr__(self, "eos_token_ids", tuple(self.eos_token_ids))
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @classmethod
+    def from_hf_dict(cls, d: dict) -> "ModelConfig":
+        """Build from an HF ``config.json`` dict (model_type PanguEmbedded, llama or qwen2)."""
+        model_type = d.get("model_type")
+        if model_type not in _MODEL_TYPES:
+            raise ValueError(f"model_type {model_type!r} is not supported "
+                             f"(supported: {sorted(_MODEL_TYPES)})")
+        family = _MODEL_TYPES[model_type]
+        act = d.get("hidden_act", "silu")
+        if act not in ("silu", "swish"):
+            raise ValueError(f"hidden_act {act!r} is not supported (only silu)")
+        hidden = int(d["hidden_size"])
+        heads = int(d["num_attention_heads"])
+        kv_heads = int(d.get("num_key_value_heads") or heads)
+        head_dim = d.get("head_dim") or hidden // heads
+        if family == "pangu":
+            qkv_bias = o_bias = bool(d.get("bias", False))
+            mlp_bias = False
+        elif family == "llama":
+            # HF Llama's attention_bias puts a bias on q, k, v AND o_proj.
+            qkv_bias = o_bias = bool(d.get("attention_bias", False))
+            mlp_bias = bool(d.get("mlp_bias", False))
+        else:  # qwen2: q/k/v biases always, no o / MLP bias
+            if d.get("use_sliding_window", False):
+                raise ValueError("qwen2 use_sliding_window=true is not supported")
+            qkv_bias, o_bias, mlp_bias = True, False, False
+        eos = d.get("eos_token_id")
+        if eos is None:
+            eos_ids = ()
+        elif isinstance(eos, (list, tuple)):
+            eos_ids = tuple(int(e) for e in eos)
+        else:
+            eos_ids = (int(eos),)
+        rope_scaling = d.get("rope_scaling")
+        if rope_scaling is not None:
+            rope_scaling = dict(rope_scaling)
+        # transformers >= 5 may store rope_theta inside rope_parameters.
+        rope_params = d.get("rope_parameters") or {}
+        rope_theta = d.get("rope_theta", rope_params.get("rope_theta", 10000.0))
+        if rope_scaling is None and rope_params and _rope_type(rope_params) != "default":
+            rope_scaling = {k: v for k, v in rope_params.items() if k != "rope_theta"}
+        return cls(
+            family=family,
+            vocab_size=int(d["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(d["intermediate_size"]),
+            num_layers=int(d["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            head_dim=int(head_dim),
+            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(rope_theta),
+            rope_scaling=rope_scaling,
+            attention_bias=qkv_bias,
+            o_bias=o_bias,
+            mlp_bias=mlp_bias,
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            max_position_embeddings=int(d.get("max_position_embeddings", 4096)),
+            bos_token_id=d.get("bos_token_id"),
+            eos_token_ids=eos_ids,
+            pad_token_id=d.get("pad_token_id"),
+        )
+
+
+def _rope_type(scaling: dict) -> str:
+    return scaling.get("rope_type", scaling.get("type", "default"))
+
+
+def expected_tensor_shapes(cfg: ModelConfig) -> dict:
+    """HF tensor name -> shape for every weight a checkpoint of ``cfg`` must hold.
+
+    ``lm_head.weight`` is absent when the embeddings are tied (a tied checkpoint that still carries
+    it is accepted by the loader, see ``optional_tensor_shapes``)."""
+    H, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    shapes = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,)}
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head.weight"] = (V, H)
+    for i in range(cfg.num_layers):
+        p = f"model.layers.{i}."
+        shapes[p + "input_layernorm.weight"] = (H,)
+        shapes[p + "post_attention_layernorm.weight"] = (H,)
+        for name, out in (("q_proj", cfg.q_size), ("k_proj", cfg.kv_size), ("v_proj", cfg.kv_size)):
+            shapes[p + f"self_attn.{name}.weight"] = (out, H)
+            if cfg.attention_bias:
+                shapes[p + f"self_attn.{name}.bias"] = (out,)
+        shapes[p + "self_attn.o_proj.weight"] = (H, cfg.q_size)
+        if cfg.o_bias:
+            shapes[p + "self_attn.o_proj.bias"] = (H,)
+        for name, shape in (("gate_proj", (I, H)), ("up_proj", (I, H)), ("down_proj", (H, I))):
+            shapes[p + f"mlp.{name}.weight"] = shape
+            if cfg.mlp_bias:
+                shapes[p + f"mlp.{name}.bias"] = (shape[0],)
+    return shapes
+
+
+def optional_tensor_shapes(cfg: ModelConfig) -> dict:
+    """Tensors a checkpoint may carry without them being required (ignored when present)."""
+    if cfg.tie_word_embeddings:
+        return {"lm_head.weight": (cfg.vocab_size, cfg.hidden_size)}
+    return {}
+
+
+# openPangu-Embedded vocabulary: [unused32] is FLUID's mask, [unused17] its end-of-think.
+DEFAULT_MASK_TOKEN_ID = 144208
+DEFAULT_END_OF_THINK_TOKEN_ID = 45982
+DEFAULT_MAX_K = 16
+FLUID_JSON = "fluid.json"
+
+
+@dataclass
+class FluidConfig:
+    """FLUID decode tokens and the K-head's horizon limit."""
+
+    mask_token_id: int = DEFAULT_MASK_TOKEN_ID
+    end_of_think_token_id: Optional[int] = DEFAULT_END_OF_THINK_TOKEN_ID
+    max_k: int = DEFAULT_MAX_K
+
+    @classmethod
+    def load(cls, directory: Optional[str] = None, **overrides: Any) -> "FluidConfig":
+        """Defaults, then ``<directory>/fluid.json`` when present, then ``overrides`` that are not
+        None (``end_of_think_token_id`` cannot be overridden to None this way: write it in
+        fluid.json as null)."""
+        values = dataclasses.asdict(cls())
+        if directory is not None:
+            path = os.path.join(directory, FLUID_JSON)
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    try:
+                        data = json.load(f)
+                    except json.JSONDecodeError as err:
+                        raise ValueError(f"{path}: not valid JSON ({err})") from err
+                unknown = set(data) - set(values)
+                if unknown:
+                    raise ValueError(f"{path}: unknown keys {sorted(unknown)} "
+                                     f"(known: {sorted(values)})")
+                values.update(data)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        fluid = cls(**values)
+        if not isinstance(fluid.max_k, int) or fluid.max_k < 1:
+            raise ValueError(f"max_k: must be a positive int, got {fluid.max_k!r}")
+        return fluid

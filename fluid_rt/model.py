@@ -1,0 +1,253 @@
+"""The transformer forward (pangu / llama / qwen2) on a static KV cache.
+
+Pre-norm decoder: RMSNorm -> fused QKV (+bias) -> RoPE (rotate-half) -> ``fluid_rt.ops.causal_attention``
+(GQA, writes the new K/V into the cache) -> o_proj (+bias) -> residual -> RMSNorm -> fused gate/up ->
+SwiGLU -> down -> residual; final RMSNorm; lm_head (or the tied embedding).
+
+The hot path is the decoder's: every forward has the same shape, so it does no host syncs and no
+data-dependent shapes (positions come from ``cache.seqlens`` on the device; RoPE tables are
+precomputed) and runs under CUDA graph capture. Linear layers are plain ``F.linear`` (cuBLAS on GPU,
+oneDNN on CPU); q/k/v and gate/up are concatenated at load so each layer does four matmuls.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from fluid_rt import ops
+from fluid_rt.cache import KVCache
+from fluid_rt.config import ModelConfig, expected_tensor_shapes
+
+
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies [head_dim / 2] float32 (default RoPE, or llama3 / linear scaling)."""
+    d = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    scaling = cfg.rope_scaling
+    kind = None if scaling is None else scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "llama3":
+        # Long wavelengths are slowed down by `factor`, short ones kept, the band in between blended.
+        factor = float(scaling["factor"])
+        low = float(scaling.get("low_freq_factor", 1.0))
+        high = float(scaling.get("high_freq_factor", 4.0))
+        old_ctx = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv_freq
+        low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv_freq = torch.where(medium, blended, scaled)
+    elif kind == "linear":
+        inv_freq = inv_freq / float(scaling["factor"])
+    return inv_freq
+
+
+def rope_tables(cfg: ModelConfig, num_positions: int, dtype, device):
+    """cos, sin [num_positions, head_dim] in ``dtype`` (computed in float32, then cast, like HF).
+
+    Rotate-half layout: the half-table is repeated. ``sin``'s first half is negated so that
+    ``rope(x) = x * cos + swap_halves(x) * sin`` (HF's ``rotate_half(x) * sin``, bit for bit,
+    without a negation per call)."""
+    inv_freq = rope_inv_freq(cfg)
+    pos = torch.arange(num_positions, dtype=torch.float32)
+    freqs = pos[:, None] * inv_freq[None, :]
+    cos = torch.cat((freqs.cos(), freqs.cos()), dim=-1)
+    sin = torch.cat((-freqs.sin(), freqs.sin()), dim=-1)
+    return cos.to(dtype=dtype, device=device), sin.to(dtype=dtype, device=device)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm computed in float32, cast back to x's dtype before the weight (HF's order)."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, T, heads, D]; cos, sin [B, T, 1, D] from ``rope_tables`` (sin half-negated)."""
+    half = x.shape[-1] // 2
+    swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + swapped * sin
+
+
+# Head dims the fluid_rt attention kernel is built for (DEVELOPERS.md, causal_attention).
+KERNEL_HEAD_DIMS = (64, 80, 96, 128, 256)
+
+
+def torch_causal_attention(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx=None):
+    """Plain-torch ``causal_attention`` (same contract, output only) for head dims the kernel does
+    not cover (the tiny golden test models have 16 and 32). Static shapes: it scores every cache
+    slot and masks, so it also captures in CUDA graphs; it is not meant to be fast."""
+    B, T, Hq, D = q.shape
+    S, Hkv = k_cache.shape[1], k_cache.shape[2]
+    rows = torch.arange(B, device=q.device) if cache_batch_idx is None else cache_batch_idx.long()
+    pos = cache_seqlens.long()[:, None] + torch.arange(T, device=q.device)  # [B, T]
+    k_cache[rows[:, None], pos] = k
+    v_cache[rows[:, None], pos] = v
+    # Slots past a row's last position are never read (they may hold anything, NaN included).
+    readable = (torch.arange(S, device=q.device)[None, :] <= pos[:, -1:])[:, :, None, None]
+    kc = k_cache.index_select(0, rows).float().masked_fill(~readable, 0)
+    vc = v_cache.index_select(0, rows).float().masked_fill(~readable, 0)
+    g = Hq // Hkv
+    qg = q.float().reshape(B, T, Hkv, g, D)
+    scores = torch.einsum("btkgd,bskd->bkgts", qg, kc) * D ** -0.5  # [B, Hkv, g, T, S]
+    allowed = torch.arange(S, device=q.device)[None, None, :] <= pos[:, :, None]  # [B, T, S]
+    scores = scores.masked_fill(~allowed[:, None, None], float("-inf"))
+    out = torch.einsum("bkgts,bskd->btkgd", scores.softmax(-1), vc)
+    return out.reshape(B, T, Hq, D).to(q.dtype)
+
+
+class _Layer:
+    __slots__ = ("ln_in", "w_qkv", "b_qkv", "w_o", "b_o", "ln_post", "w_gate_up", "b_gate_up",
+                 "w_down", "b_down")
+
+
+class Transformer:
+    """Holds the (fused) weights of one model; call it to run a forward on a ``KVCache``.
+
+    ``state_dict`` uses HF tensor names (see ``config.expected_tensor_shapes``); tensors are
+    converted to ``dtype`` / ``device``. With ``consume=True`` each entry is popped from the dict as
+    soon as it is used, so a large checkpoint is not held twice while q/k/v and gate/up are fused.
+    """
+
+    def __init__(self, cfg: ModelConfig, state_dict: dict, dtype: torch.dtype = torch.float32,
+                 device="cpu", consume: bool = False):
+        self.cfg = cfg
+        self.dtype = dtype
+        self.device = torch.device(device)
+        expected = expected_tensor_shapes(cfg)
+        missing = [n for n in expected if n not in state_dict]
+        if missing:
+            raise ValueError(f"state_dict: missing tensors {missing[:8]}"
+                             f"{' ...' if len(missing) > 8 else ''}")
+        for name, shape in expected.items():
+            if tuple(state_dict[name].shape) != shape:
+                raise ValueError(f"state_dict: {name} has shape {tuple(state_dict[name].shape)}, "
+                                 f"expected {shape}")
+
+        def get(name):
+            t = state_dict.pop(name) if consume else state_dict[name]
+            return t.detach().to(dtype=dtype, device=self.device)
+
+        def maybe(name):
+            return get(name) if name in expected else None
+
+        def cat(names):
+            parts = [maybe(n) for n in names]
+            return None if parts[0] is None else torch.cat(parts, dim=0).contiguous()
+
+        self.embed = get("model.embed_tokens.weight").contiguous()
+        self.device = self.embed.device  # "cuda" -> "cuda:0": compared with the cache's device
+        self.norm = get("model.norm.weight")
+        # Tied: the embedding is the lm_head (a stray lm_head.weight in a tied checkpoint is ignored).
+        self.lm_head = self.embed if cfg.tie_word_embeddings else get("lm_head.weight").contiguous()
+        self.layers = []
+        for i in range(cfg.num_layers):
+            p = f"model.layers.{i}."
+            layer = _Layer()
+            layer.ln_in = get(p + "input_layernorm.weight")
+            layer.ln_post = get(p + "post_attention_layernorm.weight")
+            attn = [p + f"self_attn.{n}_proj." for n in ("q", "k", "v")]
+            layer.w_qkv = cat([a + "weight" for a in attn])
+            layer.b_qkv = cat([a + "bias" for a in attn])
+            layer.w_o = get(p + "self_attn.o_proj.weight").contiguous()
+            layer.b_o = maybe(p + "self_attn.o_proj.bias")
+            mlp = [p + f"mlp.{n}_proj." for n in ("gate", "up")]
+            layer.w_gate_up = cat([m + "weight" for m in mlp])
+            layer.b_gate_up = cat([m + "bias" for m in mlp])
+            layer.w_down = get(p + "mlp.down_proj.weight").contiguous()
+            layer.b_down = maybe(p + "mlp.down_proj.bias")
+            self.layers.append(layer)
+        self._rope_len = 0
+        self._ensure_rope(cfg.max_position_embeddings)
+        # Attention goes through the fluid_rt kernel; head dims it is not built for use the
+        # plain-torch path (correct, slow: only tiny test models have them).
+        self.uses_kernel = cfg.head_dim in KERNEL_HEAD_DIMS
+
+    def _ensure_rope(self, num_positions: int) -> None:
+        # Grown on the host from shapes only (cache capacity), never from device values.
+        if num_positions > self._rope_len:
+            self.cos, self.sin = rope_tables(self.cfg, num_positions, self.dtype, self.device)
+            self._rope_len = num_positions
+
+    def __call__(self, tokens: torch.Tensor, cache: KVCache, rows: Optional[torch.Tensor] = None,
+                 logits_slots: Optional[torch.Tensor] = None):
+        return self.forward(tokens, cache, rows, logits_slots)
+
+    def forward(self, tokens: torch.Tensor, cache: KVCache, rows: Optional[torch.Tensor] = None,
+                logits_slots: Optional[torch.Tensor] = None):
+        """Run ``tokens [B, T]`` int64 at positions ``cache.seqlens[rows[b]] + t``.
+
+        rows: optional ``[B]`` int32/int64 cache rows (default ``0 .. B-1``).
+        logits_slots: optional ``[B, n]`` int64 slot indices in ``0 .. T-1``; logits are then
+        computed only there (the vocab matmul is skipped for the other slots).
+        Writes the tokens' K/V into ``cache`` (never advances ``cache.seqlens``).
+        Returns ``logits [B, T or n, V]`` float32 and ``hidden [B, T, H]`` (after the final
+        RMSNorm) in the model dtype."""
+        cfg = self.cfg
+        B, T = tokens.shape
+        if cache.k.dtype != self.dtype or cache.k.device != self.device:
+            raise ValueError(f"cache: dtype/device {cache.k.dtype}/{cache.k.device} differ from the "
+                             f"model's {self.dtype}/{self.device}")
+        self._ensure_rope(cache.capacity)
+        if rows is None:
+            if B > cache.max_batch:
+                raise ValueError(f"tokens: batch {B} exceeds the cache's max_batch {cache.max_batch}")
+            seqlens = cache.seqlens[:B]
+            batch_idx = None
+        else:
+            if rows.shape != (B,):
+                raise ValueError(f"rows: expected shape ({B},), got {tuple(rows.shape)}")
+            seqlens = cache.seqlens.index_select(0, rows)
+            batch_idx = rows.to(torch.int32)
+        positions = seqlens.long()[:, None] + torch.arange(T, device=tokens.device)  # [B, T]
+        # Clamped only so that a row past the cache capacity cannot index the tables out of range
+        # (a device assert on CUDA); the attention op itself rejects / NaN-fills such rows.
+        positions = positions.clamp(0, self._rope_len - 1)
+        cos = self.cos[positions].unsqueeze(2)  # [B, T, 1, D]
+        sin = self.sin[positions].unsqueeze(2)
+        Hq, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        q_size, kv_size, I = cfg.q_size, cfg.kv_size, cfg.intermediate_size
+        eps = cfg.rms_norm_eps
+
+        x = F.embedding(tokens, self.embed)  # [B, T, H]
+        for li, layer in enumerate(self.layers):
+            h = rms_norm(x, layer.ln_in, eps)
+            qkv = F.linear(h, layer.w_qkv, layer.b_qkv)
+            # RoPE on q and k together (one set of elementwise ops); q, k, v stay views with a
+            # contiguous last dim, as causal_attention accepts.
+            qk = apply_rope(qkv[..., :q_size + kv_size].unflatten(-1, (Hq + Hkv, D)), cos, sin)
+            q, k = qk[:, :, :Hq], qk[:, :, Hq:]
+            v = qkv[..., q_size + kv_size:].unflatten(-1, (Hkv, D))
+            if self.uses_kernel:
+                attn, _ = ops.causal_attention(q, cache.k[li], cache.v[li], seqlens, k, v,
+                                               cache_batch_idx=batch_idx)
+            else:
+                attn = torch_causal_attention(q, cache.k[li], cache.v[li], seqlens, k, v,
+                                              cache_batch_idx=batch_idx)
+            x = x + F.linear(attn.reshape(B, T, q_size), layer.w_o, layer.b_o)
+            h = rms_norm(x, layer.ln_post, eps)
+            gate, up = F.linear(h, layer.w_gate_up, layer.b_gate_up).split((I, I), dim=-1)
+            x = x + F.linear(F.silu(gate) * up, layer.w_down, layer.b_down)
+        hidden = rms_norm(x, self.norm, eps)
+        if logits_slots is not None:
+            index = logits_slots.long().unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+            logits = F.linear(hidden.gather(1, index), self.lm_head)
+        else:
+            logits = F.linear(hidden, self.lm_head)
+        return logits.float(), hidden
+
+    def new_cache(self, max_batch: int, max_seq: int) -> KVCache:
+        """A KV cache in the model's dtype and device."""
+        return KVCache(self.cfg, max_batch, max_seq, self.dtype, self.device)
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (f"Transformer({c.family}, layers={c.num_layers}, hidden={c.hidden_size}, "
+                f"heads={c.num_heads}/{c.num_kv_heads}x{c.head_dim}, vocab={c.vocab_size}, "
+                f"dtype={self.dtype}, device={self.device})")
