@@ -124,6 +124,7 @@ class _Rows:
         bs = max(c.block_size for c in cfgs)
 
         def full(shape, value, dtype):
+            shape = (shape,) if isinstance(shape, int) else shape
             return torch.full(shape, value, dtype=dtype, device=device)
 
         def per_row(values, dtype):

@@ -18,7 +18,9 @@ MODELS = sorted({c["model"] for c in CASES})
 
 @pytest.fixture(scope="module")
 def golden():
-    return {name: load_model(os.path.join(GOLDEN_DIR, name)) for name in MODELS}
+    masks = {c["model"]: c["mask_token_id"] for c in CASES}
+    return {name: load_model(os.path.join(GOLDEN_DIR, name), mask_token_id=masks[name])
+            for name in MODELS}
 
 
 def case_config(case, **overrides) -> DecodeConfig:
