@@ -390,8 +390,8 @@ def test_prefill_cuda():
 @pytest.mark.parametrize("long_cache", [False, True])
 def test_out_of_range_rows_are_nan_cuda(long_cache):
     S = 4096 if long_cache else 64  # long: the split-KV path
-    inp = make_inputs(3, 4, 4, 2, 64, S, torch.float32, "cuda", True, True, False, seed=51, seqlens=[0, 1, 2])
-    inp["seqlens"] = torch.tensor([S - 3, 5, 1], dtype=torch.int32, device="cuda")  # row 0: 5 + 4 > S? S-3+4 > S
+    inp = make_inputs(3, 4, 4, 2, 64, S, torch.float32, "cuda", True, True, False, seed=51, seqlens=[0, 5, 1])
+    inp["seqlens"][0] = S - 3  # row 0: S - 3 + 4 tokens do not fit
     inp["cache_idx"][2] = 99  # row 2: no such cache row
     kc0, vc0 = inp["k_cache"].clone(), inp["v_cache"].clone()
     out, lse = causal_attention(inp["q"], inp["k_cache"], inp["v_cache"], inp["seqlens"], inp["k"], inp["v"],
