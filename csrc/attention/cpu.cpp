@@ -1,0 +1,443 @@
+// causal_attention on the CPU: flash-attention style.
+//
+// Work item = (batch row b, kv head h, tile of the T * G rows of that GQA group), run by OpenMP
+// threads. An item walks the keys 0 .. its largest causal limit in tiles of kKeyTile: each K/V tile
+// is converted/transposed once and shared by every row (query x query head) of the item, the scores
+// of a tile live in a small rows x kKeyTile buffer and are folded into the running output with the
+// online softmax (running max m, running denominator l), so no T x S score matrix is ever built.
+// Scores are kept in the log2 domain (q is prescaled by softmax_scale * log2(e)) so exp is exp2.
+//
+// The three inner steps (scores, softmax update, P @ V) have an AVX-512 version, chosen at run time
+// by cpu_has_avx512(), and a portable scalar version with identical results up to rounding.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__x86_64__) && defined(FLUID_RT_HAS_AVX512)
+#include <immintrin.h>
+#define FLUID_RT_ATTN_AVX512 1
+#endif
+
+#include "attention/params.h"
+#include "common/cpu_features.h"
+#include "common/dtype.h"
+
+namespace fluid_rt {
+namespace {
+
+constexpr int kKeyTile = 64;        // keys per tile; a multiple of kKeyBlock
+constexpr int kKeyBlock = 32;       // keys per score micro-kernel step (two 16-float vectors)
+constexpr int kRowBlock = 4;        // rows per micro-kernel step
+constexpr int64_t kMaxRows = 128;   // rows (query x head) per work item
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+constexpr float kMinExp2 = -126.f;  // exp2 below this is flushed to 2^-126 (negligible, never denormal)
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// ---- dtype conversion of whole rows --------------------------------------------------------------
+
+void load_row(const void* src, int64_t n, DType dt, float scale, float* dst) {
+  switch (dt) {
+    case DType::kFloat32: {
+      const float* s = static_cast<const float*>(src);
+      for (int64_t i = 0; i < n; ++i) dst[i] = s[i] * scale;
+      break;
+    }
+    case DType::kBFloat16: {
+      const uint16_t* s = static_cast<const uint16_t*>(src);
+      for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_float(s[i]) * scale;
+      break;
+    }
+    default: {
+      const uint16_t* s = static_cast<const uint16_t*>(src);
+      for (int64_t i = 0; i < n; ++i) dst[i] = fp16_to_float(s[i]) * scale;
+      break;
+    }
+  }
+}
+
+void store_row(const float* src, int64_t n, DType dt, float scale, void* dst) {
+  switch (dt) {
+    case DType::kFloat32: {
+      float* d = static_cast<float*>(dst);
+      for (int64_t i = 0; i < n; ++i) d[i] = src[i] * scale;
+      break;
+    }
+    case DType::kBFloat16: {
+      uint16_t* d = static_cast<uint16_t*>(dst);
+      for (int64_t i = 0; i < n; ++i) d[i] = float_to_bf16(src[i] * scale);
+      break;
+    }
+    default: {
+      uint16_t* d = static_cast<uint16_t*>(dst);
+      for (int64_t i = 0; i < n; ++i) d[i] = float_to_fp16(src[i] * scale);
+      break;
+    }
+  }
+}
+
+int64_t dtype_size(DType dt) { return dt == DType::kFloat32 ? 4 : 2; }
+
+// ---- micro-kernels ------------------------------------------------------------------------------
+// Layouts: Q [rows][D] (prescaled), Kt [D][kKeyTile] (transposed K tile), S [rows][kKeyTile],
+// V rows at stride vs, O [rows][D]. Each call handles kRowBlock rows.
+
+// S[i][0 .. nkb*kKeyBlock) = Q[i] . K[j]
+void scores_scalar(const float* Q, int64_t D, const float* Kt, float* S, int nkb) {
+  const int nk = nkb * kKeyBlock;
+  for (int i = 0; i < kRowBlock; ++i) {
+    float* s = S + i * kKeyTile;
+    for (int j = 0; j < nk; ++j) s[j] = 0.f;
+    for (int64_t d = 0; d < D; ++d) {
+      const float qd = Q[i * D + d];
+      const float* k = Kt + d * kKeyTile;
+      for (int j = 0; j < nk; ++j) s[j] += qd * k[j];
+    }
+  }
+}
+
+// Folds one row's tile of scores s[0 .. valid) into (m, l, o): on return s holds the probabilities
+// exp2(s - m_new) for the first n entries (0 past valid) and o is rescaled by exp2(m_old - m_new).
+void softmax_update_scalar(float* s, int valid, int n, float* m, float* l, float* o, int64_t D) {
+  float mx = kNegInf;
+  for (int j = 0; j < valid; ++j) mx = std::max(mx, s[j]);
+  const float m_new = std::max(*m, mx);
+  const float alpha = std::exp2(*m - m_new);  // 0 on the first tile (m = -inf)
+  float sum = 0.f;
+  for (int j = 0; j < valid; ++j) {
+    const float pj = std::exp2(std::max(s[j] - m_new, kMinExp2));
+    s[j] = pj;
+    sum += pj;
+  }
+  for (int j = valid; j < n; ++j) s[j] = 0.f;
+  *l = *l * alpha + sum;
+  *m = m_new;
+  if (alpha != 1.f)
+    for (int64_t d = 0; d < D; ++d) o[d] *= alpha;
+}
+
+// O[i] += sum_j P[i][j] * V[j] for j < n.
+void pv_scalar(const float* P, const float* V, int64_t vs, float* O, int64_t D, int n) {
+  for (int i = 0; i < kRowBlock; ++i) {
+    float* o = O + i * D;
+    const float* p = P + i * kKeyTile;
+    for (int j = 0; j < n; ++j) {
+      const float pj = p[j];
+      if (pj == 0.f) continue;
+      const float* v = V + j * vs;
+      for (int64_t d = 0; d < D; ++d) o[d] += pj * v[d];
+    }
+  }
+}
+
+#ifdef FLUID_RT_ATTN_AVX512
+#define AVX512_FN __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+
+// 2^x for x in [kMinExp2, 0]: x = n + f with |f| <= 1/2, 2^f by its degree-7 Taylor series in
+// f * ln2 (relative error ~5e-9, below float rounding), scaled by 2^n with scalef.
+AVX512_FN inline __m512 exp2_avx512(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(kMinExp2));
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, n);
+  __m512 p = _mm512_set1_ps(1.525273380405984e-05f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.5403530393381608e-04f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618129107628477e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550410866482158e-02f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402265069591007e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471805599453e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
+AVX512_FN void scores_avx512(const float* Q, int64_t D, const float* Kt, float* S, int nkb) {
+  for (int kb = 0; kb < nkb; ++kb) {
+    const int c = kb * kKeyBlock;
+    __m512 a00 = _mm512_setzero_ps(), a01 = _mm512_setzero_ps(), a10 = _mm512_setzero_ps(),
+           a11 = _mm512_setzero_ps(), a20 = _mm512_setzero_ps(), a21 = _mm512_setzero_ps(),
+           a30 = _mm512_setzero_ps(), a31 = _mm512_setzero_ps();
+    const float* q0 = Q;
+    const float* q1 = Q + D;
+    const float* q2 = Q + 2 * D;
+    const float* q3 = Q + 3 * D;
+    for (int64_t d = 0; d < D; ++d) {
+      const __m512 k0 = _mm512_loadu_ps(Kt + d * kKeyTile + c);
+      const __m512 k1 = _mm512_loadu_ps(Kt + d * kKeyTile + c + 16);
+      __m512 qb = _mm512_set1_ps(q0[d]);
+      a00 = _mm512_fmadd_ps(qb, k0, a00);
+      a01 = _mm512_fmadd_ps(qb, k1, a01);
+      qb = _mm512_set1_ps(q1[d]);
+      a10 = _mm512_fmadd_ps(qb, k0, a10);
+      a11 = _mm512_fmadd_ps(qb, k1, a11);
+      qb = _mm512_set1_ps(q2[d]);
+      a20 = _mm512_fmadd_ps(qb, k0, a20);
+      a21 = _mm512_fmadd_ps(qb, k1, a21);
+      qb = _mm512_set1_ps(q3[d]);
+      a30 = _mm512_fmadd_ps(qb, k0, a30);
+      a31 = _mm512_fmadd_ps(qb, k1, a31);
+    }
+    _mm512_storeu_ps(S + 0 * kKeyTile + c, a00);
+    _mm512_storeu_ps(S + 0 * kKeyTile + c + 16, a01);
+    _mm512_storeu_ps(S + 1 * kKeyTile + c, a10);
+    _mm512_storeu_ps(S + 1 * kKeyTile + c + 16, a11);
+    _mm512_storeu_ps(S + 2 * kKeyTile + c, a20);
+    _mm512_storeu_ps(S + 2 * kKeyTile + c + 16, a21);
+    _mm512_storeu_ps(S + 3 * kKeyTile + c, a30);
+    _mm512_storeu_ps(S + 3 * kKeyTile + c + 16, a31);
+  }
+}
+
+AVX512_FN void softmax_update_avx512(float* s, int valid, int n, float* m, float* l, float* o, int64_t D) {
+  const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const int chunks = (n + 15) / 16;
+  __m512 vmax = _mm512_set1_ps(kNegInf);
+  for (int c = 0; c < chunks; ++c) {
+    const __mmask16 keep =
+        _mm512_cmplt_epi32_mask(_mm512_add_epi32(iota, _mm512_set1_epi32(c * 16)), _mm512_set1_epi32(valid));
+    vmax = _mm512_mask_max_ps(vmax, keep, vmax, _mm512_loadu_ps(s + c * 16));
+  }
+  const float m_new = std::max(*m, _mm512_reduce_max_ps(vmax));
+  const float alpha = std::exp2(*m - m_new);
+  const __m512 vm = _mm512_set1_ps(m_new);
+  __m512 vsum = _mm512_setzero_ps();
+  for (int c = 0; c < chunks; ++c) {
+    const __mmask16 keep =
+        _mm512_cmplt_epi32_mask(_mm512_add_epi32(iota, _mm512_set1_epi32(c * 16)), _mm512_set1_epi32(valid));
+    const __m512 pj = _mm512_maskz_mov_ps(keep, exp2_avx512(_mm512_sub_ps(_mm512_loadu_ps(s + c * 16), vm)));
+    _mm512_storeu_ps(s + c * 16, pj);
+    vsum = _mm512_add_ps(vsum, pj);
+  }
+  *l = *l * alpha + _mm512_reduce_add_ps(vsum);
+  *m = m_new;
+  if (alpha != 1.f) {
+    const __m512 va = _mm512_set1_ps(alpha);
+    for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(o + d, _mm512_mul_ps(va, _mm512_loadu_ps(o + d)));
+  }
+}
+
+// D is a multiple of 16 for every supported head size.
+AVX512_FN void pv_avx512(const float* P, const float* V, int64_t vs, float* O, int64_t D, int n) {
+  const float* p0 = P;
+  const float* p1 = P + kKeyTile;
+  const float* p2 = P + 2 * kKeyTile;
+  const float* p3 = P + 3 * kKeyTile;
+  for (int64_t c = 0; c < D; c += 16) {
+    __m512 a0 = _mm512_loadu_ps(O + c), a1 = _mm512_loadu_ps(O + D + c), a2 = _mm512_loadu_ps(O + 2 * D + c),
+           a3 = _mm512_loadu_ps(O + 3 * D + c);
+    for (int j = 0; j < n; ++j) {
+      const __m512 v = _mm512_loadu_ps(V + j * vs + c);
+      a0 = _mm512_fmadd_ps(_mm512_set1_ps(p0[j]), v, a0);
+      a1 = _mm512_fmadd_ps(_mm512_set1_ps(p1[j]), v, a1);
+      a2 = _mm512_fmadd_ps(_mm512_set1_ps(p2[j]), v, a2);
+      a3 = _mm512_fmadd_ps(_mm512_set1_ps(p3[j]), v, a3);
+    }
+    _mm512_storeu_ps(O + c, a0);
+    _mm512_storeu_ps(O + D + c, a1);
+    _mm512_storeu_ps(O + 2 * D + c, a2);
+    _mm512_storeu_ps(O + 3 * D + c, a3);
+  }
+}
+
+// Row conversion to float (bf16: shift into the top half; fp16: vcvtph2ps). n is a multiple of 16.
+AVX512_FN void load_row_avx512(const void* src, int64_t n, DType dt, float scale, float* dst) {
+  const __m512 vs = _mm512_set1_ps(scale);
+  for (int64_t i = 0; i < n; i += 16) {
+    __m512 x;
+    if (dt == DType::kFloat32) {
+      x = _mm512_loadu_ps(static_cast<const float*>(src) + i);
+    } else {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(src) + i));
+      x = dt == DType::kBFloat16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+                                 : _mm512_cvtph_ps(h);
+    }
+    _mm512_storeu_ps(dst + i, _mm512_mul_ps(x, vs));
+  }
+}
+#undef AVX512_FN
+#endif  // FLUID_RT_ATTN_AVX512
+
+struct MicroKernels {
+  void (*load_row)(const void*, int64_t, DType, float, float*);
+  void (*scores)(const float*, int64_t, const float*, float*, int);
+  void (*softmax_update)(float*, int, int, float*, float*, float*, int64_t);
+  void (*pv)(const float*, const float*, int64_t, float*, int64_t, int);
+};
+
+MicroKernels pick_micro_kernels() {
+#ifdef FLUID_RT_ATTN_AVX512
+  if (cpu_has_avx512()) return {load_row_avx512, scores_avx512, softmax_update_avx512, pv_avx512};
+#endif
+  return {load_row, scores_scalar, softmax_update_scalar, pv_scalar};
+}
+
+// ---- one work item ------------------------------------------------------------------------------
+
+struct Scratch {
+  std::vector<float> q, o, s, kt, v, krow, m, l;
+  std::vector<int64_t> lim;
+  void reserve(int64_t rows_pad, int64_t D) {
+    q.resize(rows_pad * D);
+    o.resize(rows_pad * D);
+    s.resize(rows_pad * kKeyTile);
+    kt.resize(D * kKeyTile);
+    v.resize(kKeyTile * D);
+    krow.resize(D);
+    m.resize(rows_pad);
+    l.resize(rows_pad);
+    lim.resize(rows_pad);
+  }
+};
+
+// Rows r0 .. r1 of (batch row b, kv head h); row r is query r / G of query head h * G + r % G.
+void attend_rows(const CausalAttentionParams& p, const MicroKernels& mk, int64_t b, int64_t h, int64_t r0,
+                 int64_t r1, Scratch& w) {
+  const int64_t D = p.head_dim, G = p.group();
+  const int64_t rows = r1 - r0;
+  const int64_t rows_pad = (rows + kRowBlock - 1) / kRowBlock * kRowBlock;
+  const int64_t esize = dtype_size(p.dtype);
+  const int64_t cache_row = p.cache_batch_idx ? p.cache_batch_idx[b] : b;
+  const int64_t seqlen = p.cache_seqlens[b];
+  w.reserve(rows_pad, D);
+
+  const float q_scale = p.softmax_scale * kLog2e;
+  for (int64_t i = 0; i < rows_pad; ++i) {
+    float* qi = w.q.data() + i * D;
+    if (i < rows) {
+      const int64_t t = (r0 + i) / G, hq = h * G + (r0 + i) % G;
+      const char* src = static_cast<const char*>(p.q) + (b * p.q_stride_b + t * p.q_stride_t + hq * p.q_stride_h) * esize;
+      mk.load_row(src, D, p.dtype, q_scale, qi);
+      w.lim[i] = seqlen + t + 1;  // keys 0 .. seqlen + t
+    } else {
+      std::fill(qi, qi + D, 0.f);
+      w.lim[i] = 0;  // padding row: never attends
+    }
+    w.m[i] = kNegInf;
+    w.l[i] = 0.f;
+  }
+  std::fill(w.o.begin(), w.o.begin() + rows_pad * D, 0.f);
+  const int64_t key_end = seqlen + (r1 - 1) / G + 1;
+
+  const int64_t cache_stride = p.heads_kv * D;  // elements between consecutive positions
+  for (int64_t j0 = 0; j0 < key_end; j0 += kKeyTile) {
+    const int n = static_cast<int>(std::min<int64_t>(kKeyTile, key_end - j0));
+    const int nkb = (n + kKeyBlock - 1) / kKeyBlock;
+
+    // Consecutive positions of one head are heads_kv * D elements apart (often a page or more), which
+    // the hardware prefetchers do not follow: ask for the next tile's K and V rows now.
+    {
+      const int64_t next_n = std::min<int64_t>(kKeyTile, key_end - j0 - kKeyTile);
+      const int64_t row_bytes = D * esize;
+      for (int64_t j = 0; j < next_n; ++j) {
+        const int64_t off = p.cache_offset(cache_row, j0 + kKeyTile + j, h) * esize;
+        for (int64_t c = 0; c < row_bytes; c += 64) {
+          __builtin_prefetch(static_cast<const char*>(p.k_cache) + off + c);
+          __builtin_prefetch(static_cast<const char*>(p.v_cache) + off + c);
+        }
+      }
+    }
+
+    // K tile, transposed to [D][kKeyTile] so scores are vector FMAs without horizontal sums.
+    float* kt = w.kt.data();
+    for (int j = 0; j < n; ++j) {
+      const char* src = static_cast<const char*>(p.k_cache) + p.cache_offset(cache_row, j0 + j, h) * esize;
+      const float* row;
+      if (p.dtype == DType::kFloat32) {
+        row = reinterpret_cast<const float*>(src);
+      } else {
+        mk.load_row(src, D, p.dtype, 1.f, w.krow.data());
+        row = w.krow.data();
+      }
+      for (int64_t d = 0; d < D; ++d) kt[d * kKeyTile + j] = row[d];
+    }
+    for (int64_t d = 0; d < D; ++d)
+      for (int j = n; j < nkb * kKeyBlock; ++j) kt[d * kKeyTile + j] = 0.f;
+
+    // V tile: read in place for float32, converted once for bf16/fp16.
+    const float* vt;
+    int64_t vs;
+    const char* vsrc = static_cast<const char*>(p.v_cache) + p.cache_offset(cache_row, j0, h) * esize;
+    if (p.dtype == DType::kFloat32) {
+      vt = reinterpret_cast<const float*>(vsrc);
+      vs = cache_stride;
+    } else {
+      for (int j = 0; j < n; ++j) mk.load_row(vsrc + j * cache_stride * esize, D, p.dtype, 1.f, w.v.data() + j * D);
+      vt = w.v.data();
+      vs = D;
+    }
+
+    for (int64_t rb = 0; rb < rows_pad; rb += kRowBlock) {
+      int64_t lim_max = 0;
+      for (int i = 0; i < kRowBlock; ++i) lim_max = std::max(lim_max, w.lim[rb + i]);
+      if (lim_max <= j0) continue;  // the whole block is masked in this tile (and every later one)
+      float* s = w.s.data() + rb * kKeyTile;
+      mk.scores(w.q.data() + rb * D, D, kt, s, nkb);
+      for (int i = 0; i < kRowBlock; ++i) {
+        const int64_t valid = std::min<int64_t>(w.lim[rb + i] - j0, n);
+        float* si = s + i * kKeyTile;
+        if (valid <= 0) {
+          std::fill(si, si + n, 0.f);
+        } else {
+          mk.softmax_update(si, static_cast<int>(valid), n, &w.m[rb + i], &w.l[rb + i], w.o.data() + (rb + i) * D, D);
+        }
+      }
+      mk.pv(s, vt, vs, w.o.data() + rb * D, D, n);
+    }
+  }
+
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t t = (r0 + i) / G, hq = h * G + (r0 + i) % G;
+    const int64_t out_row = (b * p.seqlen_q + t) * p.heads_q + hq;
+    // Every row has at least key 0 (lim >= 1), so l >= 1 and m is finite.
+    store_row(w.o.data() + i * D, D, p.dtype, 1.f / w.l[i], static_cast<char*>(p.out) + out_row * D * esize);
+    p.lse[out_row] = (w.m[i] + std::log2(w.l[i])) * kLn2;
+  }
+}
+
+// Copies the new keys/values into cache slots seqlen .. seqlen + T - 1 of each row's cache row.
+void append_new_kv(const CausalAttentionParams& p) {
+  const int64_t D = p.head_dim, esize = dtype_size(p.dtype);
+  const int64_t n = p.batch * p.seqlen_q * p.heads_kv;
+#pragma omp parallel for schedule(static)
+  for (int64_t idx = 0; idx < n; ++idx) {
+    const int64_t h = idx % p.heads_kv, t = (idx / p.heads_kv) % p.seqlen_q, b = idx / (p.heads_kv * p.seqlen_q);
+    const int64_t cache_row = p.cache_batch_idx ? p.cache_batch_idx[b] : b;
+    const int64_t dst = p.cache_offset(cache_row, p.cache_seqlens[b] + t, h) * esize;
+    const char* ks = static_cast<const char*>(p.k_new) + (b * p.k_new_stride_b + t * p.k_new_stride_t + h * p.k_new_stride_h) * esize;
+    const char* vsrc = static_cast<const char*>(p.v_new) + (b * p.v_new_stride_b + t * p.v_new_stride_t + h * p.v_new_stride_h) * esize;
+    std::memcpy(static_cast<char*>(p.k_cache) + dst, ks, D * esize);
+    std::memcpy(static_cast<char*>(p.v_cache) + dst, vsrc, D * esize);
+  }
+}
+
+}  // namespace
+
+void causal_attention_cpu(const CausalAttentionParams& p) {
+  if (p.batch == 0 || p.seqlen_q == 0 || p.heads_q == 0) return;
+  if (p.k_new != nullptr) append_new_kv(p);
+
+  const MicroKernels mk = pick_micro_kernels();
+  const int64_t total_rows = p.seqlen_q * p.group();
+  const int64_t tile = attention_row_tile(total_rows, kMaxRows);
+  const int64_t tiles = (total_rows + tile - 1) / tile;
+  const int64_t heads = p.batch * p.heads_kv;
+  const int64_t items = heads * tiles;
+#pragma omp parallel
+  {
+    Scratch w;
+    // Largest causal ranges (last row tiles) first, so the dynamic schedule balances the threads.
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t tile_idx = tiles - 1 - it / heads;
+      const int64_t b = (it % heads) / p.heads_kv, h = it % p.heads_kv;
+      const int64_t r0 = tile_idx * tile, r1 = std::min(total_rows, r0 + tile);
+      attend_rows(p, mk, b, h, r0, r1, w);
+    }
+  }
+}
+
+}  // namespace fluid_rt
