@@ -235,9 +235,9 @@ class Decoder:
             tokens[i, : len(p)] = torch.tensor(p)
         tokens = tokens.to(dev)
         rows.pending.copy_(tokens.gather(1, (lengths - 1).long()[:, None]).squeeze(1))
-        rows.seqlens.copy_(lengths - 1)
         rows.restart.fill_(True)
-        logits, hidden = self._forward(tokens, rows)
+        logits, hidden = self._forward(tokens, rows)  # at positions 0.. (seqlens are 0)
+        rows.seqlens.copy_(lengths - 1)  # the cache holds the prompt but its last (pending) token
         self._advance(rows, logits, hidden, lengths - 1, horizon, commit)
         prefill_s = time.perf_counter() - t0
         batch_forwards = 1
