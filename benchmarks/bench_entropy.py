@@ -7,6 +7,7 @@ Read bandwidth: a large tensor's .sum() (a pure read) in the same run, same thre
 
     python benchmarks/bench_entropy.py --device cpu --threads 2
     python benchmarks/bench_entropy.py --device cuda --shape 64x153376 --shape 1x153376 --json
+    python benchmarks/bench_entropy.py --device cuda --graph     # kernel time without launch overhead
 """
 
 from __future__ import annotations
@@ -59,8 +60,29 @@ def _eager_plain(x: torch.Tensor, temperature: float):
 BASELINES = {"mul_sum": _eager_mul_sum, "bmm_dot": _eager_bmm, "plain": _eager_plain}
 
 
-def _timer(device: str):
-    if device == "cuda":
+def _timer(device: str, graph: bool = False):
+    if device == "cuda" and graph:
+        # GPU time alone: 10 calls captured in a CUDA graph, replayed (no host/launch overhead).
+        def run(fn, iters, warmup):
+            for _ in range(max(warmup, 2)):
+                fn()
+            torch.cuda.synchronize()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                for _ in range(10):
+                    fn()
+            g.replay()
+            torch.cuda.synchronize()
+            times = []
+            for _ in range(iters):
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                g.replay()
+                b.record()
+                b.synchronize()
+                times.append(a.elapsed_time(b) / 10)
+            return statistics.median(times)
+    elif device == "cuda":
         def run(fn, iters, warmup):
             for _ in range(warmup):
                 fn()
@@ -103,6 +125,7 @@ def main():
     ap.add_argument("--dtype", default="fp32,bf16", help="comma list of fp32,bf16,fp16")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--iters", type=int, default=0, help="timed runs per case (default: 30 CPU, 100 CUDA)")
+    ap.add_argument("--graph", action="store_true", help="CUDA: time graph replays (kernel time, no launch overhead)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args()
 
@@ -110,8 +133,8 @@ def main():
     device = args.device
     iters = args.iters or (30 if device == "cpu" else 100)
     shapes = args.shape or ["64x153376", "1x153376", "8x50257", "256x32000"]
-    run = _timer(device)
-    bw = read_bandwidth_gbs(device, run, iters)
+    run = _timer(device, args.graph)
+    bw = read_bandwidth_gbs(device, _timer(device), iters)
 
     results = []
     for shape in shapes:
@@ -126,7 +149,7 @@ def main():
             base = run(lambda: BASELINES[best](x, T), iters, 2)
             ours = run(lambda: token_entropy(x, T), iters, 3)
             gbs = x.numel() * x.element_size() / (ours * 1e-3) / 1e9
-            results.append(dict(shape=[rows, V], dtype=dname, device=device, threads=args.threads,
+            results.append(dict(shape=[rows, V], dtype=dname, device=device, threads=args.threads, graph=args.graph,
                                 baseline=best, baseline_ms=base, baseline_candidates_ms=base_ms, ours_ms=ours,
                                 speedup=base / ours, ours_gbs=gbs, read_bw_gbs=bw, bw_fraction=gbs / bw))
 
