@@ -40,10 +40,20 @@ def expected_of(case):
     return case["expected_tokens"][: case["max_new_tokens"]]
 
 
+@pytest.fixture(scope="module")
+def alone(golden):
+    """Every golden case decoded as a batch of one (computed once, checked case by case below)."""
+    out = []
+    for case in CASES:
+        (g,), _ = decoder_for(golden[case["model"]], case).generate([case["prompt"]],
+                                                                     case_config(case))
+        out.append(g)
+    return out
+
+
 @pytest.mark.parametrize("idx", range(len(CASES)))
-def test_golden_case_tokens_trace_and_forwards(golden, idx):
-    case = CASES[idx]
-    (g,), _ = decoder_for(golden[case["model"]], case).generate([case["prompt"]], case_config(case))
+def test_golden_case_tokens_trace_and_forwards(alone, idx):
+    case, g = CASES[idx], alone[idx]
     assert g.tokens == expected_of(case)
     # The reference overshoots max_new_tokens inside its last block: compare all blocks but ours last.
     assert g.trace[:-1] == case["trace"][: len(g.trace) - 1]
@@ -55,17 +65,17 @@ def test_golden_case_tokens_trace_and_forwards(golden, idx):
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_batch_of_all_cases_equals_batch_of_one(golden, model):
+def test_batch_of_all_cases_equals_batch_of_one(golden, alone, model):
     """Every golden case of a model in ONE batch (different prompts, thresholds, block sizes,
     remask, budgets and EOS ids): each row equals its batch-of-one run."""
-    cases = [c for c in CASES if c["model"] == model]
+    idx = [i for i, c in enumerate(CASES) if c["model"] == model]
+    cases = [CASES[i] for i in idx]
     dec = decoder_for(golden[model], cases[0])
     gens, stats = dec.generate([c["prompt"] for c in cases], [case_config(c) for c in cases])
-    for case, g in zip(cases, gens):
-        (alone,), _ = dec.generate([case["prompt"]], case_config(case))
-        assert g.tokens == alone.tokens == expected_of(case)
-        assert g.trace == alone.trace
-        assert g.forwards == alone.forwards
+    for i, case, g in zip(idx, cases, gens):
+        assert g.tokens == alone[i].tokens == expected_of(case)
+        assert g.trace == alone[i].trace
+        assert g.forwards == alone[i].forwards
     # Rows finish at different times and are dropped: the batch takes fewer forwards than the sum.
     assert stats.forwards < sum(g.forwards for g in gens)
     assert stats.forwards == max(g.forwards for g in gens)
