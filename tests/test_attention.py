@@ -289,7 +289,7 @@ def test_device_mismatch():
         call(a)
 
 
-def test_meta_device_rejected_or_faked():
+def test_meta_tensors_use_the_fake_impl():
     # The fake impl gives shapes on the meta device without running a kernel.
     a = {k: (v.to("meta") if isinstance(v, torch.Tensor) else v) for k, v in good_args().items()}
     out, lse = call(a)
@@ -311,6 +311,7 @@ def test_random_malformed_calls_never_crash():
             t.random_(-3, 20)
         return t
 
+    other_devices = ["meta"] + (["cuda"] if torch.cuda.is_available() else [])
     raised = 0
     for i in range(200):
         a = good_args(B=rng.choice([1, 2]), T=rng.choice([1, 3]), Hq=rng.choice([2, 4]), Hkv=rng.choice([1, 2]),
@@ -325,6 +326,8 @@ def test_random_malformed_calls_never_crash():
                 a[key] = a[key].transpose(0, 1)
             elif choice < 0.35 and isinstance(a[key], torch.Tensor):
                 a[key] = a[key][..., ::2]
+            elif choice < 0.45 and isinstance(a[key], torch.Tensor):
+                a[key] = a[key].to(rng.choice(other_devices))
             else:
                 a[key] = rand_tensor("idx" if key in ("cache_seqlens", "cache_batch_idx") else "float")
         try:
