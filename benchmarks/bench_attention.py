@@ -17,10 +17,14 @@ import json
 import statistics
 import time
 
+import os
+import sys
+
 import torch
 import torch.nn.functional as F
 
-import fluid_rt
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+import fluid_rt  # noqa: E402
 
 
 def median_ms(fn, device, warmup, iters):
