@@ -17,31 +17,41 @@ import json
 import statistics
 import time
 
+import os
+import sys
+
 import torch
 import torch.nn.functional as F
 
-import fluid_rt
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+import fluid_rt  # noqa: E402
 
 
-def median_ms(fn, device, warmup, iters):
-    for _ in range(warmup):
+def time_once(fn, device):
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def median_ms_pair(baseline, ours, device, warmup, iters):
+    """Medians of baseline and ours, timed alternately so both see the same machine state."""
+    for _ in range(warmup):
+        baseline()
+        ours()
     if device == "cuda":
         torch.cuda.synchronize()
-    times = []
+    base_t, ours_t = [], []
     for _ in range(iters):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        base_t.append(time_once(baseline, device))
+        ours_t.append(time_once(ours, device))
+    return statistics.median(base_t), statistics.median(ours_t)
 
 
 def make_case(name, cached, T, dtype, device, B=1, Hq=32, Hkv=8, D=128):
@@ -91,8 +101,7 @@ def main():
             for name, cached, T in [("decode q=17 kv=2048 gqa32/8 d128", 2048, 17),
                                     ("prefill q=kv=512 gqa32/8 d128", 0, 512)]:
                 case, baseline, ours = make_case(name, cached, T, dtype, args.device)
-                base_ms = median_ms(baseline, args.device, 3, iters)
-                ours_ms = median_ms(ours, args.device, 3, iters)
+                base_ms, ours_ms = median_ms_pair(baseline, ours, args.device, 3, iters)
                 rows.append({"case": f"{case} {dt_name}", "device": args.device,
                              "threads": args.threads if args.device == "cpu" else None,
                              "sdpa_ms": base_ms, "ours_ms": ours_ms, "speedup": base_ms / ours_ms})

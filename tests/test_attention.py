@@ -5,8 +5,10 @@ k/v are written), scores = q K^T * scale, mask = tril(ones(T, L), diagonal=L - T
 aligned: query t sees keys 0 .. seqlens[b] + t), softmax in float64.
 """
 
-import math
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -174,6 +176,23 @@ def test_softmax_scale_cpu():
     check_case(2, 5, 8, 2, 64, 90, torch.float32, "cpu", True, False, False, seed=5, scale=0.37)
 
 
+def test_portable_path_cpu():
+    # The scalar fallback (what runs without AVX-512), forced through the environment in a child process.
+    code = (
+        "import torch, test_attention as t\n"
+        "t.check_case(2, 17, 8, 2, 128, 200, torch.float32, 'cpu', True, True, True, seed=1)\n"
+        "t.check_case(2, 5, 4, 4, 80, 70, torch.bfloat16, 'cpu', True, False, False, seed=2)\n"
+        "t.check_case(1, 33, 8, 1, 256, 100, torch.float16, 'cpu', False, False, True, seed=3)\n"
+        "t.check_case(1, 40, 4, 2, 64, 40, torch.float32, 'cpu', True, False, False, seed=4, seqlens=[0])\n"
+    )
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, FLUID_RT_DISABLE_AVX512="1",
+               PYTHONPATH=os.pathsep.join([tests_dir, os.path.dirname(tests_dir), os.environ.get("PYTHONPATH", "")]))
+    res = subprocess.run([sys.executable, "-c", code], env=env, cwd=tests_dir, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 def test_empty_batch_and_no_kv_cpu():
     q = torch.randn(0, 3, 4, 64)
     kc, vc = torch.randn(1, 8, 2, 64), torch.randn(1, 8, 2, 64)
@@ -270,7 +289,7 @@ def test_device_mismatch():
         call(a)
 
 
-def test_meta_device_rejected_or_faked():
+def test_meta_tensors_use_the_fake_impl():
     # The fake impl gives shapes on the meta device without running a kernel.
     a = {k: (v.to("meta") if isinstance(v, torch.Tensor) else v) for k, v in good_args().items()}
     out, lse = call(a)
@@ -292,6 +311,7 @@ def test_random_malformed_calls_never_crash():
             t.random_(-3, 20)
         return t
 
+    other_devices = ["meta"] + (["cuda"] if torch.cuda.is_available() else [])
     raised = 0
     for i in range(200):
         a = good_args(B=rng.choice([1, 2]), T=rng.choice([1, 3]), Hq=rng.choice([2, 4]), Hkv=rng.choice([1, 2]),
@@ -306,6 +326,8 @@ def test_random_malformed_calls_never_crash():
                 a[key] = a[key].transpose(0, 1)
             elif choice < 0.35 and isinstance(a[key], torch.Tensor):
                 a[key] = a[key][..., ::2]
+            elif choice < 0.45 and isinstance(a[key], torch.Tensor):
+                a[key] = a[key].to(rng.choice(other_devices))
             else:
                 a[key] = rand_tensor("idx" if key in ("cache_seqlens", "cache_batch_idx") else "float")
         try:

@@ -11,6 +11,7 @@
 // by cpu_has_avx512(), and a portable scalar version with identical results up to rounding.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -30,9 +31,9 @@
 namespace fluid_rt {
 namespace {
 
-constexpr int kKeyTile = 64;        // keys per tile; a multiple of kKeyBlock
+constexpr int kKeyTile = 32;        // keys per tile; a multiple of kKeyBlock
 constexpr int kKeyBlock = 32;       // keys per score micro-kernel step (two 16-float vectors)
-constexpr int kRowBlock = 4;        // rows per micro-kernel step
+constexpr int kRowBlock = 8;        // rows per micro-kernel step
 constexpr int64_t kMaxRows = 128;   // rows (query x head) per work item
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
@@ -82,6 +83,18 @@ void store_row(const float* src, int64_t n, DType dt, float scale, void* dst) {
 }
 
 int64_t dtype_size(DType dt) { return dt == DType::kFloat32 ? 4 : 2; }
+
+// K rows src + j * stride_bytes (j < n) into Kt [D][kKeyTile], zero-filled up to n_pad keys.
+// tmp holds one converted row (D floats) or, on the AVX-512 path, 16 rows.
+void load_k_tile_scalar(const char* src, int64_t stride_bytes, int n, int n_pad, int64_t D, DType dt, float* tmp,
+                        float* kt) {
+  for (int j = 0; j < n; ++j) {
+    load_row(src + j * stride_bytes, D, dt, 1.f, tmp);
+    for (int64_t d = 0; d < D; ++d) kt[d * kKeyTile + j] = tmp[d];
+  }
+  for (int64_t d = 0; d < D; ++d)
+    for (int j = n; j < n_pad; ++j) kt[d * kKeyTile + j] = 0.f;
+}
 
 // ---- micro-kernels ------------------------------------------------------------------------------
 // Layouts: Q [rows][D] (prescaled), Kt [D][kKeyTile] (transposed K tile), S [rows][kKeyTile],
@@ -155,40 +168,28 @@ AVX512_FN inline __m512 exp2_avx512(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+// kRowBlock rows x 32 keys per step: 2 * kRowBlock independent accumulators hide the FMA latency.
 AVX512_FN void scores_avx512(const float* Q, int64_t D, const float* Kt, float* S, int nkb) {
   for (int kb = 0; kb < nkb; ++kb) {
     const int c = kb * kKeyBlock;
-    __m512 a00 = _mm512_setzero_ps(), a01 = _mm512_setzero_ps(), a10 = _mm512_setzero_ps(),
-           a11 = _mm512_setzero_ps(), a20 = _mm512_setzero_ps(), a21 = _mm512_setzero_ps(),
-           a30 = _mm512_setzero_ps(), a31 = _mm512_setzero_ps();
-    const float* q0 = Q;
-    const float* q1 = Q + D;
-    const float* q2 = Q + 2 * D;
-    const float* q3 = Q + 3 * D;
+    __m512 acc0[kRowBlock], acc1[kRowBlock];
+#pragma GCC unroll 8
+    for (int i = 0; i < kRowBlock; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
     for (int64_t d = 0; d < D; ++d) {
       const __m512 k0 = _mm512_loadu_ps(Kt + d * kKeyTile + c);
       const __m512 k1 = _mm512_loadu_ps(Kt + d * kKeyTile + c + 16);
-      __m512 qb = _mm512_set1_ps(q0[d]);
-      a00 = _mm512_fmadd_ps(qb, k0, a00);
-      a01 = _mm512_fmadd_ps(qb, k1, a01);
-      qb = _mm512_set1_ps(q1[d]);
-      a10 = _mm512_fmadd_ps(qb, k0, a10);
-      a11 = _mm512_fmadd_ps(qb, k1, a11);
-      qb = _mm512_set1_ps(q2[d]);
-      a20 = _mm512_fmadd_ps(qb, k0, a20);
-      a21 = _mm512_fmadd_ps(qb, k1, a21);
-      qb = _mm512_set1_ps(q3[d]);
-      a30 = _mm512_fmadd_ps(qb, k0, a30);
-      a31 = _mm512_fmadd_ps(qb, k1, a31);
+#pragma GCC unroll 8
+      for (int i = 0; i < kRowBlock; ++i) {
+        const __m512 qb = _mm512_set1_ps(Q[i * D + d]);
+        acc0[i] = _mm512_fmadd_ps(qb, k0, acc0[i]);
+        acc1[i] = _mm512_fmadd_ps(qb, k1, acc1[i]);
+      }
     }
-    _mm512_storeu_ps(S + 0 * kKeyTile + c, a00);
-    _mm512_storeu_ps(S + 0 * kKeyTile + c + 16, a01);
-    _mm512_storeu_ps(S + 1 * kKeyTile + c, a10);
-    _mm512_storeu_ps(S + 1 * kKeyTile + c + 16, a11);
-    _mm512_storeu_ps(S + 2 * kKeyTile + c, a20);
-    _mm512_storeu_ps(S + 2 * kKeyTile + c + 16, a21);
-    _mm512_storeu_ps(S + 3 * kKeyTile + c, a30);
-    _mm512_storeu_ps(S + 3 * kKeyTile + c + 16, a31);
+#pragma GCC unroll 8
+    for (int i = 0; i < kRowBlock; ++i) {
+      _mm512_storeu_ps(S + i * kKeyTile + c, acc0[i]);
+      _mm512_storeu_ps(S + i * kKeyTile + c + 16, acc1[i]);
+    }
   }
 }
 
@@ -220,26 +221,19 @@ AVX512_FN void softmax_update_avx512(float* s, int valid, int n, float* m, float
   }
 }
 
-// D is a multiple of 16 for every supported head size.
+// D is a multiple of 16 for every supported head size. Each V vector loaded feeds kRowBlock FMAs.
 AVX512_FN void pv_avx512(const float* P, const float* V, int64_t vs, float* O, int64_t D, int n) {
-  const float* p0 = P;
-  const float* p1 = P + kKeyTile;
-  const float* p2 = P + 2 * kKeyTile;
-  const float* p3 = P + 3 * kKeyTile;
   for (int64_t c = 0; c < D; c += 16) {
-    __m512 a0 = _mm512_loadu_ps(O + c), a1 = _mm512_loadu_ps(O + D + c), a2 = _mm512_loadu_ps(O + 2 * D + c),
-           a3 = _mm512_loadu_ps(O + 3 * D + c);
+    __m512 acc[kRowBlock];
+#pragma GCC unroll 8
+    for (int i = 0; i < kRowBlock; ++i) acc[i] = _mm512_loadu_ps(O + i * D + c);
     for (int j = 0; j < n; ++j) {
       const __m512 v = _mm512_loadu_ps(V + j * vs + c);
-      a0 = _mm512_fmadd_ps(_mm512_set1_ps(p0[j]), v, a0);
-      a1 = _mm512_fmadd_ps(_mm512_set1_ps(p1[j]), v, a1);
-      a2 = _mm512_fmadd_ps(_mm512_set1_ps(p2[j]), v, a2);
-      a3 = _mm512_fmadd_ps(_mm512_set1_ps(p3[j]), v, a3);
+#pragma GCC unroll 8
+      for (int i = 0; i < kRowBlock; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(P[i * kKeyTile + j]), v, acc[i]);
     }
-    _mm512_storeu_ps(O + c, a0);
-    _mm512_storeu_ps(O + D + c, a1);
-    _mm512_storeu_ps(O + 2 * D + c, a2);
-    _mm512_storeu_ps(O + 3 * D + c, a3);
+#pragma GCC unroll 8
+    for (int i = 0; i < kRowBlock; ++i) _mm512_storeu_ps(O + i * D + c, acc[i]);
   }
 }
 
@@ -258,21 +252,64 @@ AVX512_FN void load_row_avx512(const void* src, int64_t n, DType dt, float scale
     _mm512_storeu_ps(dst + i, _mm512_mul_ps(x, vs));
   }
 }
+// 16 K rows at a time: converted into tmp [16][D] (rows past n are zero), then transposed in
+// registers 16 x 16 at a time (unpack within 128-bit lanes, then lane shuffles) into Kt.
+AVX512_FN void load_k_tile_avx512(const char* src, int64_t stride_bytes, int n, int n_pad, int64_t D, DType dt,
+                                  float* tmp, float* kt) {
+  for (int j0 = 0; j0 < n_pad; j0 += 16) {
+    for (int j = 0; j < 16; ++j) {
+      if (j0 + j < n) {
+        load_row_avx512(src + (j0 + j) * stride_bytes, D, dt, 1.f, tmp + j * D);
+      } else {
+        for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(tmp + j * D + d, _mm512_setzero_ps());
+      }
+    }
+    for (int64_t d0 = 0; d0 < D; d0 += 16) {
+      __m512 r[16], t[16];
+      for (int j = 0; j < 16; ++j) r[j] = _mm512_loadu_ps(tmp + j * D + d0);
+      for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+      }
+      // r[4 * i + e], lane L = element 4 L + e of rows 4 i .. 4 i + 3
+      for (int i = 0; i < 4; ++i) {
+        r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+      }
+      for (int e = 0; e < 4; ++e) {
+        const __m512 x0 = _mm512_shuffle_f32x4(r[e], r[4 + e], 0x88);
+        const __m512 x1 = _mm512_shuffle_f32x4(r[e], r[4 + e], 0xDD);
+        const __m512 y0 = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0x88);
+        const __m512 y1 = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0xDD);
+        // column c = 4 L + e: L = 0 from (x0, y0) low, 2 from (x0, y0) high, 1 / 3 from (x1, y1)
+        _mm512_storeu_ps(kt + (d0 + e) * kKeyTile + j0, _mm512_shuffle_f32x4(x0, y0, 0x88));
+        _mm512_storeu_ps(kt + (d0 + 8 + e) * kKeyTile + j0, _mm512_shuffle_f32x4(x0, y0, 0xDD));
+        _mm512_storeu_ps(kt + (d0 + 4 + e) * kKeyTile + j0, _mm512_shuffle_f32x4(x1, y1, 0x88));
+        _mm512_storeu_ps(kt + (d0 + 12 + e) * kKeyTile + j0, _mm512_shuffle_f32x4(x1, y1, 0xDD));
+      }
+    }
+  }
+}
 #undef AVX512_FN
 #endif  // FLUID_RT_ATTN_AVX512
 
 struct MicroKernels {
   void (*load_row)(const void*, int64_t, DType, float, float*);
+  void (*load_k_tile)(const char*, int64_t, int, int, int64_t, DType, float*, float*);
   void (*scores)(const float*, int64_t, const float*, float*, int);
   void (*softmax_update)(float*, int, int, float*, float*, float*, int64_t);
   void (*pv)(const float*, const float*, int64_t, float*, int64_t, int);
 };
 
+// FLUID_RT_DISABLE_AVX512=1 in the environment forces the portable path (the tests use it).
 MicroKernels pick_micro_kernels() {
 #ifdef FLUID_RT_ATTN_AVX512
-  if (cpu_has_avx512()) return {load_row_avx512, scores_avx512, softmax_update_avx512, pv_avx512};
+  static const bool use_avx512 = cpu_has_avx512() && std::getenv("FLUID_RT_DISABLE_AVX512") == nullptr;
+  if (use_avx512) return {load_row_avx512, load_k_tile_avx512, scores_avx512, softmax_update_avx512, pv_avx512};
 #endif
-  return {load_row, scores_scalar, softmax_update_scalar, pv_scalar};
+  return {load_row, load_k_tile_scalar, scores_scalar, softmax_update_scalar, pv_scalar};
 }
 
 // ---- one work item ------------------------------------------------------------------------------
@@ -286,7 +323,7 @@ struct Scratch {
     s.resize(rows_pad * kKeyTile);
     kt.resize(D * kKeyTile);
     v.resize(kKeyTile * D);
-    krow.resize(D);
+    krow.resize(16 * D);
     m.resize(rows_pad);
     l.resize(rows_pad);
     lim.resize(rows_pad);
@@ -342,40 +379,22 @@ void attend_rows(const CausalAttentionParams& p, const MicroKernels& mk, int64_t
     }
 
     // K tile, transposed to [D][kKeyTile] so scores are vector FMAs without horizontal sums.
-    float* kt = w.kt.data();
-    for (int j = 0; j < n; ++j) {
-      const char* src = static_cast<const char*>(p.k_cache) + p.cache_offset(cache_row, j0 + j, h) * esize;
-      const float* row;
-      if (p.dtype == DType::kFloat32) {
-        row = reinterpret_cast<const float*>(src);
-      } else {
-        mk.load_row(src, D, p.dtype, 1.f, w.krow.data());
-        row = w.krow.data();
-      }
-      for (int64_t d = 0; d < D; ++d) kt[d * kKeyTile + j] = row[d];
-    }
-    for (int64_t d = 0; d < D; ++d)
-      for (int j = n; j < nkb * kKeyBlock; ++j) kt[d * kKeyTile + j] = 0.f;
+    mk.load_k_tile(static_cast<const char*>(p.k_cache) + p.cache_offset(cache_row, j0, h) * esize, cache_stride * esize,
+                   n, nkb * kKeyBlock, D, p.dtype, w.krow.data(), w.kt.data());
 
-    // V tile: read in place for float32, converted once for bf16/fp16.
-    const float* vt;
-    int64_t vs;
+    // V tile, copied (and converted) into a dense buffer: read in place, its rows would sit
+    // heads_kv * D elements apart, often a multiple of 4 KiB, all in the same L1 sets.
     const char* vsrc = static_cast<const char*>(p.v_cache) + p.cache_offset(cache_row, j0, h) * esize;
-    if (p.dtype == DType::kFloat32) {
-      vt = reinterpret_cast<const float*>(vsrc);
-      vs = cache_stride;
-    } else {
-      for (int j = 0; j < n; ++j) mk.load_row(vsrc + j * cache_stride * esize, D, p.dtype, 1.f, w.v.data() + j * D);
-      vt = w.v.data();
-      vs = D;
-    }
+    for (int j = 0; j < n; ++j) mk.load_row(vsrc + j * cache_stride * esize, D, p.dtype, 1.f, w.v.data() + j * D);
+    const float* vt = w.v.data();
+    const int64_t vs = D;
 
     for (int64_t rb = 0; rb < rows_pad; rb += kRowBlock) {
       int64_t lim_max = 0;
       for (int i = 0; i < kRowBlock; ++i) lim_max = std::max(lim_max, w.lim[rb + i]);
       if (lim_max <= j0) continue;  // the whole block is masked in this tile (and every later one)
       float* s = w.s.data() + rb * kKeyTile;
-      mk.scores(w.q.data() + rb * D, D, kt, s, nkb);
+      mk.scores(w.q.data() + rb * D, D, w.kt.data(), s, nkb);
       for (int i = 0; i < kRowBlock; ++i) {
         const int64_t valid = std::min<int64_t>(w.lim[rb + i] - j0, n);
         float* si = s + i * kKeyTile;

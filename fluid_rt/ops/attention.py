@@ -12,6 +12,11 @@ __all__ = ["causal_attention"]
 @torch.library.register_fake("fluid_rt::causal_attention")
 def _causal_attention_fake(q, k_cache, v_cache, cache_seqlens, k=None, v=None, cache_batch_idx=None,
                            softmax_scale=None):
+    # Shapes only; the binding holds the full argument check (it runs on real tensors).
+    if not isinstance(q, torch.Tensor) or q.dim() != 4:
+        raise ValueError(f"q: expected a 4-D tensor, got {getattr(q, 'shape', q)}")
+    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"q: expected float32, bfloat16 or float16, got {q.dtype}")
     B, T, Hq, D = q.shape
     out = q.new_empty((B, T, Hq, D))
     lse = q.new_empty((B, T, Hq), dtype=torch.float32)
