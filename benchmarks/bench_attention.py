@@ -23,7 +23,9 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+from common import use_checkout  # noqa: E402
+
+use_checkout()
 import fluid_rt  # noqa: E402
 
 

@@ -20,7 +20,9 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import use_checkout  # noqa: E402
+
+use_checkout()
 import fluid_rt  # noqa: E402,F401
 from fluid_rt.ops import draft_commit, verify_commit  # noqa: E402
 

@@ -21,7 +21,9 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout first
+from common import use_checkout  # noqa: E402
+
+use_checkout()
 
 import fluid_rt
 from fluid_rt.ops import token_entropy

@@ -39,7 +39,7 @@ CausalAttentionParams check_and_describe(const at::Tensor& q, const at::Tensor& 
   check_dtype(v_cache, q.scalar_type(), "v_cache");
   const int64_t B = q.size(0), T = q.size(1), Hq = q.size(2), D = q.size(3);
   const int64_t Bc = k_cache.size(0), S_max = k_cache.size(1), Hkv = k_cache.size(2);
-  TORCH_CHECK_VALUE(attention_head_dim_supported(D), "q: head dim (dim 3) must be one of 64, 80, 96, 128, 256, got ",
+  TORCH_CHECK_VALUE(attention_head_dim_supported(D), "q: head dim (dim 3) must be one of 16, 32, 64, 80, 96, 128, 256, got ",
                     D);
   check_last_dim_contiguous(q, "q");
   TORCH_CHECK_VALUE(Hkv > 0, "k_cache: the number of kv heads (dim 2) must be positive, got shape ", k_cache.sizes());

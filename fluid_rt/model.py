@@ -75,33 +75,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + swapped * sin
 
 
-# Head dims the fluid_rt attention kernel is built for (DEVELOPERS.md, causal_attention).
-KERNEL_HEAD_DIMS = (64, 80, 96, 128, 256)
-
-
-def torch_causal_attention(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx=None):
-    """Plain-torch ``causal_attention`` (same contract, output only) for head dims the kernel does
-    not cover (the tiny golden test models have 16 and 32). Static shapes: it scores every cache
-    slot and masks, so it also captures in CUDA graphs; it is not meant to be fast."""
-    B, T, Hq, D = q.shape
-    S, Hkv = k_cache.shape[1], k_cache.shape[2]
-    rows = torch.arange(B, device=q.device) if cache_batch_idx is None else cache_batch_idx.long()
-    pos = cache_seqlens.long()[:, None] + torch.arange(T, device=q.device)  # [B, T]
-    k_cache[rows[:, None], pos] = k
-    v_cache[rows[:, None], pos] = v
-    # Slots past a row's last position are never read (they may hold anything, NaN included).
-    readable = (torch.arange(S, device=q.device)[None, :] <= pos[:, -1:])[:, :, None, None]
-    kc = k_cache.index_select(0, rows).float().masked_fill(~readable, 0)
-    vc = v_cache.index_select(0, rows).float().masked_fill(~readable, 0)
-    g = Hq // Hkv
-    qg = q.float().reshape(B, T, Hkv, g, D)
-    scores = torch.einsum("btkgd,bskd->bkgts", qg, kc) * D ** -0.5  # [B, Hkv, g, T, S]
-    allowed = torch.arange(S, device=q.device)[None, None, :] <= pos[:, :, None]  # [B, T, S]
-    scores = scores.masked_fill(~allowed[:, None, None], float("-inf"))
-    out = torch.einsum("bkgts,bskd->btkgd", scores.softmax(-1), vc)
-    return out.reshape(B, T, Hq, D).to(q.dtype)
-
-
 class _Layer:
     __slots__ = ("ln_in", "w_qkv", "b_qkv", "w_o", "b_o", "ln_post", "w_gate_up", "b_gate_up",
                  "w_down", "b_down")
@@ -117,6 +90,9 @@ class Transformer:
 
     def __init__(self, cfg: ModelConfig, state_dict: dict, dtype: torch.dtype = torch.float32,
                  device="cpu", consume: bool = False):
+        if cfg.head_dim not in ops.SUPPORTED_HEAD_DIMS:  # attention always runs on our kernel
+            raise ValueError(f"head_dim {cfg.head_dim} is not supported by fluid_rt's attention "
+                             f"kernel (supported: {ops.SUPPORTED_HEAD_DIMS})")
         self.cfg = cfg
         self.dtype = dtype
         self.device = torch.device(device)
@@ -165,9 +141,6 @@ class Transformer:
             self.layers.append(layer)
         self._rope_len = 0
         self._ensure_rope(cfg.max_position_embeddings)
-        # Attention goes through the fluid_rt kernel; head dims it is not built for use the
-        # plain-torch path (correct, slow: only tiny test models have them).
-        self.uses_kernel = cfg.head_dim in KERNEL_HEAD_DIMS
 
     def _ensure_rope(self, num_positions: int) -> None:
         # Grown on the host from shapes only (cache capacity), never from device values.
@@ -224,12 +197,8 @@ class Transformer:
             qk = apply_rope(qkv[..., :q_size + kv_size].unflatten(-1, (Hq + Hkv, D)), cos, sin)
             q, k = qk[:, :, :Hq], qk[:, :, Hq:]
             v = qkv[..., q_size + kv_size:].unflatten(-1, (Hkv, D))
-            if self.uses_kernel:
-                attn, _ = ops.causal_attention(q, cache.k[li], cache.v[li], seqlens, k, v,
-                                               cache_batch_idx=batch_idx)
-            else:
-                attn = torch_causal_attention(q, cache.k[li], cache.v[li], seqlens, k, v,
-                                              cache_batch_idx=batch_idx)
+            attn = ops.causal_attention(q, cache.k[li], cache.v[li], seqlens, k, v,
+                                        cache_batch_idx=batch_idx)
             x = x + F.linear(attn.reshape(B, T, q_size), layer.w_o, layer.b_o)
             h = rms_norm(x, layer.ln_post, eps)
             gate, up = F.linear(h, layer.w_gate_up, layer.b_gate_up).split((I, I), dim=-1)

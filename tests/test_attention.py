@@ -151,8 +151,10 @@ CASES = [
     (3, 5, 12, 3, 80, 64, True, True, False),
     (2, 2, 8, 1, 96, 130, True, False, True),
     (1, 1, 32, 8, 256, 777, False, True, False),
+    (2, 9, 6, 1, 16, 70, True, True, True),      # the tiny golden models' head dims
+    (3, 4, 4, 2, 32, 129, True, False, False),
 ]
-LOW_PRECISION_CASES = [CASES[1], CASES[3], CASES[4], CASES[8]]
+LOW_PRECISION_CASES = [CASES[1], CASES[3], CASES[4], CASES[8], CASES[11]]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}T{}H{}/{}D{}S{}{}{}{}".format(

@@ -86,8 +86,7 @@ def test_golden_load(loaded):
     lm = loaded["llama-tiny"]
     assert lm.config.family == "llama" and not lm.config.o_bias and lm.config.num_kv_heads == 1
     assert lm.khead is not None and lm.fluid.mask_token_id == 383
-    # head dims 32 and 16: not kernel sizes, so these run on the plain-torch attention path
-    assert not loaded["pangu-tiny"].model.uses_kernel and not lm.model.uses_kernel
+    assert (loaded["pangu-tiny"].config.head_dim, lm.config.head_dim) == (32, 16)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c['model']}-p{len(c['prompt'])}" for c in CASES])

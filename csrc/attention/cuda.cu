@@ -281,6 +281,8 @@ cudaError_t launch_for(const CausalAttentionParams& p, cudaStream_t stream) {
 template <typename T>
 cudaError_t launch_for_type(const CausalAttentionParams& p, cudaStream_t stream) {
   switch (p.head_dim) {
+    case 16: return launch_for<T, 16>(p, stream);
+    case 32: return launch_for<T, 32>(p, stream);
     case 64: return launch_for<T, 64>(p, stream);
     case 80: return launch_for<T, 80>(p, stream);
     case 96: return launch_for<T, 96>(p, stream);

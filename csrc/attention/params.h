@@ -60,7 +60,7 @@ struct CausalAttentionParams {
 
 // Head sizes the kernels are instantiated for.
 inline bool attention_head_dim_supported(int64_t d) {
-  return d == 64 || d == 80 || d == 96 || d == 128 || d == 256;
+  return d == 16 || d == 32 || d == 64 || d == 80 || d == 96 || d == 128 || d == 256;
 }
 
 // Work is split per (batch row, kv head) over the T * G "rows" (query t, head g of the GQA group,

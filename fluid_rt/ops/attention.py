@@ -6,7 +6,10 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-__all__ = ["causal_attention"]
+__all__ = ["causal_attention", "SUPPORTED_HEAD_DIMS"]
+
+# Head dims the kernels are instantiated for (csrc/attention/params.h).
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
 
 
 @torch.library.register_fake("fluid_rt::causal_attention")
@@ -39,7 +42,7 @@ def causal_attention(
 
     Args:
         q: ``[B, T, Hq, D]`` float32/bfloat16/float16, last dim contiguous (other strides free,
-            e.g. a slice of a fused qkv projection). ``D`` in {64, 80, 96, 128, 256}.
+            e.g. a slice of a fused qkv projection). ``D`` in {16, 32, 64, 80, 96, 128, 256}.
         k_cache, v_cache: ``[Bc, S_max, Hkv, D]``, contiguous, q's dtype; ``Hq % Hkv == 0`` (GQA).
             Written in place when ``k``/``v`` are given.
         cache_seqlens: ``[B]`` int32, tokens already in the cache of query row b. Never modified.
