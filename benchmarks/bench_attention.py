@@ -17,8 +17,6 @@ import json
 import statistics
 import time
 
-import os
-import sys
 
 import torch
 import torch.nn.functional as F

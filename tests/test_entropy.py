@@ -10,7 +10,6 @@ import random
 import pytest
 import torch
 
-import fluid_rt
 from fluid_rt.ops import TokenStats, token_entropy
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
