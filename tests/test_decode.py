@@ -168,3 +168,24 @@ def test_bad_requests_raise_clear_errors(golden):
     # Nothing was lost: the decoder still works after the errors.
     (g,), _ = dec.generate([[1, 2]], DecodeConfig(max_new_tokens=4))
     assert len(g.tokens) == 4
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("model", MODELS)
+def test_cuda_graph_decode_matches_golden(model):
+    """On a GPU each elastic step is replayed as one CUDA graph; it must give the golden tokens and
+    traces, exactly as the eager loop does (all cases of the model in one batch, so the graph is
+    re-captured as rows finish)."""
+    cases = [c for c in CASES if c["model"] == model]
+    loaded = load_model(os.path.join(GOLDEN_DIR, model), mask_token_id=cases[0]["mask_token_id"],
+                        device="cuda")
+    cfgs = [case_config(c) for c in cases]
+    prompts = [c["prompt"] for c in cases]
+    runs = {}
+    for graphs in (True, False):
+        dec = Decoder(loaded.model, khead=loaded.khead, mask_token_id=cases[0]["mask_token_id"],
+                      cuda_graphs=graphs)
+        runs[graphs], _ = dec.generate(prompts, cfgs)
+    for case, g, e in zip(cases, runs[True], runs[False]):
+        assert g.tokens == e.tokens == expected_of(case)
+        assert g.trace == e.trace and g.trace[:-1] == case["trace"][: len(g.trace) - 1]
