@@ -25,12 +25,14 @@ output equals greedy AR decoding (``mode="ar"``) of the same model.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from fluid_rt import ops
 from fluid_rt.cache import KVCache
@@ -251,13 +253,16 @@ class Decoder:
     def _elastic_step(self, rows: _Rows, horizon: HorizonPolicy, commit: CommitPolicy) -> None:
         """One steady-state step: forward [pending, block, MASK] and advance every row."""
 
-        def step():
-            logits, hidden = self._forward(rows.tokens, rows)
+        def step(width: int):
+            logits, hidden = self._forward(rows.tokens[:, :width], rows)
             self._advance(rows, logits, hidden, torch.zeros_like(rows.seqlens), horizon, commit)
 
         if not (self.cuda_graphs and self.device.type == "cuda"):
-            step()
+            # Eager: only as many slots as some row reads this step (``_collect`` computed it),
+            # which by causality changes no output of the slots that are read.
+            step(self._width)
             return
+        step = functools.partial(step, rows.tokens.shape[1])  # a graph needs the static shape
         if self._graph is None:  # (re)captured whenever the set of running rows changes
             snapshot = {k: v.clone() for k, v in vars(rows).items() if isinstance(v, torch.Tensor)}
             side = torch.cuda.Stream()
@@ -280,6 +285,9 @@ class Decoder:
         mask, bs = self.mask_token_id, rows.block.shape[1]
         stats = ops.token_entropy(logits)
         pred, score = stats.argmax, commit.score(stats)
+        width = pred.shape[1]
+        if width < bs:  # a narrow step has no verifying row: these columns are never read
+            pred = F.pad(pred, (0, bs - width), value=mask)
 
         # 1. Verify: commit the accepted prefix plus the corrected token, or the whole block.
         was_verifying = rows.verifying.clone()
@@ -307,6 +315,7 @@ class Decoder:
 
         # 3. One draft pass for every drafting row; a row whose block filled up verifies next.
         slots = torch.where(new, slot, 0)[:, None] + torch.arange(bs, device=slot.device)
+        slots = slots.clamp_(max=width - 1)  # past a row's K: read by nobody, kept in range
         drafting = rows.drafting.clone()
         rows.passes += drafting.to(torch.int32)
         ops.draft_commit(rows.block, rows.step, rows.drafting, pred.gather(1, slots),
@@ -366,9 +375,10 @@ class Decoder:
         """The step's one host sync: record block traces and new tokens, retire finished rows.
         Returns whether any row is still running."""
         info = torch.cat([rows.verified, rows.committed[:, None], rows.mismatch[:, None],
-                          rows.out_len[:, None], rows.done[:, None].to(torch.int32)], 1).tolist()
-        keep = []
-        for i, (verified, k, passes, committed, mismatch, n_out, done) in enumerate(info):
+                          rows.out_len[:, None], rows.done[:, None].to(torch.int32),
+                          self._slots_needed(rows)[:, None]], 1).tolist()
+        keep, self._width = [], 1
+        for i, (verified, k, passes, committed, mismatch, n_out, done, need) in enumerate(info):
             s = rows.seq[i]
             cfg = self._cfgs[s]
             if verified and cfg.mode == "elastic":
@@ -383,10 +393,20 @@ class Decoder:
                 self._results[s] = Generation(tokens, "eos" if eos else "length", 0)
             else:
                 keep.append(i)
+                self._width = max(self._width, need)
         if len(keep) < len(rows.seq):
             rows.keep(keep)
             self._graph = None
         return bool(rows.seq)
+
+    @staticmethod
+    def _slots_needed(rows: _Rows) -> torch.Tensor:
+        """Input slots each row's next forward reads: K for a draft pass (outputs 0..K-1), K + bs
+        for a verify (its outputs 0..K-1, then the fused next draft up to K + bs - 1), bs for a
+        block that restarts (its K is not known yet)."""
+        bs = rows.block.shape[1]
+        need = torch.where(rows.verifying, rows.horizon + bs, rows.horizon)
+        return torch.where(rows.restart, bs, need)
 
     def _check(self, prompts, cfgs: list[DecodeConfig]) -> None:
         if not prompts:
