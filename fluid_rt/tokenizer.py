@@ -457,10 +457,11 @@ def tokenizer_from_gguf_metadata(meta: dict[str, Any]) -> Tokenizer:
         for t, kind_ in zip(tokens, token_types)
         if kind_ == _TOKEN_CONTROL and set(t) <= spelled
     ]
+    # (only those the BPE vocabulary holds as spelled: adding any other would create a new id)
     user = [
         AddedToken(t, special=False, normalized=False)
         for t, kind_ in zip(tokens, token_types)
-        if kind_ == _TOKEN_USER_DEFINED
+        if kind_ == _TOKEN_USER_DEFINED and t in vocab
     ]
     if control:
         tok.add_special_tokens(control)
