@@ -30,6 +30,7 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=self.device)
         self.v = torch.zeros(shape, dtype=dtype, device=self.device)
         self.seqlens = torch.zeros(max_batch, dtype=torch.int32, device=self.device)
+        self.device = self.k.device  # normalized ("cuda" -> "cuda:0")
 
     @property
     def max_batch(self) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 FAMILIES = ("pangu", "llama", "qwen2")
@@ -33,7 +33,7 @@ class ModelConfig:
     head_dim: int
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
-    rope_scaling: Optional[dict] = None
+    rope_scaling: Optional[dict] = field(default=None, hash=False)  # dict: kept out of hash()
     attention_bias: bool = False  # biases on q, k, v
     o_bias: bool = False  # bias on o_proj
     mlp_bias: bool = False  # biases on gate, up, down

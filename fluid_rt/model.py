@@ -142,6 +142,7 @@ class Transformer:
             return None if parts[0] is None else torch.cat(parts, dim=0).contiguous()
 
         self.embed = get("model.embed_tokens.weight").contiguous()
+        self.device = self.embed.device  # "cuda" -> "cuda:0": compared with the cache's device
         self.norm = get("model.norm.weight")
         # Tied: the embedding is the lm_head (a stray lm_head.weight in a tied checkpoint is ignored).
         self.lm_head = self.embed if cfg.tie_word_embeddings else get("lm_head.weight").contiguous()

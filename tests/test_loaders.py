@@ -301,3 +301,30 @@ def test_load_model_directory(tmp_path):
     with pytest.warns(UserWarning, match="mask_token_id 144208"):
         lm3 = load_model(tmp_path)
     assert lm3.fluid.end_of_think_token_id is None
+
+
+def test_load_model_gguf_dispatch(tmp_path, monkeypatch):
+    """path=None and *.gguf go through fluid_rt.weights.gguf (stubbed here: it is another module's
+    job); the K-head is only loaded when given explicitly."""
+    import sys
+    import types
+
+    cfg, state = _random_state(HF_CONFIG, seed=4)
+    gguf_file = tmp_path / "m.gguf"
+    gguf_file.write_bytes(b"")
+    seen = []
+    fake = types.ModuleType("fluid_rt.weights.gguf")
+    fake.default_model_path = lambda: str(gguf_file)
+
+    def load_gguf(path, dtype):
+        seen.append((path, dtype))
+        return cfg, dict(state), "TOKENIZER"
+
+    fake.load_gguf = load_gguf
+    monkeypatch.setitem(sys.modules, "fluid_rt.weights.gguf", fake)
+    torch.save(_khead_state(max_k=5), tmp_path / "k.bin")
+    lm = load_model(None, head=str(tmp_path / "k.bin"), mask_token_id=7, dtype=torch.bfloat16)
+    assert seen == [(str(gguf_file), torch.bfloat16)]
+    assert lm.tokenizer == "TOKENIZER" and lm.khead.max_k == 5 and lm.path == str(gguf_file)
+    lm = load_model(str(gguf_file), mask_token_id=7)
+    assert lm.khead is None and lm.fluid.max_k == 16
