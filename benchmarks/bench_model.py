@@ -27,9 +27,9 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from common import use_checkout  # noqa: E402
+
+use_checkout()
 
 from fluid_rt.cache import KVCache  # noqa: E402
 from fluid_rt.model import Transformer  # noqa: E402
