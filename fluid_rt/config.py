@@ -185,7 +185,7 @@ FLUID_JSON = "fluid.json"
 class FluidConfig:
     """FLUID decode tokens and the K-head's horizon limit."""
 
-    mask_token_id: int = DEFAULT_MASK_TOKEN_ID
+    mask_token_id: Optional[int] = DEFAULT_MASK_TOKEN_ID  # None: no mask token (a plain AR model)
     end_of_think_token_id: Optional[int] = DEFAULT_END_OF_THINK_TOKEN_ID
     max_k: int = DEFAULT_MAX_K
 

@@ -89,9 +89,10 @@ def load_model(path: Optional[str] = None, *, head: Optional[str] = None,
             continue
         if given is not None:
             raise ValueError(f"{name}: {value} is outside the vocabulary (size {cfg.vocab_size})")
-        if name == "end_of_think_token_id":
-            # A token the model cannot emit never ends a think section: drop it.
-            fluid.end_of_think_token_id = None
+        if name == "end_of_think_token_id" or khead is None:
+            # The openPangu defaults mean nothing in another vocabulary: a plain AR model (no
+            # K-head) has no mask token, and a token the model cannot emit never ends a think.
+            setattr(fluid, name, None)
             continue
         warnings.warn(f"{path}: {name} {value} (default / fluid.json) is outside the vocabulary "
                       f"(size {cfg.vocab_size}); pass {name}= to load_model", stacklevel=2)
