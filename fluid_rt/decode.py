@@ -155,6 +155,7 @@ class _Rows:
         self.committed, self.mismatch = full(n, 0, i32), full(n, -1, i32)
         self.done, self.drafting = full(n, False, torch.bool), full(n, False, torch.bool)
         self.verifying, self.restart = full(n, False, torch.bool), full(n, False, torch.bool)
+        self.start = full(n, 0, i32)  # first input slot of the next (eager) forward
         # What the last step verified, for the host-side trace: [verified, K, draft passes].
         self.verified = full((n, 3), 0, i32)
 
@@ -258,9 +259,16 @@ class Decoder:
             self._advance(rows, logits, hidden, torch.zeros_like(rows.seqlens), horizon, commit)
 
         if not (self.cuda_graphs and self.device.type == "cuda"):
-            # Eager: only as many slots as some row reads this step (``_collect`` computed it),
-            # which by causality changes no output of the slots that are read.
-            step(self._width)
+            # Eager: each row feeds only the slots [start, start + width) it needs: slots before
+            # ``start`` hold K/V the previous forward computed for the same tokens (a draft pass
+            # changes no position before its step), slots past what any row reads are cut (by
+            # causality neither changes an output that is read).
+            width = self._width
+            index = (rows.start[:, None] + torch.arange(width, device=rows.start.device))
+            tokens = rows.tokens.gather(1, index.clamp_(max=rows.tokens.shape[1] - 1).long())
+            logits, hidden = self._forward(tokens, rows, shift=rows.start)
+            self._advance(rows, logits, hidden, torch.zeros_like(rows.seqlens), horizon, commit,
+                          reuse_prefix=True)
             return
         step = functools.partial(step, rows.tokens.shape[1])  # a graph needs the static shape
         if self._graph is None:  # (re)captured whenever the set of running rows changes
@@ -279,9 +287,11 @@ class Decoder:
         self._graph.replay()
 
     def _advance(self, rows: _Rows, logits, hidden, start_slot, horizon: HorizonPolicy,
-                 commit: CommitPolicy) -> None:
+                 commit: CommitPolicy, reuse_prefix: bool = False) -> None:
         """Everything between two elastic forwards, as in-place device ops (no host sync).
-        ``rows.restart`` marks rows whose new block begins at ``start_slot`` of this forward."""
+        ``rows.restart`` marks rows whose new block begins at ``start_slot`` of this forward.
+        The outputs start at slot ``rows.start`` of each row (0 unless the eager loop trimmed);
+        ``reuse_prefix`` sets the next forward's ``rows.start``."""
         mask, bs = self.mask_token_id, rows.block.shape[1]
         stats = ops.token_entropy(logits)
         pred, score = stats.argmax, commit.score(stats)
@@ -315,13 +325,18 @@ class Decoder:
 
         # 3. One draft pass for every drafting row; a row whose block filled up verifies next.
         slots = torch.where(new, slot, 0)[:, None] + torch.arange(bs, device=slot.device)
-        slots = slots.clamp_(max=width - 1)  # past a row's K: read by nobody, kept in range
+        slots = (slots - rows.start[:, None]).clamp_(0, width - 1)  # out of range: never read
         drafting = rows.drafting.clone()
+        step_before = rows.step.clone()
         rows.passes += drafting.to(torch.int32)
         ops.draft_commit(rows.block, rows.step, rows.drafting, pred.gather(1, slots),
                          score.gather(1, slots).contiguous(), rows.horizon, rows.threshold, mask,
                          commit.score_is_entropy)
         rows.verifying |= drafting & ~rows.drafting
+        if reuse_prefix:
+            # A draft pass wrote positions >= its step only: the K/V of slots 0..step (pending +
+            # block[:step]) this forward computed stay exact for the next draft pass.
+            rows.start.copy_(torch.where(rows.drafting, step_before + 1, 0))
 
         # 4. The next input. After a mismatch the corrected token is pending and the block restarts.
         rows.restart.copy_(rejected)
@@ -363,8 +378,10 @@ class Decoder:
                           rows.seqlens, rows.committed, rows.mismatch)
 
     # -- shared plumbing ---------------------------------------------------------------------------
-    def _forward(self, tokens, rows: _Rows, logits_slots=None):
-        self.cache.seqlens.index_copy_(0, rows.cache_rows.long(), rows.seqlens)
+    def _forward(self, tokens, rows: _Rows, logits_slots=None, shift=None):
+        """The model on ``tokens`` at each row's committed length (+ ``shift``)."""
+        seqlens = rows.seqlens if shift is None else rows.seqlens + shift
+        self.cache.seqlens.index_copy_(0, rows.cache_rows.long(), seqlens)
         return self.model(tokens, self.cache, rows=rows.cache_rows, logits_slots=logits_slots)
 
     def _count_forward(self, rows: _Rows) -> None:
@@ -401,12 +418,12 @@ class Decoder:
 
     @staticmethod
     def _slots_needed(rows: _Rows) -> torch.Tensor:
-        """Input slots each row's next forward reads: K for a draft pass (outputs 0..K-1), K + bs
-        for a verify (its outputs 0..K-1, then the fused next draft up to K + bs - 1), bs for a
-        block that restarts (its K is not known yet)."""
+        """Input slots each row's next forward feeds: up to K for a draft pass (outputs 0..K-1),
+        K + bs for a verify (its outputs 0..K-1, then the fused next draft up to K + bs - 1), bs
+        for a block that restarts (its K is not known yet); minus the reused prefix."""
         bs = rows.block.shape[1]
         need = torch.where(rows.verifying, rows.horizon + bs, rows.horizon)
-        return torch.where(rows.restart, bs, need)
+        return torch.where(rows.restart, bs, need) - rows.start
 
     def _check(self, prompts, cfgs: list[DecodeConfig]) -> None:
         if not prompts:
