@@ -63,6 +63,8 @@ def rope_tables(cfg: ModelConfig, num_positions: int, dtype, device):
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm computed in float32, cast back to x's dtype before the weight (HF's order)."""
+    if x.dtype == torch.float32:  # one fused op, the same arithmetic as below for float32
+        return F.rms_norm(x, weight.shape, weight, eps)
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)
@@ -72,7 +74,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """x [B, T, heads, D]; cos, sin [B, T, 1, D] from ``rope_tables`` (sin half-negated)."""
     half = x.shape[-1] // 2
     swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + swapped * sin
+    return torch.addcmul(x * cos, swapped, sin)
 
 
 class _Layer:
@@ -202,7 +204,7 @@ class Transformer:
             x = x + F.linear(attn.reshape(B, T, q_size), layer.w_o, layer.b_o)
             h = rms_norm(x, layer.ln_post, eps)
             gate, up = F.linear(h, layer.w_gate_up, layer.b_gate_up).split((I, I), dim=-1)
-            x = x + F.linear(F.silu(gate) * up, layer.w_down, layer.b_down)
+            x = x + F.linear(F.silu(gate, inplace=True).mul_(up), layer.w_down, layer.b_down)
         hidden = rms_norm(x, self.norm, eps)
         if logits_slots is not None:
             index = logits_slots.long().unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
