@@ -6,7 +6,9 @@ Measured per dtype (float32, bfloat16):
   decode step  one single-token forward at context ~prompt (ms, median over the greedy steps)
   greedy       tokens/s of a `--new`-token greedy loop after the prefill (argmax on the host each step,
                both sides run the same loop: ours on fluid_rt's KVCache, transformers with its
-               DynamicCache); plus transformers' own `generate()` for reference.
+               DynamicCache)
+  generate     transformers' own `generate()` vs fluid_rt's `Decoder` in AR mode (the product
+               path: commit kernel, stop handling), decode tokens/s after the prefill
 
 Both models get the state dict fluid_rt.weights.gguf.load_gguf returns (tests/test_gguf.py checks
 it equals transformers' own GGUF load tensor by tensor), so transformers' slow GGUF reader is not
@@ -30,6 +32,7 @@ from common import use_checkout  # noqa: E402
 use_checkout()
 
 from fluid_rt.cache import KVCache  # noqa: E402
+from fluid_rt.decode import DecodeConfig, Decoder  # noqa: E402
 from fluid_rt.model import Transformer  # noqa: E402
 from fluid_rt.weights.gguf import default_model_path, load_gguf  # noqa: E402
 
@@ -124,12 +127,19 @@ def hf_generate(model, ids, new):
     return model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
 
 
+def ours_generate(decoder, ids, new):
+    """fluid_rt's product path (Decoder, greedy AR mode): decode tokens/s after its prefill."""
+    (g,), stats = decoder.generate([ids[0].tolist()], DecodeConfig(mode="ar", max_new_tokens=new))
+    return new / max(stats.wall_s - stats.prefill_s, 1e-9), g.tokens
+
+
 def bench_dtype(cfg, state, ids, dtype, new, repeats):
     model = Transformer(cfg, state, dtype=dtype)
     cache = KVCache(cfg, 1, ids.shape[1] + new + 1, dtype)
     ref = hf_model(cfg, state, dtype)
     # Runs alternate between the two sides, so load from other processes hits both alike.
     times = {k: ([], []) for k in ("prefill", "generate")}
+    decoder = Decoder(model)
     greedy = ([], [])
     with torch.inference_mode():
         hf_prefill(ref, ids), ours_prefill(model, cache, ids)  # warm-up
@@ -139,15 +149,17 @@ def bench_dtype(cfg, state, ids, dtype, new, repeats):
             times["prefill"][1].append(timed(lambda: ours_prefill(model, cache, ids))[0])
             greedy[0].append(hf_greedy(ref, ids, new))
             greedy[1].append(ours_greedy(model, cache, ids, new))
+        ours_generate(decoder, ids, 4)
         for _ in range(max(1, repeats // 2)):
             times["generate"][0].append(timed(lambda: hf_generate(ref, ids, new))[0])
+            times["generate"][1].append(ours_generate(decoder, ids, new)[0])
     med = statistics.median
     rows = {"prefill_ms": (med(times["prefill"][0]) * 1e3, med(times["prefill"][1]) * 1e3)}
     rows["decode_step_ms"] = tuple(med(s for _, steps in runs for s in steps) * 1e3 for runs in greedy)
     rows["greedy_tok_s"] = tuple(med(new / sum(steps) for _, steps in runs) for runs in greedy)
     # generate() includes its own prefill: subtract transformers' measured prefill
     gen_s = med(times["generate"][0]) - rows["prefill_ms"][0] / 1e3
-    rows["generate_tok_s"] = (new / max(gen_s, 1e-9), rows["greedy_tok_s"][1])
+    rows["generate_tok_s"] = (new / max(gen_s, 1e-9), med(times["generate"][1]))
     same = greedy[0][0][0] == greedy[1][0][0]
     return rows, same, greedy[1][0][0]
 
