@@ -39,14 +39,14 @@ CausalAttentionParams check_and_describe(const at::Tensor& q, const at::Tensor& 
   check_dtype(v_cache, q.scalar_type(), "v_cache");
   const int64_t B = q.size(0), T = q.size(1), Hq = q.size(2), D = q.size(3);
   const int64_t Bc = k_cache.size(0), S_max = k_cache.size(1), Hkv = k_cache.size(2);
-  TORCH_CHECK_VALUE(attention_head_dim_supported(D), "q: head dim (dim 3) must be one of 16, 32, 64, 80, 96, 128, 256, got ",
+  FLUID_CHECK_VALUE(attention_head_dim_supported(D), "q: head dim (dim 3) must be one of 16, 32, 64, 80, 96, 128, 256, got ",
                     D);
   check_last_dim_contiguous(q, "q");
-  TORCH_CHECK_VALUE(Hkv > 0, "k_cache: the number of kv heads (dim 2) must be positive, got shape ", k_cache.sizes());
-  TORCH_CHECK_VALUE(Hq % Hkv == 0, "q: the number of query heads (", Hq, ") must be a multiple of the kv heads of ",
+  FLUID_CHECK_VALUE(Hkv > 0, "k_cache: the number of kv heads (dim 2) must be positive, got shape ", k_cache.sizes());
+  FLUID_CHECK_VALUE(Hq % Hkv == 0, "q: the number of query heads (", Hq, ") must be a multiple of the kv heads of ",
                     "k_cache (", Hkv, ")");
   check_size(k_cache, 3, D, "k_cache", "head dim, as q");
-  TORCH_CHECK_VALUE(v_cache.sizes() == k_cache.sizes(), "v_cache: expected the shape of k_cache ", k_cache.sizes(),
+  FLUID_CHECK_VALUE(v_cache.sizes() == k_cache.sizes(), "v_cache: expected the shape of k_cache ", k_cache.sizes(),
                     ", got ", v_cache.sizes());
   check_contiguous(k_cache, "k_cache");
   check_contiguous(v_cache, "v_cache");
@@ -54,10 +54,10 @@ CausalAttentionParams check_and_describe(const at::Tensor& q, const at::Tensor& 
   check_dtype(cache_seqlens, at::kInt, "cache_seqlens");
   check_rank(cache_seqlens, 1, "cache_seqlens");
   check_size(cache_seqlens, 0, B, "cache_seqlens", "batch, as q");
-  TORCH_CHECK_VALUE(cache_seqlens.stride(0) == 1 || B <= 1, "cache_seqlens: expected a contiguous tensor, got strides ",
+  FLUID_CHECK_VALUE(cache_seqlens.stride(0) == 1 || B <= 1, "cache_seqlens: expected a contiguous tensor, got strides ",
                     cache_seqlens.strides());
 
-  TORCH_CHECK_VALUE(k.has_value() == v.has_value(), k.has_value() ? "v" : "k",
+  FLUID_CHECK_VALUE(k.has_value() == v.has_value(), k.has_value() ? "v" : "k",
                     ": k and v must be given together (both or neither)");
   const std::pair<const std::optional<at::Tensor>*, const char*> news[] = {{&k, "k"}, {&v, "v"}};
   for (auto [t, name] : news) {
@@ -66,12 +66,12 @@ CausalAttentionParams check_and_describe(const at::Tensor& q, const at::Tensor& 
     check_same_device(x, q, name, "q");
     check_dtype(x, q.scalar_type(), name);
     check_rank(x, 4, name);
-    TORCH_CHECK_VALUE(x.size(0) == B && x.size(1) == T && x.size(2) == Hkv && x.size(3) == D, name,
+    FLUID_CHECK_VALUE(x.size(0) == B && x.size(1) == T && x.size(2) == Hkv && x.size(3) == D, name,
                       ": expected shape [", B, ", ", T, ", ", Hkv, ", ", D, "] (batch, tokens of q; kv heads, head dim "
                       "of k_cache), got ", x.sizes());
     check_last_dim_contiguous(x, name);
   }
-  TORCH_CHECK_VALUE(T <= S_max, "q: ", T, " query tokens cannot fit a cache of length ", S_max, " (k_cache dim 1)");
+  FLUID_CHECK_VALUE(T <= S_max, "q: ", T, " query tokens cannot fit a cache of length ", S_max, " (k_cache dim 1)");
 
   if (cache_batch_idx.has_value()) {
     const at::Tensor& idx = *cache_batch_idx;
@@ -79,10 +79,10 @@ CausalAttentionParams check_and_describe(const at::Tensor& q, const at::Tensor& 
     check_dtype(idx, at::kInt, "cache_batch_idx");
     check_rank(idx, 1, "cache_batch_idx");
     check_size(idx, 0, B, "cache_batch_idx", "batch, as q");
-    TORCH_CHECK_VALUE(idx.stride(0) == 1 || B <= 1, "cache_batch_idx: expected a contiguous tensor, got strides ",
+    FLUID_CHECK_VALUE(idx.stride(0) == 1 || B <= 1, "cache_batch_idx: expected a contiguous tensor, got strides ",
                       idx.strides());
   } else {
-    TORCH_CHECK_VALUE(Bc >= B, "k_cache: has ", Bc, " rows (dim 0) but q has ", B,
+    FLUID_CHECK_VALUE(Bc >= B, "k_cache: has ", Bc, " rows (dim 0) but q has ", B,
                       " (pass cache_batch_idx to map query rows to cache rows)");
   }
 
@@ -98,7 +98,7 @@ CausalAttentionParams check_and_describe(const at::Tensor& q, const at::Tensor& 
   }
 
   double scale = softmax_scale.has_value() ? *softmax_scale : 1.0 / std::sqrt(static_cast<double>(D));
-  TORCH_CHECK_VALUE(std::isfinite(scale), "softmax_scale: must be finite, got ", scale);
+  FLUID_CHECK_VALUE(std::isfinite(scale), "softmax_scale: must be finite, got ", scale);
 
   CausalAttentionParams p;
   p.q = q.data_ptr();
@@ -143,12 +143,12 @@ std::tuple<at::Tensor, at::Tensor> causal_attention_cpu_impl(const at::Tensor& q
   // never goes out of range.
   for (int64_t b = 0; b < p.batch; ++b) {
     const int64_t len = p.cache_seqlens[b];
-    TORCH_CHECK_VALUE(len >= 0 && len + p.seqlen_q <= p.cache_len, "cache_seqlens: row ", b, " has ", len,
+    FLUID_CHECK_VALUE(len >= 0 && len + p.seqlen_q <= p.cache_len, "cache_seqlens: row ", b, " has ", len,
                       " cached tokens; with ", p.seqlen_q, " query tokens it needs 0 <= cache_seqlens[b] <= ",
                       p.cache_len - p.seqlen_q, " (k_cache dim 1 is ", p.cache_len, ")");
     if (p.cache_batch_idx) {
       const int64_t row = p.cache_batch_idx[b];
-      TORCH_CHECK_VALUE(row >= 0 && row < p.cache_batch, "cache_batch_idx: entry ", b, " is ", row,
+      FLUID_CHECK_VALUE(row >= 0 && row < p.cache_batch, "cache_batch_idx: entry ", b, " is ", row,
                         ", out of range for ", p.cache_batch, " cache rows (k_cache dim 0)");
     }
   }
@@ -170,7 +170,7 @@ int sm_count(int device) {
   if (counts[device] == 0) {
     int n = 0;
     cudaError_t err = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device);
-    TORCH_CHECK(err == cudaSuccess, "causal_attention: cannot query the SM count of cuda:", device, ": ",
+    FLUID_CHECK(err == cudaSuccess, "causal_attention: cannot query the SM count of cuda:", device, ": ",
                 cudaGetErrorString(err));
     counts[device] = n;
   }
@@ -200,7 +200,7 @@ std::tuple<at::Tensor, at::Tensor> causal_attention_cuda_impl(const at::Tensor& 
     p.partial_lse = p.partial_out + p.num_splits * rows * p.head_dim;
   }
   cudaError_t err = launch_causal_attention(p, current_stream_for(q));
-  TORCH_CHECK(err == cudaSuccess, "causal_attention: CUDA launch failed: ", cudaGetErrorString(err));
+  FLUID_CHECK(err == cudaSuccess, "causal_attention: CUDA launch failed: ", cudaGetErrorString(err));
   return {out, lse};
 }
 #endif

@@ -50,7 +50,7 @@ DraftCommitParams draft_params(const at::Tensor& block, const at::Tensor& step, 
   check_rank(block, 2, "block");
   check_contiguous(block, "block");
   const int64_t B = block.size(0), kmax = block.size(1);
-  TORCH_CHECK_VALUE(kmax >= 1, "block: Kmax (dim 1) must be >= 1, got shape ", block.sizes());
+  FLUID_CHECK_VALUE(kmax >= 1, "block: Kmax (dim 1) must be >= 1, got shape ", block.sizes());
   check_vector(step, B, at::kInt, "step");
   check_vector(drafting, B, at::kBool, "drafting");
   check_matrix(pred, B, kmax, at::kLong, "pred");
@@ -88,9 +88,9 @@ void draft_commit_cpu_impl(const at::Tensor& block, const at::Tensor& step, cons
   for (int64_t b = 0; b < p.batch; ++b) {
     if (!p.drafting[b]) continue;
     const int64_t K = p.horizon[b], s = p.step[b];
-    TORCH_CHECK_VALUE(K >= 1 && K <= p.kmax, "horizon: row ", b, " has K = ", K, ", outside [1, Kmax = ", p.kmax,
+    FLUID_CHECK_VALUE(K >= 1 && K <= p.kmax, "horizon: row ", b, " has K = ", K, ", outside [1, Kmax = ", p.kmax,
                       "]");
-    TORCH_CHECK_VALUE(s >= 0 && s < K, "step: row ", b, " has step = ", s, ", outside [0, horizon = ", K, ")");
+    FLUID_CHECK_VALUE(s >= 0 && s < K, "step: row ", b, " has step = ", s, ", outside [0, horizon = ", K, ")");
   }
   draft_commit_cpu(p);
 }
@@ -106,7 +106,7 @@ VerifyCommitParams verify_params(const at::Tensor& block, const at::Tensor& pred
   check_rank(block, 2, "block");
   check_contiguous(block, "block");
   const int64_t B = block.size(0), kmax = block.size(1);
-  TORCH_CHECK_VALUE(kmax >= 1, "block: Kmax (dim 1) must be >= 1, got shape ", block.sizes());
+  FLUID_CHECK_VALUE(kmax >= 1, "block: Kmax (dim 1) must be >= 1, got shape ", block.sizes());
   check_matrix(pred, B, kmax, at::kLong, "pred");
   check_vector(horizon, B, at::kInt, "horizon");
   check_vector(verifying, B, at::kBool, "verifying");
@@ -172,11 +172,11 @@ void verify_commit_cpu_impl(const at::Tensor& block, const at::Tensor& pred, con
   for (int64_t b = 0; b < p.batch; ++b) {
     if (!p.verifying[b] || p.done[b]) continue;
     const int64_t K = p.horizon[b], len = p.out_len[b], bud = p.budget[b];
-    TORCH_CHECK_VALUE(K >= 1 && K <= p.kmax, "horizon: row ", b, " has K = ", K, ", outside [1, Kmax = ", p.kmax,
+    FLUID_CHECK_VALUE(K >= 1 && K <= p.kmax, "horizon: row ", b, " has K = ", K, ", outside [1, Kmax = ", p.kmax,
                       "]");
-    TORCH_CHECK_VALUE(len >= 0 && len <= bud, "out_len: row ", b, " has out_len = ", len,
+    FLUID_CHECK_VALUE(len >= 0 && len <= bud, "out_len: row ", b, " has out_len = ", len,
                       ", outside [0, budget = ", bud, "]");
-    TORCH_CHECK_VALUE(bud <= p.out_stride, "budget: row ", b, " has budget = ", bud, " > N = ", p.out_stride,
+    FLUID_CHECK_VALUE(bud <= p.out_stride, "budget: row ", b, " has budget = ", bud, " > N = ", p.out_stride,
                       " (out_tokens dim 1)");
   }
   verify_commit_cpu(p);

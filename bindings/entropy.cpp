@@ -21,14 +21,14 @@ namespace {
 // Rows must be addressable as logits + r * row_stride with stride 1 inside a row: the leading dims
 // (ignoring size-1 dims) must collapse into one stride.
 TokenEntropyParams make_params(const at::Tensor& logits, double temperature) {
-  TORCH_CHECK_VALUE(logits.defined(), "logits: expected a tensor");
+  FLUID_CHECK_VALUE(logits.defined(), "logits: expected a tensor");
   check_supported_device(logits, "logits");
   TokenEntropyParams p;
   p.dtype = float_dtype_of(logits, "logits");
-  TORCH_CHECK_VALUE(logits.dim() >= 1, "logits: expected a tensor of shape [..., V], got a 0-d tensor");
+  FLUID_CHECK_VALUE(logits.dim() >= 1, "logits: expected a tensor of shape [..., V], got a 0-d tensor");
   const int64_t V = logits.size(-1);
-  TORCH_CHECK_VALUE(V >= 1, "logits: the vocabulary dim (last) must be >= 1, got shape ", logits.sizes());
-  TORCH_CHECK_VALUE(V <= std::numeric_limits<int32_t>::max(), "logits: V must be < 2^31, got ", V);
+  FLUID_CHECK_VALUE(V >= 1, "logits: the vocabulary dim (last) must be >= 1, got shape ", logits.sizes());
+  FLUID_CHECK_VALUE(V <= std::numeric_limits<int32_t>::max(), "logits: V must be < 2^31, got ", V);
   check_last_dim_contiguous(logits, "logits");
 
   const int64_t lead = logits.dim() - 1;
@@ -43,17 +43,17 @@ TokenEntropyParams make_params(const at::Tensor& logits, double temperature) {
     if (first) {
       row_stride = st, first = false;
     } else {
-      TORCH_CHECK_VALUE(st == expect, "logits: the leading dims must collapse to one row stride (rows at ",
+      FLUID_CHECK_VALUE(st == expect, "logits: the leading dims must collapse to one row stride (rows at ",
                         "logits + r * row_stride), got shape ", logits.sizes(), " strides ", logits.strides());
     }
     expect = st * n;
   }
-  TORCH_CHECK_VALUE(row_stride >= 0, "logits: negative strides are not supported, got ", logits.strides());
+  FLUID_CHECK_VALUE(row_stride >= 0, "logits: negative strides are not supported, got ", logits.strides());
 
-  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0.0,
+  FLUID_CHECK_VALUE(std::isfinite(temperature) && temperature > 0.0,
                     "temperature: must be finite and > 0, got ", temperature);
   const float inv_t = static_cast<float>(1.0 / temperature);
-  TORCH_CHECK_VALUE(std::isfinite(inv_t),
+  FLUID_CHECK_VALUE(std::isfinite(inv_t),
                     "temperature: 1/temperature must be finite in float32 (temperature >= ~2.9e-39), got ",
                     temperature);
 
@@ -80,7 +80,7 @@ Outputs allocate(const at::Tensor& logits, TokenEntropyParams& p) {
 }
 
 Outputs token_entropy_cpu_impl(const at::Tensor& logits, double temperature) {
-  TORCH_CHECK(logits.is_cpu(), "logits: expected a CPU tensor, got ", logits.device());
+  FLUID_CHECK(logits.is_cpu(), "logits: expected a CPU tensor, got ", logits.device());
   TokenEntropyParams p = make_params(logits, temperature);
   Outputs out = allocate(logits, p);
   p.num_threads = at::get_num_threads();
@@ -90,7 +90,7 @@ Outputs token_entropy_cpu_impl(const at::Tensor& logits, double temperature) {
 
 #ifdef FLUID_RT_WITH_CUDA
 Outputs token_entropy_cuda_impl(const at::Tensor& logits, double temperature) {
-  TORCH_CHECK(logits.is_cuda(), "logits: expected a CUDA tensor, got ", logits.device());
+  FLUID_CHECK(logits.is_cuda(), "logits: expected a CUDA tensor, got ", logits.device());
   c10::cuda::CUDAGuard guard(logits.device());
   TokenEntropyParams p = make_params(logits, temperature);
   Outputs out = allocate(logits, p);
