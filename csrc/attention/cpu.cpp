@@ -303,11 +303,10 @@ struct MicroKernels {
   void (*pv)(const float*, const float*, int64_t, float*, int64_t, int);
 };
 
-// FLUID_RT_DISABLE_AVX512=1 in the environment forces the portable path (the tests use it).
+// FLUID_RT_CPU_PORTABLE=1 in the environment forces the portable path (the tests use it).
 MicroKernels pick_micro_kernels() {
 #ifdef FLUID_RT_ATTN_AVX512
-  static const bool use_avx512 = cpu_has_avx512() && std::getenv("FLUID_RT_DISABLE_AVX512") == nullptr;
-  if (use_avx512) return {load_row_avx512, load_k_tile_avx512, scores_avx512, softmax_update_avx512, pv_avx512};
+  if (cpu_use_avx512()) return {load_row_avx512, load_k_tile_avx512, scores_avx512, softmax_update_avx512, pv_avx512};
 #endif
   return {load_row, load_k_tile_scalar, scores_scalar, softmax_update_scalar, pv_scalar};
 }

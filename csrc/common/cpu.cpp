@@ -1,5 +1,7 @@
 #include "common/cpu_features.h"
 
+#include <cstdlib>
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -14,6 +16,11 @@ bool cpu_has_avx512() {
 #else
   return false;
 #endif
+}
+
+bool cpu_use_avx512() {
+  const char* portable = std::getenv("FLUID_RT_CPU_PORTABLE");
+  return cpu_has_avx512() && !(portable != nullptr && portable[0] == '1');
 }
 
 int cpu_max_threads() {

@@ -291,9 +291,7 @@ void token_entropy_cpu(const TokenEntropyParams& p) {
   const int64_t rows = p.rows, V = p.vocab;
   if (rows <= 0) return;
   const float k = p.inv_temperature;
-  // FLUID_RT_CPU_PORTABLE=1 forces the portable path (tests use it to cover the fallback).
-  const char* portable = std::getenv("FLUID_RT_CPU_PORTABLE");
-  const bool avx512 = cpu_has_avx512() && !(portable != nullptr && portable[0] == '1');
+  const bool avx512 = cpu_use_avx512();
   const int threads = std::max(1, p.num_threads);
   const size_t esize = p.dtype == DType::kFloat32 ? 4 : 2;
   auto row_ptr = [&](int64_t r) {
