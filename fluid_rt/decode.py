@@ -204,8 +204,12 @@ class Decoder:
         cfgs = [cfg] * len(prompts) if isinstance(cfg, DecodeConfig) else list(cfg)
         self._check(prompts, cfgs)
         n = len(prompts)
-        self._ensure_cache(n, max(len(p) + c.max_new_tokens + 2 * c.block_size + 1
-                                  for p, c in zip(prompts, cfgs)))
+        # Room for the longest forward: a row's verify writes up to 2 * block_size slots past its
+        # length, and in a batch of eager steps a row may feed from its reused prefix (< block_size
+        # slots in) as many slots as the widest row needs.
+        bs = max(c.block_size for c in cfgs)
+        self._ensure_cache(n, max(len(p) + c.max_new_tokens for p, c in zip(prompts, cfgs))
+                           + 3 * bs + 1)
         self.cache.reset()
         rows = _Rows(cfgs, self.mask_token_id if self.mask_token_id is not None else 0, self.device)
         self._cfgs, self._graph = cfgs, None
@@ -457,7 +461,7 @@ class Decoder:
         limit = self.max_seq or self.model.cfg.max_position_embeddings
         if need > limit:
             raise ValueError(
-                f"prompt + max_new_tokens + 2 * block_size + 1 = {need} positions exceed the "
+                f"prompt + max_new_tokens + 3 * block_size + 1 = {need} positions exceed the "
                 f"{'cache capacity' if self.max_seq else 'model context'} of {limit}: shorten the "
                 "prompt or lower max_new_tokens")
         size = self.max_seq or need

@@ -189,3 +189,21 @@ def test_cuda_graph_decode_matches_golden(model):
     for case, g, e in zip(cases, runs[True], runs[False]):
         assert g.tokens == e.tokens == expected_of(case)
         assert g.trace == e.trace and g.trace[:-1] == case["trace"][: len(g.trace) - 1]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_batch_near_cache_end_equals_batch_of_one(golden, model):
+    """Rows at different phases up to the last position the cache was sized for (the eager loop
+    feeds each row from its reused prefix, as wide as the widest row): the batch equals each
+    row alone."""
+    loaded = golden[model]
+    vocab = loaded.config.vocab_size
+    dec = Decoder(loaded.model, khead=loaded.khead, mask_token_id=vocab - 1)
+    gen = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, vocab - 1, (32,), generator=gen).tolist() for _ in range(4)]
+    for threshold in (0.9, 0.3):
+        cfg = DecodeConfig(max_new_tokens=64, block_size=16, threshold=threshold)
+        batch, _ = dec.generate(prompts, cfg)
+        for p, g in zip(prompts, batch):
+            (alone,), _ = dec.generate([p], cfg)
+            assert g.tokens == alone.tokens and g.trace == alone.trace
