@@ -193,9 +193,9 @@ def test_cuda_graph_decode_matches_golden(model):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_batch_near_cache_end_equals_batch_of_one(golden, model):
-    """Rows at different phases up to the last position the cache was sized for (the eager loop
-    feeds each row from its reused prefix, as wide as the widest row): the batch equals each
-    row alone."""
+    """Long prompts and budgets decoded together up to the end of the auto-sized cache (each eager
+    step feeds every row from its reused prefix, as wide as the widest row): the batch equals
+    each row alone."""
     loaded = golden[model]
     vocab = loaded.config.vocab_size
     dec = Decoder(loaded.model, khead=loaded.khead, mask_token_id=vocab - 1)
