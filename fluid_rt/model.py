@@ -1,6 +1,6 @@
 """The transformer forward (pangu / llama / qwen2) on a static KV cache.
 
-Pre-norm decoder: RMSNorm -> fused QKV (+bias) -> RoPE (rotate-half) -> ``fluid_rt.ops.causal_attention``
+Pre-norm decoder: RMSNorm (``fluid_rt.ops.rms_norm``, fused with the residual add) -> fused QKV (+bias) -> RoPE (rotate-half) -> ``fluid_rt.ops.causal_attention``
 (GQA, writes the new K/V into the cache) -> o_proj (+bias) -> residual -> RMSNorm -> fused gate/up ->
 SwiGLU -> down -> residual; final RMSNorm; lm_head (or the tied embedding).
 
@@ -59,15 +59,6 @@ def rope_tables(cfg: ModelConfig, num_positions: int, dtype, device):
     cos = torch.cat((freqs.cos(), freqs.cos()), dim=-1)
     sin = torch.cat((-freqs.sin(), freqs.sin()), dim=-1)
     return cos.to(dtype=dtype, device=device), sin.to(dtype=dtype, device=device)
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm computed in float32, cast back to x's dtype before the weight (HF's order)."""
-    if x.dtype == torch.float32:  # one fused op, the same arithmetic as below for float32
-        return F.rms_norm(x, weight.shape, weight, eps)
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -190,9 +181,12 @@ class Transformer:
         q_size, kv_size, I = cfg.q_size, cfg.kv_size, cfg.intermediate_size
         eps = cfg.rms_norm_eps
 
-        x = F.embedding(tokens, self.embed)  # [B, T, H]
+        # x is the residual stream; ``ops.rms_norm(x, w, eps, delta)`` adds each block's output
+        # into it in place and normalizes the sum in one pass.
+        x = F.embedding(tokens, self.embed)  # [B, T, H], a fresh tensor
+        delta = None
         for li, layer in enumerate(self.layers):
-            h = rms_norm(x, layer.ln_in, eps)
+            h = ops.rms_norm(x, layer.ln_in, eps, delta)
             qkv = F.linear(h, layer.w_qkv, layer.b_qkv)
             # RoPE on q and k together (one set of elementwise ops); q, k, v stay views with a
             # contiguous last dim, as causal_attention accepts.
@@ -201,11 +195,11 @@ class Transformer:
             v = qkv[..., q_size + kv_size:].unflatten(-1, (Hkv, D))
             attn = ops.causal_attention(q, cache.k[li], cache.v[li], seqlens, k, v,
                                         cache_batch_idx=batch_idx)
-            x = x + F.linear(attn.reshape(B, T, q_size), layer.w_o, layer.b_o)
-            h = rms_norm(x, layer.ln_post, eps)
+            h = ops.rms_norm(x, layer.ln_post, eps,
+                             F.linear(attn.reshape(B, T, q_size), layer.w_o, layer.b_o))
             gate, up = F.linear(h, layer.w_gate_up, layer.b_gate_up).split((I, I), dim=-1)
-            x = x + F.linear(F.silu(gate, inplace=True).mul_(up), layer.w_down, layer.b_down)
-        hidden = rms_norm(x, self.norm, eps)
+            delta = F.linear(F.silu(gate, inplace=True).mul_(up), layer.w_down, layer.b_down)
+        hidden = ops.rms_norm(x, self.norm, eps, delta)
         if logits_slots is not None:
             index = logits_slots.long().unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
             logits = F.linear(hidden.gather(1, index), self.lm_head)

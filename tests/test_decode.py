@@ -3,6 +3,7 @@ the FLUID reference loop), greedy AR decoding, and its own batching and stop rul
 
 import json
 import os
+import zlib
 
 import pytest
 import torch
@@ -81,24 +82,46 @@ def test_batch_of_all_cases_equals_batch_of_one(golden, alone, model):
     assert stats.forwards == max(g.forwards for g in gens)
 
 
+@pytest.fixture(scope="module")
+def hf64():
+    """The golden models in float64 transformers: the arbiter of float32 near-ties."""
+    from benchmarks.reference_loop import load_hf_fluid_model
+
+    return {m: load_hf_fluid_model(os.path.join(GOLDEN_DIR, m), dtype=torch.float64)[0]
+            for m in MODELS}
+
+
+def assert_same_up_to_ties(hf, prompt, want, got, margin=1e-4):
+    """Token lists equal, or first different where float64 says the two tokens' logits tie."""
+    if want == got:
+        return
+    k = next(i for i, (a, b) in enumerate(zip(want, got)) if a != b)
+    with torch.no_grad():
+        logits = hf(torch.tensor([prompt + want[:k]])).logits[0, -1]
+    gap = (logits[want[k]] - logits[got[k]]).abs().item()
+    assert gap < margin, f"position {k}: {want[k]} vs {got[k]} differ by {gap} in float64"
+
+
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("horizon,commit,threshold", [
     ("khead", "confidence", 0.9), ("entropy", "confidence", 0.5), ("fixed", "confidence", 0.2),
     ("fixed", "entropy", 0.5), ("entropy", "entropy", 2.0),
 ])
-def test_remask_is_lossless_against_greedy_ar(golden, model, horizon, commit, threshold):
+def test_remask_is_lossless_against_greedy_ar(golden, hf64, model, horizon, commit, threshold):
     loaded = golden[model]
     vocab = loaded.config.vocab_size
     dec = Decoder(loaded.model, khead=loaded.khead, mask_token_id=vocab - 1)
-    gen = torch.Generator().manual_seed(hash((model, horizon, commit)) % 1000)
-    prompts = [torch.randint(0, vocab - 1, (n,), generator=gen).tolist() for n in (1, 4, 19)]
+    seed = zlib.crc32(f"{model}/{horizon}/{commit}".encode())
+    gen = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(0, vocab - 1, (n,), generator=gen).tolist()
+               for n in (1, 4, 19, 2, 7, 30)]
     ar, _ = dec.generate(prompts, DecodeConfig(mode="ar", max_new_tokens=40))
     cfg = DecodeConfig(max_new_tokens=40, block_size=12, min_block=2, horizon=horizon,
                        commit=commit, threshold=threshold)
     elastic, _ = dec.generate(prompts, cfg)
-    for a, e in zip(ar, elastic):
-        assert e.tokens == a.tokens
+    for p, a, e in zip(prompts, ar, elastic):
         assert a.forwards == len(a.tokens) == 40
+        assert_same_up_to_ties(hf64[model], p, a.tokens, e.tokens)
         assert sum(b["committed"] for b in e.trace) >= len(e.tokens)
 
 

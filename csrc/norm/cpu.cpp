@@ -1,0 +1,97 @@
+// CPU rms_norm (+ fused residual add): one pass to add and square-sum, one to scale. Rows are
+// split over OpenMP threads only when there are enough of them to pay for the parallel region.
+#include <cmath>
+
+#include "common/cpu_features.h"
+#include "norm/params.h"
+
+#if defined(__x86_64__) && defined(FLUID_RT_HAS_AVX512)
+#include <immintrin.h>
+#define FLUID_RT_NORM_AVX512 1
+#define AVX512_FN __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#endif
+
+namespace fluid_rt {
+namespace {
+
+// Any dtype: float math per element, rounding exactly where torch would (after the add, and the
+// normed value before the weight).
+float row_scalar(const RmsNormParams& p, int64_t r) {
+  const int64_t H = p.hidden;
+  void* x = static_cast<char*>(p.x) + r * H * (p.dtype == DType::kFloat32 ? 4 : 2);
+  float ss = 0.f;
+  for (int64_t i = 0; i < H; ++i) {
+    float v = load_as_float(x, i, p.dtype);
+    if (p.add) {
+      v += load_as_float(p.add, r * p.add_row_stride + i, p.dtype);
+      store_from_float(x, i, p.dtype, v);
+      v = load_as_float(x, i, p.dtype);  // the rounded sum, as torch's add leaves it
+    }
+    ss += v * v;
+  }
+  return 1.f / std::sqrt(ss / static_cast<float>(H) + p.eps);
+}
+
+void scale_scalar(const RmsNormParams& p, int64_t r, float inv) {
+  const int64_t H = p.hidden;
+  const int64_t base = r * H;
+  const size_t esize = p.dtype == DType::kFloat32 ? 4 : 2;
+  const void* x = static_cast<const char*>(p.x) + base * esize;
+  void* out = static_cast<char*>(p.out) + base * esize;
+  for (int64_t i = 0; i < H; ++i) {
+    store_from_float(out, i, p.dtype, load_as_float(x, i, p.dtype) * inv);  // normed, rounded
+    const float n = load_as_float(out, i, p.dtype);
+    store_from_float(out, i, p.dtype, load_as_float(p.weight, i, p.dtype) * n);
+  }
+}
+
+#ifdef FLUID_RT_NORM_AVX512
+// float32 rows: 16 lanes, masked tail.
+AVX512_FN void row_avx512_f32(const RmsNormParams& p, int64_t r) {
+  const int64_t H = p.hidden;
+  float* x = static_cast<float*>(p.x) + r * H;
+  const float* add = p.add ? static_cast<const float*>(p.add) + r * p.add_row_stride : nullptr;
+  const float* w = static_cast<const float*>(p.weight);
+  float* out = static_cast<float*>(p.out) + r * H;
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < H; i += 16) {
+    const __mmask16 m = H - i >= 16 ? 0xffff : static_cast<__mmask16>((1u << (H - i)) - 1);
+    __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+    if (add) {
+      v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, add + i));
+      _mm512_mask_storeu_ps(x + i, m, v);
+    }
+    acc = _mm512_fmadd_ps(v, v, acc);
+  }
+  const float inv = 1.f / std::sqrt(_mm512_reduce_add_ps(acc) / static_cast<float>(H) + p.eps);
+  const __m512 vinv = _mm512_set1_ps(inv);
+  for (int64_t i = 0; i < H; i += 16) {
+    const __mmask16 m = H - i >= 16 ? 0xffff : static_cast<__mmask16>((1u << (H - i)) - 1);
+    const __m512 n = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), vinv);
+    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, w + i), n));
+  }
+}
+#endif
+
+void norm_row(const RmsNormParams& p, int64_t r, bool avx512) {
+#ifdef FLUID_RT_NORM_AVX512
+  if (avx512 && p.dtype == DType::kFloat32) {
+    row_avx512_f32(p, r);
+    return;
+  }
+#endif
+  (void)avx512;
+  scale_scalar(p, r, row_scalar(p, r));
+}
+
+}  // namespace
+
+void rms_norm_cpu(const RmsNormParams& p) {
+  const bool avx512 = cpu_use_avx512();
+  // A parallel region costs a few microseconds: only worth it for many elements.
+  const bool parallel = p.rows > 1 && p.rows * p.hidden >= (1 << 16);
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t r = 0; r < p.rows; ++r) norm_row(p, r, avx512);
+}
+
+}  // namespace fluid_rt
