@@ -1,13 +1,15 @@
 """Elastic-horizon (FLUID) decoding and plain greedy AR decoding on one static KV cache.
 
-Every elastic forward has the same shape ``[B, 1 + 2 * block_size]``:
+Every elastic forward has the layout (and, captured in a CUDA graph, the shape)
+``[B, 1 + 2 * block_size]``:
 
     slot 0          the pending token: the last committed one, whose K/V is (re)computed here
     slots 1..bs     the block being drafted or verified (MASK beyond its horizon K)
     slots bs+1..2bs MASK
 
 so the cache always holds the committed tokens but the last, and the output at slot j predicts
-block position j (slot 0's output is the spec's ``next_logits``). After each forward, on the
+block position j (slot 0's output is the spec's ``next_logits``). Eager steps feed each row only
+the slots it reads (DEVELOPERS.md, "The decoder"). After each forward, on the
 device and without a host round-trip:
 
 1. rows that were verifying commit ``block[:f] + [pred_f]`` (or the whole block) with
@@ -216,12 +218,11 @@ class Decoder:
         self._results: list[Generation | None] = [None] * n
         self._traces: list[list[dict]] = [[] for _ in range(n)]
         self._forwards = [0] * n
-        mode, on = cfgs[0].mode, on_commit
         start = time.perf_counter()
-        if mode == "ar":
-            prefill_s, batch_forwards = self._run_ar(prompts, rows, on)
+        if cfgs[0].mode == "ar":
+            prefill_s, batch_forwards = self._run_ar(prompts, rows, on_commit)
         else:
-            prefill_s, batch_forwards = self._run_elastic(prompts, cfgs[0], rows, on)
+            prefill_s, batch_forwards = self._run_elastic(prompts, cfgs[0], rows, on_commit)
         wall = time.perf_counter() - start
         results = self._results
         for i, g in enumerate(results):
@@ -243,9 +244,13 @@ class Decoder:
         tokens = tokens.to(dev)
         rows.pending.copy_(tokens.gather(1, (lengths - 1).long()[:, None]).squeeze(1))
         rows.restart.fill_(True)
-        logits, hidden = self._forward(tokens, rows)  # at positions 0.. (seqlens are 0)
+        # Logits only from each row's last prompt token on (its slot 0 from here): the vocab
+        # matmul of the rest of the prompt would be thrown away.
+        frame = (lengths - 1).long()[:, None] + torch.arange(rows.block.shape[1], device=dev)
+        logits, hidden = self._forward(tokens, rows, logits_slots=frame)  # at positions 0..
+        hidden = hidden.gather(1, frame[:, :, None].expand(-1, -1, hidden.shape[-1]))
         rows.seqlens.copy_(lengths - 1)  # the cache holds the prompt but its last (pending) token
-        self._advance(rows, logits, hidden, lengths - 1, horizon, commit)
+        self._advance(rows, logits, hidden, torch.zeros_like(lengths), horizon, commit)
         prefill_s = time.perf_counter() - t0
         batch_forwards = 1
         self._count_forward(rows)
