@@ -173,8 +173,9 @@ def plot_horizon(g: Generation, path: str) -> None:
         pos += b["committed"]
     fig, ax = plt.subplots(figsize=(9, 3.2))
     ax.step(starts, [b["K"] for b in g.trace], where="post", label="horizon K", color="tab:blue")
-    ax.bar(starts, [b["committed"] for b in g.trace], width=0.8, alpha=0.5,
-           label="tokens committed", color="tab:green")
+    committed = [b["committed"] for b in g.trace]
+    ax.bar(starts, committed, width=[max(c, 1) * 0.95 for c in committed], align="edge",
+           alpha=0.5, label="tokens committed", color="tab:green")
     miss = [s for s, b in zip(starts, g.trace) if b["mismatch"] is not None]
     ax.plot(miss, [0.3] * len(miss), "rx", label="mismatch")
     ax.set_xlabel("output token index at block start")
