@@ -6,7 +6,7 @@ SwiGLU -> down -> residual; final RMSNorm; lm_head (or the tied embedding).
 
 The hot path is the decoder's: every forward has the same shape, so it does no host syncs and no
 data-dependent shapes (positions come from ``cache.seqlens`` on the device; RoPE tables are
-precomputed) and runs under CUDA graph capture. Linear layers are plain ``F.linear`` (cuBLAS on GPU,
+precomputed) and runs under CUDA graph capture. Linear layers are plain matmuls (cuBLAS on GPU,
 oneDNN on CPU); q/k/v and gate/up are concatenated at load so each layer does four matmuls.
 """
 
@@ -68,6 +68,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.addcmul(x * cos, swapped, sin)
 
 
+def linear(x: torch.Tensor, w_t: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x [..., in] @ w_t [in, out] (+ bias)``."""
+    x2 = x.reshape(-1, x.shape[-1])
+    y = torch.mm(x2, w_t) if bias is None else torch.addmm(bias, x2, w_t)
+    return y.view(*x.shape[:-1], w_t.shape[1])
+
+
 class _Layer:
     __slots__ = ("ln_in", "w_qkv", "b_qkv", "w_o", "b_o", "ln_post", "w_gate_up", "b_gate_up",
                  "w_down", "b_down")
@@ -110,11 +117,17 @@ class Transformer:
             parts = [maybe(n) for n in names]
             return None if parts[0] is None else torch.cat(parts, dim=0).contiguous()
 
+        def transposed(w):
+            # Weights are kept [in, out]: x @ W runs without the per-call repacking that MKL does
+            # for a transposed operand (2x on CPU for the few-token matmuls of decoding; the
+            # same for cuBLAS either way).
+            return None if w is None else w.t().contiguous()
+
         self.embed = get("model.embed_tokens.weight").contiguous()
         self.device = self.embed.device  # "cuda" -> "cuda:0": compared with the cache's device
         self.norm = get("model.norm.weight")
         # Tied: the embedding is the lm_head (a stray lm_head.weight in a tied checkpoint is ignored).
-        self.lm_head = self.embed if cfg.tie_word_embeddings else get("lm_head.weight").contiguous()
+        self.lm_head = transposed(self.embed if cfg.tie_word_embeddings else get("lm_head.weight"))
         self.layers = []
         for i in range(cfg.num_layers):
             p = f"model.layers.{i}."
@@ -122,14 +135,14 @@ class Transformer:
             layer.ln_in = get(p + "input_layernorm.weight")
             layer.ln_post = get(p + "post_attention_layernorm.weight")
             attn = [p + f"self_attn.{n}_proj." for n in ("q", "k", "v")]
-            layer.w_qkv = cat([a + "weight" for a in attn])
+            layer.w_qkv = transposed(cat([a + "weight" for a in attn]))
             layer.b_qkv = cat([a + "bias" for a in attn])
-            layer.w_o = get(p + "self_attn.o_proj.weight").contiguous()
+            layer.w_o = transposed(get(p + "self_attn.o_proj.weight"))
             layer.b_o = maybe(p + "self_attn.o_proj.bias")
             mlp = [p + f"mlp.{n}_proj." for n in ("gate", "up")]
-            layer.w_gate_up = cat([m + "weight" for m in mlp])
+            layer.w_gate_up = transposed(cat([m + "weight" for m in mlp]))
             layer.b_gate_up = cat([m + "bias" for m in mlp])
-            layer.w_down = get(p + "mlp.down_proj.weight").contiguous()
+            layer.w_down = transposed(get(p + "mlp.down_proj.weight"))
             layer.b_down = maybe(p + "mlp.down_proj.bias")
             self.layers.append(layer)
         self._rope_len = 0
@@ -187,7 +200,7 @@ class Transformer:
         delta = None
         for li, layer in enumerate(self.layers):
             h = ops.rms_norm(x, layer.ln_in, eps, delta)
-            qkv = F.linear(h, layer.w_qkv, layer.b_qkv)
+            qkv = linear(h, layer.w_qkv, layer.b_qkv)
             # RoPE on q and k together (one set of elementwise ops); q, k, v stay views with a
             # contiguous last dim, as causal_attention accepts.
             qk = apply_rope(qkv[..., :q_size + kv_size].unflatten(-1, (Hq + Hkv, D)), cos, sin)
@@ -196,15 +209,15 @@ class Transformer:
             attn = ops.causal_attention(q, cache.k[li], cache.v[li], seqlens, k, v,
                                         cache_batch_idx=batch_idx)
             h = ops.rms_norm(x, layer.ln_post, eps,
-                             F.linear(attn.reshape(B, T, q_size), layer.w_o, layer.b_o))
-            gate, up = F.linear(h, layer.w_gate_up, layer.b_gate_up).split((I, I), dim=-1)
-            delta = F.linear(F.silu(gate, inplace=True).mul_(up), layer.w_down, layer.b_down)
+                             linear(attn.reshape(B, T, q_size), layer.w_o, layer.b_o))
+            gate, up = linear(h, layer.w_gate_up, layer.b_gate_up).split((I, I), dim=-1)
+            delta = linear(F.silu(gate, inplace=True).mul_(up), layer.w_down, layer.b_down)
         hidden = ops.rms_norm(x, self.norm, eps, delta)
         if logits_slots is not None:
             index = logits_slots.long().unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-            logits = F.linear(hidden.gather(1, index), self.lm_head)
+            logits = linear(hidden.gather(1, index), self.lm_head)
         else:
-            logits = F.linear(hidden, self.lm_head)
+            logits = linear(hidden, self.lm_head)
         return logits.float(), hidden
 
     def new_cache(self, max_batch: int, max_seq: int) -> KVCache:
