@@ -11,20 +11,27 @@ import sys
 
 def main(paths: list[str]) -> None:
     for path in paths:
-        docs = []
         try:
             with open(path) as f:
-                for line in f:
-                    line = line.strip()
-                    if line.startswith("{"):
-                        docs.append(json.loads(line))
-        except (OSError, json.JSONDecodeError) as err:
+                text = f.read()
+        except OSError as err:
             print(f"{path}: unreadable ({err})")
             continue
+        try:  # one (possibly indented) document, or one document per line
+            docs = [json.loads(text)]
+        except json.JSONDecodeError:
+            docs = []
+            for line in text.splitlines():
+                try:
+                    docs.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
         if not docs:
             print(f"{path}: no result")
         for doc in docs:
-            rows = doc.get("rows") or doc.get("results") or []
+            if isinstance(doc, list):  # a bare list of result rows
+                doc = {"rows": doc}
+            rows = doc.get("rows") or doc.get("results") or doc.get("cases") or []
             print(f"-- {doc.get('benchmark', path)} on {doc.get('device', '?')}")
             for r in rows:
                 print("   " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

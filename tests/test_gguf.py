@@ -17,6 +17,8 @@ import torch
 
 gguf = pytest.importorskip("gguf")
 
+from fluid_rt.cache import KVCache  # noqa: E402
+from fluid_rt.model import Transformer  # noqa: E402
 from fluid_rt.weights import gguf as fg  # noqa: E402
 
 
@@ -416,7 +418,6 @@ def test_state_dict_equals_transformers(smol, hf_model):
 
 @pytest.fixture(scope="module")
 def smol_model(smol):
-    Transformer = pytest.importorskip("fluid_rt.model").Transformer
     _, cfg, state, _ = smol
     return Transformer(cfg, state, dtype=torch.float32)
 
@@ -428,7 +429,6 @@ def _chat_prompt_ids(tok, question):
 
 @pytest.mark.slow
 def test_logits_match_transformers(smol, smol_model, hf_model):
-    KVCache = pytest.importorskip("fluid_rt.cache").KVCache
     _, cfg, _, tok = smol
     model = smol_model
     ids = _chat_prompt_ids(tok, "Write one sentence about the sea.")
@@ -454,7 +454,6 @@ def test_logits_match_transformers(smol, smol_model, hf_model):
 
 @pytest.mark.slow
 def test_greedy_decode_matches_transformers(smol, smol_model, hf_model):
-    KVCache = pytest.importorskip("fluid_rt.cache").KVCache
     _, cfg, _, tok = smol
     model = smol_model
     ids = _chat_prompt_ids(tok, "What is the capital of France?")
