@@ -4,20 +4,13 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "common/cuda_dtype.cuh"
 #include "norm/params.h"
 
 namespace fluid_rt {
 namespace {
 
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) rms_norm_kernel(RmsNormParams p) {
@@ -32,10 +25,10 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(RmsNormParams p) {
   for (int64_t i = threadIdx.x; i < H; i += kThreads) {
     T v = x[i];
     if (add) {
-      v = from_f<T>(to_f(v) + to_f(add[i]));  // rounded as torch's add
+      v = from_float<T>(to_float(v) + to_float(add[i]));  // rounded as torch's add
       x[i] = v;
     }
-    const float f = to_f(v);
+    const float f = to_float(v);
     ss += f * f;
   }
   __shared__ float warp_sums[kThreads / 32];
@@ -51,8 +44,8 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(RmsNormParams p) {
   __syncthreads();
   const float inv = inv_rms;
   for (int64_t i = threadIdx.x; i < H; i += kThreads) {
-    const T normed = from_f<T>(to_f(x[i]) * inv);  // rounded before the weight (HF's order)
-    out[i] = from_f<T>(to_f(w[i]) * to_f(normed));
+    const T normed = from_float<T>(to_float(x[i]) * inv);  // rounded before the weight (HF's order)
+    out[i] = from_float<T>(to_float(w[i]) * to_float(normed));
   }
 }
 
