@@ -15,6 +15,8 @@ except ImportError as err:  # pragma: no cover - only hit on a broken install
     ) from err
 
 from fluid_rt import ops  # noqa: E402
+from fluid_rt.decode import DecodeConfig, Decoder, Generation  # noqa: E402
+from fluid_rt.loader import LoadedModel, load_model  # noqa: E402
 
 __version__ = _C.__version__
 
@@ -29,4 +31,5 @@ def build_info() -> dict:
     }
 
 
-__all__ = ["ops", "build_info", "__version__"]
+__all__ = ["ops", "build_info", "load_model", "LoadedModel", "Decoder", "DecodeConfig",
+           "Generation", "__version__"]
