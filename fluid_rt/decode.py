@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import functools
 import math
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -229,6 +231,40 @@ class Decoder:
             g.forwards, g.trace = self._forwards[i], self._traces[i]
         return results, BatchStats(batch_forwards, sum(len(g.tokens) for g in results), wall,
                                    prefill_s)
+
+    def stream(self, prompt: Sequence[int], cfg: DecodeConfig = DecodeConfig(),
+               tokenizer=None) -> Iterator[str | list[int]]:
+        """Decode one prompt and yield what each step commits as it commits: text when a
+        ``tokenizer`` (``fluid_rt.tokenizer.Tokenizer``) is given, token ids otherwise. The
+        generator's return value (``StopIteration.value``) is the ``Generation``."""
+        chunks: queue.Queue = queue.Queue()
+        outcome: dict = {}
+
+        def work():
+            try:
+                (outcome["generation"],), _ = self.generate([prompt], cfg,
+                                                            on_commit=lambda _i, ids: chunks.put(ids))
+            except BaseException as err:  # re-raised in the caller's thread
+                outcome["error"] = err
+            finally:
+                chunks.put(None)
+
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        text = tokenizer.decode_stream() if tokenizer is not None else None
+        while (ids := chunks.get()) is not None:
+            piece = text.push(ids) if text is not None else ids
+            if piece:
+                yield piece
+        worker.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        if text is not None and (tail := text.flush()):
+            yield tail
+        generation = outcome["generation"]
+        if tokenizer is not None:
+            generation.text = tokenizer.decode(generation.tokens)
+        return generation
 
     # -- elastic ---------------------------------------------------------------------------------
     def _run_elastic(self, prompts, cfg: DecodeConfig, rows: _Rows, on_commit):

@@ -230,3 +230,36 @@ def test_batch_near_cache_end_equals_batch_of_one(golden, model):
         for p, g in zip(prompts, batch):
             (alone,), _ = dec.generate([p], cfg)
             assert g.tokens == alone.tokens and g.trace == alone.trace
+
+
+def test_stream_yields_the_generation_piece_by_piece(golden):
+    case = CASES[2]
+    dec = decoder_for(golden[case["model"]], case)
+    it = dec.stream(case["prompt"], case_config(case))
+    pieces = []
+    while True:
+        try:
+            pieces.append(next(it))
+        except StopIteration as stop:
+            g = stop.value
+            break
+    assert len(pieces) > 1 and [t for p in pieces for t in p] == g.tokens == expected_of(case)
+    with pytest.raises(ValueError, match="outside"):
+        list(dec.stream([10**6], case_config(case)))
+
+
+def test_stream_text_with_the_default_model():
+    pytest.importorskip("gguf")
+    loaded = load_model(None)
+    tok = loaded.tokenizer
+    ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": "Name three colours."}],
+                                             add_generation_prompt=True))
+    it = Decoder(loaded.model).stream(ids, DecodeConfig(mode="ar", max_new_tokens=16), tok)
+    pieces = []
+    while True:
+        try:
+            pieces.append(next(it))
+        except StopIteration as stop:
+            g = stop.value
+            break
+    assert len(pieces) > 1 and "".join(pieces) == g.text == tok.decode(g.tokens)
