@@ -116,3 +116,26 @@ def test_default_model_chat_answers_paris(capsys):
                                 "--max-new-tokens", "12"])
     assert rc == 0, err
     assert "Paris" in out
+
+
+def test_bench_subcommand_runs_a_benchmark_script(capsys):
+    rc = main(["bench", "commit", "--iters", "3", "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    rows = json.loads(out)
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    assert {r["op"] for r in rows} == {"draft_commit", "verify_commit"}
+    assert all(r["ratio"] > 0 for r in rows)
+    with pytest.raises(SystemExit, match="no benchmarks/bench_nope.py"):
+        main(["bench", "nope"])
+
+
+def test_console_script_is_installed():
+    import shutil
+    import subprocess
+
+    exe = shutil.which("fluid-rt")
+    if exe is None:
+        pytest.skip("fluid-rt is not on PATH (an in-place development build)")
+    res = subprocess.run([exe, "generate", "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "--horizon-plot" in res.stdout
