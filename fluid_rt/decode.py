@@ -436,9 +436,13 @@ class Decoder:
     def _collect(self, rows: _Rows, on_commit) -> bool:
         """The step's one host sync: record block traces and new tokens, retire finished rows.
         Returns whether any row is still running."""
+        # Only eager elastic steps trim their width; AR and graph steps skip that arithmetic.
+        eager_elastic = self._cfgs[0].mode == "elastic" and not (
+            self.cuda_graphs and self.device.type == "cuda")
+        need = self._slots_needed(rows) if eager_elastic else torch.ones_like(rows.out_len)
         info = torch.cat([rows.verified, rows.committed[:, None], rows.mismatch[:, None],
                           rows.out_len[:, None], rows.done[:, None].to(torch.int32),
-                          self._slots_needed(rows)[:, None]], 1).tolist()
+                          need[:, None]], 1).tolist()
         keep, self._width = [], 1
         for i, (verified, k, passes, committed, mismatch, n_out, done, need) in enumerate(info):
             s = rows.seq[i]

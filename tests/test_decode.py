@@ -232,17 +232,21 @@ def test_batch_near_cache_end_equals_batch_of_one(golden, model):
             assert g.tokens == alone.tokens and g.trace == alone.trace
 
 
-def test_stream_yields_the_generation_piece_by_piece(golden):
-    case = CASES[2]
-    dec = decoder_for(golden[case["model"]], case)
-    it = dec.stream(case["prompt"], case_config(case))
+def drain(it):
+    """All pieces of a ``Decoder.stream`` iterator and the Generation it returns."""
     pieces = []
     while True:
         try:
             pieces.append(next(it))
         except StopIteration as stop:
-            g = stop.value
-            break
+            return pieces, stop.value
+
+
+def test_stream_yields_the_generation_piece_by_piece(golden):
+    case = CASES[2]
+    dec = decoder_for(golden[case["model"]], case)
+    it = dec.stream(case["prompt"], case_config(case))
+    pieces, g = drain(it)
     assert len(pieces) > 1 and [t for p in pieces for t in p] == g.tokens == expected_of(case)
     with pytest.raises(ValueError, match="outside"):
         list(dec.stream([10**6], case_config(case)))
@@ -255,11 +259,5 @@ def test_stream_text_with_the_default_model():
     ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": "Name three colours."}],
                                              add_generation_prompt=True))
     it = Decoder(loaded.model).stream(ids, DecodeConfig(mode="ar", max_new_tokens=16), tok)
-    pieces = []
-    while True:
-        try:
-            pieces.append(next(it))
-        except StopIteration as stop:
-            g = stop.value
-            break
+    pieces, g = drain(it)
     assert len(pieces) > 1 and "".join(pieces) == g.text == tok.decode(g.tokens)
