@@ -106,6 +106,25 @@ inline void check_last_dim_contiguous(const at::Tensor& t, const char* name) {
                     ": the last dimension must be contiguous (stride 1), got strides ", t.strides());
 }
 
+// The one stride between consecutive rows of a [..., H] tensor whose last dim is contiguous and
+// whose leading dims collapse (e.g. a column slice of a wider matrix); H for a single row.
+inline int64_t collapsed_row_stride(const at::Tensor& t, const char* name) {
+  check_last_dim_contiguous(t, name);
+  int64_t row_stride = t.size(-1), expect = -1;
+  bool first = true;
+  for (int64_t d = t.dim() - 2; d >= 0; --d) {
+    if (t.size(d) == 1) continue;
+    if (first) {
+      row_stride = t.stride(d), first = false;
+    } else {
+      FLUID_CHECK_VALUE(t.stride(d) == expect, name,
+                        ": the leading dims must collapse to one row stride, got strides ", t.strides());
+    }
+    expect = t.stride(d) * t.size(d);
+  }
+  return row_stride;
+}
+
 // Two tensors whose storage ranges intersect cannot be written and read by the same op safely.
 inline bool storage_overlaps(const at::Tensor& a, const at::Tensor& b) {
   if (!a.defined() || !b.defined() || a.numel() == 0 || b.numel() == 0) return false;

@@ -39,20 +39,8 @@ RmsNormParams make_params(const at::Tensor& x, const at::Tensor& weight, double 
     check_same_device(a, x, "add", "x");
     check_dtype(a, x.scalar_type(), "add");
     FLUID_CHECK_VALUE(a.sizes() == x.sizes(), "add: expected the shape of x ", x.sizes(), ", got ", a.sizes());
-    check_last_dim_contiguous(a, "add");
     // Rows of add must sit at one stride (e.g. a slice of a wider tensor), like x's rows.
-    int64_t row_stride = H, expect = -1;
-    bool first = true;
-    for (int64_t d = a.dim() - 2; d >= 0; --d) {
-      if (a.size(d) == 1) continue;
-      if (first) {
-        row_stride = a.stride(d), first = false;
-      } else {
-        FLUID_CHECK_VALUE(a.stride(d) == expect, "add: the leading dims must collapse to one row stride, got ",
-                          "strides ", a.strides());
-      }
-      expect = a.stride(d) * a.size(d);
-    }
+    const int64_t row_stride = collapsed_row_stride(a, "add");
     check_no_overlap(x, "x", a, "add");
     p.add = a.data_ptr();
     p.add_row_stride = row_stride;

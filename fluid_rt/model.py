@@ -68,16 +68,48 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.addcmul(x * cos, swapped, sin)
 
 
-def linear(x: torch.Tensor, w_t: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``x [..., in] @ w_t [in, out] (+ bias)``."""
-    x2 = x.reshape(-1, x.shape[-1])
-    y = torch.mm(x2, w_t) if bias is None else torch.addmm(bias, x2, w_t)
-    return y.view(*x.shape[:-1], w_t.shape[1])
+class Linear:
+    """One linear layer, ``y = x @ weight.T (+ bias)``, with its weight kept in the form the
+    device multiplies fastest: packed panels for ``ops.packed_linear`` when float32 on the CPU (a
+    single sequential pass over the weight per forward, where BLAS would re-pack it on every call),
+    otherwise ``[in, out]`` for ``torch.mm`` / ``addmm`` (cuBLAS; oneDNN with AMX for bfloat16).
+
+    ``weight``: ``[out, in]``; ``bias``: ``[out]`` or None; both in the model's dtype and device.
+    """
+
+    __slots__ = ("out_features", "bias", "packed", "w_t")
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                 pack: Optional[bool] = None):
+        if pack is None:
+            pack = weight.device.type == "cpu" and weight.dtype == torch.float32
+        self.out_features = weight.shape[0]
+        self.bias = bias
+        self.packed = ops.pack_linear_weight(weight) if pack else None
+        # Kept [in, out]: x @ W runs without the per-call repacking MKL does for a transposed
+        # operand (the same for cuBLAS either way).
+        self.w_t = None if pack else weight.t().contiguous()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., in]`` -> ``[..., out]``."""
+        if self.packed is not None:
+            return ops.packed_linear(x, self.packed, self.bias)
+        x2 = x.reshape(-1, x.shape[-1])
+        y = torch.mm(x2, self.w_t) if self.bias is None else torch.addmm(self.bias, x2, self.w_t)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """SwiGLU's down projection: ``self(silu(gate) * up)`` for ``gate_up [..., 2 * in]`` =
+        ``[gate, up]`` (overwritten on the unpacked path; the packed one applies the activation
+        while it packs the rows, with no extra pass)."""
+        if self.packed is not None:
+            return ops.packed_linear(gate_up, self.packed, self.bias, silu_and_mul=True)
+        gate, up = gate_up.chunk(2, dim=-1)
+        return self(F.silu(gate, inplace=True).mul_(up))
 
 
 class _Layer:
-    __slots__ = ("ln_in", "w_qkv", "b_qkv", "w_o", "b_o", "ln_post", "w_gate_up", "b_gate_up",
-                 "w_down", "b_down")
+    __slots__ = ("ln_in", "qkv", "o", "ln_post", "gate_up", "down")
 
 
 class Transformer:
@@ -117,17 +149,11 @@ class Transformer:
             parts = [maybe(n) for n in names]
             return None if parts[0] is None else torch.cat(parts, dim=0).contiguous()
 
-        def transposed(w):
-            # Weights are kept [in, out]: x @ W runs without the per-call repacking that MKL does
-            # for a transposed operand (2x on CPU for the few-token matmuls of decoding; the
-            # same for cuBLAS either way).
-            return None if w is None else w.t().contiguous()
-
         self.embed = get("model.embed_tokens.weight").contiguous()
         self.device = self.embed.device  # "cuda" -> "cuda:0": compared with the cache's device
         self.norm = get("model.norm.weight")
         # Tied: the embedding is the lm_head (a stray lm_head.weight in a tied checkpoint is ignored).
-        self.lm_head = transposed(self.embed if cfg.tie_word_embeddings else get("lm_head.weight"))
+        self.lm_head = Linear(self.embed if cfg.tie_word_embeddings else get("lm_head.weight"))
         self.layers = []
         for i in range(cfg.num_layers):
             p = f"model.layers.{i}."
@@ -135,15 +161,11 @@ class Transformer:
             layer.ln_in = get(p + "input_layernorm.weight")
             layer.ln_post = get(p + "post_attention_layernorm.weight")
             attn = [p + f"self_attn.{n}_proj." for n in ("q", "k", "v")]
-            layer.w_qkv = transposed(cat([a + "weight" for a in attn]))
-            layer.b_qkv = cat([a + "bias" for a in attn])
-            layer.w_o = transposed(get(p + "self_attn.o_proj.weight"))
-            layer.b_o = maybe(p + "self_attn.o_proj.bias")
+            layer.qkv = Linear(cat([a + "weight" for a in attn]), cat([a + "bias" for a in attn]))
+            layer.o = Linear(get(p + "self_attn.o_proj.weight"), maybe(p + "self_attn.o_proj.bias"))
             mlp = [p + f"mlp.{n}_proj." for n in ("gate", "up")]
-            layer.w_gate_up = transposed(cat([m + "weight" for m in mlp]))
-            layer.b_gate_up = cat([m + "bias" for m in mlp])
-            layer.w_down = transposed(get(p + "mlp.down_proj.weight"))
-            layer.b_down = maybe(p + "mlp.down_proj.bias")
+            layer.gate_up = Linear(cat([m + "weight" for m in mlp]), cat([m + "bias" for m in mlp]))
+            layer.down = Linear(get(p + "mlp.down_proj.weight"), maybe(p + "mlp.down_proj.bias"))
             self.layers.append(layer)
         self._rope_len = 0
         self._ensure_rope(cfg.max_position_embeddings)
@@ -191,7 +213,7 @@ class Transformer:
         cos = self.cos[positions].unsqueeze(2)  # [B, T, 1, D]
         sin = self.sin[positions].unsqueeze(2)
         Hq, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        q_size, kv_size, I = cfg.q_size, cfg.kv_size, cfg.intermediate_size
+        q_size, kv_size = cfg.q_size, cfg.kv_size
         eps = cfg.rms_norm_eps
 
         # x is the residual stream; ``ops.rms_norm(x, w, eps, delta)`` adds each block's output
@@ -200,7 +222,7 @@ class Transformer:
         delta = None
         for li, layer in enumerate(self.layers):
             h = ops.rms_norm(x, layer.ln_in, eps, delta)
-            qkv = linear(h, layer.w_qkv, layer.b_qkv)
+            qkv = layer.qkv(h)
             # RoPE on q and k together (one set of elementwise ops); q, k, v stay views with a
             # contiguous last dim, as causal_attention accepts.
             qk = apply_rope(qkv[..., :q_size + kv_size].unflatten(-1, (Hq + Hkv, D)), cos, sin)
@@ -208,16 +230,14 @@ class Transformer:
             v = qkv[..., q_size + kv_size:].unflatten(-1, (Hkv, D))
             attn = ops.causal_attention(q, cache.k[li], cache.v[li], seqlens, k, v,
                                         cache_batch_idx=batch_idx)
-            h = ops.rms_norm(x, layer.ln_post, eps,
-                             linear(attn.reshape(B, T, q_size), layer.w_o, layer.b_o))
-            gate, up = linear(h, layer.w_gate_up, layer.b_gate_up).split((I, I), dim=-1)
-            delta = linear(F.silu(gate, inplace=True).mul_(up), layer.w_down, layer.b_down)
+            h = ops.rms_norm(x, layer.ln_post, eps, layer.o(attn.reshape(B, T, q_size)))
+            delta = layer.down.silu_and_mul(layer.gate_up(h))
         hidden = ops.rms_norm(x, self.norm, eps, delta)
         if logits_slots is not None:
             index = logits_slots.long().unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-            logits = linear(hidden.gather(1, index), self.lm_head)
+            logits = self.lm_head(hidden.gather(1, index))
         else:
-            logits = linear(hidden, self.lm_head)
+            logits = self.lm_head(hidden)
         return logits.float(), hidden
 
     def new_cache(self, max_batch: int, max_seq: int) -> KVCache:

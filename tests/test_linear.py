@@ -1,0 +1,220 @@
+"""fluid_rt.ops.pack_linear_weight / packed_linear (float32, CPU) against float64 math."""
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fluid_rt.ops import pack_linear_weight, packed_linear
+
+def activated(x, silu_and_mul):
+    """The rows that are multiplied: x, or silu(gate) * up in float32 as torch computes it."""
+    if not silu_and_mul:
+        return x
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def reference(x, weight, bias=None, silu_and_mul=False):
+    """float64 F.linear of the activated rows."""
+    x = activated(x, silu_and_mul)
+    return F.linear(x.double(), weight.double(), None if bias is None else bias.double())
+
+
+def check_close(got, x, weight, bias=None, silu_and_mul=False):
+    """The float32 error bound of a K-term sum, per element: |err| <= (K + 2) u sum_k |x_k w_k|
+    (+ the bias's rounding). Rigorous for any summation order, so it never flakes; a wrong or
+    missing term (about sum / K) is far outside it."""
+    want = reference(x, weight, bias, silu_and_mul)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    a = activated(x, silu_and_mul).double()
+    K, u = a.shape[-1], 2.0 ** -24
+    bound = (K + 2) * u * F.linear(a.abs(), weight.double().abs())
+    if bias is not None:
+        bound = bound + 2 * u * bias.double().abs()
+    err = (got.double() - want).abs()
+    assert (err <= bound + 1e-30).all(), f"max error {err.max():.3g}, bound there {bound.flatten()[err.argmax()]:.3g}"
+
+
+@pytest.mark.parametrize("M", [1, 2, 5, 6, 7, 12, 13, 17, 24, 25, 33, 70])
+@pytest.mark.parametrize("K,N", [(1, 1), (7, 5), (64, 32), (33, 65), (100, 96), (512, 1000)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_matches_float64(M, K, N, with_bias):
+    gen = torch.Generator().manual_seed(M * 1000 + K * 7 + N)
+    x = torch.randn(M, K, generator=gen)
+    weight = torch.randn(N, K, generator=gen)
+    bias = torch.randn(N, generator=gen) if with_bias else None
+    packed = pack_linear_weight(weight)
+    assert packed.shape == (N, K) and packed.is_contiguous()
+    check_close(packed_linear(x, packed, bias), x, weight, bias)
+
+
+def test_packed_layout():
+    """Panel p (columns 32 p ..) is [K, width] row-major at element 32 p K; the last is narrower."""
+    weight = torch.randn(70, 9)
+    flat = pack_linear_weight(weight).flatten()
+    for p, width in enumerate((32, 32, 6)):
+        panel = flat[32 * p * 9 : 32 * p * 9 + 9 * width].view(9, width)
+        assert torch.equal(panel, weight[32 * p : 32 * p + width].t())
+
+
+def test_any_weight_strides():
+    """The weight may be a transposed or sliced view (packing reads it through its strides)."""
+    base = torch.randn(40, 50)
+    for weight in (base, base.t(), base[::2, 3:40], base.t()[5:, ::3]):
+        x = torch.randn(3, weight.shape[1])
+        check_close(packed_linear(x, pack_linear_weight(weight)), x, weight)
+
+
+def test_leading_dims_and_row_strided_x():
+    """x [..., K] with any leading dims, or a column slice of a wider matrix (one row stride)."""
+    weight, bias = torch.randn(45, 64), torch.randn(45)
+    packed = pack_linear_weight(weight)
+    x = torch.randn(2, 3, 64)
+    check_close(packed_linear(x, packed, bias), x, weight, bias)
+    wide = torch.randn(2, 5, 100)
+    x = wide[..., 10:74]
+    check_close(packed_linear(x, packed, bias), x, weight, bias)
+    empty = packed_linear(torch.randn(0, 64), packed, bias)
+    assert empty.shape == (0, 45)
+
+
+@pytest.mark.parametrize("M", [1, 4, 13, 40])
+def test_silu_and_mul_input(M):
+    """silu_and_mul: the rows multiplied are silu(gate) * up of x = [gate, up]."""
+    K, N = 75, 66
+    gen = torch.Generator().manual_seed(M)
+    x = torch.randn(M, 2 * K, generator=gen) * 3
+    weight, bias = torch.randn(N, K, generator=gen), torch.randn(N, generator=gen)
+    x_in = x.clone()
+    y = packed_linear(x, pack_linear_weight(weight), bias, silu_and_mul=True)
+    check_close(y, x, weight, bias, silu_and_mul=True)
+    assert torch.equal(x, x_in)  # the input is not overwritten
+
+
+def test_outputs_written_everywhere():
+    """No output element is left unwritten: the result never depends on what memory held."""
+    weight, x = torch.randn(37, 20), torch.randn(19, 20)
+    packed = pack_linear_weight(weight)
+    torch.manual_seed(0)
+    for _ in range(3):  # fresh allocations after poisoning freed memory with NaN
+        poison = torch.full((19, 37), float("nan"))
+        del poison
+        y = packed_linear(x, packed)
+        assert torch.isfinite(y).all()
+        check_close(y, x, weight)
+
+
+def test_rows_are_independent_of_the_batch():
+    """A row's result is bit-identical whatever else is in the call: the decoder relies on it (a
+    forward's outputs at a position must not depend on how many other positions it carries)."""
+    weight, bias = torch.randn(300, 128), torch.randn(300)
+    packed = pack_linear_weight(weight)
+    x = torch.randn(40, 128)
+    full = packed_linear(x, packed, bias)
+    for M in (1, 3, 7, 12, 13, 17, 25):
+        assert torch.equal(packed_linear(x[:M], packed, bias), full[:M])
+        assert torch.equal(packed_linear(x[M:M + 1], packed, bias), full[M:M + 1])
+
+
+def test_portable_path_matches(monkeypatch):
+    weight, bias = torch.randn(70, 33), torch.randn(70)
+    packed = pack_linear_weight(weight)
+    for M in (1, 5, 14, 30):
+        x = torch.randn(M, 66)
+        fast = packed_linear(x, packed, bias, silu_and_mul=True)
+        with monkeypatch.context() as m:
+            m.setenv("FLUID_RT_CPU_PORTABLE", "1")
+            slow = packed_linear(x, packed, bias, silu_and_mul=True)
+        torch.testing.assert_close(slow, fast, rtol=1e-5, atol=1e-5)
+
+
+def test_opcheck_and_compile():
+    weight, bias, x = torch.randn(40, 24), torch.randn(40), torch.randn(5, 24)
+    torch.library.opcheck(torch.ops.fluid_rt.pack_linear_weight.default, (weight,))
+    packed = pack_linear_weight(weight)
+    torch.library.opcheck(torch.ops.fluid_rt.packed_linear.default, (x, packed, bias, False))
+    torch.library.opcheck(torch.ops.fluid_rt.packed_linear.default,
+                          (torch.randn(5, 48), packed, None, True))
+
+    @torch.compile(backend="aot_eager", fullgraph=True)
+    def f(x, packed, bias):
+        return packed_linear(x, packed, bias) * 2
+
+    check_close(f(x, packed, bias) / 2, x, weight, bias)
+
+
+def test_model_uses_packed_weights_for_float32_cpu():
+    from fluid_rt.model import Linear
+
+    w, b = torch.randn(20, 8), torch.randn(20)
+    assert Linear(w, b).packed is not None
+    assert Linear(w.bfloat16(), b.bfloat16()).packed is None  # oneDNN/AMX takes bfloat16
+    x = torch.randn(3, 8)
+    gate_up = torch.randn(3, 16)
+    for lin in (Linear(w, b), Linear(w, b, pack=False)):
+        check_close(lin(x), x, w, b)
+        check_close(lin.silu_and_mul(gate_up.clone()), gate_up, w, b, silu_and_mul=True)
+
+
+def _packed(n=10, k=4):
+    return pack_linear_weight(torch.randn(n, k))
+
+
+BAD = [
+    ("weight dtype", lambda: pack_linear_weight(torch.ones(3, 4, dtype=torch.float64)), "weight"),
+    ("weight rank", lambda: pack_linear_weight(torch.ones(3)), "weight"),
+    ("weight empty", lambda: pack_linear_weight(torch.ones(0, 4)), "weight"),
+    ("x dtype", lambda: packed_linear(torch.ones(2, 4, dtype=torch.bfloat16), _packed()), "x"),
+    ("x in_features", lambda: packed_linear(torch.ones(2, 5), _packed()), "x"),
+    ("x silu in_features", lambda: packed_linear(torch.ones(2, 4), _packed(), silu_and_mul=True),
+     "2 \\* in_features"),
+    ("x strided", lambda: packed_linear(torch.ones(2, 8)[:, ::2], _packed()), "x"),
+    ("x 0-d", lambda: packed_linear(torch.tensor(1.0), _packed()), "x"),
+    ("packed rank", lambda: packed_linear(torch.ones(2, 4), torch.ones(1, 4, 32)), "packed"),
+    ("packed strided", lambda: packed_linear(torch.ones(2, 4), torch.ones(4, 10).t()), "packed"),
+    ("packed dtype", lambda: packed_linear(torch.ones(2, 4), _packed().double()), "packed"),
+    ("bias shape", lambda: packed_linear(torch.ones(2, 4), _packed(), torch.ones(9)), "bias"),
+    ("bias dtype", lambda: packed_linear(torch.ones(2, 4), _packed(),
+                                         torch.ones(10, dtype=torch.float64)), "bias"),
+    ("bias strided", lambda: packed_linear(torch.ones(2, 4), _packed(), torch.ones(20)[::2]),
+     "bias"),
+]
+
+
+@pytest.mark.parametrize("name,call,word", BAD, ids=[b[0] for b in BAD])
+def test_bad_arguments_raise(name, call, word):
+    with pytest.raises((ValueError, RuntimeError), match=word):
+        call()
+
+
+def test_fuzz_malformed_calls_never_crash():
+    """Random (often invalid) shapes, dtypes and strides: only Python errors, never a crash, and
+    every call that succeeds matches the reference."""
+    rng = random.Random(2026)
+    dtypes = [torch.float32] * 6 + [torch.float64, torch.bfloat16, torch.int32]
+    ok = 0
+    for _ in range(300):
+        n, k = rng.choice([1, 3, 32, 33, 70]), rng.choice([1, 2, 5, 16, 31])
+        weight = torch.randn(n, k).to(rng.choice(dtypes))
+        try:
+            packed = pack_linear_weight(weight)
+        except (ValueError, RuntimeError):
+            continue
+        if rng.random() < 0.3:  # a transposed or reshaped packed tensor (slicing it is undetectable
+            # misuse: its memory is in panel order, documented as an operand for packed_linear only)
+            packed = rng.choice([packed.t(), packed.reshape(1, -1)])
+        silu = rng.random() < 0.3
+        xk = rng.choice([2 * k if silu else k] * 3 + [k + 1, 2 * k, 0])
+        x = torch.randn(rng.choice([0, 1, 4, 13]), xk).to(rng.choice(dtypes))
+        if rng.random() < 0.2 and x.dim() == 2:
+            x = x.t()
+        bias = rng.choice([None, None, torch.randn(n), torch.randn(n + 1), torch.randn(n).double()])
+        try:
+            y = packed_linear(x, packed, bias, silu_and_mul=silu)
+        except (ValueError, RuntimeError):
+            continue
+        ok += 1
+        check_close(y, x, weight.float(), bias, silu)
+    assert ok > 20
