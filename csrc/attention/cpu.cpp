@@ -330,46 +330,62 @@ struct Scratch {
 };
 
 // Rows r0 .. r1 of (batch row b, kv head h); row r is query r / G of query head h * G + r % G.
-void attend_rows(const CausalAttentionParams& p, const MicroKernels& mk, int64_t b, int64_t h, int64_t r0,
-                 int64_t r1, Scratch& w) {
-  const int64_t D = p.head_dim, G = p.group();
-  const int64_t rows = r1 - r0;
-  const int64_t rows_pad = (rows + kRowBlock - 1) / kRowBlock * kRowBlock;
-  const int64_t esize = dtype_size(p.dtype);
-  const int64_t cache_row = p.cache_batch_idx ? p.cache_batch_idx[b] : b;
-  const int64_t seqlen = p.cache_seqlens[b];
-  w.reserve(rows_pad, D);
+// An item's rows are loaded once (load_rows), folded over one or more key ranges (attend_keys:
+// the running output o, max m and denominator l in the scratch), then normalized and stored
+// (store_rows), or, when the keys are split across threads, parked and merged (merge_splits).
+struct RowRange {
+  int64_t b, h, r0, r1;
+  int64_t rows() const { return r1 - r0; }
+  int64_t rows_pad() const { return (rows() + kRowBlock - 1) / kRowBlock * kRowBlock; }
+};
 
+// Keys the rows attend: 0 .. seqlen + (last row's query) inclusive.
+int64_t key_end(const CausalAttentionParams& p, const RowRange& rr) {
+  return p.cache_seqlens[rr.b] + (rr.r1 - 1) / p.group() + 1;
+}
+
+void load_rows(const CausalAttentionParams& p, const MicroKernels& mk, const RowRange& rr, Scratch& w) {
+  const int64_t D = p.head_dim, G = p.group(), rows = rr.rows(), rows_pad = rr.rows_pad();
+  const int64_t esize = dtype_size(p.dtype);
+  const int64_t seqlen = p.cache_seqlens[rr.b];
+  w.reserve(rows_pad, D);
   const float q_scale = p.softmax_scale * kLog2e;
   for (int64_t i = 0; i < rows_pad; ++i) {
     float* qi = w.q.data() + i * D;
     if (i < rows) {
-      const int64_t t = (r0 + i) / G, hq = h * G + (r0 + i) % G;
-      const char* src = static_cast<const char*>(p.q) + (b * p.q_stride_b + t * p.q_stride_t + hq * p.q_stride_h) * esize;
+      const int64_t t = (rr.r0 + i) / G, hq = rr.h * G + (rr.r0 + i) % G;
+      const char* src = static_cast<const char*>(p.q) + (rr.b * p.q_stride_b + t * p.q_stride_t + hq * p.q_stride_h) * esize;
       mk.load_row(src, D, p.dtype, q_scale, qi);
       w.lim[i] = seqlen + t + 1;  // keys 0 .. seqlen + t
     } else {
       std::fill(qi, qi + D, 0.f);
       w.lim[i] = 0;  // padding row: never attends
     }
-    w.m[i] = kNegInf;
-    w.l[i] = 0.f;
   }
+}
+
+// Folds keys [k_begin, k_end) (k_begin a multiple of kKeyTile) into fresh o, m, l.
+void attend_keys(const CausalAttentionParams& p, const MicroKernels& mk, const RowRange& rr, int64_t k_begin,
+                 int64_t k_end, Scratch& w) {
+  const int64_t D = p.head_dim, rows_pad = rr.rows_pad();
+  const int64_t esize = dtype_size(p.dtype);
+  const int64_t cache_row = p.cache_batch_idx ? p.cache_batch_idx[rr.b] : rr.b;
+  std::fill(w.m.begin(), w.m.begin() + rows_pad, kNegInf);
+  std::fill(w.l.begin(), w.l.begin() + rows_pad, 0.f);
   std::fill(w.o.begin(), w.o.begin() + rows_pad * D, 0.f);
-  const int64_t key_end = seqlen + (r1 - 1) / G + 1;
 
   const int64_t cache_stride = p.heads_kv * D;  // elements between consecutive positions
-  for (int64_t j0 = 0; j0 < key_end; j0 += kKeyTile) {
-    const int n = static_cast<int>(std::min<int64_t>(kKeyTile, key_end - j0));
+  for (int64_t j0 = k_begin; j0 < k_end; j0 += kKeyTile) {
+    const int n = static_cast<int>(std::min<int64_t>(kKeyTile, k_end - j0));
     const int nkb = (n + kKeyBlock - 1) / kKeyBlock;
 
     // Consecutive positions of one head are heads_kv * D elements apart (often a page or more), which
     // the hardware prefetchers do not follow: ask for the next tile's K and V rows now.
     {
-      const int64_t next_n = std::min<int64_t>(kKeyTile, key_end - j0 - kKeyTile);
+      const int64_t next_n = std::min<int64_t>(kKeyTile, k_end - j0 - kKeyTile);
       const int64_t row_bytes = D * esize;
       for (int64_t j = 0; j < next_n; ++j) {
-        const int64_t off = p.cache_offset(cache_row, j0 + kKeyTile + j, h) * esize;
+        const int64_t off = p.cache_offset(cache_row, j0 + kKeyTile + j, rr.h) * esize;
         for (int64_t c = 0; c < row_bytes; c += 64) {
           __builtin_prefetch(static_cast<const char*>(p.k_cache) + off + c);
           __builtin_prefetch(static_cast<const char*>(p.v_cache) + off + c);
@@ -378,12 +394,12 @@ void attend_rows(const CausalAttentionParams& p, const MicroKernels& mk, int64_t
     }
 
     // K tile, transposed to [D][kKeyTile] so scores are vector FMAs without horizontal sums.
-    mk.load_k_tile(static_cast<const char*>(p.k_cache) + p.cache_offset(cache_row, j0, h) * esize, cache_stride * esize,
-                   n, nkb * kKeyBlock, D, p.dtype, w.krow.data(), w.kt.data());
+    mk.load_k_tile(static_cast<const char*>(p.k_cache) + p.cache_offset(cache_row, j0, rr.h) * esize,
+                   cache_stride * esize, n, nkb * kKeyBlock, D, p.dtype, w.krow.data(), w.kt.data());
 
     // V tile, copied (and converted) into a dense buffer: read in place, its rows would sit
     // heads_kv * D elements apart, often a multiple of 4 KiB, all in the same L1 sets.
-    const char* vsrc = static_cast<const char*>(p.v_cache) + p.cache_offset(cache_row, j0, h) * esize;
+    const char* vsrc = static_cast<const char*>(p.v_cache) + p.cache_offset(cache_row, j0, rr.h) * esize;
     for (int j = 0; j < n; ++j) mk.load_row(vsrc + j * cache_stride * esize, D, p.dtype, 1.f, w.v.data() + j * D);
     const float* vt = w.v.data();
     const int64_t vs = D;
@@ -406,14 +422,16 @@ void attend_rows(const CausalAttentionParams& p, const MicroKernels& mk, int64_t
       mk.pv(s, vt, vs, w.o.data() + rb * D, D, n);
     }
   }
+}
 
-  for (int64_t i = 0; i < rows; ++i) {
-    const int64_t t = (r0 + i) / G, hq = h * G + (r0 + i) % G;
-    const int64_t out_row = (b * p.seqlen_q + t) * p.heads_q + hq;
-    // Every row has at least key 0 (lim >= 1), so l >= 1 and m is finite.
-    store_row(w.o.data() + i * D, D, p.dtype, 1.f / w.l[i], static_cast<char*>(p.out) + out_row * D * esize);
-    p.lse[out_row] = (w.m[i] + std::log2(w.l[i])) * kLn2;
-  }
+// out = o / l and lse = (m + log2 l) ln 2 for row i of the range (l >= 1: every row sees key 0).
+void store_row_result(const CausalAttentionParams& p, const RowRange& rr, int64_t i, const float* o, float m,
+                      float l) {
+  const int64_t D = p.head_dim, G = p.group(), esize = dtype_size(p.dtype);
+  const int64_t t = (rr.r0 + i) / G, hq = rr.h * G + (rr.r0 + i) % G;
+  const int64_t out_row = (rr.b * p.seqlen_q + t) * p.heads_q + hq;
+  store_row(o, D, p.dtype, 1.f / l, static_cast<char*>(p.out) + out_row * D * esize);
+  p.lse[out_row] = (m + std::log2(l)) * kLn2;
 }
 
 // Copies the new keys/values into cache slots seqlen .. seqlen + T - 1 of each row's cache row.
@@ -444,16 +462,80 @@ void causal_attention_cpu(const CausalAttentionParams& p) {
   const int64_t tiles = (total_rows + tile - 1) / tile;
   const int64_t heads = p.batch * p.heads_kv;
   const int64_t items = heads * tiles;
+  // Largest causal ranges (last row tiles) first, so the dynamic schedule balances the threads.
+  auto item_rows = [&](int64_t it) {
+    const int64_t tile_idx = tiles - 1 - it / heads;
+    const int64_t r0 = tile_idx * tile;
+    return RowRange{(it % heads) / p.heads_kv, it % p.heads_kv, r0, std::min(total_rows, r0 + tile)};
+  };
+
+  // Decoding has few items (batch x kv heads, one row tile each) and long key ranges: too few to
+  // keep every thread busy. Then each item's keys are split into ranges of whole tiles, attended in
+  // parallel and merged by their (m, l) (flash-decoding's split-KV), so a single sequence's
+  // attention uses every core.
+  int64_t max_keys = 0;
+  for (int64_t b = 0; b < p.batch; ++b) max_keys = std::max<int64_t>(max_keys, p.cache_seqlens[b] + p.seqlen_q);
+  const int64_t key_tiles = (max_keys + kKeyTile - 1) / kKeyTile;
+  const int64_t threads = cpu_max_threads();
+  const int64_t splits = items >= 2 * threads ? 1
+                         : std::max<int64_t>(1, std::min((4 * threads + items - 1) / items, key_tiles / 2));
+
+  if (splits == 1) {
+#pragma omp parallel
+    {
+      Scratch w;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t it = 0; it < items; ++it) {
+        const RowRange rr = item_rows(it);
+        load_rows(p, mk, rr, w);
+        attend_keys(p, mk, rr, 0, key_end(p, rr), w);
+        for (int64_t i = 0; i < rr.rows(); ++i) store_row_result(p, rr, i, w.o.data() + i * p.head_dim, w.m[i], w.l[i]);
+      }
+    }
+    return;
+  }
+
+  // Split s of an item covers key tiles [s * per, (s + 1) * per) of that item's own range.
+  const int64_t D = p.head_dim, tile_pad = (tile + kRowBlock - 1) / kRowBlock * kRowBlock;
+  std::vector<float> part_o(items * splits * tile_pad * D), part_m(items * splits * tile_pad),
+      part_l(items * splits * tile_pad);
 #pragma omp parallel
   {
     Scratch w;
-    // Largest causal ranges (last row tiles) first, so the dynamic schedule balances the threads.
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t it = 0; it < items; ++it) {
-      const int64_t tile_idx = tiles - 1 - it / heads;
-      const int64_t b = (it % heads) / p.heads_kv, h = it % p.heads_kv;
-      const int64_t r0 = tile_idx * tile, r1 = std::min(total_rows, r0 + tile);
-      attend_rows(p, mk, b, h, r0, r1, w);
+    for (int64_t unit = 0; unit < items * splits; ++unit) {
+      const int64_t it = unit / splits, sp = unit % splits;
+      const RowRange rr = item_rows(it);
+      const int64_t end = key_end(p, rr);
+      const int64_t per = ((end + kKeyTile - 1) / kKeyTile + splits - 1) / splits * kKeyTile;
+      const int64_t k0 = std::min(end, sp * per), k1 = std::min(end, k0 + per);
+      load_rows(p, mk, rr, w);
+      attend_keys(p, mk, rr, k0, k1, w);  // an empty range leaves m = -inf, l = 0, o = 0
+      std::copy(w.o.begin(), w.o.begin() + rr.rows() * D, part_o.begin() + unit * tile_pad * D);
+      std::copy(w.m.begin(), w.m.begin() + rr.rows(), part_m.begin() + unit * tile_pad);
+      std::copy(w.l.begin(), w.l.begin() + rr.rows(), part_l.begin() + unit * tile_pad);
+    }
+    // (the implicit barrier: every split of an item is done before it is merged)
+    std::vector<float> o(D);
+#pragma omp for schedule(static)
+    for (int64_t ir = 0; ir < items * tile; ++ir) {
+      const int64_t it = ir / tile, i = ir % tile;
+      const RowRange rr = item_rows(it);
+      if (i >= rr.rows()) continue;
+      const int64_t base = it * splits * tile_pad + i;
+      float m = kNegInf;
+      for (int64_t sp = 0; sp < splits; ++sp) m = std::max(m, part_m[base + sp * tile_pad]);
+      float l = 0.f;
+      std::fill(o.begin(), o.end(), 0.f);
+      for (int64_t sp = 0; sp < splits; ++sp) {
+        const float l_s = part_l[base + sp * tile_pad];
+        if (l_s == 0.f) continue;  // a range past this row's causal limit
+        const float scale = std::exp2(part_m[base + sp * tile_pad] - m);
+        l += l_s * scale;
+        const float* o_s = part_o.data() + (base + sp * tile_pad) * D;
+        for (int64_t d = 0; d < D; ++d) o[d] += o_s[d] * scale;
+      }
+      store_row_result(p, rr, i, o.data(), m, l);
     }
   }
 }
