@@ -1,13 +1,15 @@
 """The transformer forward (pangu / llama / qwen2) on a static KV cache.
 
-Pre-norm decoder: RMSNorm (``fluid_rt.ops.rms_norm``, fused with the residual add) -> fused QKV (+bias) -> RoPE (rotate-half) -> ``fluid_rt.ops.causal_attention``
-(GQA, writes the new K/V into the cache) -> o_proj (+bias) -> residual -> RMSNorm -> fused gate/up ->
-SwiGLU -> down -> residual; final RMSNorm; lm_head (or the tied embedding).
+Pre-norm decoder: RMSNorm (``fluid_rt.ops.rms_norm``, fused with the residual add) -> fused QKV
+(+bias) -> RoPE (rotate-half) -> ``fluid_rt.ops.causal_attention`` (GQA, writes the new K/V into the
+cache) -> o_proj (+bias) -> residual -> RMSNorm -> fused gate/up -> SwiGLU -> down -> residual;
+final RMSNorm; lm_head (or the tied embedding).
 
 The hot path is the decoder's: every forward has the same shape, so it does no host syncs and no
 data-dependent shapes (positions come from ``cache.seqlens`` on the device; RoPE tables are
-precomputed) and runs under CUDA graph capture. Linear layers are plain matmuls (cuBLAS on GPU,
-oneDNN on CPU); q/k/v and gate/up are concatenated at load so each layer does four matmuls.
+precomputed) and runs under CUDA graph capture. q/k/v and gate/up are concatenated at load so each
+layer does four matmuls (``Linear``): ``fluid_rt.ops.packed_linear`` for float32 on the CPU (with
+SwiGLU folded into the down projection), torch's matmul otherwise (cuBLAS; oneDNN for bfloat16).
 """
 
 from __future__ import annotations
