@@ -140,7 +140,8 @@ std::tuple<at::Tensor, at::Tensor> causal_attention_cpu_impl(const at::Tensor& q
   CausalAttentionParams p =
       check_and_describe(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, softmax_scale);
   // On the CPU the lengths and row indices are plain host values: check them here so the kernel
-  // never goes out of range.
+  // never goes out of range, and no two query rows write the same cache row.
+  std::vector<int64_t> writer(p.cache_batch_idx && p.k_new ? p.cache_batch : 0, -1);
   for (int64_t b = 0; b < p.batch; ++b) {
     const int64_t len = p.cache_seqlens[b];
     FLUID_CHECK_VALUE(len >= 0 && len + p.seqlen_q <= p.cache_len, "cache_seqlens: row ", b, " has ", len,
@@ -150,6 +151,12 @@ std::tuple<at::Tensor, at::Tensor> causal_attention_cpu_impl(const at::Tensor& q
       const int64_t row = p.cache_batch_idx[b];
       FLUID_CHECK_VALUE(row >= 0 && row < p.cache_batch, "cache_batch_idx: entry ", b, " is ", row,
                         ", out of range for ", p.cache_batch, " cache rows (k_cache dim 0)");
+      if (!writer.empty()) {
+        FLUID_CHECK_VALUE(writer[row] < 0, "cache_batch_idx: entries ", writer[row], " and ", b,
+                          " are both cache row ", row, ", and k/v are given: two query rows would write ",
+                          "the same cache slots");
+        writer[row] = b;
+      }
     }
   }
   at::Tensor out = at::empty({p.batch, p.seqlen_q, p.heads_q, p.head_dim}, q.options());

@@ -253,6 +253,7 @@ BAD = [
     ("cache_batch_idx", lambda a: a.update(cache_batch_idx=torch.tensor([0], dtype=torch.int32))),
     ("cache_batch_idx", lambda a: a.update(cache_batch_idx=torch.tensor([0, 2], dtype=torch.int32))),
     ("cache_batch_idx", lambda a: a.update(cache_batch_idx=torch.tensor([-1, 0], dtype=torch.int32))),
+    ("cache_batch_idx", lambda a: a.update(cache_batch_idx=torch.tensor([1, 1], dtype=torch.int32))),
     ("q", lambda a: a.update(q=torch.randn(2, 17, 4, 64), k=None, v=None)),
 ]
 
@@ -265,6 +266,18 @@ def test_argument_errors(name, mutate):
     mutate(a)
     with pytest.raises(ValueError, match=name):
         call(a)
+
+
+def test_repeated_cache_rows_are_fine_without_new_kv():
+    """Two query rows may read one cache row; only writing it twice (k/v given) is refused."""
+    a = good_args()
+    a.update(k=None, v=None, cache_batch_idx=torch.tensor([1, 1], dtype=torch.int32),
+             cache_seqlens=torch.tensor([4, 4], dtype=torch.int32))
+    out, _ = call(a)
+    for b in range(2):  # each row alone, reading cache row 1
+        one = dict(a, q=a["q"][b : b + 1], cache_seqlens=a["cache_seqlens"][:1],
+                   cache_batch_idx=torch.tensor([1], dtype=torch.int32))
+        torch.testing.assert_close(out[b : b + 1], call(one)[0], rtol=1e-6, atol=1e-6)
 
 
 def test_softmax_scale_must_be_finite():
