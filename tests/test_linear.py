@@ -107,8 +107,8 @@ def test_outputs_written_everywhere():
 
 
 def test_rows_are_independent_of_the_batch():
-    """A row's result is bit-identical whatever else is in the call: the decoder relies on it (a
-    forward's outputs at a position must not depend on how many other positions it carries)."""
+    """A row's result is bit-identical whatever else is in the call (the contract in
+    DEVELOPERS.md: a position's projections do not change with the width of the forward)."""
     weight, bias = torch.randn(300, 128), torch.randn(300)
     packed = pack_linear_weight(weight)
     x = torch.randn(40, 128)
