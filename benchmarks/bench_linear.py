@@ -1,9 +1,10 @@
 """Benchmark of packed_linear (weights packed once) against torch's matmul on the same weights.
 
-    python benchmarks/bench_linear.py [--threads 2] [--rows 1,4,12,17,33] [--json]
+    python benchmarks/bench_linear.py [--dtype float32|bfloat16] [--threads 2] [--rows 1,4,12] [--json]
 
-CPU, float32. The weights are those of a whole forward of the decode benchmark's model (8 layers,
-hidden 512, intermediate 1536, vocab 32000: 162 MB, more than the caches), multiplied one after the
+CPU, float32 (default) or bfloat16 (packed_linear's AVX512-BF16 kernel against oneDNN, which
+uses AMX for bfloat16 where it can). The weights are those of a whole forward of the decode benchmark's model (8 layers,
+hidden 512, intermediate 1536, vocab 32000: 162 MB in float32, more than the caches), multiplied one after the
 other as a forward does, so the weight stream comes from memory as it does while decoding. Each
 row count M is one forward's tokens: 1 for AR decoding, ~4..33 for an elastic block. Baseline: the
 faster of ``torch.mm(x, W[in, out])`` and ``F.linear(x, W[out, in])`` (MKL/oneDNN sgemm), timed in
@@ -35,6 +36,7 @@ def model_shapes(layers, hidden, heads, kv_heads, intermediate, vocab):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", default="1,4,8,12,17,24,33")
     ap.add_argument("--iters", type=int, default=15)
@@ -47,17 +49,19 @@ def main():
     torch.set_num_threads(a.threads)
     gen = torch.Generator().manual_seed(0)
     shapes = model_shapes(a.layers, a.hidden, 8, 2, a.intermediate, a.vocab)
-    weights = [torch.randn(n, k, generator=gen) * k ** -0.5 for n, k in shapes]
+    dtype = getattr(torch, a.dtype)
+    weights = [(torch.randn(n, k, generator=gen) * k ** -0.5).to(dtype) for n, k in shapes]
     packed = [pack_linear_weight(w) for w in weights]
     w_in_out = [w.t().contiguous() for w in weights]
     del weights  # each implementation keeps only its own copy, as the model would
-    weight_bytes = sum(n * k * 4 for n, k in shapes)
+    weight_bytes = sum(n * k for n, k in shapes) * torch.finfo(dtype).bits // 8
 
     rows = []
     for M in [int(m) for m in a.rows.split(",")]:
-        xs = [torch.randn(M, k, generator=gen) for _, k in shapes]
+        xs = [torch.randn(M, k, generator=gen).to(dtype) for _, k in shapes]
+        tol = 1e-4 if dtype == torch.float32 else 2e-2
         for x, p, w in zip(xs, packed, w_in_out):
-            torch.testing.assert_close(packed_linear(x, p), x @ w, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(packed_linear(x, p), x @ w, rtol=tol, atol=tol)
         ms_mm = median_ms(lambda: [torch.mm(x, w) for x, w in zip(xs, w_in_out)], iters=a.iters)
         ms_linear = median_ms(lambda: [F.linear(x, w.t()) for x, w in zip(xs, w_in_out)],
                               iters=a.iters)
@@ -65,10 +69,10 @@ def main():
         base = min(ms_mm, ms_linear)
         rows.append({"rows": M, "torch_ms": base, "fluid_ms": ms_ours,
                      "fluid_GB_s": weight_bytes / ms_ours / 1e6, "ratio": base / ms_ours})
-    title = (f"packed_linear vs torch matmul, cpu float32, {a.threads} threads, one forward's "
+    title = (f"packed_linear vs torch matmul, cpu {a.dtype}, {a.threads} threads, one forward's "
              f"matmuls ({weight_bytes / 1e6:.0f} MB of weights), median of {a.iters}")
     if a.json:
-        emit_json("linear", "cpu", rows, threads=a.threads, weight_mb=weight_bytes / 1e6)
+        emit_json("linear", "cpu", rows, dtype=a.dtype, threads=a.threads, weight_mb=weight_bytes / 1e6)
     else:
         print_table(title, rows, ["rows", "torch_ms", "fluid_ms", "fluid_GB_s", "ratio"])
 

@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 
 #include "common.h"
+#include "common/cpu_features.h"
 
 TORCH_LIBRARY(fluid_rt, m) {
   // Schemas are added per family with TORCH_LIBRARY_FRAGMENT in bindings/<family>.cpp.
@@ -27,6 +28,8 @@ PYBIND11_MODULE(_C, m) {
   }
   m.attr("cuda_archs") = arch_list;
   m.attr("torch_version") = TORCH_VERSION_MAJOR * 100 + TORCH_VERSION_MINOR;
+  m.def("cpu_has_avx512_bf16", &fluid_rt::cpu_has_avx512_bf16,
+        "Whether this CPU runs packed_linear's bfloat16 kernel (AVX512-BF16) rather than its portable path");
 #ifdef FLUID_RT_HAS_AVX512
   m.attr("cpu_avx512_compiled") = true;
 #else

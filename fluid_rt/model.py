@@ -8,8 +8,8 @@ final RMSNorm; lm_head (or the tied embedding).
 The hot path is the decoder's: every forward has the same shape, so it does no host syncs and no
 data-dependent shapes (positions come from ``cache.seqlens`` on the device; RoPE tables are
 precomputed) and runs under CUDA graph capture. q/k/v and gate/up are concatenated at load so each
-layer does four matmuls (``Linear``): ``fluid_rt.ops.packed_linear`` for float32 on the CPU (with
-SwiGLU folded into the down projection), torch's matmul otherwise (cuBLAS; oneDNN for bfloat16).
+layer does four matmuls (``Linear``): ``fluid_rt.ops.packed_linear`` on the CPU for float32 (and
+bfloat16 with AVX512-BF16), with SwiGLU folded into the down projection; torch's matmul otherwise.
 """
 
 from __future__ import annotations
@@ -70,11 +70,20 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.addcmul(x * cos, swapped, sin)
 
 
+def cpu_packs(dtype: torch.dtype) -> bool:
+    """Whether ``Linear`` packs CPU weights of this dtype for ``ops.packed_linear``: float32
+    always, bfloat16 where the CPU has AVX512-BF16 (on other CPUs the kernel's portable path is
+    slower than oneDNN's own bfloat16 matmul)."""
+    from fluid_rt import _C
+
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and _C.cpu_has_avx512_bf16())
+
+
 class Linear:
     """One linear layer, ``y = x @ weight.T (+ bias)``, with its weight kept in the form the
-    device multiplies fastest: packed panels for ``ops.packed_linear`` when float32 on the CPU (a
-    single sequential pass over the weight per forward, where BLAS would re-pack it on every call),
-    otherwise ``[in, out]`` for ``torch.mm`` / ``addmm`` (cuBLAS; oneDNN with AMX for bfloat16).
+    device multiplies fastest: packed panels for ``ops.packed_linear`` on the CPU (``cpu_packs``:
+    a single sequential pass over the weight per forward, where BLAS would re-pack it on every
+    call), otherwise ``[in, out]`` for ``torch.mm`` / ``addmm`` (cuBLAS on CUDA).
 
     ``weight``: ``[out, in]``; ``bias``: ``[out]`` or None; both in the model's dtype and device.
     """
@@ -84,7 +93,7 @@ class Linear:
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                  pack: Optional[bool] = None):
         if pack is None:
-            pack = weight.device.type == "cpu" and weight.dtype == torch.float32
+            pack = weight.device.type == "cpu" and cpu_packs(weight.dtype)
         self.out_features = weight.shape[0]
         self.bias = bias
         self.packed = ops.pack_linear_weight(weight) if pack else None

@@ -1,4 +1,5 @@
-"""fluid_rt.ops.pack_linear_weight / packed_linear (float32, CPU) against float64 math."""
+"""fluid_rt.ops.pack_linear_weight / packed_linear (float32 and bfloat16, CPU) against float64
+math."""
 
 import random
 
@@ -6,10 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fluid_rt.ops import pack_linear_weight, packed_linear
+import fluid_rt
+from fluid_rt.ops import pack_linear_weight, packed_linear, unpack_linear_weight
+
+DTYPES = [torch.float32, torch.bfloat16]
+HAS_BF16_KERNEL = fluid_rt._C.cpu_has_avx512_bf16()
+
 
 def activated(x, silu_and_mul):
-    """The rows that are multiplied: x, or silu(gate) * up in float32 as torch computes it."""
+    """The rows that are multiplied: x, or silu(gate) * up as torch computes it in x's dtype."""
     if not silu_and_mul:
         return x
     gate, up = x.chunk(2, dim=-1)
@@ -23,30 +29,41 @@ def reference(x, weight, bias=None, silu_and_mul=False):
 
 
 def check_close(got, x, weight, bias=None, silu_and_mul=False):
-    """The float32 error bound of a K-term sum, per element: |err| <= (K + 2) u sum_k |x_k w_k|
+    """The error bound of a K-term float32 sum, per element: |err| <= (K + 2) u sum_k |x_k w_k|
     (+ the bias's rounding). Rigorous for any summation order, so it never flakes; a wrong or
-    missing term (about sum / K) is far outside it."""
+    missing term (about sum / K) is far outside it. bfloat16 adds the output's rounding (u = 2^-8
+    of |y|) and, for silu_and_mul, an ulp of each activation (our float32 silu may round to
+    the neighbouring bfloat16 of torch's)."""
     want = reference(x, weight, bias, silu_and_mul)
-    assert got.shape == want.shape and got.dtype == torch.float32
+    assert got.shape == want.shape and got.dtype == x.dtype
     a = activated(x, silu_and_mul).double()
     K, u = a.shape[-1], 2.0 ** -24
-    bound = (K + 2) * u * F.linear(a.abs(), weight.double().abs())
+    abs_terms = F.linear(a.abs(), weight.double().abs())
+    bound = (K + 2) * u * abs_terms
     if bias is not None:
         bound = bound + 2 * u * bias.double().abs()
+    if x.dtype == torch.bfloat16:
+        bound = bound + 2.0 ** -8 * want.abs() * (1 + 1e-6) + (2.0 ** -7 * abs_terms if silu_and_mul else 0)
     err = (got.double() - want).abs()
     assert (err <= bound + 1e-30).all(), f"max error {err.max():.3g}, bound there {bound.flatten()[err.argmax()]:.3g}"
 
 
+# bfloat16 packs k in pairs, so its in_features are even (odd ones: test_bad_arguments_raise).
+SIZES = [(dtype, K, N) for dtype in DTYPES
+         for K, N in [(1, 1), (7, 5), (2, 3), (64, 32), (33, 65), (100, 96), (512, 1000)]
+         if dtype == torch.float32 or K % 2 == 0]
+
+
 @pytest.mark.parametrize("M", [1, 2, 5, 6, 7, 12, 13, 17, 24, 25, 33, 70])
-@pytest.mark.parametrize("K,N", [(1, 1), (7, 5), (64, 32), (33, 65), (100, 96), (512, 1000)])
+@pytest.mark.parametrize("dtype,K,N", SIZES)
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_matches_float64(M, K, N, with_bias):
+def test_matches_float64(dtype, M, K, N, with_bias):
     gen = torch.Generator().manual_seed(M * 1000 + K * 7 + N)
-    x = torch.randn(M, K, generator=gen)
-    weight = torch.randn(N, K, generator=gen)
-    bias = torch.randn(N, generator=gen) if with_bias else None
+    x = torch.randn(M, K, generator=gen).to(dtype)
+    weight = torch.randn(N, K, generator=gen).to(dtype)
+    bias = torch.randn(N, generator=gen).to(dtype) if with_bias else None
     packed = pack_linear_weight(weight)
-    assert packed.shape == (N, K) and packed.is_contiguous()
+    assert packed.shape == (N, K) and packed.is_contiguous() and packed.dtype == dtype
     check_close(packed_linear(x, packed, bias), x, weight, bias)
 
 
@@ -57,6 +74,23 @@ def test_packed_layout():
     for p, width in enumerate((32, 32, 6)):
         panel = flat[32 * p * 9 : 32 * p * 9 + 9 * width].view(9, width)
         assert torch.equal(panel, weight[32 * p : 32 * p + width].t())
+
+
+def test_packed_layout_bfloat16():
+    """bfloat16 panel p is [K / 2, width, 2] at element 32 p K: k pairs interleaved per column."""
+    weight = torch.randn(40, 6).bfloat16()
+    flat = pack_linear_weight(weight).flatten()
+    for p, width in enumerate((32, 8)):
+        panel = flat[32 * p * 6 : 32 * p * 6 + 6 * width].view(3, width, 2)
+        want = weight[32 * p : 32 * p + width].t().reshape(3, 2, width).transpose(1, 2)
+        assert torch.equal(panel, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,K", [(1, 2), (32, 4), (70, 8), (100, 512), (5, 6)])
+def test_unpack_round_trip(dtype, N, K):
+    weight = torch.randn(N, K).to(dtype)
+    assert torch.equal(unpack_linear_weight(pack_linear_weight(weight)), weight)
 
 
 def test_any_weight_strides():
@@ -80,13 +114,15 @@ def test_leading_dims_and_row_strided_x():
     assert empty.shape == (0, 45)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("M", [1, 4, 13, 40])
-def test_silu_and_mul_input(M):
+def test_silu_and_mul_input(dtype, M):
     """silu_and_mul: the rows multiplied are silu(gate) * up of x = [gate, up]."""
-    K, N = 75, 66
+    K, N = 76, 66
     gen = torch.Generator().manual_seed(M)
-    x = torch.randn(M, 2 * K, generator=gen) * 3
-    weight, bias = torch.randn(N, K, generator=gen), torch.randn(N, generator=gen)
+    x = (torch.randn(M, 2 * K, generator=gen) * 3).to(dtype)
+    weight = torch.randn(N, K, generator=gen).to(dtype)
+    bias = torch.randn(N, generator=gen).to(dtype)
     x_in = x.clone()
     y = packed_linear(x, pack_linear_weight(weight), bias, silu_and_mul=True)
     check_close(y, x, weight, bias, silu_and_mul=True)
@@ -106,37 +142,46 @@ def test_outputs_written_everywhere():
         check_close(y, x, weight)
 
 
-def test_rows_are_independent_of_the_batch():
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_are_independent_of_the_batch(dtype):
     """A row's result is bit-identical whatever else is in the call (the contract in
     DEVELOPERS.md: a position's projections do not change with the width of the forward)."""
-    weight, bias = torch.randn(300, 128), torch.randn(300)
+    weight, bias = torch.randn(300, 128).to(dtype), torch.randn(300).to(dtype)
     packed = pack_linear_weight(weight)
-    x = torch.randn(40, 128)
+    x = torch.randn(40, 128).to(dtype)
     full = packed_linear(x, packed, bias)
     for M in (1, 3, 7, 12, 13, 17, 25):
         assert torch.equal(packed_linear(x[:M], packed, bias), full[:M])
         assert torch.equal(packed_linear(x[M:M + 1], packed, bias), full[M:M + 1])
 
 
-def test_portable_path_matches(monkeypatch):
-    weight, bias = torch.randn(70, 33), torch.randn(70)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_portable_path_matches(monkeypatch, dtype):
+    weight, bias = torch.randn(70, 34).to(dtype), torch.randn(70).to(dtype)
     packed = pack_linear_weight(weight)
     for M in (1, 5, 14, 30):
-        x = torch.randn(M, 66)
+        x = torch.randn(M, 68).to(dtype)
         fast = packed_linear(x, packed, bias, silu_and_mul=True)
         with monkeypatch.context() as m:
             m.setenv("FLUID_RT_CPU_PORTABLE", "1")
             slow = packed_linear(x, packed, bias, silu_and_mul=True)
-        torch.testing.assert_close(slow, fast, rtol=1e-5, atol=1e-5)
+        check_close(slow, x, weight, bias, silu_and_mul=True)
+        if dtype == torch.float32:
+            torch.testing.assert_close(slow, fast, rtol=1e-5, atol=1e-5)
+        else:  # one bfloat16 ulp apart at most (the float32 sums differ in order)
+            torch.testing.assert_close(slow, fast, rtol=2 ** -7, atol=1e-5)
 
 
-def test_opcheck_and_compile():
-    weight, bias, x = torch.randn(40, 24), torch.randn(40), torch.randn(5, 24)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_opcheck_and_compile(dtype):
+    weight, bias, x = (torch.randn(40, 24).to(dtype), torch.randn(40).to(dtype),
+                       torch.randn(5, 24).to(dtype))
     torch.library.opcheck(torch.ops.fluid_rt.pack_linear_weight.default, (weight,))
     packed = pack_linear_weight(weight)
+    torch.library.opcheck(torch.ops.fluid_rt.unpack_linear_weight.default, (packed,))
     torch.library.opcheck(torch.ops.fluid_rt.packed_linear.default, (x, packed, bias, False))
     torch.library.opcheck(torch.ops.fluid_rt.packed_linear.default,
-                          (torch.randn(5, 48), packed, None, True))
+                          (torch.randn(5, 48).to(dtype), packed, None, True))
 
     @torch.compile(backend="aot_eager", fullgraph=True)
     def f(x, packed, bias):
@@ -145,17 +190,26 @@ def test_opcheck_and_compile():
     check_close(f(x, packed, bias) / 2, x, weight, bias)
 
 
-def test_model_uses_packed_weights_for_float32_cpu():
+def test_model_uses_packed_weights_on_the_cpu():
     from fluid_rt.model import Linear
 
     w, b = torch.randn(20, 8), torch.randn(20)
     assert Linear(w, b).packed is not None
-    assert Linear(w.bfloat16(), b.bfloat16()).packed is None  # oneDNN/AMX takes bfloat16
+    # bfloat16 only where the CPU has AVX512-BF16 (the portable path would be slower than oneDNN)
+    assert (Linear(w.bfloat16(), b.bfloat16()).packed is not None) == HAS_BF16_KERNEL
+    assert Linear(w.half(), b.half()).packed is None
     x = torch.randn(3, 8)
     gate_up = torch.randn(3, 16)
     for lin in (Linear(w, b), Linear(w, b, pack=False)):
         check_close(lin(x), x, w, b)
         check_close(lin.silu_and_mul(gate_up.clone()), gate_up, w, b, silu_and_mul=True)
+    # bfloat16 beyond 16 rows: the op multiplies unpacked slices of the weight with torch's matmul
+    lin = Linear(w.bfloat16(), b.bfloat16(), pack=True)
+    for rows in (1, 16, 17, 40):
+        xb = torch.randn(rows, 8).bfloat16()
+        check_close(lin(xb), xb, w.bfloat16(), b.bfloat16())
+        gu = torch.randn(rows, 16).bfloat16()
+        check_close(lin.silu_and_mul(gu.clone()), gu, w.bfloat16(), b.bfloat16(), silu_and_mul=True)
 
 
 def _packed(n=10, k=4):
@@ -164,9 +218,18 @@ def _packed(n=10, k=4):
 
 BAD = [
     ("weight dtype", lambda: pack_linear_weight(torch.ones(3, 4, dtype=torch.float64)), "weight"),
+    ("weight fp16", lambda: pack_linear_weight(torch.ones(3, 4, dtype=torch.float16)), "weight"),
+    ("weight bf16 odd K", lambda: pack_linear_weight(torch.ones(3, 5, dtype=torch.bfloat16)),
+     "even"),
+    ("unpack rank", lambda: unpack_linear_weight(torch.ones(2, 3, 4)), "packed"),
+    ("unpack bf16 odd K", lambda: unpack_linear_weight(torch.ones(3, 5, dtype=torch.bfloat16)),
+     "even"),
+    ("unpack dtype", lambda: unpack_linear_weight(torch.ones(3, 4, dtype=torch.float64)), "packed"),
+    ("x dtype differs", lambda: packed_linear(torch.ones(2, 4, dtype=torch.bfloat16), _packed()),
+     "packed"),
     ("weight rank", lambda: pack_linear_weight(torch.ones(3)), "weight"),
     ("weight empty", lambda: pack_linear_weight(torch.ones(0, 4)), "weight"),
-    ("x dtype", lambda: packed_linear(torch.ones(2, 4, dtype=torch.bfloat16), _packed()), "x"),
+    ("x dtype", lambda: packed_linear(torch.ones(2, 4, dtype=torch.float64), _packed()), "x"),
     ("x in_features", lambda: packed_linear(torch.ones(2, 5), _packed()), "x"),
     ("x silu in_features", lambda: packed_linear(torch.ones(2, 4), _packed(), silu_and_mul=True),
      "2 \\* in_features"),
@@ -178,6 +241,8 @@ BAD = [
     ("bias shape", lambda: packed_linear(torch.ones(2, 4), _packed(), torch.ones(9)), "bias"),
     ("bias dtype", lambda: packed_linear(torch.ones(2, 4), _packed(),
                                          torch.ones(10, dtype=torch.float64)), "bias"),
+    ("bias bf16", lambda: packed_linear(torch.ones(2, 4), _packed(),
+                                        torch.ones(10, dtype=torch.bfloat16)), "bias"),
     ("bias strided", lambda: packed_linear(torch.ones(2, 4), _packed(), torch.ones(20)[::2]),
      "bias"),
 ]
@@ -193,7 +258,7 @@ def test_fuzz_malformed_calls_never_crash():
     """Random (often invalid) shapes, dtypes and strides: only Python errors, never a crash, and
     every call that succeeds matches the reference."""
     rng = random.Random(2026)
-    dtypes = [torch.float32] * 6 + [torch.float64, torch.bfloat16, torch.int32]
+    dtypes = [torch.float32] * 5 + [torch.bfloat16] * 2 + [torch.float64, torch.float16, torch.int32]
     ok = 0
     for _ in range(300):
         n, k = rng.choice([1, 3, 32, 33, 70]), rng.choice([1, 2, 5, 16, 31])
@@ -207,10 +272,12 @@ def test_fuzz_malformed_calls_never_crash():
             packed = rng.choice([packed.t(), packed.reshape(1, -1)])
         silu = rng.random() < 0.3
         xk = rng.choice([2 * k if silu else k] * 3 + [k + 1, 2 * k, 0])
-        x = torch.randn(rng.choice([0, 1, 4, 13]), xk).to(rng.choice(dtypes))
+        same = weight.dtype if rng.random() < 0.8 else rng.choice(dtypes)  # mostly consistent
+        x = torch.randn(rng.choice([0, 1, 4, 13]), xk).to(same)
         if rng.random() < 0.2 and x.dim() == 2:
             x = x.t()
-        bias = rng.choice([None, None, torch.randn(n), torch.randn(n + 1), torch.randn(n).double()])
+        bias = rng.choice([None, None, torch.randn(n).to(same), torch.randn(n + 1).to(same),
+                           torch.randn(n).double()])
         try:
             y = packed_linear(x, packed, bias, silu_and_mul=silu)
         except (ValueError, RuntimeError):

@@ -18,6 +18,15 @@ bool cpu_has_avx512() {
 #endif
 }
 
+bool cpu_has_avx512_bf16() {
+#if defined(__x86_64__) && defined(FLUID_RT_HAS_AVX512_BF16)
+  static const bool has = cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
+  return has;
+#else
+  return false;
+#endif
+}
+
 bool cpu_use_avx512() {
   const char* portable = std::getenv("FLUID_RT_CPU_PORTABLE");
   return cpu_has_avx512() && !(portable != nullptr && portable[0] == '1');

@@ -16,12 +16,17 @@ from typing import Optional
 
 import torch
 
-__all__ = ["pack_linear_weight", "packed_linear"]
+__all__ = ["pack_linear_weight", "packed_linear", "unpack_linear_weight"]
 
 
 @torch.library.register_fake("fluid_rt::pack_linear_weight")
 def _pack_fake(weight):
     return weight.new_empty(weight.shape)
+
+
+@torch.library.register_fake("fluid_rt::unpack_linear_weight")
+def _unpack_fake(packed):
+    return packed.new_empty(packed.shape)
 
 
 @torch.library.register_fake("fluid_rt::packed_linear")
@@ -60,3 +65,10 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Te
         ``[..., out_features]`` float32 (a new tensor). Sums run in float32 in k order.
     """
     return torch.ops.fluid_rt.packed_linear(x, packed, bias, bool(silu_and_mul))
+
+
+
+def unpack_linear_weight(packed: torch.Tensor) -> torch.Tensor:
+    """The ``[out_features, in_features]`` row-major weight back from ``pack_linear_weight`` (one
+    pass over it; the model does this only for bfloat16 calls wide enough for oneDNN's matmul)."""
+    return torch.ops.fluid_rt.unpack_linear_weight(packed)
