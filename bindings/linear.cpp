@@ -69,32 +69,34 @@ at::Tensor unpack_linear_weight_impl(const at::Tensor& packed) {
   return weight;
 }
 
-// bfloat16 with more rows than this (prefill, wide verify blocks): oneDNN's matmul, on AMX, beats
-// the vector kernel even counting the unpacking of the weight (benchmarks/bench_linear.py).
-constexpr int64_t kBf16PackedMaxRows = 16;
-// Columns unpacked at a time: a small buffer that stays allocated, instead of the whole weight.
-constexpr int64_t kUnpackColumns = 512;  // a multiple of the panel width
+// bfloat16 with more rows than this (prefill): oneDNN's matmul, on AMX, beats the vector kernel
+// even counting the unpacking of the weight (benchmarks/bench_linear.py --dtype bfloat16: the
+// vector kernel is ahead up to about 32 rows, so elastic verify blocks stay on it).
+constexpr int64_t kBf16PackedMaxRows = 32;
+// Columns unpacked at a time: one buffer of this many columns, instead of the whole weight.
+constexpr int64_t kUnpackColumns = 2048;  // a multiple of the panel width
 
-// y [M, N] for x2 [M, K]: slices of the weight unpacked into one buffer and multiplied by at::mm.
+// y [M, N] for x2 [M, K]: slices of the weight unpacked, transposed ([K, columns], the operand
+// layout oneDNN multiplies without repacking it), into one buffer and multiplied by at::mm.
 at::Tensor wide_linear(const at::Tensor& x2, const at::Tensor& packed, const std::optional<at::Tensor>& bias,
                        DType dt) {
   const int64_t M = x2.size(0), N = packed.size(0), K = packed.size(1);
   at::Tensor y = at::empty({M, N}, x2.options());
-  at::Tensor buf = at::empty({std::min(kUnpackColumns, N), K}, packed.options());
+  at::Tensor buf = at::empty({std::min(kUnpackColumns, N) * K}, packed.options());
   const int64_t es = packed.element_size();
   for (int64_t n0 = 0; n0 < N; n0 += kUnpackColumns) {
     const int64_t nc = std::min(kUnpackColumns, N - n0);
     // Columns n0 .. n0 + nc are whole panels starting at element n0 * K: a packed weight of its own.
+    const at::Tensor w = buf.narrow(0, 0, K * nc).view({K, nc});
     PackLinearParams q;
-    q.w = buf.data_ptr();
-    q.stride_n = K;
-    q.stride_k = 1;
+    q.w = w.data_ptr();
+    q.stride_k = nc;
+    q.stride_n = 1;
     q.packed = static_cast<char*>(packed.data_ptr()) + n0 * K * es;
     q.dtype = dt;
     q.K = K;
     q.N = nc;
     unpack_linear_weight_cpu(q);
-    const at::Tensor w = buf.narrow(0, 0, nc).t();
     y.narrow(1, n0, nc).copy_(bias.has_value() ? at::addmm(bias->narrow(0, n0, nc), x2, w) : at::mm(x2, w));
   }
   return y;

@@ -352,6 +352,61 @@ void copy_panels_units(const PackLinearParams& p) {
   }
 }
 
+// W stored k-major ([K][N], stride_n == 1): each step of a panel is one run of w floats in a row of
+// W (float32), or two runs, de-interleaved from the w pairs (bfloat16). Used to unpack slices for
+// oneDNN, which multiplies that layout without repacking it.
+#ifdef FLUID_RT_LINEAR_AVX512
+// w bfloat16 pairs -> the w first and the w second halves (the hot loop of unpacking for oneDNN).
+AVX512_FN void deinterleave_avx512(const uint16_t* pairs, int64_t w, uint16_t* even, uint16_t* odd) {
+  for (int64_t c = 0; c < w; c += 16) {
+    const __mmask16 m = w - c >= 16 ? 0xffff : static_cast<__mmask16>((1u << (w - c)) - 1);
+    const __m512i v = _mm512_maskz_loadu_epi32(m, pairs + 2 * c);
+    _mm256_mask_storeu_epi16(even + c, m, _mm512_cvtepi32_epi16(v));
+    _mm256_mask_storeu_epi16(odd + c, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(v, 16)));
+  }
+}
+#endif
+
+template <bool kPack>
+void copy_panels_kmajor(const PackLinearParams& p) {
+  const bool avx512 = cpu_use_avx512();
+  (void)avx512;
+  const int64_t panels = linear_num_panels(p.N), es = esize(p.dtype);
+  const bool bf16 = p.dtype == DType::kBFloat16;
+  char* packed = static_cast<char*>(p.packed);
+  char* w_ptr = const_cast<char*>(static_cast<const char*>(p.w));  // written when unpacking
+#pragma omp parallel for schedule(static) if (p.K * p.N >= (1 << 16))
+  for (int64_t panel = 0; panel < panels; ++panel) {
+    const int64_t n0 = panel * kLinearPanel, w = linear_panel_width(p.N, panel);
+    char* pan = packed + panel * kLinearPanel * p.K * es;
+    if (!bf16) {
+      for (int64_t k = 0; k < p.K; ++k) {
+        char* row = w_ptr + (k * p.stride_k + n0) * es;
+        if (kPack) std::memcpy(pan + k * w * es, row, w * es);
+        else std::memcpy(row, pan + k * w * es, w * es);
+      }
+      continue;
+    }
+    uint16_t* pairs = reinterpret_cast<uint16_t*>(pan);
+    uint16_t* W = reinterpret_cast<uint16_t*>(w_ptr);
+    for (int64_t kk = 0; kk < p.K / 2; ++kk) {
+      uint16_t* even = W + 2 * kk * p.stride_k + n0;
+      uint16_t* odd = even + p.stride_k;
+      uint16_t* step = pairs + kk * w * 2;
+#ifdef FLUID_RT_LINEAR_AVX512
+      if (!kPack && avx512) {
+        deinterleave_avx512(step, w, even, odd);
+        continue;
+      }
+#endif
+      for (int64_t c = 0; c < w; ++c) {
+        if (kPack) step[2 * c] = even[c], step[2 * c + 1] = odd[c];
+        else even[c] = step[2 * c], odd[c] = step[2 * c + 1];
+      }
+    }
+  }
+}
+
 // Any strides, element by element (packing from a transposed or sliced weight, once at load).
 template <typename T, bool kPack>
 void copy_panels_strided(const PackLinearParams& p) {
@@ -377,6 +432,8 @@ void copy_panels(const PackLinearParams& p) {
   const int64_t pair = p.dtype == DType::kBFloat16 ? 2 : 1;
   if (p.stride_k == 1 && p.stride_n % pair == 0 && reinterpret_cast<uintptr_t>(p.w) % 4 == 0)
     copy_panels_units<kPack>(p);
+  else if (p.stride_n == 1)
+    copy_panels_kmajor<kPack>(p);
   else if (p.dtype == DType::kFloat32)
     copy_panels_strided<float, kPack>(p);
   else
