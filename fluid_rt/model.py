@@ -221,8 +221,8 @@ class Transformer:
         # Clamped only so that a row past the cache capacity cannot index the tables out of range
         # (a device assert on CUDA); the attention op itself rejects / NaN-fills such rows.
         positions = positions.clamp(0, self._rope_len - 1)
-        cos = self.cos[positions].unsqueeze(2)  # [B, T, 1, D]
-        sin = self.sin[positions].unsqueeze(2)
+        cos, sin = self.cos[positions], self.sin[positions]  # [B, T, D]
+        fused_rope = self.device.type == "cpu"  # ops.rope_ (CPU); torch ops in a CUDA graph
         Hq, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         q_size, kv_size = cfg.q_size, cfg.kv_size
         eps = cfg.rms_norm_eps
@@ -234,9 +234,13 @@ class Transformer:
         for li, layer in enumerate(self.layers):
             h = ops.rms_norm(x, layer.ln_in, eps, delta)
             qkv = layer.qkv(h)
-            # RoPE on q and k together (one set of elementwise ops); q, k, v stay views with a
-            # contiguous last dim, as causal_attention accepts.
-            qk = apply_rope(qkv[..., :q_size + kv_size].unflatten(-1, (Hq + Hkv, D)), cos, sin)
+            # RoPE on q and k together; q, k, v stay views with a contiguous last dim, as
+            # causal_attention accepts.
+            qk = qkv[..., :q_size + kv_size].unflatten(-1, (Hq + Hkv, D))
+            if fused_rope:
+                ops.rope_(qk, cos, sin)
+            else:
+                qk = apply_rope(qk, cos.unsqueeze(2), sin.unsqueeze(2))
             q, k = qk[:, :, :Hq], qk[:, :, Hq:]
             v = qkv[..., q_size + kv_size:].unflatten(-1, (Hkv, D))
             attn = ops.causal_attention(q, cache.k[li], cache.v[li], seqlens, k, v,
