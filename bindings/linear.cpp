@@ -24,6 +24,15 @@ DType linear_dtype_of(const at::Tensor& t, const char* name) {
   return t.scalar_type() == at::kFloat ? DType::kFloat32 : DType::kBFloat16;
 }
 
+// A packed weight: [out_features, in_features], contiguous, in_features even for bfloat16.
+void check_packed(const at::Tensor& packed, DType dt) {
+  check_rank(packed, 2, "packed");
+  check_contiguous(packed, "packed");
+  FLUID_CHECK_VALUE(packed.size(0) >= 1 && packed.size(1) >= 1 && (dt == DType::kFloat32 || packed.size(1) % 2 == 0),
+                    "packed: expected [out_features, in_features] with both >= 1 (in_features even for ",
+                    "bfloat16), got shape ", packed.sizes());
+}
+
 at::Tensor pack_linear_weight_impl(const at::Tensor& weight) {
   check_cpu(weight, "weight");
   const DType dt = linear_dtype_of(weight, "weight");
@@ -50,12 +59,8 @@ at::Tensor pack_linear_weight_impl(const at::Tensor& weight) {
 at::Tensor unpack_linear_weight_impl(const at::Tensor& packed) {
   check_cpu(packed, "packed");
   const DType dt = linear_dtype_of(packed, "packed");
-  check_rank(packed, 2, "packed");
-  check_contiguous(packed, "packed");
+  check_packed(packed, dt);
   const int64_t N = packed.size(0), K = packed.size(1);
-  FLUID_CHECK_VALUE(N >= 1 && K >= 1 && (dt == DType::kFloat32 || K % 2 == 0), "packed: expected ",
-                    "[out_features, in_features] with both >= 1 (in_features even for bfloat16), got shape ",
-                    packed.sizes());
   at::Tensor weight = at::empty({N, K}, packed.options());
   PackLinearParams p;
   p.w = weight.data_ptr();
@@ -110,12 +115,8 @@ at::Tensor packed_linear_impl(const at::Tensor& x, const at::Tensor& packed,
   check_dtype(packed, x.scalar_type(), "packed");
   FLUID_CHECK_VALUE(x.dim() >= 1, "x: expected a tensor of shape [..., in_features], got a 0-d tensor");
   const int64_t x_row_stride = collapsed_row_stride(x, "x");
-  check_rank(packed, 2, "packed");
-  check_contiguous(packed, "packed");
+  check_packed(packed, dt);
   const int64_t out_features = packed.size(0), K = packed.size(1);
-  FLUID_CHECK_VALUE(out_features >= 1 && K >= 1 && (dt == DType::kFloat32 || K % 2 == 0), "packed: expected ",
-                    "[out_features, in_features] with both >= 1 (in_features even for bfloat16), got shape ",
-                    packed.sizes());
   FLUID_CHECK_VALUE(x.size(-1) == (silu_and_mul ? 2 * K : K), "x: the last dim must be ",
                     silu_and_mul ? "2 * in_features = " : "in_features = ", silu_and_mul ? 2 * K : K,
                     " (packed is ", packed.sizes(), "), got shape ", x.sizes());
