@@ -75,8 +75,10 @@ at::Tensor unpack_linear_weight_impl(const at::Tensor& packed) {
 }
 
 // bfloat16 with more rows than this (prefill): oneDNN's matmul, on AMX, beats the vector kernel
-// even counting the unpacking of the weight (benchmarks/bench_linear.py --dtype bfloat16: the
-// vector kernel is ahead up to about 32 rows, so elastic verify blocks stay on it).
+// even counting the unpacking of the weight. (benchmarks/bench_linear.py --dtype bfloat16, one
+// forward of the 8x512 model: the vector kernel grows about linearly past 12 rows, 17 ms at 17 and
+// 23 ms at 24; this path took 21-36 ms at 33 rows and 29 ms at 64. Elastic verify blocks, up to 33
+// rows, mostly stay on the vector kernel.)
 constexpr int64_t kBf16PackedMaxRows = 32;
 // Columns unpacked at a time: one buffer of this many columns, instead of the whole weight.
 constexpr int64_t kUnpackColumns = 2048;  // a multiple of the panel width
