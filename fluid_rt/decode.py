@@ -311,7 +311,10 @@ class Decoder:
             width = self._width
             index = (rows.start[:, None] + torch.arange(width, device=rows.start.device))
             tokens = rows.tokens.gather(1, index.clamp_(max=rows.tokens.shape[1] - 1).long())
-            logits, hidden = self._forward(tokens, rows, shift=rows.start)
+            # On the CPU a matmul costs by its rows: rows of a batch run packed at their own
+            # widths rather than all at the widest (the model's ``widths``).
+            widths = self._needs if self.device.type == "cpu" and len(self._needs) > 1 else None
+            logits, hidden = self._forward(tokens, rows, shift=rows.start, widths=widths)
             self._advance(rows, logits, hidden, torch.zeros_like(rows.seqlens), horizon, commit,
                           reuse_prefix=True)
             return
@@ -423,11 +426,12 @@ class Decoder:
                           rows.seqlens, rows.committed, rows.mismatch)
 
     # -- shared plumbing ---------------------------------------------------------------------------
-    def _forward(self, tokens, rows: _Rows, logits_slots=None, shift=None):
+    def _forward(self, tokens, rows: _Rows, logits_slots=None, shift=None, widths=None):
         """The model on ``tokens`` at each row's committed length (+ ``shift``)."""
         seqlens = rows.seqlens if shift is None else rows.seqlens + shift
         self.cache.seqlens.index_copy_(0, rows.cache_rows.long(), seqlens)
-        return self.model(tokens, self.cache, rows=rows.cache_rows, logits_slots=logits_slots)
+        return self.model(tokens, self.cache, rows=rows.cache_rows, logits_slots=logits_slots,
+                          widths=widths)
 
     def _count_forward(self, rows: _Rows) -> None:
         for s in rows.seq:
@@ -443,7 +447,7 @@ class Decoder:
         info = torch.cat([rows.verified, rows.committed[:, None], rows.mismatch[:, None],
                           rows.out_len[:, None], rows.done[:, None].to(torch.int32),
                           need[:, None]], 1).tolist()
-        keep, self._width = [], 1
+        keep, self._width, self._needs = [], 1, []
         for i, (verified, k, passes, committed, mismatch, n_out, done, need) in enumerate(info):
             s = rows.seq[i]
             cfg = self._cfgs[s]
@@ -460,6 +464,7 @@ class Decoder:
             else:
                 keep.append(i)
                 self._width = max(self._width, need)
+                self._needs.append(max(1, need))
         if len(keep) < len(rows.seq):
             rows.keep(keep)
             self._graph = None

@@ -188,21 +188,30 @@ class Transformer:
             self._rope_len = num_positions
 
     def __call__(self, tokens: torch.Tensor, cache: KVCache, rows: Optional[torch.Tensor] = None,
-                 logits_slots: Optional[torch.Tensor] = None):
-        return self.forward(tokens, cache, rows, logits_slots)
+                 logits_slots: Optional[torch.Tensor] = None, widths: Optional[list] = None):
+        return self.forward(tokens, cache, rows, logits_slots, widths)
 
     def forward(self, tokens: torch.Tensor, cache: KVCache, rows: Optional[torch.Tensor] = None,
-                logits_slots: Optional[torch.Tensor] = None):
+                logits_slots: Optional[torch.Tensor] = None, widths: Optional[list] = None):
         """Run ``tokens [B, T]`` int64 at positions ``cache.seqlens[rows[b]] + t``.
 
         rows: optional ``[B]`` int32/int64 cache rows (default ``0 .. B-1``).
         logits_slots: optional ``[B, n]`` int64 slot indices in ``0 .. T-1``; logits are then
         computed only there (the vocab matmul is skipped for the other slots).
+        widths: optional host ints, ``1 <= widths[b] <= T`` (not with ``logits_slots``): row b
+        runs only its first ``widths[b]`` tokens, packed with the other rows' into one sequence
+        for the matmuls (attention runs per row), so rows of different widths cost their own
+        width, not the widest. The slots past a row's width get zero logits and hidden states,
+        and no K/V. For the CPU, where a matmul's cost follows its row count.
         Writes the tokens' K/V into ``cache`` (never advances ``cache.seqlens``).
         Returns ``logits [B, T or n, V]`` float32 and ``hidden [B, T, H]`` (after the final
         RMSNorm) in the model dtype."""
         cfg = self.cfg
         B, T = tokens.shape
+        if widths is not None and (logits_slots is not None or len(widths) != B
+                                   or not all(1 <= int(w) <= T for w in widths)):
+            raise ValueError(f"widths: expected {B} ints in [1, {T}] and no logits_slots, got "
+                             f"{list(widths)}")
         if cache.k.dtype != self.dtype or cache.k.device != self.device:
             raise ValueError(f"cache: dtype/device {cache.k.dtype}/{cache.k.device} differ from the "
                              f"model's {self.dtype}/{self.device}")
@@ -217,7 +226,19 @@ class Transformer:
                 raise ValueError(f"rows: expected shape ({B},), got {tuple(rows.shape)}")
             seqlens = cache.seqlens.index_select(0, rows)
             batch_idx = rows.to(torch.int32)
-        positions = seqlens.long()[:, None] + torch.arange(T, device=tokens.device)  # [B, T]
+        segments = None
+        if widths is not None:  # one packed sequence [1, sum(widths)]: (row, offset, width) each
+            widths = [int(w) for w in widths]
+            offsets = [sum(widths[:b]) for b in range(B)]
+            segments = list(zip(range(B), offsets, widths))
+            dev = tokens.device
+            row_of = torch.repeat_interleave(torch.arange(B, device=dev), torch.tensor(widths, device=dev))
+            slot_of = torch.cat([torch.arange(w, device=dev) for w in widths])
+            tokens = tokens[row_of, slot_of][None]
+            positions = (seqlens.long()[row_of] + slot_of)[None]
+            cache_rows = batch_idx if batch_idx is not None else torch.arange(B, dtype=torch.int32, device=dev)
+        else:
+            positions = seqlens.long()[:, None] + torch.arange(T, device=tokens.device)  # [B, T]
         # Clamped only so that a row past the cache capacity cannot index the tables out of range
         # (a device assert on CUDA); the attention op itself rejects / NaN-fills such rows.
         positions = positions.clamp(0, self._rope_len - 1)
@@ -243,9 +264,14 @@ class Transformer:
                 qk = apply_rope(qk, cos.unsqueeze(2), sin.unsqueeze(2))
             q, k = qk[:, :, :Hq], qk[:, :, Hq:]
             v = qkv[..., q_size + kv_size:].unflatten(-1, (Hkv, D))
-            attn = ops.causal_attention(q, cache.k[li], cache.v[li], seqlens, k, v,
-                                        cache_batch_idx=batch_idx)
-            h = ops.rms_norm(x, layer.ln_post, eps, layer.o(attn.reshape(B, T, q_size)))
+            if segments is None:
+                attn = ops.causal_attention(q, cache.k[li], cache.v[li], seqlens, k, v,
+                                            cache_batch_idx=batch_idx)
+            else:
+                attn = torch.cat([ops.causal_attention(
+                    q[:, o:o + w], cache.k[li], cache.v[li], seqlens[b:b + 1], k[:, o:o + w],
+                    v[:, o:o + w], cache_batch_idx=cache_rows[b:b + 1]) for b, o, w in segments], 1)
+            h = ops.rms_norm(x, layer.ln_post, eps, layer.o(attn.reshape(*tokens.shape, q_size)))
             delta = layer.down.silu_and_mul(layer.gate_up(h))
         hidden = ops.rms_norm(x, self.norm, eps, delta)
         if logits_slots is not None:
@@ -253,6 +279,12 @@ class Transformer:
             logits = self.lm_head(hidden.gather(1, index))
         else:
             logits = self.lm_head(hidden)
+        if segments is not None:  # back to [B, T, ...], zeros past each row's width
+            padded_hidden = hidden.new_zeros(B, T, hidden.shape[-1])
+            padded_hidden[row_of, slot_of] = hidden[0]
+            padded_logits = logits.new_zeros(B, T, logits.shape[-1], dtype=torch.float32)
+            padded_logits[row_of, slot_of] = logits[0].float()
+            return padded_logits, padded_hidden
         return logits.float(), hidden
 
     def new_cache(self, max_batch: int, max_seq: int) -> KVCache:

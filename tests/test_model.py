@@ -172,6 +172,35 @@ def test_two_rows_different_lengths(pair):
     assert cache.seqlens.tolist() == [11, 0, 5]
 
 
+def test_ragged_widths_match_hf(pair):
+    """widths: each row runs only its first widths[b] tokens, packed into one sequence for the
+    matmuls; the outputs there equal HF's, the slots past a row's width are zeros."""
+    _, hf, model, cfg = pair
+    gen = torch.Generator().manual_seed(4)
+    a = torch.randint(0, VOCAB, (6 + 3,), generator=gen).tolist()
+    b = torch.randint(0, VOCAB, (9 + 7,), generator=gen).tolist()
+    ref_a, ref_ha = _hf_full(hf, a)
+    ref_b, ref_hb = _hf_full(hf, b)
+    cache = KVCache(cfg, 2, 32)
+    model(torch.tensor([a[:6]]), cache, rows=torch.tensor([1], dtype=torch.int32))
+    model(torch.tensor([b[:9]]), cache, rows=torch.tensor([0], dtype=torch.int32))
+    cache.seqlens[1], cache.seqlens[0] = 6, 9
+    junk = torch.randint(0, VOCAB, (4,), generator=gen).tolist()
+    block = torch.tensor([a[6:] + junk, b[9:]])  # row 0 is 3 tokens wide, padded to 7
+    rows = torch.tensor([1, 0], dtype=torch.int32)
+    logits, hidden = model(block, cache, rows=rows, widths=[3, 7])
+    assert logits.shape == (2, 7, VOCAB) and hidden.shape == (2, 7, cfg.hidden_size)
+    _close(logits[0, :3], ref_a[6:])
+    _close(hidden[0, :3], ref_ha[6:])
+    _close(logits[1], ref_b[9:])
+    _close(hidden[1], ref_hb[9:])
+    assert not logits[0, 3:].any() and not hidden[0, 3:].any()
+    with pytest.raises(ValueError, match="widths"):
+        model(block, cache, rows=rows, widths=[3, 8])
+    with pytest.raises(ValueError, match="widths"):
+        model(block, cache, rows=rows, widths=[3])
+
+
 def test_bfloat16_close_to_float32(pair):
     name, hf, model, cfg = pair
     if name not in ("pangu_gqa2", "qwen2_gqa2_tied"):
