@@ -64,7 +64,8 @@ def rope_tables(cfg: ModelConfig, num_positions: int, dtype, device):
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, T, heads, D]; cos, sin [B, T, 1, D] from ``rope_tables`` (sin half-negated)."""
+    """x [B, T, heads, D]; cos, sin [B, T, 1, D] from ``rope_tables`` (sin half-negated). The CUDA
+    path (inside the step's CUDA graph); the CPU runs the fused ``ops.rope_`` instead."""
     half = x.shape[-1] // 2
     swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
     return torch.addcmul(x * cos, swapped, sin)

@@ -67,8 +67,8 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Te
     return torch.ops.fluid_rt.packed_linear(x, packed, bias, bool(silu_and_mul))
 
 
-
 def unpack_linear_weight(packed: torch.Tensor) -> torch.Tensor:
     """The ``[out_features, in_features]`` row-major weight back from ``pack_linear_weight`` (one
-    pass over it; the model does this only for bfloat16 calls wide enough for oneDNN's matmul)."""
+    pass over it). ``packed_linear`` does the same internally, slice by slice, for bfloat16 calls
+    with more than 32 rows, which go to oneDNN's matmul."""
     return torch.ops.fluid_rt.unpack_linear_weight(packed)
