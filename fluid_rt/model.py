@@ -68,7 +68,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     path (inside the step's CUDA graph); the CPU runs the fused ``ops.rope_`` instead."""
     half = x.shape[-1] // 2
     swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
-    return torch.addcmul(x * cos, swapped, sin)
+    # Two products and a sum, each rounded to x's dtype as HF's ops round them (an addcmul would
+    # round its product and sum once: one unit off HF in bfloat16).
+    return x * cos + swapped * sin
 
 
 def cpu_packs(dtype: torch.dtype) -> bool:

@@ -24,6 +24,21 @@ else:
     sys.path.append(ROOT)  # for benchmarks/ (the baseline implementations the tests check)
 
 
+@pytest.fixture(autouse=True)
+def _poison_cuda_allocator(request):
+    """CUDA tests start with every free block of torch's caching allocator filled with 0xFF bytes
+    (NaN in float32/bfloat16/float16, -1 in integers), so an output element a kernel forgets to
+    write reads as garbage instead of a stale, possibly correct, value of an earlier call."""
+    if "cuda" in request.keywords and torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()  # the cached free blocks go; the ones below replace them
+        # 1 MiB blocks fill 2 MiB small-pool segments; 20 MiB ones fill large-pool segments.
+        blocks = [torch.empty(n, dtype=torch.uint8, device="cuda").fill_(0xFF)
+                  for n in [1 << 20] * 16 + [20 << 20] * 4]
+        del blocks
+    yield
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

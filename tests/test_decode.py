@@ -214,6 +214,32 @@ def test_cuda_graph_decode_matches_golden(model):
         assert g.trace == e.trace and g.trace[:-1] == case["trace"][: len(g.trace) - 1]
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("model", MODELS)
+def test_cuda_low_precision_forward_and_graph_decode(model, dtype):
+    """The 16-bit CUDA paths (rope tables, cuBLAS linears, the kernels' bf16/fp16 instantiations,
+    the K-head) stay close to the float32 CPU forward, and a graph-replayed elastic decode in that
+    dtype runs each row to its budget with in-vocabulary tokens (no token equality: 16-bit ties)."""
+    cases = [c for c in CASES if c["model"] == model][:6]
+    mask = cases[0]["mask_token_id"]
+    cpu = load_model(os.path.join(GOLDEN_DIR, model), mask_token_id=mask)
+    gpu = load_model(os.path.join(GOLDEN_DIR, model), mask_token_id=mask, dtype=dtype, device="cuda")
+    prompt = torch.tensor([list(range(3, 40))])
+    want, _ = cpu.model(prompt, cpu.model.new_cache(1, 64))
+    got, hidden = gpu.model(prompt.cuda(), gpu.model.new_cache(1, 64))
+    assert got.dtype == torch.float32 and hidden.dtype == dtype
+    rel = ((got.cpu() - want).norm() / want.norm()).item()
+    assert rel < 0.05, rel
+    dec = Decoder(gpu.model, khead=gpu.khead, mask_token_id=mask, cuda_graphs=True)
+    gens, _ = dec.generate([c["prompt"] for c in cases], [case_config(c, eos_token_ids=()) for c in cases])
+    vocab = gpu.config.vocab_size
+    for case, g in zip(cases, gens):
+        assert len(g.tokens) == case["max_new_tokens"] and g.stop_reason == "length"
+        assert all(0 <= t < vocab for t in g.tokens)
+        assert g.trace and all(1 <= b["committed"] <= b["K"] for b in g.trace)
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_batch_near_cache_end_equals_batch_of_one(golden, model):
     """Long prompts and budgets decoded together up to the end of the auto-sized cache (each eager

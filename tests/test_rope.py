@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fluid_rt.config import ModelConfig
-from fluid_rt.model import rope_tables
+from fluid_rt.model import apply_rope, rope_tables
 from fluid_rt.ops import rope_
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -46,6 +46,19 @@ def test_matches_hf_exactly(dtype, B, T, H, D):
     rope_(x, cos_b, sin_b)
     assert torch.equal(x, want)  # same ops, same roundings: bit for bit
     assert torch.equal(qkv[..., H * D :], want_rest)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_torch_path_matches_hf_exactly(dtype):
+    """``model.apply_rope``, the torch-ops rotation the CUDA step runs inside its graph: the same
+    separately rounded products and sum as HF (checked here on the CPU, where torch's elementwise
+    ops round as CUDA's do)."""
+    B, T, H, D = 2, 7, 5, 64
+    gen = torch.Generator().manual_seed(7)
+    x = (torch.randn(B, T, H, D, generator=gen) * 3).to(dtype)
+    cos, sin, hf_sin = tables(T, D, dtype)
+    got = apply_rope(x, cos[None, :, None, :], sin[None, :, None, :])
+    assert torch.equal(got, hf_rope(x, cos[:, None, :], hf_sin[:, None, :]))
 
 
 def test_opcheck_and_compile():
