@@ -19,6 +19,9 @@ void rope_cpu_impl(at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) 
   // Rows (the leading dims) at one stride, as in a column slice of the fused qkv projection.
   const int64_t row_stride = collapsed_row_stride(x.flatten(-2), "x");
   const int64_t rows = x.numel() / (H * D);
+  // Written in place: rows that share memory (an expanded x, stride 0) would be rotated twice.
+  FLUID_CHECK_VALUE(rows <= 1 || row_stride >= H * D, "x: its rows overlap in memory (row stride ", row_stride,
+                    " < heads * head_dim = ", H * D, "); rope_ writes x in place and needs distinct rows");
   std::vector<int64_t> table_shape(x.sizes().begin(), x.sizes().end() - 2);
   table_shape.push_back(D);
   for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{cos, "cos"}, {sin, "sin"}}) {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -56,11 +57,12 @@ class ModelConfig:
                              f"({self.num_kv_heads})")
         if self.head_dim % 2 != 0:
             raise ValueError(f"head_dim: RoPE needs an even head_dim, got {self.head_dim}")
+        for name in ("rms_norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"{name}: must be a positive finite number, got {value!r}")
         if self.rope_scaling is not None:
-            kind = _rope_type(self.rope_scaling)
-            if kind not in ("default", "llama3", "linear"):
-                raise ValueError(f"rope_scaling: type {kind!r} is not supported "
-                                 "(supported: default, linear, llama3)")
+            _check_rope_scaling(self.rope_scaling)
         if not isinstance(self.eos_token_ids, tuple):
             object.__setattr__(self, "eos_token_ids", tuple(self.eos_token_ids))
 
@@ -83,10 +85,13 @@ class ModelConfig:
         act = d.get("hidden_act", "silu")
         if act not in ("silu", "swish"):
             raise ValueError(f"hidden_act {act!r} is not supported (only silu)")
-        hidden = int(d["hidden_size"])
-        heads = int(d["num_attention_heads"])
-        kv_heads = int(d.get("num_key_value_heads") or heads)
-        head_dim = d.get("head_dim") or hidden // heads
+        hidden = _positive_int(d, "hidden_size")
+        heads = _positive_int(d, "num_attention_heads")
+        kv_heads = _positive_int(d, "num_key_value_heads", heads)
+        if d.get("head_dim") is None and hidden < heads:
+            raise ValueError(f"hidden_size {hidden} is smaller than num_attention_heads {heads} "
+                             "(and no head_dim is given)")
+        head_dim = _positive_int(d, "head_dim", hidden // heads)
         if family == "pangu":
             qkv_bias = o_bias = bool(d.get("bias", False))
             mlp_bias = False
@@ -107,21 +112,24 @@ class ModelConfig:
             eos_ids = (int(eos),)
         rope_scaling = d.get("rope_scaling")
         if rope_scaling is not None:
+            _check_rope_scaling(rope_scaling)
             rope_scaling = dict(rope_scaling)
         # transformers >= 5 may store rope_theta inside rope_parameters.
         rope_params = d.get("rope_parameters") or {}
+        if not isinstance(rope_params, dict):
+            raise ValueError(f"rope_parameters: expected an object, got {rope_params!r}")
         rope_theta = d.get("rope_theta", rope_params.get("rope_theta", 10000.0))
         if rope_scaling is None and rope_params and _rope_type(rope_params) != "default":
             rope_scaling = {k: v for k, v in rope_params.items() if k != "rope_theta"}
         return cls(
             family=family,
-            vocab_size=int(d["vocab_size"]),
+            vocab_size=_positive_int(d, "vocab_size"),
             hidden_size=hidden,
-            intermediate_size=int(d["intermediate_size"]),
-            num_layers=int(d["num_hidden_layers"]),
+            intermediate_size=_positive_int(d, "intermediate_size"),
+            num_layers=_positive_int(d, "num_hidden_layers"),
             num_heads=heads,
             num_kv_heads=kv_heads,
-            head_dim=int(head_dim),
+            head_dim=head_dim,
             rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
             rope_theta=float(rope_theta),
             rope_scaling=rope_scaling,
@@ -129,7 +137,7 @@ class ModelConfig:
             o_bias=o_bias,
             mlp_bias=mlp_bias,
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            max_position_embeddings=int(d.get("max_position_embeddings", 4096)),
+            max_position_embeddings=_positive_int(d, "max_position_embeddings", 4096),
             bos_token_id=d.get("bos_token_id"),
             eos_token_ids=eos_ids,
             pad_token_id=d.get("pad_token_id"),
@@ -138,6 +146,45 @@ class ModelConfig:
 
 def _rope_type(scaling: dict) -> str:
     return scaling.get("rope_type", scaling.get("type", "default"))
+
+
+# The rope_scaling keys each supported type needs (fluid_rt.model.rope_inv_freq reads them).
+_ROPE_SCALING_KEYS = {"default": (), "linear": ("factor",),
+                      "llama3": ("factor", "original_max_position_embeddings")}
+
+
+def _check_rope_scaling(scaling) -> None:
+    if not isinstance(scaling, dict):
+        raise ValueError(f"rope_scaling: expected an object, got {scaling!r}")
+    kind = _rope_type(scaling)
+    if kind not in _ROPE_SCALING_KEYS:
+        raise ValueError(f"rope_scaling: type {kind!r} is not supported "
+                         f"(supported: {', '.join(sorted(_ROPE_SCALING_KEYS))})")
+    for key in _ROPE_SCALING_KEYS[kind]:
+        if key not in scaling:
+            raise ValueError(f"rope_scaling: type {kind!r} needs {key!r}")
+    for key in ("factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"):
+        value = scaling.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0 < value < math.inf):
+            raise ValueError(f"rope_scaling: {key} must be a positive finite number, got {value!r}")
+    if kind == "llama3" and scaling.get("low_freq_factor", 1.0) >= scaling.get("high_freq_factor", 4.0):
+        raise ValueError("rope_scaling: llama3 needs low_freq_factor < high_freq_factor")
+
+
+def _positive_int(d: dict, key: str, default=None) -> int:
+    """``d[key]`` (or ``default`` when absent or null) as a positive int; a float with an integral
+    value is accepted (some exporters write 4096.0), anything else is a ValueError naming the key."""
+    value = d.get(key)
+    if value is None:
+        if default is None:
+            raise ValueError(f"missing field {key!r}")
+        value = default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{key}: must be a positive int, got {value!r}")
+    return value
 
 
 def expected_tensor_shapes(cfg: ModelConfig) -> dict:
@@ -190,26 +237,41 @@ class FluidConfig:
     max_k: int = DEFAULT_MAX_K
 
     @classmethod
-    def load(cls, directory: Optional[str] = None, **overrides: Any) -> "FluidConfig":
+    def load(cls, directory: Optional[str] = None, *, pangu_vocabulary: bool = True,
+             **overrides: Any) -> "FluidConfig":
         """Defaults, then ``<directory>/fluid.json`` when present, then ``overrides`` that are not
         None (``end_of_think_token_id`` cannot be overridden to None this way: write it in
-        fluid.json as null)."""
+        fluid.json as null). The default token ids are openPangu's: with
+        ``pangu_vocabulary=False`` (a model of another vocabulary, where those ids are ordinary
+        tokens) the ones fluid.json and the overrides leave unset are None."""
         values = dataclasses.asdict(cls())
+        if not pangu_vocabulary:
+            values.update(mask_token_id=None, end_of_think_token_id=None)
+        source = "arguments"
         if directory is not None:
             path = os.path.join(directory, FLUID_JSON)
             if os.path.isfile(path):
+                source = path
                 with open(path, encoding="utf-8") as f:
                     try:
                         data = json.load(f)
-                    except json.JSONDecodeError as err:
+                    except (json.JSONDecodeError, UnicodeDecodeError) as err:
                         raise ValueError(f"{path}: not valid JSON ({err})") from err
+                if not isinstance(data, dict):
+                    raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
                 unknown = set(data) - set(values)
                 if unknown:
                     raise ValueError(f"{path}: unknown keys {sorted(unknown)} "
                                      f"(known: {sorted(values)})")
                 values.update(data)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        for name in ("mask_token_id", "end_of_think_token_id"):
+            value = values[name]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 0):
+                raise ValueError(f"{source}: {name} must be a non-negative int or null, got "
+                                 f"{value!r}")
         fluid = cls(**values)
-        if not isinstance(fluid.max_k, int) or fluid.max_k < 1:
-            raise ValueError(f"max_k: must be a positive int, got {fluid.max_k!r}")
+        if isinstance(fluid.max_k, bool) or not isinstance(fluid.max_k, int) or fluid.max_k < 1:
+            raise ValueError(f"{source}: max_k must be a positive int, got {fluid.max_k!r}")
         return fluid

@@ -116,6 +116,10 @@ class BatchStats:
         return self.new_tokens / max(self.wall_s, 1e-9)
 
 
+class _Cancelled(Exception):
+    """Raised inside a decode whose ``stream`` was closed early: unwinds it at a step boundary."""
+
+
 # Streaming: called with (index of the prompt, newly committed token ids) as blocks commit.
 OnCommit = Callable[[int, list[int]], None]
 
@@ -159,6 +163,7 @@ class _Rows:
         self.committed, self.mismatch = full(n, 0, i32), full(n, -1, i32)
         self.done, self.drafting = full(n, False, torch.bool), full(n, False, torch.bool)
         self.verifying, self.restart = full(n, False, torch.bool), full(n, False, torch.bool)
+        self.nonfinite = full(n, False, torch.bool)  # a forward gave this row NaN / inf logits
         self.start = full(n, 0, i32)  # first input slot of the next (eager) forward
         # What the last step verified, for the host-side trace: [verified, K, draft passes].
         self.verified = full((n, 3), 0, i32)
@@ -191,6 +196,10 @@ class Decoder:
         self.cuda_graphs = cuda_graphs
         self.cache: KVCache | None = None
         self._graph = None
+        # One decode at a time: every call reuses this decoder's cache (``generate`` refuses to
+        # start while another call, e.g. an unfinished ``stream``, runs).
+        self._busy = threading.Lock()
+        self._cancel: threading.Event | None = None  # set: the running call stops at its next step
 
     @property
     def device(self) -> torch.device:
@@ -204,6 +213,26 @@ class Decoder:
         all or one per prompt. Each row has its own K, step and stop; its tokens and trace equal
         those of its batch-of-one run. ``on_commit(i, ids)`` streams prompt i's new tokens.
         Returns one ``Generation`` per prompt, in order, and the batch's ``BatchStats``."""
+        self._claim()
+        try:
+            return self._generate(prompts, cfg, on_commit)
+        finally:
+            self._busy.release()
+
+    def _claim(self) -> None:
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("this Decoder is already decoding (a generate() in another thread, "
+                               "or a stream() not yet exhausted or closed): it has one KV cache; "
+                               "finish or close that call first, or use a second Decoder")
+
+    def _generate(self, prompts, cfg, on_commit, cancel: threading.Event | None = None):
+        self._cancel = cancel
+        try:
+            return self._decode(prompts, cfg, on_commit)
+        finally:
+            self._cancel = None
+
+    def _decode(self, prompts, cfg, on_commit):
         prompts = [[int(t) for t in p] for p in prompts]
         cfgs = [cfg] * len(prompts) if isinstance(cfg, DecodeConfig) else list(cfg)
         self._check(prompts, cfgs)
@@ -212,8 +241,9 @@ class Decoder:
         # length, and in a batch of eager steps a row may feed from its reused prefix (< block_size
         # slots in) as many slots as the widest row needs.
         bs = max(c.block_size for c in cfgs)
-        self._ensure_cache(n, max(len(p) + c.max_new_tokens for p, c in zip(prompts, cfgs))
-                           + 3 * bs + 1)
+        margin = 0 if cfgs[0].mode == "ar" else 3 * bs + 1
+        self._ensure_cache(n, max(len(p) + c.max_new_tokens for p, c in zip(prompts, cfgs)),
+                           margin)
         self.cache.reset()
         rows = _Rows(cfgs, self.mask_token_id if self.mask_token_id is not None else 0, self.device)
         self._cfgs, self._graph = cfgs, None
@@ -236,27 +266,37 @@ class Decoder:
                tokenizer=None) -> Iterator[str | list[int]]:
         """Decode one prompt and yield what each step commits as it commits: text when a
         ``tokenizer`` (``fluid_rt.tokenizer.Tokenizer``) is given, token ids otherwise. The
-        generator's return value (``StopIteration.value``) is the ``Generation``."""
+        generator's return value (``StopIteration.value``) is the ``Generation``. Closing the
+        generator early (``break``, ``close()``, garbage collection) stops the decode at its next
+        step and waits for it, so the decoder is free again when the loop is left."""
         chunks: queue.Queue = queue.Queue()
         outcome: dict = {}
+        cancel = threading.Event()
 
         def work():
             try:
-                (outcome["generation"],), _ = self.generate([prompt], cfg,
-                                                            on_commit=lambda _i, ids: chunks.put(ids))
+                (outcome["generation"],), _ = self._generate(
+                    [prompt], cfg, lambda _i, ids: chunks.put(ids), cancel)
+            except _Cancelled:
+                pass
             except BaseException as err:  # re-raised in the caller's thread
                 outcome["error"] = err
             finally:
+                self._busy.release()
                 chunks.put(None)
 
+        text = tokenizer.decode_stream() if tokenizer is not None else None
+        self._claim()  # here, so that a busy decoder fails in the caller's thread
         worker = threading.Thread(target=work, daemon=True)
         worker.start()
-        text = tokenizer.decode_stream() if tokenizer is not None else None
-        while (ids := chunks.get()) is not None:
-            piece = text.push(ids) if text is not None else ids
-            if piece:
-                yield piece
-        worker.join()
+        try:
+            while (ids := chunks.get()) is not None:
+                piece = text.push(ids) if text is not None else ids
+                if piece:
+                    yield piece
+        finally:  # also when the caller stops early: end the worker before the decoder is reused
+            cancel.set()
+            worker.join()
         if "error" in outcome:
             raise outcome["error"]
         if text is not None and (tail := text.flush()):
@@ -342,6 +382,7 @@ class Decoder:
         ``reuse_prefix`` sets the next forward's ``rows.start``."""
         mask, bs = self.mask_token_id, rows.block.shape[1]
         stats = ops.token_entropy(logits)
+        rows.nonfinite |= ~stats.logsumexp.isfinite().all(dim=1)
         pred, score = stats.argmax, commit.score(stats)
         width = pred.shape[1]
         if width < bs:  # a narrow step has no verifying row: these columns are never read
@@ -419,7 +460,9 @@ class Decoder:
         return prefill_s, batch_forwards
 
     def _commit_ar(self, rows: _Rows, logits) -> None:
-        pred = ops.token_entropy(logits[:, -1:]).argmax.contiguous()
+        stats = ops.token_entropy(logits[:, -1:])
+        rows.nonfinite |= ~stats.logsumexp.isfinite()[:, 0]
+        pred = stats.argmax.contiguous()
         rows.verifying.fill_(True)
         ops.verify_commit(pred, pred, torch.ones_like(rows.horizon), rows.verifying, rows.eos,
                           rows.remask, rows.out, rows.out_len, rows.budget, rows.done, rows.pending,
@@ -446,11 +489,18 @@ class Decoder:
         need = self._slots_needed(rows) if eager_elastic else torch.ones_like(rows.out_len)
         info = torch.cat([rows.verified, rows.committed[:, None], rows.mismatch[:, None],
                           rows.out_len[:, None], rows.done[:, None].to(torch.int32),
-                          need[:, None]], 1).tolist()
+                          need[:, None], rows.nonfinite[:, None].to(torch.int32)], 1).tolist()
+        if self._cancel is not None and self._cancel.is_set():
+            raise _Cancelled
         keep, self._width, self._needs = [], 1, []
-        for i, (verified, k, passes, committed, mismatch, n_out, done, need) in enumerate(info):
+        for i, (verified, k, passes, committed, mismatch, n_out, done, need, bad) in enumerate(info):
             s = rows.seq[i]
             cfg = self._cfgs[s]
+            if bad:
+                cause = ("float16 overflowed? (try bfloat16 or float32)"
+                         if self.model.dtype == torch.float16 else "broken weights or config?")
+                raise FloatingPointError(f"prompt {s}: the model produced non-finite logits (NaN "
+                                         f"or inf) after {n_out} new tokens: {cause}")
             if verified and cfg.mode == "elastic":
                 self._traces[s].append({"K": k, "draft_passes": passes, "committed": committed,
                                         "mismatch": None if mismatch < 0 else mismatch})
@@ -507,11 +557,15 @@ class Decoder:
             if bad_eos:
                 raise ValueError(f"eos_token_ids outside [0, {vocab}): {bad_eos}")
 
-    def _ensure_cache(self, batch: int, need: int) -> None:
+    def _ensure_cache(self, batch: int, tokens: int, margin: int) -> None:
+        """A cache for ``batch`` rows of ``tokens`` (prompt + max_new_tokens) plus ``margin`` slots
+        of scratch (an elastic verify writes up to 3 * block_size + 1 past the committed tokens)."""
         limit = self.max_seq or self.model.cfg.max_position_embeddings
+        need = tokens + margin
         if need > limit:
+            scratch = f" + {margin} (3 * block_size + 1: elastic scratch)" if margin else ""
             raise ValueError(
-                f"prompt + max_new_tokens + 3 * block_size + 1 = {need} positions exceed the "
+                f"prompt + max_new_tokens = {tokens}{scratch} positions exceed the "
                 f"{'cache capacity' if self.max_seq else 'model context'} of {limit}: shorten the "
                 "prompt or lower max_new_tokens")
         size = self.max_seq or need

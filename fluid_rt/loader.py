@@ -37,8 +37,33 @@ def _load_dir_tokenizer(path: str):
     return load_tokenizer(path)
 
 
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype_device(dtype, device) -> tuple[torch.dtype, torch.device]:
+    """``dtype`` (a torch dtype or its name) and ``device`` checked before anything is loaded:
+    float32 / bfloat16 / float16 on ``cpu`` or an available ``cuda`` device."""
+    if isinstance(dtype, str):
+        dtype = _DTYPES.get(dtype.removeprefix("torch."), dtype)
+    if dtype not in _DTYPES.values():
+        raise ValueError(f"dtype: expected one of {', '.join(_DTYPES)}, got {dtype!r}")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device: {device!r} is not a device ({err})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {device} asked for, but CUDA is not available here "
+                             f"(torch {torch.__version__}, {torch.cuda.device_count()} GPUs)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {device} does not exist ({torch.cuda.device_count()} GPUs)")
+    elif device.type != "cpu":
+        raise ValueError(f"device: fluid_rt runs on cpu or cuda, got {device}")
+    return dtype, device
+
+
 def load_model(path: Optional[str] = None, *, head: Optional[str] = None,
-               dtype: torch.dtype = torch.float32, device="cpu",
+               dtype: torch.dtype | str = torch.float32, device="cpu",
                mask_token_id: Optional[int] = None,
                end_of_think_token_id: Optional[int] = None) -> LoadedModel:
     """Load a model for decoding.
@@ -46,10 +71,14 @@ def load_model(path: Optional[str] = None, *, head: Optional[str] = None,
     path: None -> the embedded default GGUF model; ``*.gguf`` -> GGUF file; a directory -> HF
     checkpoint (config.json + safetensors), its K-head (``model_head.{safetensors,bin}`` there or in
     ``head/``, optional) and tokenizer (optional). head: an explicit K-head file or directory.
-    FLUID tokens: defaults < ``fluid.json`` next to the checkpoint < the arguments here. An argument
+    dtype: float32, bfloat16 or float16 (a torch dtype or its name); device: cpu or cuda, both
+    checked (ValueError) before anything is read.
+    FLUID tokens: defaults (openPangu's ids, for the pangu family only; None for other
+    vocabularies) < ``fluid.json`` next to the checkpoint < the arguments here. An argument
     outside the vocabulary raises ValueError; a default / fluid.json mask id outside it warns (pass
     ``mask_token_id=``) and such an end-of-think id becomes None (the model cannot emit it).
     With a K-head, ``fluid.max_k`` is the head's output size."""
+    dtype, device = resolve_dtype_device(dtype, device)
     if path is None:
         from fluid_rt.weights.gguf import default_model_path
 
@@ -76,7 +105,8 @@ def load_model(path: Optional[str] = None, *, head: Optional[str] = None,
     model = Transformer(cfg, state, dtype=dtype, device=device, consume=True)
     del state
     khead = None
-    fluid = FluidConfig.load(ckpt_dir, mask_token_id=mask_token_id,
+    fluid = FluidConfig.load(ckpt_dir, pangu_vocabulary=cfg.family == "pangu",
+                             mask_token_id=mask_token_id,
                              end_of_think_token_id=end_of_think_token_id)
     if head_path is not None:
         head_sd, max_k = load_khead(head_path, cfg.hidden_size)

@@ -171,6 +171,11 @@ def test_bad_requests_raise_clear_errors(golden):
     dec = Decoder(loaded.model, khead=loaded.khead, mask_token_id=vocab - 1, max_seq=64)
     with pytest.raises(ValueError, match="exceed the cache capacity"):
         dec.generate([[1] * 40], DecodeConfig(max_new_tokens=16))
+    # AR needs no elastic scratch past prompt + max_new_tokens: 48 + 16 fits 64 exactly.
+    (g,), _ = dec.generate([[1] * 48], DecodeConfig(mode="ar", max_new_tokens=16))
+    assert len(g.tokens) == 16
+    with pytest.raises(ValueError, match=r"= 64 \+ 49 \(3 \* block_size \+ 1: elastic scratch\)"):
+        dec.generate([[1] * 48], DecodeConfig(max_new_tokens=16))
     with pytest.raises(ValueError, match="outside"):
         dec.generate([[vocab]], DecodeConfig(max_new_tokens=4))
     with pytest.raises(ValueError, match="empty"):
@@ -276,6 +281,40 @@ def test_stream_yields_the_generation_piece_by_piece(golden):
     assert len(pieces) > 1 and [t for p in pieces for t in p] == g.tokens == expected_of(case)
     with pytest.raises(ValueError, match="outside"):
         list(dec.stream([10**6], case_config(case)))
+
+
+def test_stream_closed_early_frees_the_decoder(golden):
+    """Leaving a stream loop early stops its decode at the next step (no thread left running on the
+    shared cache); meanwhile the decoder refuses a second call rather than corrupt the first."""
+    import threading
+
+    case = CASES[2]
+    dec = decoder_for(golden[case["model"]], case)
+    cfg = case_config(case, eos_token_ids=(), max_new_tokens=200)
+    (want,), _ = dec.generate([case["prompt"]], cfg)
+    threads = threading.active_count()
+    it = dec.stream(case["prompt"], cfg)
+    next(it)
+    with pytest.raises(RuntimeError, match="already decoding"):
+        dec.generate([case["prompt"]], cfg)
+    with pytest.raises(RuntimeError, match="already decoding"):
+        next(dec.stream(case["prompt"], cfg))
+    it.close()
+    assert threading.active_count() == threads
+    (again,), _ = dec.generate([case["prompt"]], cfg)
+    assert again.tokens == want.tokens and again.trace == want.trace
+
+
+@pytest.mark.parametrize("mode", ["elastic", "ar"])
+def test_non_finite_logits_raise(mode):
+    """A model whose forward overflows or is broken (NaN weights here) is reported, not decoded
+    into a stream of argmax-of-NaN tokens."""
+    case = CASES[0]
+    loaded = load_model(os.path.join(GOLDEN_DIR, case["model"]), mask_token_id=case["mask_token_id"])
+    loaded.model.norm.fill_(float("nan"))
+    dec = decoder_for(loaded, case)
+    with pytest.raises(FloatingPointError, match="prompt 0: .*non-finite logits.*broken weights"):
+        dec.generate([case["prompt"], case["prompt"]], case_config(case, mode=mode))
 
 
 def test_stream_text_with_the_default_model():

@@ -169,6 +169,37 @@ def test_unknown_model_type(tmp_path):
         load_hf_checkpoint(tmp_path)
 
 
+@pytest.mark.parametrize("change, match", [
+    (lambda d: [d], "expected a JSON object"),
+    (lambda d: dict(d, num_attention_heads=0), "num_attention_heads: must be a positive int"),
+    (lambda d: dict(d, hidden_size="128"), "hidden_size: must be a positive int"),
+    (lambda d: dict(d, num_key_value_heads=1.5), "num_key_value_heads: must be a positive int"),
+    (lambda d: {k: v for k, v in d.items() if k != "vocab_size"}, "missing field 'vocab_size'"),
+    (lambda d: dict(d, rope_theta=0), "rope_theta: must be a positive finite number"),
+    (lambda d: dict(d, rms_norm_eps=-1e-5), "rms_norm_eps: must be a positive finite number"),
+    (lambda d: dict(d, rope_scaling={"rope_type": "llama3"}), "llama3.*needs 'factor'"),
+    (lambda d: dict(d, rope_scaling={"type": "linear"}), "linear.*needs 'factor'"),
+    (lambda d: dict(d, rope_scaling={"type": "linear", "factor": -2}), "factor must be a positive"),
+    (lambda d: dict(d, rope_scaling=[1]), "rope_scaling: expected an object"),
+    (lambda d: dict(d, rope_parameters=5), "rope_parameters: expected an object"),
+])
+def test_malformed_config_json(tmp_path, change, match):
+    """A config.json that would divide by zero, produce NaN RoPE tables or crash deep in the
+    model is refused at load, naming the file and the field."""
+    _write_ckpt(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(change(dict(HF_CONFIG))))
+    with pytest.raises(ValueError, match=f"config.json: .*{match}"):
+        load_hf_checkpoint(tmp_path)
+
+
+def test_malformed_index_weight_map(tmp_path):
+    _write_ckpt(tmp_path, shards=2)
+    idx = tmp_path / "model.safetensors.index.json"
+    idx.write_text(json.dumps({"weight_map": 5}))
+    with pytest.raises(ValueError, match="index.json: weight_map must map"):
+        load_hf_checkpoint(tmp_path)
+
+
 def test_config_families():
     pangu = ModelConfig.from_hf_dict(dict(HF_CONFIG, model_type="PanguEmbedded", bias=True))
     assert (pangu.family, pangu.attention_bias, pangu.o_bias, pangu.mlp_bias) == ("pangu", True, True, False)
@@ -228,6 +259,11 @@ def test_khead_shape_checks(tmp_path):
     torch.save(sd, tmp_path / "model_head.bin")
     with pytest.raises(ValueError, match="unexpected"):
         load_khead(tmp_path, 128)
+    sd = _khead_state(max_k=16)
+    sd["diffusion_k_head.2.weight"], sd["diffusion_k_head.2.bias"] = torch.zeros(0, 32), torch.zeros(0)
+    torch.save(sd, tmp_path / "model_head.bin")
+    with pytest.raises(ValueError, match=r"2.weight has shape \(0, 32\), expected \[max_k >= 1"):
+        load_khead(tmp_path, 128)
 
 
 class _Payload:
@@ -282,6 +318,16 @@ def test_fluid_config(tmp_path):
     (tmp_path / "fluid.json").write_text(json.dumps({"mask_id": 90}))
     with pytest.raises(ValueError, match="fluid.json.*mask_id"):
         FluidConfig.load(tmp_path)
+    for bad in ({"mask_token_id": "511"}, {"end_of_think_token_id": True}, {"max_k": 0}, [90]):
+        (tmp_path / "fluid.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="fluid.json: "):
+            FluidConfig.load(tmp_path)
+    with pytest.raises(ValueError, match="mask_token_id must be a non-negative int"):
+        FluidConfig.load(None, mask_token_id="511")
+    # Another vocabulary: openPangu's ids would be ordinary tokens there, so they are not defaults.
+    f = FluidConfig.load(None, pangu_vocabulary=False)
+    assert (f.mask_token_id, f.end_of_think_token_id) == (None, None)
+    assert FluidConfig.load(None, pangu_vocabulary=False, mask_token_id=7).mask_token_id == 7
 
 
 def test_load_model_directory(tmp_path):
@@ -297,10 +343,30 @@ def test_load_model_directory(tmp_path):
     assert lm2.fluid.mask_token_id == 3 and lm2.model.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="mask_token_id"):
         load_model(tmp_path, mask_token_id=97)
-    os.remove(tmp_path / "fluid.json")  # defaults: openPangu ids, outside this vocab of 97
+    os.remove(tmp_path / "fluid.json")  # a llama vocabulary: no openPangu defaults
+    lm3 = load_model(tmp_path)
+    assert (lm3.fluid.mask_token_id, lm3.fluid.end_of_think_token_id) == (None, None)
+    (tmp_path / "config.json").write_text(json.dumps(dict(HF_CONFIG, model_type="PanguEmbedded")))
+    # defaults: openPangu ids, outside this pangu vocab of 97
     with pytest.warns(UserWarning, match="mask_token_id 144208"):
-        lm3 = load_model(tmp_path)
-    assert lm3.fluid.end_of_think_token_id is None
+        lm4 = load_model(tmp_path)
+    assert lm4.fluid.end_of_think_token_id is None
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(dtype=torch.int64), "dtype: expected one of float32, bfloat16, float16"),
+    (dict(dtype="float64"), "dtype: expected one of"),
+    (dict(device="banana"), "device: 'banana' is not a device"),
+    (dict(device="meta"), "device: fluid_rt runs on cpu or cuda"),
+])
+def test_load_model_rejects_dtype_and_device_up_front(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        load_model(tmp_path / "does-not-matter", **kwargs)
+
+
+def test_load_model_dtype_by_name(tmp_path):
+    _write_ckpt(tmp_path)
+    assert load_model(tmp_path, dtype="bfloat16").model.dtype == torch.bfloat16
 
 
 def test_load_model_gguf_dispatch(tmp_path, monkeypatch):

@@ -61,6 +61,15 @@ def test_torch_path_matches_hf_exactly(dtype):
     assert torch.equal(got, hf_rope(x, cos[:, None, :], hf_sin[:, None, :]))
 
 
+def test_rejects_overlapping_rows():
+    """An expanded x (rows at stride 0) is refused: in place, its one memory row would be rotated
+    once per view row."""
+    x = torch.randn(1, 1, 4).expand(3, 1, 4)
+    cos, sin = torch.randn(3, 4), torch.randn(3, 4)
+    with pytest.raises(ValueError, match="x: its rows overlap"):
+        rope_(x, cos, sin)
+
+
 def test_opcheck_and_compile():
     x = torch.randn(2, 3, 4, 16)
     cos, sin = torch.randn(2, 3, 16), torch.randn(2, 3, 16)

@@ -78,8 +78,11 @@ def load_khead(path_or_dir: str, hidden_size: int) -> Tuple[Dict[str, torch.Tens
     max_k = w2.shape[0] if w2.dim() == 2 else -1
     shapes = {PREFIX + "0.weight": (q, hidden_size), PREFIX + "0.bias": (q,),
               PREFIX + "2.weight": (max_k, q), PREFIX + "2.bias": (max_k,)}
+    if max_k < 1:
+        raise ValueError(f"{path}: K-head tensor {PREFIX}2.weight has shape {tuple(w2.shape)}, "
+                         "expected [max_k >= 1, hidden_size // 4]")
     for key, shape in shapes.items():
-        if tuple(sd[key].shape) != shape or max_k < 1:
+        if tuple(sd[key].shape) != shape:
             raise ValueError(f"{path}: K-head tensor {key} has shape {tuple(sd[key].shape)}, "
                              f"expected {shape} for hidden_size {hidden_size}")
         if not sd[key].is_floating_point():

@@ -103,8 +103,10 @@ def read_config(path: str) -> ModelConfig:
     try:
         with open(cfg_path, encoding="utf-8") as f:
             d = json.load(f)
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{cfg_path}: not valid JSON ({err})") from err
+    if not isinstance(d, dict):
+        raise ValueError(f"{cfg_path}: expected a JSON object, got {type(d).__name__}")
     try:
         return ModelConfig.from_hf_dict(d)
     except (KeyError, TypeError) as err:
@@ -123,6 +125,9 @@ def _tensor_files(path: str) -> Dict[str, str]:
                 weight_map = json.load(f)["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ValueError(f"{index_path}: malformed index ({err!r})") from err
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+            raise ValueError(f"{index_path}: weight_map must map tensor names to shard file names")
         headers = {}
         where = {}
         for name, shard in weight_map.items():
