@@ -1,16 +1,23 @@
 """The ``fluid-rt`` command: ``generate`` text or token ids, and run the ``bench`` scripts.
 
 A thin client of the Python API (``fluid_rt.loader.load_model`` + ``fluid_rt.decode.Decoder``):
-nothing here is impossible from Python.
+nothing here is impossible from Python. What the CLI adds is checking: flags, request files and
+output paths are validated before the model loads, and every request before any is decoded, so a
+mistake costs a one-line error (``fluid-rt: error: ...``, exit status 2) and never a finished run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import math
 import os
+import re
 import runpy
+import signal
 import sys
+import warnings
 from collections import OrderedDict
 
 import torch
@@ -21,53 +28,119 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # Keys of a --input request line that are decode parameters (everything else is rejected).
 REQUEST_KEYS = {"prompt", "prompt_ids", "chat", "mode", "max_new_tokens", "block_size", "min_block",
                 "threshold", "remask", "horizon", "commit", "eos_token_ids"}
+PROMPT_KEYS = ("prompt", "prompt_ids", "chat")
+CHOICES = {"mode": ("elastic", "ar"), "horizon": ("khead", "entropy", "fixed"),
+           "commit": ("confidence", "entropy")}
 
+
+class CLIError(Exception):
+    """A mistake in the command line or its input files: one line on stderr, exit status 2."""
+
+
+# -- argument types (argparse names the flag in its error) ---------------------------------------
 
 def _int_list(text: str) -> list[int]:
     try:
-        return [int(t) for t in text.replace(" ", "").split(",") if t]
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
+    if not ids:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return ids
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return value
+
+
+def _device(text: str) -> str:
+    """cpu or an existing CUDA device, checked here: otherwise the failure comes from deep inside
+    the model's first allocation, as a traceback."""
+    from fluid_rt.loader import resolve_dtype_device
+
+    try:
+        return str(resolve_dtype_device(torch.float32, text)[1])
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("device: ")) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fluid-rt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    g = sub.add_parser("generate", help="generate a continuation (elastic-horizon or greedy AR)")
+    g = sub.add_parser("generate", help="generate a continuation (elastic-horizon or greedy AR)",
+                       epilog="Output: plain text, or one of --stream, --json, --show-horizon. "
+                              "With --input, prompts and parameters come from the request lines "
+                              "(the flags are their defaults) and results are JSON lines.")
     g.add_argument("prompt", nargs="?", help="prompt text (needs a tokenizer); or use --prompt-ids")
     g.add_argument("--model", help="HF checkpoint directory or .gguf file (default: the embedded "
                    "SmolLM2-135M-Instruct)")
     g.add_argument("--head", help="K-head file or directory (model_head.bin / .safetensors)")
-    g.add_argument("--mode", choices=["elastic", "ar"], help="default: elastic when a K-head or "
-                   "mask token is known, else ar")
-    g.add_argument("--block-size", type=int, default=16)
-    g.add_argument("--min-block", type=int, default=4)
-    g.add_argument("--threshold", type=float, default=None,
+    g.add_argument("--mode", choices=["elastic", "ar"],
+                   help="default: elastic when the model has a K-head, else ar")
+    g.add_argument("--block-size", type=_positive_int, default=16)
+    g.add_argument("--min-block", type=_positive_int, default=4)
+    g.add_argument("--threshold", type=_finite_float, default=None,
                    help="commit threshold: max-prob (default 0.9) or entropy in nats (default 0.3)")
     g.add_argument("--horizon", choices=["khead", "entropy", "fixed"],
                    help="default: khead when the model has a K-head, else entropy")
     g.add_argument("--commit", choices=["confidence", "entropy"], default="confidence")
     g.add_argument("--no-remask", action="store_true", help="skip verification (lossy, faster)")
-    g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--chat", action="store_true", help="apply the model's chat template")
-    g.add_argument("--prompt-ids", type=_int_list, help="prompt as token ids: 1,2,3")
-    g.add_argument("--mask-token-id", type=int)
+    g.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    g.add_argument("--chat", action="store_true", help="apply the model's chat template to the "
+                   "prompt text (not to --prompt-ids)")
+    g.add_argument("--prompt-ids", type=_int_list, help="prompt as token ids: 1,2,3 (instead of "
+                   "PROMPT)")
+    g.add_argument("--mask-token-id", type=_non_negative_int,
+                   help="the FLUID mask token (default: fluid.json's, else openPangu's 144208 "
+                   "for a PanguEmbedded checkpoint whose vocabulary has it)")
     g.add_argument("--eos-token-id", type=_int_list, help="EOS id(s), comma-separated "
                    "(default: the model's)")
     g.add_argument("--stop-at-end-of-think", action="store_true",
-                   help="also stop at the FLUID end-of-think token")
+                   help="also stop at the FLUID end-of-think token (openPangu models, or one "
+                   "named in fluid.json)")
     g.add_argument("--dtype", choices=list(DTYPES), default="float32")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    g.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
+    g.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda[:N] (default: cuda when a GPU is usable)")
+    g.add_argument("--threads", type=_positive_int, help="CPU threads (torch.set_num_threads)")
     g.add_argument("--stream", action="store_true", help="print text as blocks commit")
     g.add_argument("--json", action="store_true", help="print tokens, text and stats as JSON")
     g.add_argument("--show-horizon", action="store_true",
-                   help="colour the text block by block (green: long K, red: short K)")
-    g.add_argument("--horizon-plot", metavar="FILE.png", help="plot K and tokens per block")
+                   help="colour the text block by block (green: long K, red: short K; elastic)")
+    g.add_argument("--horizon-plot", metavar="FILE.png",
+                   help="plot K and tokens per block (elastic; needs matplotlib)")
     g.add_argument("--input", metavar="REQUESTS.jsonl", help="offline batch: one request a line")
-    g.add_argument("--output", metavar="RESULTS.jsonl", help="results of --input, in input order")
-    g.add_argument("--batch-size", type=int, default=16, help="max sequences per batch (--input)")
+    g.add_argument("--output", metavar="RESULTS.jsonl", help="results of --input, in input order "
+                   "(default: stdout)")
+    g.add_argument("--batch-size", type=_positive_int, help="max sequences per batch (--input; "
+                   "default 16)")
 
     b = sub.add_parser("bench", help="run a benchmark script from benchmarks/")
     b.add_argument("name", help="entropy | attention | commit | model | decode")
@@ -75,56 +148,247 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# -- generate ------------------------------------------------------------------------------------
+# -- checks before the model loads ---------------------------------------------------------------
+
+def _check_text(text: str, what: str) -> None:
+    # A command-line argument that is not UTF-8 reaches Python as lone surrogates (and a JSON
+    # string may spell one as \ud800): the tokenizer would fail on them with a TypeError.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise CLIError(f"{what} is not valid UTF-8 text (at character {err.start + 1})") from None
+
+
+def _check_writable(path: str, flag: str) -> None:
+    """Refuse an output path that cannot be written now, before any decoding is spent on it."""
+    if os.path.isdir(path):
+        raise CLIError(f"{flag} {path}: is a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise CLIError(f"{flag} {path}: no such directory {parent}")
+    if not os.access(path if os.path.exists(path) else parent, os.W_OK):
+        raise CLIError(f"{flag} {path}: not writable")
+
+
+def _check_plot_path(path: str) -> None:
+    if importlib.util.find_spec("matplotlib") is None:
+        raise CLIError("--horizon-plot needs matplotlib (pip install matplotlib)")
+    _check_writable(path, "--horizon-plot")
+    ext = os.path.splitext(path)[1][1:].lower()
+    if ext:  # savefig picks the format from the extension (png when there is none)
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        formats = FigureCanvasBase.get_supported_filetypes()
+        if ext not in formats:
+            raise CLIError(f"--horizon-plot {path}: matplotlib cannot write .{ext} files "
+                           f"(it can: {', '.join(sorted(formats))})")
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_args(args) -> None:
+    """Flag combinations that mean nothing, and paths that cannot work, refused before loading."""
+    if args.input:
+        unused = [flag for flag, given in (
+            ("PROMPT", args.prompt is not None), ("--prompt-ids", args.prompt_ids is not None),
+            ("--stream", args.stream), ("--show-horizon", args.show_horizon),
+            ("--horizon-plot", args.horizon_plot is not None)) if given]
+        if unused:
+            raise CLIError(f"{', '.join(unused)}: {'does' if len(unused) == 1 else 'do'} not apply "
+                           "to --input (each request line gives its prompt, and results are JSON "
+                           "lines)")
+        if args.output is not None:
+            if _same_file(args.input, args.output):
+                raise CLIError(f"--output {args.output} is the --input file: it would overwrite "
+                               "the requests")
+            _check_writable(args.output, "--output")
+        return
+    for flag, value in (("--output", args.output), ("--batch-size", args.batch_size)):
+        if value is not None:
+            raise CLIError(f"{flag} only applies to --input")
+    formats = [flag for flag, on in (("--stream", args.stream), ("--json", args.json),
+                                     ("--show-horizon", args.show_horizon)) if on]
+    if len(formats) > 1:
+        raise CLIError(f"{' and '.join(formats)}: choose one output format")
+    if args.prompt is not None and args.prompt_ids is not None:
+        raise CLIError("give a PROMPT or --prompt-ids, not both")
+    if args.prompt is None and args.prompt_ids is None:
+        raise CLIError("give a PROMPT or --prompt-ids")
+    if args.chat and args.prompt_ids is not None:
+        raise CLIError("--chat applies the chat template to PROMPT text, not to --prompt-ids")
+    if args.prompt is not None:
+        _check_text(args.prompt, "PROMPT")
+    if args.min_block > args.block_size:
+        raise CLIError(f"--min-block ({args.min_block}) must be <= --block-size "
+                       f"({args.block_size})")
+    if args.horizon_plot is not None:
+        _check_plot_path(args.horizon_plot)
+
+
+# -- --input request files -----------------------------------------------------------------------
+
+def _show(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not 1
+
+
+def _check_value(key: str, value) -> None:
+    """One request value has the JSON type its key needs: nothing is coerced (bool("false") is
+    True, int(2.9) is 2, list("486") is three ids)."""
+    if key == "prompt":
+        if not isinstance(value, str):
+            raise ValueError(f"prompt: expected a string, got {_show(value)}")
+        _check_text(value, "prompt")
+    elif key in ("chat", "remask"):
+        if not isinstance(value, bool):
+            raise ValueError(f"{key}: expected true or false, got {_show(value)}")
+    elif key in CHOICES:
+        if value not in CHOICES[key]:
+            raise ValueError(f"{key}: expected one of {', '.join(CHOICES[key])}, got "
+                             f"{_show(value)}")
+    elif key in ("max_new_tokens", "block_size", "min_block"):
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"{key}: expected an integer >= 1, got {_show(value)}")
+    elif key == "threshold":
+        if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value):
+            raise ValueError(f"threshold: expected a finite number, got {_show(value)}")
+    elif key == "prompt_ids":
+        if not isinstance(value, list) or not value or not all(map(_is_int, value)):
+            raise ValueError(f"prompt_ids: expected a non-empty list of integers, got "
+                             f"{_show(value)}")
+    elif key == "eos_token_ids":  # an int, or a list of ints where [] means: no EOS at all
+        if not _is_int(value) and not (isinstance(value, list) and all(map(_is_int, value))):
+            raise ValueError(f"eos_token_ids: expected an integer or a list of integers, got "
+                             f"{_show(value)}")
+
+
+def _check_request(req) -> dict:
+    if not isinstance(req, dict):
+        kind = "null" if req is None else {list: "a list", str: "a string", bool: "a boolean"}.get(
+            type(req), "a number")
+        raise ValueError(f"expected a JSON object, got {kind}")
+    unknown = set(req) - REQUEST_KEYS
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)} (known: "
+                         f"{', '.join(sorted(REQUEST_KEYS))})")
+    for key, value in req.items():
+        _check_value(key, value)
+    if "prompt" in req and "prompt_ids" in req:
+        raise ValueError("give prompt or prompt_ids, not both")
+    if "prompt" not in req and "prompt_ids" not in req:
+        raise ValueError("a request needs prompt (text) or prompt_ids")
+    if req.get("chat") and "prompt_ids" in req:
+        raise ValueError("chat: the chat template applies to prompt text, not to prompt_ids")
+    return req
+
+
+class _BadValue(ValueError):
+    """Valid JSON syntax that a request still cannot hold."""
+
+
+def _reject_constant(name: str):
+    raise _BadValue(f"{name} is not a JSON number")  # Python's json accepts NaN and Infinity
+
+
+def _no_duplicate_keys(pairs):
+    keys = [k for k, _ in pairs]
+    dup = next((k for k in keys if keys.count(k) > 1), None)
+    if dup is not None:  # json.loads would keep the last one silently
+        raise _BadValue(f"key {dup!r} appears twice")
+    return dict(pairs)
+
+
+def _read_requests(path: str) -> list[tuple[int, dict]]:
+    """(line number, request) for each non-blank line of a JSONL file, all checked for types now,
+    so a bad line late in the file fails before any decoding."""
+    requests = []
+    try:
+        with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is reported by number
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise CLIError(f"{path}:{n}: not UTF-8 text (byte 0x{raw[err.start]:02x} at "
+                                   f"column {err.start + 1})") from None
+                if n == 1:
+                    line = line.removeprefix("\ufeff")  # a byte-order mark some editors write
+                if not line.strip():
+                    continue
+                try:
+                    req = json.loads(line, parse_constant=_reject_constant,
+                                     object_pairs_hook=_no_duplicate_keys)
+                except _BadValue as err:
+                    raise CLIError(f"{path}:{n}: {err}") from None
+                except (ValueError, RecursionError) as err:
+                    raise CLIError(f"{path}:{n}: not JSON ({err})") from None
+                try:
+                    requests.append((n, _check_request(req)))
+                except ValueError as err:
+                    raise CLIError(f"{path}:{n}: {err}") from None
+    except OSError as err:
+        raise CLIError(f"--input {path}: cannot read it ({err.strerror or err})") from None
+    return requests
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+# The Python API's words in messages that reach a CLI user, and the flags that say the same.
+_API_WORDS = [("pass mask_token_id= to load_model", "pass --mask-token-id"),
+              ("set mask_token_id or use mode='ar'", "pass --mask-token-id, or --mode ar"),
+              ("mode='ar'", "--mode ar"), ("mask_token_id=", "--mask-token-id"),
+              ("horizon 'khead'", "--horizon khead"), ("use horizon 'entropy' or 'fixed'",
+                                                       "use --horizon entropy or fixed")]
+
+
+def _cli_words(message: str) -> str:
+    for api, flag in _API_WORDS:
+        message = message.replace(api, flag)
+    return re.sub(r"^(mask_token_id|device|dtype): ",
+                  lambda m: "--" + m[1].replace("_", "-") + ": ", message)
+
 
 def _load(args):
+    """The model, and why it has no usable mask token when the loader said so (None otherwise).
+
+    The loader warns when the default or fluid.json mask id lies outside the vocabulary; that only
+    matters to elastic decoding, so it becomes part of that error instead of a warning (with a
+    source line) on every AR run. Other warnings are printed as one line each."""
     from fluid_rt.loader import load_model
 
-    return load_model(args.model, head=args.head, dtype=DTYPES[args.dtype], device=args.device,
-                      mask_token_id=args.mask_token_id)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)  # the loader's (not deprecation noise)
+        loaded = load_model(args.model, head=args.head, dtype=DTYPES[args.dtype],
+                            device=args.device, mask_token_id=args.mask_token_id)
+    mask_note = None
+    for w in caught:
+        text = str(w.message)
+        if "mask_token_id" in text:
+            m = re.search(r"mask_token_id (\d+) \(([^)]*)\) is outside the vocabulary "
+                          r"\(size (\d+)\)", text)
+            mask_note = (f"this model's mask id {m[1]} ({m[2]}) is outside its vocabulary of "
+                         f"{m[3]}" if m else "this model's mask id is outside its vocabulary")
+        else:
+            print(f"fluid-rt: warning: {_cli_words(text)}", file=sys.stderr)
+    return loaded, mask_note
 
 
-def _decode_config(args, loaded, overrides: dict | None = None) -> DecodeConfig:
-    o = overrides or {}
-    has_head = loaded.khead is not None
-    mode = o.get("mode") or args.mode or ("elastic" if has_head else "ar")
-    horizon = o.get("horizon") or args.horizon or ("khead" if has_head else "entropy")
-    commit = o.get("commit") or args.commit
-    threshold = o.get("threshold", args.threshold)
-    if threshold is None:
-        threshold = 0.3 if commit == "entropy" else 0.9
-    eos = o.get("eos_token_ids") or args.eos_token_id or list(loaded.config.eos_token_ids)
-    if isinstance(eos, int):
-        eos = [eos]
-    eos = list(eos)
+def _end_of_think_id(loaded) -> int:
+    """The id --stop-at-end-of-think stops at: fluid.json's, or openPangu's [unused17] (45982) for
+    a PanguEmbedded checkpoint (the loader gives other vocabularies no default: there that id is
+    an ordinary token, as in SmolLM2)."""
     eot = loaded.fluid.end_of_think_token_id if loaded.fluid is not None else None
-    if args.stop_at_end_of_think:
-        if eot is None:
-            raise SystemExit("fluid-rt: --stop-at-end-of-think: this model has no end-of-think id")
-        eos.append(eot)
-    return DecodeConfig(
-        mode=mode, max_new_tokens=int(o.get("max_new_tokens", args.max_new_tokens)),
-        block_size=int(o.get("block_size", args.block_size)),
-        min_block=int(o.get("min_block", args.min_block)), threshold=float(threshold),
-        remask=bool(o.get("remask", not args.no_remask)), horizon=horizon, commit=commit,
-        eos_token_ids=tuple(int(t) for t in eos))
-
-
-def _prompt_ids(loaded, text: str | None, ids: list[int] | None, chat: bool) -> list[int]:
-    if ids:
-        return list(ids)
-    if text is None:
-        raise SystemExit("fluid-rt: give a PROMPT or --prompt-ids")
-    tok = loaded.tokenizer
-    if tok is None:
-        raise SystemExit("fluid-rt: this model has no tokenizer: pass --prompt-ids")
-    if chat:
-        if not tok.has_chat_template:
-            raise SystemExit("fluid-rt: --chat: this model has no chat template")
-        text = tok.apply_chat_template([{"role": "user", "content": text}],
-                                       add_generation_prompt=True)
-        return tok.encode(text, add_special_tokens=False)
-    return tok.encode(text, add_special_tokens=True)
+    if eot is None:
+        raise CLIError("--stop-at-end-of-think: this model has no end-of-think id (a FLUID "
+                       "checkpoint names it in fluid.json: end_of_think_token_id)")
+    return eot
 
 
 def _decoder(loaded) -> Decoder:
@@ -133,6 +397,88 @@ def _decoder(loaded) -> Decoder:
         mask = None  # the default openPangu mask id does not exist in a smaller vocabulary
     return Decoder(loaded.model, khead=loaded.khead, mask_token_id=mask)
 
+
+# -- requests: config, prompt ids, and what Decoder.generate would refuse --------------------------
+
+def _decode_config(args, loaded, eot: int | None, o: dict | None = None) -> DecodeConfig:
+    """The flags, overridden by a request's checked values ``o``."""
+    o = o or {}
+    has_head = loaded.khead is not None
+    mode = o.get("mode", args.mode) or ("elastic" if has_head else "ar")
+    horizon = o.get("horizon", args.horizon) or ("khead" if has_head else "entropy")
+    commit = o.get("commit", args.commit)
+    threshold = o.get("threshold", args.threshold)
+    if threshold is None:
+        threshold = 0.3 if commit == "entropy" else 0.9
+    if "eos_token_ids" in o:  # present, even as [], it replaces the model's EOS ids
+        eos = o["eos_token_ids"]
+        eos = [eos] if isinstance(eos, int) else list(eos)
+    elif args.eos_token_id is not None:
+        eos = list(args.eos_token_id)
+    else:
+        eos = list(loaded.config.eos_token_ids)
+    if eot is not None:
+        eos.append(eot)
+    return DecodeConfig(
+        mode=mode, max_new_tokens=o.get("max_new_tokens", args.max_new_tokens),
+        block_size=o.get("block_size", args.block_size),
+        min_block=o.get("min_block", args.min_block), threshold=float(threshold),
+        remask=o.get("remask", not args.no_remask), horizon=horizon, commit=commit,
+        eos_token_ids=tuple(eos))
+
+
+def _prompt_ids(loaded, text: str | None, ids: list[int] | None, chat: bool) -> list[int]:
+    if ids is not None:
+        return list(ids)
+    tok = loaded.tokenizer
+    if tok is None:
+        raise CLIError("this model has no tokenizer: give the prompt as token ids (--prompt-ids, "
+                       "or prompt_ids in --input)")
+    if chat:
+        if not tok.has_chat_template:
+            raise CLIError("chat: this model has no chat template")
+        import jinja2
+
+        try:
+            text = tok.apply_chat_template([{"role": "user", "content": text}],
+                                           add_generation_prompt=True)
+        except jinja2.TemplateError as err:
+            raise CLIError(f"chat: the model's chat template failed: {err}") from None
+        return tok.encode(text, add_special_tokens=False)
+    return tok.encode(text, add_special_tokens=True)
+
+
+def _check_decode(ids: list[int], cfg: DecodeConfig, loaded, decoder: Decoder,
+                  mask_note: str | None) -> None:
+    """What Decoder.generate would refuse, in flag words, before any request is decoded."""
+    vocab = loaded.config.vocab_size
+    if not ids:
+        raise CLIError("the prompt has no tokens")
+    for what, ids_ in (("prompt", ids), ("EOS", cfg.eos_token_ids)):
+        bad = next((t for t in ids_ if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise CLIError(f"{what} token id {bad} is outside the vocabulary [0, {vocab})")
+    if cfg.mode == "elastic":
+        if decoder.mask_token_id is None:
+            raise CLIError(f"elastic decoding needs a FLUID mask token, and "
+                           f"{mask_note or 'this model names none'}: pass --mask-token-id ID, "
+                           "or --mode ar")
+        if cfg.horizon == "khead" and decoder.khead is None:
+            raise CLIError("--horizon khead needs a K-head (--head FILE); use --horizon entropy "
+                           "or fixed")
+    # Decoder.generate sizes its KV cache for the prompt, the new tokens and, in elastic mode, the
+    # scratch a verify writes past them, and refuses more than the model's context.
+    scratch = 3 * cfg.block_size + 1 if cfg.mode == "elastic" else 0
+    need = len(ids) + cfg.max_new_tokens + scratch
+    limit = loaded.config.max_position_embeddings
+    if need > limit:
+        extra = f" + 3 * block_size ({cfg.block_size}) + 1" if scratch else ""
+        raise CLIError(f"prompt ({len(ids)} tokens) + max_new_tokens ({cfg.max_new_tokens})"
+                       f"{extra} = {need} positions exceed the model context of {limit}: shorten "
+                       "the prompt or lower max_new_tokens")
+
+
+# -- output --------------------------------------------------------------------------------------
 
 def _result_json(g: Generation, tokenizer) -> dict:
     out = {"tokens": g.tokens, "stop_reason": g.stop_reason, "forwards": g.forwards,
@@ -143,20 +489,27 @@ def _result_json(g: Generation, tokenizer) -> dict:
 
 
 def _coloured(g: Generation, tokenizer) -> str:
-    """The text block by block, coloured by K: green = sprint (long K), red = downshift."""
+    """The text block by block, coloured by K: green = sprint (long K), red = downshift.
+
+    Each block's piece is the text it completes (an incremental decoder), so a character whose
+    bytes span two blocks shows whole, in the colour of the block that finishes it; decoding each
+    block alone would print U+FFFD halves."""
     colours = ["\033[31m", "\033[33m", "\033[32m", "\033[36m"]  # red, yellow, green, cyan
     k_max = max((b["K"] for b in g.trace), default=1)
+    stream = tokenizer.decode_stream() if tokenizer is not None else None
     pieces, pos = [], 0
     for b in g.trace:
         ids = g.tokens[pos : pos + b["committed"]]
         pos += b["committed"]
-        if ids:
+        text = (stream.push(ids) if stream else " ".join(map(str, ids)) + " ") if ids else ""
+        if text:
             c = colours[min(len(colours) - 1, (b["K"] * len(colours)) // (k_max + 1))]
-            text = tokenizer.decode(ids) if tokenizer else " ".join(map(str, ids)) + " "
             pieces.append(f"{c}{text}\033[0m")
-    if pos < len(g.tokens):
-        rest = g.tokens[pos:]
-        pieces.append(tokenizer.decode(rest) if tokenizer else " ".join(map(str, rest)))
+    rest = g.tokens[pos:]
+    if stream is not None:
+        pieces.append(stream.push(rest) + stream.flush())
+    elif rest:
+        pieces.append(" ".join(map(str, rest)))
     return "".join(pieces)
 
 
@@ -183,22 +536,37 @@ def plot_horizon(g: Generation, path: str) -> None:
     ax.set_title(f"elastic horizon: {len(g.tokens)} tokens in {g.forwards} forwards")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
 
+
+# -- generate ------------------------------------------------------------------------------------
 
 def cmd_generate(args) -> int:
+    _check_args(args)
+    requests = _read_requests(args.input) if args.input else None
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded = _load(args)
+    loaded, mask_note = _load(args)
     decoder = _decoder(loaded)
-    if args.input:
-        return _generate_batch(args, loaded, decoder)
-    cfg = _decode_config(args, loaded)
+    eot = _end_of_think_id(loaded) if args.stop_at_end_of_think else None
+
+    def check(ids, cfg):
+        _check_decode(ids, cfg, loaded, decoder, mask_note)
+
+    if requests is not None:
+        return _generate_batch(args, loaded, decoder, requests, eot, check)
+    cfg = _decode_config(args, loaded, eot)
     ids = _prompt_ids(loaded, args.prompt, args.prompt_ids, args.chat)
+    check(ids, cfg)
+    for flag in ("--show-horizon", "--horizon-plot"):
+        if getattr(args, flag[2:].replace("-", "_")) and cfg.mode != "elastic":
+            raise CLIError(f"{flag}: mode {cfg.mode} has no horizons (it needs --mode elastic)")
     tok = loaded.tokenizer
-    on_commit = None
-    if args.stream and not args.json:
+    on_commit = stream = None
+    if args.stream:
         stream = tok.decode_stream() if tok is not None else None
 
         def on_commit(_row, new_ids):
@@ -206,16 +574,14 @@ def cmd_generate(args) -> int:
             print(text, end="", flush=True)
 
     (g,), stats = decoder.generate([ids], cfg, on_commit=on_commit)
-    if args.horizon_plot:
-        plot_horizon(g, args.horizon_plot)
     if args.json:
         out = _result_json(g, tok)
         out.update(wall_s=round(stats.wall_s, 4), prefill_s=round(stats.prefill_s, 4),
                    tokens_per_s=round(stats.tokens_per_s, 2), mode=cfg.mode)
         print(json.dumps(out))
     elif args.stream:
-        print()
-    elif args.show_horizon and cfg.mode == "elastic":
+        print(stream.flush() if stream else "")  # text held back by a cut-off last character
+    elif args.show_horizon:
         print(_coloured(g, tok))
     else:
         print(tok.decode(g.tokens) if tok is not None else " ".join(map(str, g.tokens)))
@@ -223,47 +589,60 @@ def cmd_generate(args) -> int:
         print(f"[{len(g.tokens)} tokens, {g.forwards} forwards, "
               f"{g.tokens_per_forward:.2f} tokens/forward, {stats.tokens_per_s:.1f} tokens/s, "
               f"mode {cfg.mode}]", file=sys.stderr)
+    if args.horizon_plot:
+        # After the text: a plot that still fails to write (disk full...) must not lose it.
+        try:
+            plot_horizon(g, args.horizon_plot)
+        except (OSError, ValueError, RuntimeError) as err:
+            print(f"fluid-rt: error: --horizon-plot {args.horizon_plot}: cannot write it ({err})",
+                  file=sys.stderr)
+            return 1
     return 0
 
 
-def _generate_batch(args, loaded, decoder: Decoder) -> int:
-    """--input/--output: requests decoded in batches of equal parameters, results in input order."""
-    requests = []
-    with open(args.input) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                req = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SystemExit(f"fluid-rt: {args.input}:{n}: not JSON ({err})") from None
-            unknown = set(req) - REQUEST_KEYS
-            if not isinstance(req, dict) or unknown:
-                raise SystemExit(f"fluid-rt: {args.input}:{n}: unknown keys {sorted(unknown)}")
-            requests.append(req)
+def _generate_batch(args, loaded, decoder: Decoder, requests, eot, check) -> int:
+    """--input/--output: requests decoded in batches of equal parameters, results in input order.
+    Every request is turned into (config, prompt ids) and checked before the first batch runs."""
     groups: OrderedDict = OrderedDict()
-    for i, req in enumerate(requests):
-        params = {k: v for k, v in req.items() if k not in ("prompt", "prompt_ids", "chat")}
-        cfg = _decode_config(args, loaded, params)
-        ids = _prompt_ids(loaded, req.get("prompt"), req.get("prompt_ids"),
-                          bool(req.get("chat", args.chat)))
+    for i, (n, req) in enumerate(requests):
+        try:
+            cfg = _decode_config(args, loaded, eot,
+                                 {k: v for k, v in req.items() if k not in PROMPT_KEYS})
+            # --chat is the default of text requests; prompt_ids lines have no text to template
+            chat = req.get("chat", args.chat and "prompt" in req)
+            ids = _prompt_ids(loaded, req.get("prompt"), req.get("prompt_ids"), chat)
+            check(ids, cfg)
+        except (CLIError, ValueError) as err:
+            raise CLIError(f"{args.input}:{n}: {err}") from None
         groups.setdefault(cfg, []).append((i, ids))
+    batch_size = args.batch_size or 16
     results: list[dict | None] = [None] * len(requests)
     for cfg, items in groups.items():
-        for start in range(0, len(items), args.batch_size):
-            chunk = items[start : start + args.batch_size]
-            gens, stats = decoder.generate([ids for _, ids in chunk], cfg)
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            try:
+                gens, stats = decoder.generate([ids for _, ids in chunk], cfg)
+            except FloatingPointError as err:  # its "prompt i" counts within this batch
+                lines = ", ".join(str(requests[i][0]) for i, _ in chunk)
+                raise FloatingPointError(f"{args.input}, the batch of lines {lines}: "
+                                         f"{err}") from None
             for (i, _), g in zip(chunk, gens):
                 r = _result_json(g, loaded.tokenizer)
                 r.update(batch_wall_s=round(stats.wall_s, 4), batch_size=len(chunk))
                 results[i] = r
-    out = open(args.output, "w") if args.output else sys.stdout
+    lines = "".join(json.dumps(r) + "\n" for r in results)
+    if args.output is None:
+        sys.stdout.write(lines)
+        return 0
     try:
-        for r in results:
-            out.write(json.dumps(r) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(lines)
+    except OSError as err:
+        # Checked before decoding, but it can still fail (disk full...): keep the results.
+        print(f"fluid-rt: error: --output {args.output}: cannot write it ({err.strerror or err}); "
+              "the results follow on stdout", file=sys.stderr)
+        sys.stdout.write(lines)
+        return 1
     return 0
 
 
@@ -283,15 +662,37 @@ def cmd_bench(args) -> int:
                      "package: run it from a source checkout of fluid_rt")
 
 
+def _stdout_gone() -> int:
+    """The reader of stdout went away (``fluid-rt generate --stream ... | head``): exit quietly
+    with the status of a Unix tool killed by SIGPIPE. stdout is pointed at /dev/null first, or
+    the interpreter's last flush at exit would raise (and print) the same error again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is no file (captured)
+        pass
+    return 128 + getattr(signal, "SIGPIPE", 13)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "generate":
             return cmd_generate(args)
         return cmd_bench(args)
-    except (ValueError, FileNotFoundError) as err:
+    except CLIError as err:
         print(f"fluid-rt: error: {err}", file=sys.stderr)
         return 2
+    except (ValueError, FileNotFoundError) as err:
+        print(f"fluid-rt: error: {_cli_words(str(err))}", file=sys.stderr)
+        return 2
+    except FloatingPointError as err:  # the model's numbers broke down (NaN logits): no usage error
+        print(f"fluid-rt: error: {err}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return _stdout_gone()
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT  # 130, like a shell reports Ctrl-C, without a traceback
 
 
 if __name__ == "__main__":

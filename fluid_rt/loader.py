@@ -53,12 +53,12 @@ def resolve_dtype_device(dtype, device) -> tuple[torch.dtype, torch.device]:
         raise ValueError(f"device: {device!r} is not a device ({err})") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device: {device} asked for, but CUDA is not available here "
-                             f"(torch {torch.__version__}, {torch.cuda.device_count()} GPUs)")
+            raise ValueError(f"device: {device}: no CUDA GPU is usable here (torch "
+                             f"{torch.__version__})")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device: {device} does not exist ({torch.cuda.device_count()} GPUs)")
+            raise ValueError(f"device: {device}: there are {torch.cuda.device_count()} CUDA devices")
     elif device.type != "cpu":
-        raise ValueError(f"device: fluid_rt runs on cpu or cuda, got {device}")
+        raise ValueError(f"device: {device}: fluid_rt runs on cpu or cuda")
     return dtype, device
 
 

@@ -80,6 +80,9 @@ def _compile_chat_template(source: str):
 # ----------------------------------------------------------------------------------------------
 
 
+_U32 = 1 << 32  # tokenizers takes ids as u32 and raises OverflowError past it
+
+
 class _HFBackend:
     """A `tokenizers.Tokenizer` (special tokens are its added tokens marked special)."""
 
@@ -97,13 +100,15 @@ class _HFBackend:
         return list(self.tok.encode(text, add_special_tokens=add_special_tokens).ids)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        # tokenizers itself skips ids it has no token for; only ids past its u32 would raise.
+        ids = [i for i in ids if i < _U32]
+        return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def token_to_id(self, token: str) -> int | None:
         return self.tok.token_to_id(token)
 
     def id_to_token(self, index: int) -> str | None:
-        return self.tok.id_to_token(index)
+        return self.tok.id_to_token(index) if 0 <= index < _U32 else None
 
 
 class _SentencePieceBackend:
@@ -153,10 +158,14 @@ class _SentencePieceBackend:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool) -> str:
         # sp.decode drops control pieces; write the non-skipped specials back in place ourselves.
+        # Ids past the vocabulary decode to nothing, as in HF tokenizers (sp.decode would raise).
         out: list[str] = []
         run: list[int] = []
+        size = self.sp.get_piece_size()
         for index in ids:
             index = int(index)
+            if index >= size:
+                continue
             if index in self.special_ids:
                 if run:
                     out.append(self.sp.decode(run))
@@ -254,11 +263,15 @@ class Tokenizer:
         return self._backend.encode(text, add_special_tokens)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
-        """Text of `ids` (a list, tuple or 1-D tensor of ints)."""
+        """Text of `ids` (a list, tuple or 1-D tensor of ints).
+
+        An id the tokenizer has no token for (at or past `vocab_size`: a model's embedding matrix
+        is often padded past its tokenizer, and such a model can generate those ids) decodes to
+        nothing, as HF tokenizers decodes unknown ids; a negative id raises ValueError."""
         ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        bad = [i for i in ids if i < 0]
         if bad:
-            raise ValueError(f"ids: {bad[0]} is out of range for a vocabulary of {self.vocab_size}")
+            raise ValueError(f"ids: {bad[0]} is negative: token ids are >= 0")
         return self._backend.decode(ids, skip_special_tokens)
 
     def id_to_token(self, index: int) -> str | None:
@@ -307,9 +320,9 @@ class DecodeStream:
     Decoding token by token breaks on two things: a byte-level BPE token can end in the middle of a
     UTF-8 character (the decoded text then ends in U+FFFD), and sentencepiece drops the leading space
     of the first piece it decodes. So each push decodes a short window that starts a few tokens back
-    (`prefix`) and returns only what lies past the text already returned, and holds text back while it
-    ends in an incomplete character. The concatenation of all returned pieces (plus `flush()`) equals
-    `decode(all ids)`.
+    (`prefix`) and returns only what lies past the text already returned, and holds back an
+    incomplete character at the end (only that: the complete text before it is returned). The
+    concatenation of all returned pieces (plus `flush()`) equals `decode(all ids)`.
     """
 
     def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True):
@@ -318,26 +331,32 @@ class DecodeStream:
         self._ids: list[int] = []
         self._prefix = 0  # window start: tokens before it are fully emitted and never re-decoded
         self._read = 0  # tokens before it are emitted
+        self._extra = 0  # characters emitted past those tokens' text (before an incomplete one)
 
     def push(self, ids: int | Iterable[int]) -> str:
         """Append token id(s); return the newly completed text ('' while a character is incomplete)."""
         if isinstance(ids, int) or (hasattr(ids, "ndim") and ids.ndim == 0):
             ids = [int(ids)]
         self._ids.extend(int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids))
-        prefix_text = self._tok.decode(self._ids[self._prefix : self._read], self._skip)
+        done = len(self._tok.decode(self._ids[self._prefix : self._read], self._skip)) + self._extra
         text = self._tok.decode(self._ids[self._prefix :], self._skip)
-        if len(text) > len(prefix_text) and not text.endswith("\ufffd"):
-            new = text[len(prefix_text) :]
-            self._prefix, self._read = self._read, len(self._ids)
-            return new
+        if len(text) > done and not text.endswith("\ufffd"):
+            self._prefix, self._read, self._extra = self._read, len(self._ids), 0
+            return text[done:]
+        # The text ends inside a character: what comes before it is final already.
+        stable = text.rstrip("\ufffd")
+        if len(stable) > done:
+            self._extra += len(stable) - done
+            return stable[done:]
         return ""
 
     def flush(self) -> str:
         """Text still held back (a generation that ends inside a character): emitted as decoded."""
-        prefix_text = self._tok.decode(self._ids[self._prefix : self._read], self._skip)
+        done = len(self._tok.decode(self._ids[self._prefix : self._read], self._skip)) + self._extra
         text = self._tok.decode(self._ids[self._prefix :], self._skip)
         self._prefix = self._read = len(self._ids)
-        return text[len(prefix_text) :]
+        self._extra = 0
+        return text[done:]
 
 
 # ----------------------------------------------------------------------------------------------

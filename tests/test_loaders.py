@@ -357,7 +357,7 @@ def test_load_model_directory(tmp_path):
     (dict(dtype=torch.int64), "dtype: expected one of float32, bfloat16, float16"),
     (dict(dtype="float64"), "dtype: expected one of"),
     (dict(device="banana"), "device: 'banana' is not a device"),
-    (dict(device="meta"), "device: fluid_rt runs on cpu or cuda"),
+    (dict(device="meta"), "device: meta: fluid_rt runs on cpu or cuda"),
 ])
 def test_load_model_rejects_dtype_and_device_up_front(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):

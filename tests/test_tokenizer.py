@@ -140,8 +140,9 @@ def test_gguf_special_tokens(smol_tok):
     assert smol_tok.encode("x", add_special_tokens=True) == smol_tok.encode("x")  # adds no BOS
     prompt = smol_tok.apply_chat_template([{"role": "user", "content": "Hi"}])
     assert prompt.endswith("<|im_end|>\n<|im_start|>assistant\n") and "<|im_start|>user\nHi" in prompt
+    assert smol_tok.decode([smol_tok.vocab_size]) == ""  # past the vocabulary: nothing, as in HF
     with pytest.raises(ValueError, match="ids"):
-        smol_tok.decode([smol_tok.vocab_size])
+        smol_tok.decode([-1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,3 +367,31 @@ def test_gguf_unsupported_tokenizer_kinds():
     with pytest.raises(ValueError, match="pre='weird'"):
         tokenizer_from_gguf_metadata({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a"],
                                       "tokenizer.ggml.merges": [], "tokenizer.ggml.pre": "weird"})
+
+
+def test_decode_skips_ids_past_the_vocabulary(sp_dir, json_dir):
+    # A padded embedding matrix lets a model generate ids its tokenizer has no token for: they
+    # decode to nothing, as in HF tokenizers (which skips unknown ids), in decode and decode_stream.
+    from tokenizers import Tokenizer as HFTokenizer
+
+    hf = HFTokenizer.from_file(str(json_dir / "tokenizer.json"))
+    for tok in (load_tokenizer(str(sp_dir)), load_tokenizer(str(json_dir))):
+        ids = tok.encode("Hello world 🦙")
+        past = [tok.vocab_size, tok.vocab_size + 1, 1 << 40]
+        mixed = past[:1] + ids[:2] + past[1:] + ids[2:] + past[2:]
+        assert tok.decode(mixed) == tok.decode(ids)
+        assert tok.id_to_token(tok.vocab_size) is None and tok.id_to_token(1 << 40) is None
+        stream = tok.decode_stream()
+        assert "".join(stream.push(i) for i in mixed) + stream.flush() == tok.decode(ids)
+        with pytest.raises(ValueError, match="-1 is negative"):
+            tok.decode([-1])
+    assert hf.decode(ids[:2] + [tok.vocab_size] + ids[2:]) == tok.decode(ids)  # what HF does
+
+
+def test_decode_stream_returns_complete_text_before_a_split_character(smol_tok):
+    # "a" is complete when the first bytes of the emoji arrive with it: only the emoji waits
+    a, emoji = smol_tok.encode("a"), smol_tok.encode("🦙")
+    stream = smol_tok.decode_stream()
+    assert stream.push(a + emoji[:1]) == "a"
+    assert [stream.push(i) for i in emoji[1:]] == [""] * (len(emoji) - 2) + ["🦙"]
+    assert stream.push(emoji[:1]) == "" and stream.flush() == smol_tok.decode(emoji[:1])
