@@ -116,6 +116,9 @@ class BatchStats:
         return self.new_tokens / max(self.wall_s, 1e-9)
 
 
+_F32_EXPONENT = 0x7F800000  # all exponent bits set: a float32 inf or NaN
+
+
 class _Cancelled(Exception):
     """Raised inside a decode whose ``stream`` was closed early: unwinds it at a step boundary."""
 
@@ -163,7 +166,8 @@ class _Rows:
         self.committed, self.mismatch = full(n, 0, i32), full(n, -1, i32)
         self.done, self.drafting = full(n, False, torch.bool), full(n, False, torch.bool)
         self.verifying, self.restart = full(n, False, torch.bool), full(n, False, torch.bool)
-        self.nonfinite = full(n, False, torch.bool)  # a forward gave this row NaN / inf logits
+        # Sum of the row's logsumexps in the last forward: finite exactly when all its logits were.
+        self.lse_sum = full(n, 0.0, torch.float32)
         self.start = full(n, 0, i32)  # first input slot of the next (eager) forward
         # What the last step verified, for the host-side trace: [verified, K, draft passes].
         self.verified = full((n, 3), 0, i32)
@@ -382,7 +386,7 @@ class Decoder:
         ``reuse_prefix`` sets the next forward's ``rows.start``."""
         mask, bs = self.mask_token_id, rows.block.shape[1]
         stats = ops.token_entropy(logits)
-        rows.nonfinite |= ~stats.logsumexp.isfinite().all(dim=1)
+        torch.sum(stats.logsumexp, dim=1, out=rows.lse_sum)
         pred, score = stats.argmax, commit.score(stats)
         width = pred.shape[1]
         if width < bs:  # a narrow step has no verifying row: these columns are never read
@@ -461,7 +465,7 @@ class Decoder:
 
     def _commit_ar(self, rows: _Rows, logits) -> None:
         stats = ops.token_entropy(logits[:, -1:])
-        rows.nonfinite |= ~stats.logsumexp.isfinite()[:, 0]
+        torch.sum(stats.logsumexp, dim=1, out=rows.lse_sum)
         pred = stats.argmax.contiguous()
         rows.verifying.fill_(True)
         ops.verify_commit(pred, pred, torch.ones_like(rows.horizon), rows.verifying, rows.eos,
@@ -489,14 +493,15 @@ class Decoder:
         need = self._slots_needed(rows) if eager_elastic else torch.ones_like(rows.out_len)
         info = torch.cat([rows.verified, rows.committed[:, None], rows.mismatch[:, None],
                           rows.out_len[:, None], rows.done[:, None].to(torch.int32),
-                          need[:, None], rows.nonfinite[:, None].to(torch.int32)], 1).tolist()
+                          need[:, None], rows.lse_sum.view(torch.int32)[:, None]], 1).tolist()
         if self._cancel is not None and self._cancel.is_set():
             raise _Cancelled
         keep, self._width, self._needs = [], 1, []
-        for i, (verified, k, passes, committed, mismatch, n_out, done, need, bad) in enumerate(info):
+        for i, row in enumerate(info):
+            verified, k, passes, committed, mismatch, n_out, done, need, lse_bits = row
             s = rows.seq[i]
             cfg = self._cfgs[s]
-            if bad:
+            if (lse_bits & _F32_EXPONENT) == _F32_EXPONENT:  # its float32 bits: inf or NaN
                 cause = ("float16 overflowed? (try bfloat16 or float32)"
                          if self.model.dtype == torch.float16 else "broken weights or config?")
                 raise FloatingPointError(f"prompt {s}: the model produced non-finite logits (NaN "
