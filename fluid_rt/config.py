@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -59,7 +60,8 @@ class ModelConfig:
             raise ValueError(f"head_dim: RoPE needs an even head_dim, got {self.head_dim}")
         for name in ("rms_norm_eps", "rope_theta"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                    or not 0 < value < math.inf:
                 raise ValueError(f"{name}: must be a positive finite number, got {value!r}")
         if self.rope_scaling is not None:
             _check_rope_scaling(self.rope_scaling)
