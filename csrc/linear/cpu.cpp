@@ -11,6 +11,10 @@
 #include <memory>
 #include <utility>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "common/cpu_features.h"
 #include "linear/params.h"
 
@@ -292,15 +296,20 @@ void run_avx512(const PackedLinearParams& p, const TileFn* tiles_fn, bool parall
 #pragma omp for schedule(static)
     for (int64_t s0 = 0; s0 < steps; s0 += 64) pack_rows<A>(p, a.get(), s0, std::min(steps, s0 + 64));
     // (the implicit barrier: every thread reads all of `a`)
+    // Each thread streams an equal share of the panels (balanced by panels, not by groups: 18
+    // panels in groups of 4 would split 12 + 6), in groups, a short last group two panels at a
+    // time where it can, then one. Which thread computes a column never changes its sums.
     const int64_t group = panel_group(p.M);
-#pragma omp for schedule(static)
-    for (int64_t first = 0; first < panels; first += group) {
-      // A short last group goes two panels at a time where it can, then one.
-      for (int64_t q = first, end = std::min(first + group, panels); q < end;) {
-        const int64_t count = end - q >= group ? group : end - q >= 2 && group >= 2 ? 2 : 1;
-        panels_avx512(p, tiles_fn, q, count, a.get(), sizeof(A), partial.get());
-        q += count;
-      }
+#ifdef _OPENMP
+    const int64_t threads = omp_get_num_threads(), thread = omp_get_thread_num();
+#else
+    const int64_t threads = 1, thread = 0;
+#endif
+    const int64_t end = panels * (thread + 1) / threads;
+    for (int64_t q = panels * thread / threads; q < end;) {
+      const int64_t count = end - q >= group ? group : end - q >= 2 && group >= 2 ? 2 : 1;
+      panels_avx512(p, tiles_fn, q, count, a.get(), sizeof(A), partial.get());
+      q += count;
     }
   }
 }
