@@ -23,8 +23,8 @@ from collections import OrderedDict
 import torch
 
 from fluid_rt.decode import DecodeConfig, Decoder, Generation
+from fluid_rt.loader import DTYPES, load_model, resolve_dtype_device
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Keys of a --input request line that are decode parameters (everything else is rejected).
 REQUEST_KEYS = {"prompt", "prompt_ids", "chat", "mode", "max_new_tokens", "block_size", "min_block",
                 "threshold", "remask", "horizon", "commit", "eos_token_ids"}
@@ -81,8 +81,6 @@ def _finite_float(text: str) -> float:
 def _device(text: str) -> str:
     """cpu or an existing CUDA device, checked here: otherwise the failure comes from deep inside
     the model's first allocation, as a traceback."""
-    from fluid_rt.loader import resolve_dtype_device
-
     try:
         return str(resolve_dtype_device(torch.float32, text)[1])
     except ValueError as err:
@@ -359,11 +357,9 @@ def _load(args):
     The loader warns when the default or fluid.json mask id lies outside the vocabulary; that only
     matters to elastic decoding, so it becomes part of that error instead of a warning (with a
     source line) on every AR run. Other warnings are printed as one line each."""
-    from fluid_rt.loader import load_model
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)  # the loader's (not deprecation noise)
-        loaded = load_model(args.model, head=args.head, dtype=DTYPES[args.dtype],
+        loaded = load_model(args.model, head=args.head, dtype=args.dtype,
                             device=args.device, mask_token_id=args.mask_token_id)
     mask_note = None
     for w in caught:
@@ -446,16 +442,9 @@ def _prompt_ids(loaded, text: str | None, ids: list[int] | None, chat: bool) -> 
     return tok.encode(text, add_special_tokens=True)
 
 
-def _check_decode(ids: list[int], cfg: DecodeConfig, loaded, decoder: Decoder,
+def _check_decode(ids: list[int], cfg: DecodeConfig, decoder: Decoder,
                   mask_note: str | None) -> None:
     """What Decoder.generate would refuse, in flag words, before any request is decoded."""
-    vocab = loaded.config.vocab_size
-    if not ids:
-        raise CLIError("the prompt has no tokens")
-    for what, ids_ in (("prompt", ids), ("EOS", cfg.eos_token_ids)):
-        bad = next((t for t in ids_ if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise CLIError(f"{what} token id {bad} is outside the vocabulary [0, {vocab})")
     if cfg.mode == "elastic":
         if decoder.mask_token_id is None:
             raise CLIError(f"elastic decoding needs a FLUID mask token, and "
@@ -464,16 +453,10 @@ def _check_decode(ids: list[int], cfg: DecodeConfig, loaded, decoder: Decoder,
         if cfg.horizon == "khead" and decoder.khead is None:
             raise CLIError("--horizon khead needs a K-head (--head FILE); use --horizon entropy "
                            "or fixed")
-    # Decoder.generate sizes its KV cache for the prompt, the new tokens and, in elastic mode, the
-    # scratch a verify writes past them, and refuses more than the model's context.
-    scratch = 3 * cfg.block_size + 1 if cfg.mode == "elastic" else 0
-    need = len(ids) + cfg.max_new_tokens + scratch
-    limit = loaded.config.max_position_embeddings
-    if need > limit:
-        extra = f" + 3 * block_size ({cfg.block_size}) + 1" if scratch else ""
-        raise CLIError(f"prompt ({len(ids)} tokens) + max_new_tokens ({cfg.max_new_tokens})"
-                       f"{extra} = {need} positions exceed the model context of {limit}: shorten "
-                       "the prompt or lower max_new_tokens")
+    try:
+        decoder.check([ids], cfg)  # token ids, and the prompt's fit in the model's context
+    except ValueError as err:
+        raise CLIError(_cli_words(str(err))) from None
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -552,7 +535,7 @@ def cmd_generate(args) -> int:
     eot = _end_of_think_id(loaded) if args.stop_at_end_of_think else None
 
     def check(ids, cfg):
-        _check_decode(ids, cfg, loaded, decoder, mask_note)
+        _check_decode(ids, cfg, decoder, mask_note)
 
     if requests is not None:
         return _generate_batch(args, loaded, decoder, requests, eot, check)

@@ -236,18 +236,23 @@ class Decoder:
         finally:
             self._cancel = None
 
-    def _decode(self, prompts, cfg, on_commit):
+    def check(self, prompts: Sequence[Sequence[int]],
+              cfg: DecodeConfig | Sequence[DecodeConfig] = DecodeConfig()) -> None:
+        """Raise the ValueError ``generate`` would raise for these requests (empty prompts, token
+        ids outside the vocabulary, no mask token or K-head where the policy needs one, more
+        positions than the cache can hold), without decoding anything."""
+        self._positions(*self._requests(prompts, cfg))
+
+    def _requests(self, prompts, cfg) -> tuple[list[list[int]], list[DecodeConfig]]:
         prompts = [[int(t) for t in p] for p in prompts]
         cfgs = [cfg] * len(prompts) if isinstance(cfg, DecodeConfig) else list(cfg)
         self._check(prompts, cfgs)
+        return prompts, cfgs
+
+    def _decode(self, prompts, cfg, on_commit):
+        prompts, cfgs = self._requests(prompts, cfg)
         n = len(prompts)
-        # Room for the longest forward: a row's verify writes up to 2 * block_size slots past its
-        # length, and in a batch of eager steps a row may feed from its reused prefix (< block_size
-        # slots in) as many slots as the widest row needs.
-        bs = max(c.block_size for c in cfgs)
-        margin = 0 if cfgs[0].mode == "ar" else 3 * bs + 1
-        self._ensure_cache(n, max(len(p) + c.max_new_tokens for p, c in zip(prompts, cfgs)),
-                           margin)
+        self._ensure_cache(n, self._positions(prompts, cfgs))
         self.cache.reset()
         rows = _Rows(cfgs, self.mask_token_id if self.mask_token_id is not None else 0, self.device)
         self._cfgs, self._graph = cfgs, None
@@ -546,9 +551,10 @@ class Decoder:
         for i, p in enumerate(prompts):
             if not p:
                 raise ValueError(f"prompts[{i}] is empty: a prompt needs at least one token")
-            bad = [t for t in p if not 0 <= t < vocab]
-            if bad:
-                raise ValueError(f"prompts[{i}] has token ids outside [0, {vocab}): {bad[:5]}")
+            bad = next((t for t in p if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise ValueError(f"prompt token id {bad} is outside the vocabulary [0, {vocab}) "
+                                 f"(prompts[{i}])")
         cfg = cfgs[0]
         if cfg.mode == "elastic":
             if self.mask_token_id is None or not 0 <= self.mask_token_id < vocab:
@@ -558,22 +564,30 @@ class Decoder:
                 raise ValueError("horizon 'khead' needs a K-head (--head); use horizon 'entropy' "
                                  "or 'fixed' for a model without one")
         for c in cfgs:
-            bad_eos = [t for t in c.eos_token_ids if not 0 <= t < vocab]
-            if bad_eos:
-                raise ValueError(f"eos_token_ids outside [0, {vocab}): {bad_eos}")
+            bad = next((t for t in c.eos_token_ids if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise ValueError(f"EOS token id {bad} is outside the vocabulary [0, {vocab})")
 
-    def _ensure_cache(self, batch: int, tokens: int, margin: int) -> None:
-        """A cache for ``batch`` rows of ``tokens`` (prompt + max_new_tokens) plus ``margin`` slots
-        of scratch (an elastic verify writes up to 3 * block_size + 1 past the committed tokens)."""
+    def _positions(self, prompts, cfgs: list[DecodeConfig]) -> int:
+        """Cache positions per row the batch needs: the longest prompt + max_new_tokens, plus in
+        elastic mode the scratch of the longest forward (a row's verify writes up to 2 * block_size
+        slots past its length, and in a batch of eager steps a row may feed from its reused prefix,
+        < block_size slots in, as many slots as the widest row needs). ValueError past the cache
+        capacity (``max_seq``) or the model's context."""
+        tokens = max(len(p) + c.max_new_tokens for p, c in zip(prompts, cfgs))
+        margin = 0 if cfgs[0].mode == "ar" else 3 * max(c.block_size for c in cfgs) + 1
         limit = self.max_seq or self.model.cfg.max_position_embeddings
-        need = tokens + margin
-        if need > limit:
+        if tokens + margin > limit:
             scratch = f" + {margin} (3 * block_size + 1: elastic scratch)" if margin else ""
             raise ValueError(
                 f"prompt + max_new_tokens = {tokens}{scratch} positions exceed the "
                 f"{'cache capacity' if self.max_seq else 'model context'} of {limit}: shorten the "
                 "prompt or lower max_new_tokens")
-        size = self.max_seq or need
+        return tokens + margin
+
+    def _ensure_cache(self, batch: int, positions: int) -> None:
+        """A cache for ``batch`` rows of ``positions`` (``_positions``), reused when big enough."""
+        size = self.max_seq or positions
         c = self.cache
         if c is None or c.max_batch < batch or c.capacity < size:
             self.cache = None  # free the old one before allocating the new one

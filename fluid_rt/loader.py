@@ -37,16 +37,16 @@ def _load_dir_tokenizer(path: str):
     return load_tokenizer(path)
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_dtype_device(dtype, device) -> tuple[torch.dtype, torch.device]:
     """``dtype`` (a torch dtype or its name) and ``device`` checked before anything is loaded:
     float32 / bfloat16 / float16 on ``cpu`` or an available ``cuda`` device."""
     if isinstance(dtype, str):
-        dtype = _DTYPES.get(dtype.removeprefix("torch."), dtype)
-    if dtype not in _DTYPES.values():
-        raise ValueError(f"dtype: expected one of {', '.join(_DTYPES)}, got {dtype!r}")
+        dtype = DTYPES.get(dtype.removeprefix("torch."), dtype)
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as err:
