@@ -15,6 +15,7 @@
 #endif
 
 #include "common/cpu_features.h"
+#include "common/lanes.h"
 #include "entropy/params.h"
 
 namespace fluid_rt {
@@ -207,8 +208,7 @@ FLUID_RT_AVX512 Partial range_avx512(const void* row, int64_t lo, int64_t hi, fl
     }
   }
   for (; i < hi; i += 16) {  // tail: masked vectors of up to 16
-    const int n = static_cast<int>(std::min<int64_t>(16, hi - i));
-    const __mmask16 valid = static_cast<__mmask16>((1u << n) - 1u);
+    const __mmask16 valid = first_lanes16(hi - i);
     const __m512 x = load16_masked<D>(row, i, valid);
     bad |= _mm512_mask_cmp_ps_mask(valid, x, x, _CMP_UNORD_Q);
     if (_mm512_mask_cmp_ps_mask(valid, x, m, _CMP_GT_OQ)) raise_max(&x, &valid, 1, i);

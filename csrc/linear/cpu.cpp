@@ -16,6 +16,7 @@
 #endif
 
 #include "common/cpu_features.h"
+#include "common/lanes.h"
 #include "linear/params.h"
 
 #if defined(__x86_64__) && defined(FLUID_RT_HAS_AVX512)
@@ -101,8 +102,7 @@ struct Vectors {
       const int64_t width = linear_panel_width(p.N, panel);
       step_bytes[v] = 4 * width;
       w[v] = static_cast<const char*>(p.packed) + panel * kLinearPanel * p.K * esize(p.dtype) + 4 * c;
-      const int64_t live = std::min<int64_t>(16, std::max<int64_t>(0, width - c));
-      lanes[v] = live >= 16 ? 0xffff : static_cast<__mmask16>((1u << live) - 1);
+      lanes[v] = first_lanes16(width - c);
     }
   }
 };
@@ -368,7 +368,7 @@ void copy_panels_units(const PackLinearParams& p) {
 // w bfloat16 pairs -> the w first and the w second halves (the hot loop of unpacking for oneDNN).
 AVX512_FN void deinterleave_avx512(const uint16_t* pairs, int64_t w, uint16_t* even, uint16_t* odd) {
   for (int64_t c = 0; c < w; c += 16) {
-    const __mmask16 m = w - c >= 16 ? 0xffff : static_cast<__mmask16>((1u << (w - c)) - 1);
+    const __mmask16 m = first_lanes16(w - c);
     const __m512i v = _mm512_maskz_loadu_epi32(m, pairs + 2 * c);
     _mm256_mask_storeu_epi16(even + c, m, _mm512_cvtepi32_epi16(v));
     _mm256_mask_storeu_epi16(odd + c, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(v, 16)));

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "common/cpu_features.h"
+#include "common/lanes.h"
 #include "norm/params.h"
 
 #if defined(__x86_64__) && defined(FLUID_RT_HAS_AVX512)
@@ -55,7 +56,7 @@ AVX512_FN void row_avx512_f32(const RmsNormParams& p, int64_t r) {
   float* out = static_cast<float*>(p.out) + r * H;
   __m512 acc = _mm512_setzero_ps();
   for (int64_t i = 0; i < H; i += 16) {
-    const __mmask16 m = H - i >= 16 ? 0xffff : static_cast<__mmask16>((1u << (H - i)) - 1);
+    const __mmask16 m = first_lanes16(H - i);
     __m512 v = _mm512_maskz_loadu_ps(m, x + i);
     if (add) {
       v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, add + i));
@@ -66,7 +67,7 @@ AVX512_FN void row_avx512_f32(const RmsNormParams& p, int64_t r) {
   const float inv = 1.f / std::sqrt(_mm512_reduce_add_ps(acc) / static_cast<float>(H) + p.eps);
   const __m512 vinv = _mm512_set1_ps(inv);
   for (int64_t i = 0; i < H; i += 16) {
-    const __mmask16 m = H - i >= 16 ? 0xffff : static_cast<__mmask16>((1u << (H - i)) - 1);
+    const __mmask16 m = first_lanes16(H - i);
     const __m512 n = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), vinv);
     _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, w + i), n));
   }
@@ -99,7 +100,7 @@ AVX512_FN void row_avx512_bf16(const RmsNormParams& p, int64_t r) {
   uint16_t* out = static_cast<uint16_t*>(p.out) + r * H;
   __m512 acc = _mm512_setzero_ps();
   for (int64_t i = 0; i < H; i += 16) {
-    const __mmask16 m = H - i >= 16 ? 0xffff : static_cast<__mmask16>((1u << (H - i)) - 1);
+    const __mmask16 m = first_lanes16(H - i);
     __m512 v = load_bf16(m, x + i);
     if (add) {
       const __m256i sum = to_bf16(_mm512_add_ps(v, load_bf16(m, add + i)));
@@ -111,7 +112,7 @@ AVX512_FN void row_avx512_bf16(const RmsNormParams& p, int64_t r) {
   const float inv = 1.f / std::sqrt(_mm512_reduce_add_ps(acc) / static_cast<float>(H) + p.eps);
   const __m512 vinv = _mm512_set1_ps(inv);
   for (int64_t i = 0; i < H; i += 16) {
-    const __mmask16 m = H - i >= 16 ? 0xffff : static_cast<__mmask16>((1u << (H - i)) - 1);
+    const __mmask16 m = first_lanes16(H - i);
     const __m512 n = round_bf16(_mm512_mul_ps(load_bf16(m, x + i), vinv));
     _mm256_mask_storeu_epi16(out + i, m, to_bf16(_mm512_mul_ps(load_bf16(m, w + i), n)));
   }
