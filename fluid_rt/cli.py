@@ -352,26 +352,17 @@ def _cli_words(message: str) -> str:
 
 
 def _load(args):
-    """The model, and why it has no usable mask token when the loader said so (None otherwise).
-
-    The loader warns when the default or fluid.json mask id lies outside the vocabulary; that only
-    matters to elastic decoding, so it becomes part of that error instead of a warning (with a
-    source line) on every AR run. Other warnings are printed as one line each."""
+    """The model. The loader warns when the default or fluid.json mask id lies outside the
+    vocabulary; that only matters to elastic decoding, whose error says it (``_check_decode``),
+    so it is not printed on every AR run. Other warnings are printed as one line each."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)  # the loader's (not deprecation noise)
         loaded = load_model(args.model, head=args.head, dtype=args.dtype,
                             device=args.device, mask_token_id=args.mask_token_id)
-    mask_note = None
     for w in caught:
-        text = str(w.message)
-        if "mask_token_id" in text:
-            m = re.search(r"mask_token_id (\d+) \(([^)]*)\) is outside the vocabulary "
-                          r"\(size (\d+)\)", text)
-            mask_note = (f"this model's mask id {m[1]} ({m[2]}) is outside its vocabulary of "
-                         f"{m[3]}" if m else "this model's mask id is outside its vocabulary")
-        else:
-            print(f"fluid-rt: warning: {_cli_words(text)}", file=sys.stderr)
-    return loaded, mask_note
+        if "mask_token_id" not in str(w.message):
+            print(f"fluid-rt: warning: {_cli_words(str(w.message))}", file=sys.stderr)
+    return loaded
 
 
 def _end_of_think_id(loaded) -> int:
@@ -442,14 +433,16 @@ def _prompt_ids(loaded, text: str | None, ids: list[int] | None, chat: bool) -> 
     return tok.encode(text, add_special_tokens=True)
 
 
-def _check_decode(ids: list[int], cfg: DecodeConfig, decoder: Decoder,
-                  mask_note: str | None) -> None:
+def _check_decode(ids: list[int], cfg: DecodeConfig, loaded, decoder: Decoder) -> None:
     """What Decoder.generate would refuse, in flag words, before any request is decoded."""
     if cfg.mode == "elastic":
         if decoder.mask_token_id is None:
-            raise CLIError(f"elastic decoding needs a FLUID mask token, and "
-                           f"{mask_note or 'this model names none'}: pass --mask-token-id ID, "
-                           "or --mode ar")
+            mask = loaded.fluid.mask_token_id if loaded.fluid is not None else None
+            why = ("this model names none" if mask is None else  # else _decoder dropped it:
+                   f"this model's mask id {mask} (default / fluid.json) is outside its "
+                   f"vocabulary of {loaded.config.vocab_size}")
+            raise CLIError(f"elastic decoding needs a FLUID mask token, and {why}: pass "
+                           "--mask-token-id ID, or --mode ar")
         if cfg.horizon == "khead" and decoder.khead is None:
             raise CLIError("--horizon khead needs a K-head (--head FILE); use --horizon entropy "
                            "or fixed")
@@ -530,12 +523,12 @@ def cmd_generate(args) -> int:
     requests = _read_requests(args.input) if args.input else None
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded, mask_note = _load(args)
+    loaded = _load(args)
     decoder = _decoder(loaded)
     eot = _end_of_think_id(loaded) if args.stop_at_end_of_think else None
 
     def check(ids, cfg):
-        _check_decode(ids, cfg, decoder, mask_note)
+        _check_decode(ids, cfg, loaded, decoder)
 
     if requests is not None:
         return _generate_batch(args, loaded, decoder, requests, eot, check)
