@@ -19,7 +19,9 @@ device and without a host round-trip:
    slot: slot 0 after a mismatch, slot K when the whole block was accepted (its trailing MASKs
    *are* the next block's first draft pass: verify and draft fused), the last prompt slot after
    prefill (prefill and first draft fused);
-3. rows that are drafting apply one ``draft_commit`` update.
+3. rows that are drafting apply one ``draft_commit`` update; a row whose draft loop ends with a
+   mismatch already shown by its passes (their predictions up to each pass's step are the
+   verify's, by causality) commits at once and skips its verify forward.
 
 With ``remask`` every committed token is the greedy argmax given all tokens before it, so the
 output equals greedy AR decoding (``mode="ar"``) of the same model.
@@ -36,7 +38,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from fluid_rt import ops
 from fluid_rt.cache import KVCache
@@ -166,6 +167,9 @@ class _Rows:
         self.committed, self.mismatch = full(n, 0, i32), full(n, -1, i32)
         self.done, self.drafting = full(n, False, torch.bool), full(n, False, torch.bool)
         self.verifying, self.restart = full(n, False, torch.bool), full(n, False, torch.bool)
+        # Per block position: the verify's prediction, once a draft pass saw only final tokens
+        # before it (positions 0..step of each pass).
+        self.final_pred = full((n, bs), -1, i64)
         # Sum of the row's logsumexps in the last forward: finite exactly when all its logits were.
         self.lse_sum = full(n, 0.0, torch.float32)
         self.start = full(n, 0, i32)  # first input slot of the next (eager) forward
@@ -200,6 +204,8 @@ class Decoder:
         self.cuda_graphs = cuda_graphs
         self.cache: KVCache | None = None
         self._graph = None
+        # Tests: run the CUDA graph's static-shape step on any device (uncaptured off CUDA).
+        self._static_width = False
         # One decode at a time: every call reuses this decoder's cache (``generate`` refuses to
         # start while another call, e.g. an unfinished ``stream``, runs).
         self._busy = threading.Lock()
@@ -352,7 +358,7 @@ class Decoder:
             logits, hidden = self._forward(rows.tokens[:, :width], rows)
             self._advance(rows, logits, hidden, torch.zeros_like(rows.seqlens), horizon, commit)
 
-        if not (self.cuda_graphs and self.device.type == "cuda"):
+        if not self._static_steps():
             # Eager: each row feeds only the slots [start, start + width) it needs: slots before
             # ``start`` hold K/V the previous forward computed for the same tokens (a draft pass
             # changes no position before its step), slots past what any row reads are cut (by
@@ -368,6 +374,8 @@ class Decoder:
                           reuse_prefix=True)
             return
         step = functools.partial(step, rows.tokens.shape[1])  # a graph needs the static shape
+        if not (self.cuda_graphs and self.device.type == "cuda"):
+            return step()
         if self._graph is None:  # (re)captured whenever the set of running rows changes
             snapshot = {k: v.clone() for k, v in vars(rows).items() if isinstance(v, torch.Tensor)}
             side = torch.cuda.Stream()
@@ -394,13 +402,20 @@ class Decoder:
         torch.sum(stats.logsumexp, dim=1, out=rows.lse_sum)
         pred, score = stats.argmax, commit.score(stats)
         width = pred.shape[1]
-        if width < bs:  # a narrow step has no verifying row: these columns are never read
-            pred = F.pad(pred, (0, bs - width), value=mask)
+        position = torch.arange(bs, device=pred.device)[None, :]
+
+        def at_slots(values, slots):
+            """values [n, width] (this forward's outputs) at input slots [n, bs]. A slot outside
+            the forward is clamped: its value is never read."""
+            return values.gather(1, (slots - rows.start[:, None]).clamp_(0, width - 1))
 
         # 1. Verify: commit the accepted prefix plus the corrected token, or the whole block.
+        # Positions before rows.start were predicted with final inputs by the draft passes.
         was_verifying = rows.verifying.clone()
         k_verified, passes_verified = rows.horizon.clone(), rows.passes.clone()
-        ops.verify_commit(rows.block, pred[:, :bs].contiguous(), rows.horizon, rows.verifying,
+        verify_pred = torch.where(position < rows.start[:, None], rows.final_pred,
+                                  at_slots(pred, position.expand(len(rows.seq), bs)))
+        ops.verify_commit(rows.block, verify_pred, rows.horizon, rows.verifying,
                           rows.eos, rows.remask, rows.out, rows.out_len, rows.budget, rows.done,
                           rows.pending, rows.seqlens, rows.committed, rows.mismatch)
         rows.verified.copy_(torch.stack([was_verifying.to(torch.int32), k_verified,
@@ -412,8 +427,9 @@ class Decoder:
         # 2. New blocks: K from the state at the pending token's slot (fused after a full accept).
         new = (rows.restart | accepted) & live
         slot = torch.where(accepted, rows.horizon, start_slot).long()
+        out = (slot - rows.start).clamp_(min=0)
         at = torch.arange(slot.numel(), device=slot.device)
-        k = horizon.choose(hidden[at, slot], stats.entropy[at, slot], rows.min_block,
+        k = horizon.choose(hidden[at, out], stats.entropy[at, out], rows.min_block,
                            rows.block_size, self.khead)
         rows.horizon.copy_(torch.where(new, k, rows.horizon))
         rows.block.masked_fill_(new[:, None], mask)
@@ -422,24 +438,41 @@ class Decoder:
         rows.drafting |= new
 
         # 3. One draft pass for every drafting row; a row whose block filled up verifies next.
-        slots = torch.where(new, slot, 0)[:, None] + torch.arange(bs, device=slot.device)
-        slots = (slots - rows.start[:, None]).clamp_(0, width - 1)  # out of range: never read
+        slots = torch.where(new, slot, 0)[:, None] + position  # block position j -> input slot
         drafting = rows.drafting.clone()
         step_before = rows.step.clone()
+        draft_pred = at_slots(pred, slots)
+        # Positions 0..step saw only final tokens: their predictions are the verify's (causality).
+        final = (drafting[:, None] & (position <= step_before[:, None])
+                 & (slots >= rows.start[:, None]))
+        rows.final_pred.copy_(torch.where(final, draft_pred, rows.final_pred))
         rows.passes += drafting.to(torch.int32)
-        ops.draft_commit(rows.block, rows.step, rows.drafting, pred.gather(1, slots),
-                         score.gather(1, slots).contiguous(), rows.horizon, rows.threshold, mask,
+        ops.draft_commit(rows.block, rows.step, rows.drafting, draft_pred,
+                         at_slots(score, slots), rows.horizon, rows.threshold, mask,
                          commit.score_is_entropy)
-        rows.verifying |= drafting & ~rows.drafting
+        filled = drafting & ~rows.drafting
+
+        # 3b. A filled block whose first mismatch is already known (a confident draft that a later
+        # pass's final prediction contradicts) commits now: its verify forward would only repeat it.
+        known = position <= step_before[:, None]
+        early = filled & rows.remask & ((rows.block != rows.final_pred) & known).any(1)
+        ops.verify_commit(rows.block, torch.where(known, rows.final_pred, rows.block),
+                          rows.horizon, early.clone(), rows.eos, rows.remask, rows.out,
+                          rows.out_len, rows.budget, rows.done, rows.pending, rows.seqlens,
+                          rows.committed, rows.mismatch)
+        rows.verified.copy_(torch.where(early[:, None], torch.stack(
+            [torch.ones_like(rows.horizon), rows.horizon, rows.passes], dim=1), rows.verified))
+        rejected |= early & ~rows.done
+        rows.verifying |= filled & ~early
         if reuse_prefix:
             # A draft pass wrote positions >= its step only: the K/V of slots 0..step (pending +
-            # block[:step]) this forward computed stay exact for the next draft pass.
-            rows.start.copy_(torch.where(rows.drafting, step_before + 1, 0))
+            # block[:step]) this forward computed stay exact for the next draft pass or verify.
+            rows.start.copy_(torch.where(rows.drafting | rows.verifying, step_before + 1, 0))
 
         # 4. The next input. After a mismatch the corrected token is pending and the block restarts.
         rows.restart.copy_(rejected)
         rows.block.masked_fill_(rejected[:, None], mask)
-        in_block = torch.arange(bs, device=slot.device)[None, :] < rows.horizon[:, None]
+        in_block = position < rows.horizon[:, None]
         rows.tokens[:, 0] = rows.pending
         rows.tokens[:, 1 : 1 + bs] = torch.where(in_block, rows.block, mask)
         rows.tokens[:, 1 + bs :] = mask
@@ -485,6 +518,10 @@ class Decoder:
         return self.model(tokens, self.cache, rows=rows.cache_rows, logits_slots=logits_slots,
                           widths=widths)
 
+    def _static_steps(self) -> bool:
+        """Whether elastic steps run at the static width (a CUDA graph's) instead of trimmed."""
+        return self._static_width or (self.cuda_graphs and self.device.type == "cuda")
+
     def _count_forward(self, rows: _Rows) -> None:
         for s in rows.seq:
             self._forwards[s] += 1
@@ -493,8 +530,7 @@ class Decoder:
         """The step's one host sync: record block traces and new tokens, retire finished rows.
         Returns whether any row is still running."""
         # Only eager elastic steps trim their width; AR and graph steps skip that arithmetic.
-        eager_elastic = self._cfgs[0].mode == "elastic" and not (
-            self.cuda_graphs and self.device.type == "cuda")
+        eager_elastic = self._cfgs[0].mode == "elastic" and not self._static_steps()
         need = self._slots_needed(rows) if eager_elastic else torch.ones_like(rows.out_len)
         info = torch.cat([rows.verified, rows.committed[:, None], rows.mismatch[:, None],
                           rows.out_len[:, None], rows.done[:, None].to(torch.int32),

@@ -83,12 +83,47 @@ def test_batch_of_all_cases_equals_batch_of_one(golden, alone, model):
 
 
 @pytest.fixture(scope="module")
-def hf64():
-    """The golden models in float64 transformers: the arbiter of float32 near-ties."""
+def hf64_fluid():
+    """The golden models in float64 transformers with their K-heads: (model, khead) per name."""
     from benchmarks.reference_loop import load_hf_fluid_model
 
-    return {m: load_hf_fluid_model(os.path.join(GOLDEN_DIR, m), dtype=torch.float64)[0]
+    return {m: load_hf_fluid_model(os.path.join(GOLDEN_DIR, m), dtype=torch.float64)
             for m in MODELS}
+
+
+@pytest.fixture(scope="module")
+def hf64(hf64_fluid):
+    """The golden models in float64 transformers: the arbiter of float32 near-ties."""
+    return {m: model for m, (model, _) in hf64_fluid.items()}
+
+
+def expected_forwards(reference: dict, remask: bool) -> int:
+    """fluid_rt's forward count, from the reference loop's blocks: prefill fused with the first
+    draft pass; every further draft pass; a verify unless the draft passes already showed the first
+    mismatch (at or before the last pass's step s, every prediction was made from final tokens);
+    after a mismatch, the next block's first pass (otherwise it rides in the verify)."""
+    blocks = list(zip(reference["trace"], reference["last_steps"]))
+    n = 1
+    for i, (b, last_step) in enumerate(blocks):
+        f = b["mismatch"]
+        n += b["draft_passes"] - 1
+        n += 0 if remask and f is not None and f <= last_step else 1
+        n += 1 if f is not None and i < len(blocks) - 1 else 0
+    return n
+
+
+@pytest.mark.parametrize("idx", range(len(CASES)))
+def test_forward_count_follows_the_fusion_rules(hf64_fluid, alone, idx):
+    from benchmarks.reference_loop import reference_generate
+
+    case = CASES[idx]
+    ref = reference_generate(*hf64_fluid[case["model"]], case["prompt"],
+                             mask_token_id=case["mask_token_id"], eos_token_id=case["eos_token_id"],
+                             threshold=case["threshold"], block_size=case["block_size"],
+                             min_block=case["min_block"], remask=case["remask"],
+                             max_new_tokens=case["max_new_tokens"])
+    assert ref["trace"][:-1] == case["trace"][: len(ref["trace"]) - 1]
+    assert alone[idx].forwards == expected_forwards(ref, case["remask"])
 
 
 def assert_same_up_to_ties(hf, prompt, want, got, margin=1e-4):
@@ -196,6 +231,20 @@ def test_bad_requests_raise_clear_errors(golden):
     # Nothing was lost: the decoder still works after the errors.
     (g,), _ = dec.generate([[1, 2]], DecodeConfig(max_new_tokens=4))
     assert len(g.tokens) == 4
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_static_width_steps_equal_trimmed_steps(golden, alone, model):
+    """The CUDA graph's step logic (every forward at the static width [B, 1 + 2 * block_size], no
+    trimming, no reused prefix), run uncaptured on the CPU: the same tokens, traces and forwards as
+    the trimmed eager steps, for all cases of the model in one batch."""
+    idx = [i for i, c in enumerate(CASES) if c["model"] == model]
+    dec = decoder_for(golden[model], CASES[idx[0]])
+    dec._static_width = True
+    gens, _ = dec.generate([CASES[i]["prompt"] for i in idx], [case_config(CASES[i]) for i in idx])
+    for i, g in zip(idx, gens):
+        assert (g.tokens, g.trace, g.forwards) == (alone[i].tokens, alone[i].trace,
+                                                   alone[i].forwards)
 
 
 @pytest.mark.cuda
