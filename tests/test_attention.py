@@ -150,6 +150,8 @@ CASES = [
     (1, 1, 32, 8, 256, 777, False, True, False),
     (2, 9, 6, 1, 16, 70, True, True, True),      # the tiny golden models' head dims
     (3, 4, 4, 2, 32, 129, True, False, False),
+    (1, 1, 9, 3, 64, 300, True, False, True),     # SmolLM2's group of 3: a 4-row item
+    (2, 2, 4, 2, 80, 90, True, True, False),      # 4 rows from 2 queries x 2 heads
 ]
 LOW_PRECISION_CASES = [CASES[1], CASES[3], CASES[4], CASES[8], CASES[11]]
 
@@ -183,6 +185,7 @@ def test_portable_path_cpu(monkeypatch):
     check_case(1, 33, 8, 1, 256, 100, torch.float16, "cpu", False, False, True, seed=3)
     check_case(1, 40, 4, 2, 64, 40, torch.float32, "cpu", True, False, False, seed=4, seqlens=[0])
     check_case(2, 9, 6, 1, 16, 70, torch.float32, "cpu", True, True, True, seed=5)
+    check_case(1, 1, 9, 3, 64, 300, torch.float32, "cpu", True, False, True, seed=6)
 
 
 def test_empty_batch_and_no_kv_cpu():

@@ -33,12 +33,14 @@ namespace {
 
 constexpr int kKeyTile = 32;        // keys per tile; a multiple of kKeyBlock
 constexpr int kKeyBlock = 32;       // keys per score micro-kernel step (two 16-float vectors)
-constexpr int kRowBlock = 8;        // rows per micro-kernel step
+constexpr int kRowBlock = 8;        // rows per micro-kernel step (kSmallRowBlock for small items)
+constexpr int kSmallRowBlock = 4;   // an item of <= 4 rows (GQA group <= 4 while decoding one token)
 constexpr int64_t kMaxRows = 128;   // rows (query x head) per work item
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kMinExp2 = -126.f;  // exp2 below this is flushed to 2^-126 (negligible, never denormal)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr int64_t kPageBytes = 4096;
 
 // ---- dtype conversion of whole rows --------------------------------------------------------------
 
@@ -98,12 +100,14 @@ void load_k_tile_scalar(const char* src, int64_t stride_bytes, int n, int n_pad,
 
 // ---- micro-kernels ------------------------------------------------------------------------------
 // Layouts: Q [rows][D] (prescaled), Kt [D][kKeyTile] (transposed K tile), S [rows][kKeyTile],
-// V rows at stride vs, O [rows][D]. Each call handles kRowBlock rows.
+// V rows at stride vs, O [rows][D]. Each call handles R rows (kRowBlock, or kSmallRowBlock for an
+// item that has no more: one token's GQA group of 1..4 heads would otherwise be half padding).
 
 // S[i][0 .. nkb*kKeyBlock) = Q[i] . K[j]
+template <int R>
 void scores_scalar(const float* Q, int64_t D, const float* Kt, float* S, int nkb) {
   const int nk = nkb * kKeyBlock;
-  for (int i = 0; i < kRowBlock; ++i) {
+  for (int i = 0; i < R; ++i) {
     float* s = S + i * kKeyTile;
     for (int j = 0; j < nk; ++j) s[j] = 0.f;
     for (int64_t d = 0; d < D; ++d) {
@@ -135,8 +139,9 @@ void softmax_update_scalar(float* s, int valid, int n, float* m, float* l, float
 }
 
 // O[i] += sum_j P[i][j] * V[j] for j < n.
+template <int R>
 void pv_scalar(const float* P, const float* V, int64_t vs, float* O, int64_t D, int n) {
-  for (int i = 0; i < kRowBlock; ++i) {
+  for (int i = 0; i < R; ++i) {
     float* o = O + i * D;
     const float* p = P + i * kKeyTile;
     for (int j = 0; j < n; ++j) {
@@ -168,25 +173,26 @@ AVX512_FN inline __m512 exp2_avx512(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-// kRowBlock rows x 32 keys per step: 2 * kRowBlock independent accumulators hide the FMA latency.
+// R rows x 32 keys per step: 2 R independent accumulators hide the FMA latency (8 for R = 4).
+template <int R>
 AVX512_FN void scores_avx512(const float* Q, int64_t D, const float* Kt, float* S, int nkb) {
   for (int kb = 0; kb < nkb; ++kb) {
     const int c = kb * kKeyBlock;
-    __m512 acc0[kRowBlock], acc1[kRowBlock];
+    __m512 acc0[R], acc1[R];
 #pragma GCC unroll 8
-    for (int i = 0; i < kRowBlock; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
+    for (int i = 0; i < R; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
     for (int64_t d = 0; d < D; ++d) {
       const __m512 k0 = _mm512_loadu_ps(Kt + d * kKeyTile + c);
       const __m512 k1 = _mm512_loadu_ps(Kt + d * kKeyTile + c + 16);
 #pragma GCC unroll 8
-      for (int i = 0; i < kRowBlock; ++i) {
+      for (int i = 0; i < R; ++i) {
         const __m512 qb = _mm512_set1_ps(Q[i * D + d]);
         acc0[i] = _mm512_fmadd_ps(qb, k0, acc0[i]);
         acc1[i] = _mm512_fmadd_ps(qb, k1, acc1[i]);
       }
     }
 #pragma GCC unroll 8
-    for (int i = 0; i < kRowBlock; ++i) {
+    for (int i = 0; i < R; ++i) {
       _mm512_storeu_ps(S + i * kKeyTile + c, acc0[i]);
       _mm512_storeu_ps(S + i * kKeyTile + c + 16, acc1[i]);
     }
@@ -221,19 +227,20 @@ AVX512_FN void softmax_update_avx512(float* s, int valid, int n, float* m, float
   }
 }
 
-// D is a multiple of 16 for every supported head size. Each V vector loaded feeds kRowBlock FMAs.
+// D is a multiple of 16 for every supported head size. Each V vector loaded feeds R FMAs.
+template <int R>
 AVX512_FN void pv_avx512(const float* P, const float* V, int64_t vs, float* O, int64_t D, int n) {
   for (int64_t c = 0; c < D; c += 16) {
-    __m512 acc[kRowBlock];
+    __m512 acc[R];
 #pragma GCC unroll 8
-    for (int i = 0; i < kRowBlock; ++i) acc[i] = _mm512_loadu_ps(O + i * D + c);
+    for (int i = 0; i < R; ++i) acc[i] = _mm512_loadu_ps(O + i * D + c);
     for (int j = 0; j < n; ++j) {
       const __m512 v = _mm512_loadu_ps(V + j * vs + c);
 #pragma GCC unroll 8
-      for (int i = 0; i < kRowBlock; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(P[i * kKeyTile + j]), v, acc[i]);
+      for (int i = 0; i < R; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(P[i * kKeyTile + j]), v, acc[i]);
     }
 #pragma GCC unroll 8
-    for (int i = 0; i < kRowBlock; ++i) _mm512_storeu_ps(O + i * D + c, acc[i]);
+    for (int i = 0; i < R; ++i) _mm512_storeu_ps(O + i * D + c, acc[i]);
   }
 }
 
@@ -295,20 +302,27 @@ AVX512_FN void load_k_tile_avx512(const char* src, int64_t stride_bytes, int n, 
 #undef AVX512_FN
 #endif  // FLUID_RT_ATTN_AVX512
 
+using ScoresFn = void (*)(const float*, int64_t, const float*, float*, int);
+using PvFn = void (*)(const float*, const float*, int64_t, float*, int64_t, int);
+
 struct MicroKernels {
   void (*load_row)(const void*, int64_t, DType, float, float*);
   void (*load_k_tile)(const char*, int64_t, int, int, int64_t, DType, float*, float*);
-  void (*scores)(const float*, int64_t, const float*, float*, int);
+  ScoresFn scores, scores_small;  // kRowBlock / kSmallRowBlock rows
   void (*softmax_update)(float*, int, int, float*, float*, float*, int64_t);
-  void (*pv)(const float*, const float*, int64_t, float*, int64_t, int);
+  PvFn pv, pv_small;
 };
 
 // FLUID_RT_CPU_PORTABLE=1 in the environment forces the portable path (the tests use it).
 MicroKernels pick_micro_kernels() {
 #ifdef FLUID_RT_ATTN_AVX512
-  if (cpu_use_avx512()) return {load_row_avx512, load_k_tile_avx512, scores_avx512, softmax_update_avx512, pv_avx512};
+  if (cpu_use_avx512())
+    return {load_row_avx512,           load_k_tile_avx512,    scores_avx512<kRowBlock>,
+            scores_avx512<kSmallRowBlock>, softmax_update_avx512, pv_avx512<kRowBlock>,
+            pv_avx512<kSmallRowBlock>};
 #endif
-  return {load_row, load_k_tile_scalar, scores_scalar, softmax_update_scalar, pv_scalar};
+  return {load_row,        load_k_tile_scalar, scores_scalar<kRowBlock>, scores_scalar<kSmallRowBlock>,
+          softmax_update_scalar, pv_scalar<kRowBlock>, pv_scalar<kSmallRowBlock>};
 }
 
 // ---- one work item ------------------------------------------------------------------------------
@@ -336,7 +350,8 @@ struct Scratch {
 struct RowRange {
   int64_t b, h, r0, r1;
   int64_t rows() const { return r1 - r0; }
-  int64_t rows_pad() const { return (rows() + kRowBlock - 1) / kRowBlock * kRowBlock; }
+  int64_t block() const { return rows() <= kSmallRowBlock ? kSmallRowBlock : kRowBlock; }
+  int64_t rows_pad() const { return (rows() + block() - 1) / block() * block(); }
 };
 
 // Keys the rows attend: 0 .. seqlen + (last row's query) inclusive.
@@ -367,7 +382,9 @@ void load_rows(const CausalAttentionParams& p, const MicroKernels& mk, const Row
 // Folds keys [k_begin, k_end) (k_begin a multiple of kKeyTile) into fresh o, m, l.
 void attend_keys(const CausalAttentionParams& p, const MicroKernels& mk, const RowRange& rr, int64_t k_begin,
                  int64_t k_end, Scratch& w) {
-  const int64_t D = p.head_dim, rows_pad = rr.rows_pad();
+  const int64_t D = p.head_dim, rows_pad = rr.rows_pad(), block = rr.block();
+  const ScoresFn scores = block == kRowBlock ? mk.scores : mk.scores_small;
+  const PvFn pv = block == kRowBlock ? mk.pv : mk.pv_small;
   const int64_t esize = dtype_size(p.dtype);
   const int64_t cache_row = p.cache_batch_idx ? p.cache_batch_idx[rr.b] : rr.b;
   std::fill(w.m.begin(), w.m.begin() + rows_pad, kNegInf);
@@ -379,9 +396,11 @@ void attend_keys(const CausalAttentionParams& p, const MicroKernels& mk, const R
     const int n = static_cast<int>(std::min<int64_t>(kKeyTile, k_end - j0));
     const int nkb = (n + kKeyBlock - 1) / kKeyBlock;
 
-    // Consecutive positions of one head are heads_kv * D elements apart (often a page or more), which
-    // the hardware prefetchers do not follow: ask for the next tile's K and V rows now.
-    {
+    // Consecutive positions of one head are heads_kv * D elements apart. From a page apart on, the
+    // hardware prefetchers do not follow them: ask for the next tile's K and V rows now. (Closer
+    // rows they follow, and there the prefetch loop only costs: up to 1.5x on a short item whose
+    // cache is in L3, e.g. one token of a 3-head GQA group.)
+    if (cache_stride * esize >= kPageBytes) {
       const int64_t next_n = std::min<int64_t>(kKeyTile, k_end - j0 - kKeyTile);
       const int64_t row_bytes = D * esize;
       for (int64_t j = 0; j < next_n; ++j) {
@@ -404,13 +423,13 @@ void attend_keys(const CausalAttentionParams& p, const MicroKernels& mk, const R
     const float* vt = w.v.data();
     const int64_t vs = D;
 
-    for (int64_t rb = 0; rb < rows_pad; rb += kRowBlock) {
+    for (int64_t rb = 0; rb < rows_pad; rb += block) {
       int64_t lim_max = 0;
-      for (int i = 0; i < kRowBlock; ++i) lim_max = std::max(lim_max, w.lim[rb + i]);
+      for (int i = 0; i < block; ++i) lim_max = std::max(lim_max, w.lim[rb + i]);
       if (lim_max <= j0) continue;  // the whole block is masked in this tile (and every later one)
       float* s = w.s.data() + rb * kKeyTile;
-      mk.scores(w.q.data() + rb * D, D, w.kt.data(), s, nkb);
-      for (int i = 0; i < kRowBlock; ++i) {
+      scores(w.q.data() + rb * D, D, w.kt.data(), s, nkb);
+      for (int i = 0; i < block; ++i) {
         const int64_t valid = std::min<int64_t>(w.lim[rb + i] - j0, n);
         float* si = s + i * kKeyTile;
         if (valid <= 0) {
@@ -419,7 +438,7 @@ void attend_keys(const CausalAttentionParams& p, const MicroKernels& mk, const R
           mk.softmax_update(si, static_cast<int>(valid), n, &w.m[rb + i], &w.l[rb + i], w.o.data() + (rb + i) * D, D);
         }
       }
-      mk.pv(s, vt, vs, w.o.data() + rb * D, D, n);
+      pv(s, vt, vs, w.o.data() + rb * D, D, n);
     }
   }
 }
