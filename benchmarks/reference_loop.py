@@ -173,7 +173,7 @@ def reference_generate(hf_model, khead, prompt_ids, *, mask_token_id: int, eos_t
 
     Returns dict(tokens=[new token ids, EOS included when hit; may exceed max_new_tokens like the
     reference], trace=[{K, draft_passes, committed, mismatch}] per block, forwards=int, prefill
-    included), last_steps=[s of each block's last draft pass]. `committed` counts the tokens
+    included), steps=[per block, the step s of each draft pass]. `committed` counts the tokens
     committed from the block before any EOS cut; `mismatch` is the first rejected index or None.
     """
     prompt_ids = [int(t) for t in prompt_ids]
@@ -190,7 +190,7 @@ def reference_generate(hf_model, khead, prompt_ids, *, mask_token_id: int, eos_t
     next_logits, h_last = logits[-1], hidden[-1]
     P = len(prompt_ids)
     out: list[int] = []
-    trace, last_steps = [], []
+    trace, steps = [], []
 
     while len(out) < max_new_tokens:
         K = _horizon(khead, h_last, min_block, block_size)
@@ -199,10 +199,12 @@ def reference_generate(hf_model, khead, prompt_ids, *, mask_token_id: int, eos_t
         # Draft loop: every pass forwards the whole K-block over the committed KV, then drops the
         # block's KV again (the cache goes back to P entries).
         s, passes = 0, 0
+        steps.append([])
         while s < K:
             L, _ = run(block, cache)
             _crop_to(cache, P)
-            passes, last_step = passes + 1, s
+            passes += 1
+            steps[-1].append(s)
             full = torch.cat([next_logits[None], L[:-1]], dim=0)  # full[j] predicts block[j]
             prob_max, tok = torch.softmax(full, dim=-1).max(dim=-1)
             prob_max, tok = prob_max.tolist(), tok.tolist()
@@ -218,7 +220,6 @@ def reference_generate(hf_model, khead, prompt_ids, *, mask_token_id: int, eos_t
             if mask_token_id not in block:
                 break
             s += 1 + jump
-        last_steps.append(last_step)
 
         mismatch = None
         if remask:
@@ -249,7 +250,7 @@ def reference_generate(hf_model, khead, prompt_ids, *, mask_token_id: int, eos_t
             break
         out.extend(committed)
 
-    return dict(tokens=out, trace=trace, forwards=run.forwards, last_steps=last_steps)
+    return dict(tokens=out, trace=trace, forwards=run.forwards, steps=steps)
 
 
 def trace_stats(result: dict) -> dict:

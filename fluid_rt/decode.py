@@ -19,9 +19,9 @@ device and without a host round-trip:
    slot: slot 0 after a mismatch, slot K when the whole block was accepted (its trailing MASKs
    *are* the next block's first draft pass: verify and draft fused), the last prompt slot after
    prefill (prefill and first draft fused);
-3. rows that are drafting apply one ``draft_commit`` update; a row whose draft loop ends with a
-   mismatch already shown by its passes (their predictions up to each pass's step are the
-   verify's, by causality) commits at once and skips its verify forward.
+3. rows that are drafting apply one ``draft_commit`` update. Its predictions up to the pass's step
+   are the verify's (by causality), so a row commits at once, skipping its verify forward, when a
+   filled block's mismatch is already shown, or when the tokens the budget still takes are final.
 
 With ``remask`` every committed token is the greedy argmax given all tokens before it, so the
 output equals greedy AR decoding (``mode="ar"``) of the same model.
@@ -90,7 +90,9 @@ class DecodeConfig:
 class Generation:
     """One sequence's result. ``trace`` has one entry per block: K, draft_passes, committed
     (tokens the block committed before any EOS/length cut) and mismatch (first rejected
-    position or None). ``forwards`` counts the model forwards this sequence took part in."""
+    position or None); the reference's, except for the last block, whose draft loop ends as soon
+    as the tokens still to produce are final. ``forwards`` counts the model forwards this
+    sequence took part in."""
 
     tokens: list[int]
     stop_reason: str
@@ -173,8 +175,10 @@ class _Rows:
         # Sum of the row's logsumexps in the last forward: finite exactly when all its logits were.
         self.lse_sum = full(n, 0.0, torch.float32)
         self.start = full(n, 0, i32)  # first input slot of the next (eager) forward
-        # What the last step verified, for the host-side trace: [verified, K, draft passes].
-        self.verified = full((n, 3), 0, i32)
+        # The blocks the last step committed, in order, for the host-side trace: up to two per row
+        # (a verify, then a draft pass that settled the next block), each [committed a block?, K,
+        # draft passes, tokens committed, first mismatch or -1].
+        self.verified = full((n, 2, 5), 0, i32)
 
     def keep(self, idx: list[int]) -> None:
         """Drop finished rows so they stop costing work."""
@@ -418,8 +422,8 @@ class Decoder:
         ops.verify_commit(rows.block, verify_pred, rows.horizon, rows.verifying,
                           rows.eos, rows.remask, rows.out, rows.out_len, rows.budget, rows.done,
                           rows.pending, rows.seqlens, rows.committed, rows.mismatch)
-        rows.verified.copy_(torch.stack([was_verifying.to(torch.int32), k_verified,
-                                         passes_verified], dim=1))
+        rows.verified[:, 0] = torch.stack([was_verifying.to(torch.int32), k_verified,
+                                           passes_verified, rows.committed, rows.mismatch], dim=1)
         live = ~rows.done
         accepted = was_verifying & (rows.mismatch < 0) & live
         rejected = was_verifying & (rows.mismatch >= 0) & live
@@ -452,16 +456,24 @@ class Decoder:
                          commit.score_is_entropy)
         filled = drafting & ~rows.drafting
 
-        # 3b. A filled block whose first mismatch is already known (a confident draft that a later
-        # pass's final prediction contradicts) commits now: its verify forward would only repeat it.
+        # 3b. Commit now, without a verify forward, where the passes already settled the outcome:
+        #  * a filled block whose first mismatch they showed (a confident draft that a later pass's
+        #    final prediction contradicts): the verify would only repeat it;
+        #  * the last block, once the tokens the budget still takes are final and agree with the
+        #    block: the reference drafts on past them (so its trace of that block shows more passes).
         known = position <= step_before[:, None]
-        early = filled & rows.remask & ((rows.block != rows.final_pred) & known).any(1)
+        wrong = rows.remask[:, None] & known & (rows.block != rows.final_pred)
+        remaining = rows.budget - rows.out_len
+        last = (drafting & (remaining <= step_before + 1)
+                & ~(wrong & (position < remaining[:, None])).any(1))
+        early = (filled & wrong.any(1)) | last
+        rows.drafting &= ~early
         ops.verify_commit(rows.block, torch.where(known, rows.final_pred, rows.block),
                           rows.horizon, early.clone(), rows.eos, rows.remask, rows.out,
                           rows.out_len, rows.budget, rows.done, rows.pending, rows.seqlens,
                           rows.committed, rows.mismatch)
-        rows.verified.copy_(torch.where(early[:, None], torch.stack(
-            [torch.ones_like(rows.horizon), rows.horizon, rows.passes], dim=1), rows.verified))
+        rows.verified[:, 1] = torch.stack([early.to(torch.int32), rows.horizon, rows.passes,
+                                           rows.committed, rows.mismatch], dim=1)
         rejected |= early & ~rows.done
         rows.verifying |= filled & ~early
         if reuse_prefix:
@@ -532,14 +544,14 @@ class Decoder:
         # Only eager elastic steps trim their width; AR and graph steps skip that arithmetic.
         eager_elastic = self._cfgs[0].mode == "elastic" and not self._static_steps()
         need = self._slots_needed(rows) if eager_elastic else torch.ones_like(rows.out_len)
-        info = torch.cat([rows.verified, rows.committed[:, None], rows.mismatch[:, None],
-                          rows.out_len[:, None], rows.done[:, None].to(torch.int32),
+        info = torch.cat([rows.verified.flatten(1), rows.out_len[:, None],
+                          rows.done[:, None].to(torch.int32),
                           need[:, None], rows.lse_sum.view(torch.int32)[:, None]], 1).tolist()
         if self._cancel is not None and self._cancel.is_set():
             raise _Cancelled
         keep, self._width, self._needs = [], 1, []
         for i, row in enumerate(info):
-            verified, k, passes, committed, mismatch, n_out, done, need, lse_bits = row
+            n_out, done, need, lse_bits = row[10:]
             s = rows.seq[i]
             cfg = self._cfgs[s]
             if (lse_bits & _F32_EXPONENT) == _F32_EXPONENT:  # its float32 bits: inf or NaN
@@ -547,9 +559,11 @@ class Decoder:
                          if self.model.dtype == torch.float16 else "broken weights or config?")
                 raise FloatingPointError(f"prompt {s}: the model produced non-finite logits (NaN "
                                          f"or inf) after {n_out} new tokens: {cause}")
-            if verified and cfg.mode == "elastic":
-                self._traces[s].append({"K": k, "draft_passes": passes, "committed": committed,
-                                        "mismatch": None if mismatch < 0 else mismatch})
+            for verified, k, passes, committed, mismatch in (row[0:5], row[5:10]):
+                if verified and cfg.mode == "elastic":
+                    self._traces[s].append({"K": k, "draft_passes": passes,
+                                            "committed": committed,
+                                            "mismatch": None if mismatch < 0 else mismatch})
             if on_commit is not None and n_out > rows.emitted[i]:
                 on_commit(s, rows.out[i, rows.emitted[i] : n_out].tolist())
                 rows.emitted[i] = n_out

@@ -97,18 +97,25 @@ def hf64(hf64_fluid):
     return {m: model for m, (model, _) in hf64_fluid.items()}
 
 
-def expected_forwards(reference: dict, remask: bool) -> int:
+def expected_forwards(reference: dict, remask: bool, max_new_tokens: int) -> int:
     """fluid_rt's forward count, from the reference loop's blocks: prefill fused with the first
     draft pass; every further draft pass; a verify unless the draft passes already showed the first
     mismatch (at or before the last pass's step s, every prediction was made from final tokens);
-    after a mismatch, the next block's first pass (otherwise it rides in the verify)."""
-    blocks = list(zip(reference["trace"], reference["last_steps"]))
-    n = 1
-    for i, (b, last_step) in enumerate(blocks):
-        f = b["mismatch"]
-        n += b["draft_passes"] - 1
-        n += 0 if remask and f is not None and f <= last_step else 1
-        n += 1 if f is not None and i < len(blocks) - 1 else 0
+    after a mismatch, the next block's first pass (otherwise it rides in the verify). The last
+    block ends at the first pass whose final predictions cover the tokens still to produce, when
+    they agree with the block (no more passes, no verify)."""
+    trace, steps = reference["trace"], reference["steps"]
+    n, produced = 1, 0
+    for i, (b, passes) in enumerate(zip(trace, steps)):
+        f, last, remaining = b["mismatch"], i == len(trace) - 1, max_new_tokens - produced
+        cut = next((p for p, s in enumerate(passes, 1) if remaining <= s + 1
+                    and (not remask or f is None or f >= remaining)), None)
+        if last and cut is not None:
+            return n + cut - 1
+        n += len(passes) - 1
+        n += 0 if remask and f is not None and f <= passes[-1] else 1
+        n += 1 if f is not None and not last else 0
+        produced += b["committed"]
     return n
 
 
@@ -123,7 +130,9 @@ def test_forward_count_follows_the_fusion_rules(hf64_fluid, alone, idx):
                              min_block=case["min_block"], remask=case["remask"],
                              max_new_tokens=case["max_new_tokens"])
     assert ref["trace"][:-1] == case["trace"][: len(ref["trace"]) - 1]
-    assert alone[idx].forwards == expected_forwards(ref, case["remask"])
+    assert len(ref["steps"]) == len(ref["trace"])
+    assert [len(p) for p in ref["steps"]] == [b["draft_passes"] for b in ref["trace"]]
+    assert alone[idx].forwards == expected_forwards(ref, case["remask"], case["max_new_tokens"])
 
 
 def assert_same_up_to_ties(hf, prompt, want, got, margin=1e-4):
