@@ -21,7 +21,8 @@ device and without a host round-trip:
    prefill (prefill and first draft fused);
 3. rows that are drafting apply one ``draft_commit`` update. Its predictions up to the pass's step
    are the verify's (by causality), so a row commits at once, skipping its verify forward, when a
-   filled block's mismatch is already shown, or when the tokens the budget still takes are final.
+   filled block's mismatch is already shown, or when what it would commit already ends the decode
+   (reaches the budget or an EOS).
 
 With ``remask`` every committed token is the greedy argmax given all tokens before it, so the
 output equals greedy AR decoding (``mode="ar"``) of the same model.
@@ -91,7 +92,7 @@ class Generation:
     """One sequence's result. ``trace`` has one entry per block: K, draft_passes, committed
     (tokens the block committed before any EOS/length cut) and mismatch (first rejected
     position or None); the reference's, except for the last block, whose draft loop ends as soon
-    as the tokens still to produce are final. ``forwards`` counts the model forwards this
+    as the final tokens reach the budget or an EOS. ``forwards`` counts the model forwards this
     sequence took part in."""
 
     tokens: list[int]
@@ -459,14 +460,18 @@ class Decoder:
         # 3b. Commit now, without a verify forward, where the passes already settled the outcome:
         #  * a filled block whose first mismatch they showed (a confident draft that a later pass's
         #    final prediction contradicts): the verify would only repeat it;
-        #  * the last block, once the tokens the budget still takes are final and agree with the
-        #    block: the reference drafts on past them (so its trace of that block shows more passes).
+        #  * the last block: what a commit now would take (the agreeing known prefix, or up to the
+        #    known mismatch and its correction) already reaches the budget or an EOS. The reference
+        #    drafts on (so its trace of that block shows more passes), to the same tokens.
         known = position <= step_before[:, None]
         wrong = rows.remask[:, None] & known & (rows.block != rows.final_pred)
-        remaining = rows.budget - rows.out_len
-        last = (drafting & (remaining <= step_before + 1)
-                & ~(wrong & (position < remaining[:, None])).any(1))
-        early = (filled & wrong.any(1)) | last
+        any_wrong = wrong.any(1)
+        take = torch.where(any_wrong, wrong.int().argmax(1) + 1, step_before + 1)
+        taken = position < take[:, None]
+        tokens = torch.where(rows.remask[:, None], rows.final_pred, rows.block)
+        eos = (tokens[:, :, None] == rows.eos[:, None, :]).any(2) & (tokens >= 0)
+        last = drafting & ((take >= rows.budget - rows.out_len) | (eos & taken).any(1))
+        early = (filled & any_wrong) | last
         rows.drafting &= ~early
         ops.verify_commit(rows.block, torch.where(known, rows.final_pred, rows.block),
                           rows.horizon, early.clone(), rows.eos, rows.remask, rows.out,

@@ -97,21 +97,23 @@ def hf64(hf64_fluid):
     return {m: model for m, (model, _) in hf64_fluid.items()}
 
 
-def expected_forwards(reference: dict, remask: bool, max_new_tokens: int) -> int:
+def expected_forwards(reference: dict, case: dict) -> int:
     """fluid_rt's forward count, from the reference loop's blocks: prefill fused with the first
     draft pass; every further draft pass; a verify unless the draft passes already showed the first
     mismatch (at or before the last pass's step s, every prediction was made from final tokens);
     after a mismatch, the next block's first pass (otherwise it rides in the verify). The last
-    block ends at the first pass whose final predictions cover the tokens still to produce, when
-    they agree with the block (no more passes, no verify)."""
-    trace, steps = reference["trace"], reference["steps"]
+    block ends at the first pass after which what a commit would take (the final tokens up to the
+    step, or up to the known mismatch and its correction) reaches the budget or an EOS."""
+    trace, steps, tokens = reference["trace"], reference["steps"], reference["tokens"]
+    eos, remask = case["eos_token_id"], case["remask"]
     n, produced = 1, 0
     for i, (b, passes) in enumerate(zip(trace, steps)):
-        f, last, remaining = b["mismatch"], i == len(trace) - 1, max_new_tokens - produced
-        cut = next((p for p, s in enumerate(passes, 1) if remaining <= s + 1
-                    and (not remask or f is None or f >= remaining)), None)
-        if last and cut is not None:
-            return n + cut - 1
+        f, last = b["mismatch"], i == len(trace) - 1
+        for p, s in enumerate(passes, 1):
+            take = f + 1 if remask and f is not None and f <= s else s + 1
+            if last and (produced + take >= case["max_new_tokens"]
+                         or eos in tokens[produced : produced + take]):
+                return n + p - 1
         n += len(passes) - 1
         n += 0 if remask and f is not None and f <= passes[-1] else 1
         n += 1 if f is not None and not last else 0
@@ -132,7 +134,7 @@ def test_forward_count_follows_the_fusion_rules(hf64_fluid, alone, idx):
     assert ref["trace"][:-1] == case["trace"][: len(ref["trace"]) - 1]
     assert len(ref["steps"]) == len(ref["trace"])
     assert [len(p) for p in ref["steps"]] == [b["draft_passes"] for b in ref["trace"]]
-    assert alone[idx].forwards == expected_forwards(ref, case["remask"], case["max_new_tokens"])
+    assert alone[idx].forwards == expected_forwards(ref, case)
 
 
 def assert_same_up_to_ties(hf, prompt, want, got, margin=1e-4):
