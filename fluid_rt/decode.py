@@ -432,11 +432,14 @@ class Decoder:
         # 2. New blocks: K from the state at the pending token's slot (fused after a full accept).
         new = (rows.restart | accepted) & live
         slot = torch.where(accepted, rows.horizon, start_slot).long()
-        out = (slot - rows.start).clamp_(min=0)
-        at = torch.arange(slot.numel(), device=slot.device)
-        k = horizon.choose(hidden[at, out], stats.entropy[at, out], rows.min_block,
-                           rows.block_size, self.khead)
-        rows.horizon.copy_(torch.where(new, k, rows.horizon))
+        # (On the CPU a tensor read costs nothing: skip the K-head in the many steps that start
+        # no block. Elsewhere the step must not read the device.)
+        if self.device.type != "cpu" or bool(new.any()):
+            out = (slot - rows.start).clamp_(min=0)
+            at = torch.arange(slot.numel(), device=slot.device)
+            k = horizon.choose(hidden[at, out], stats.entropy[at, out], rows.min_block,
+                               rows.block_size, self.khead)
+            rows.horizon.copy_(torch.where(new, k, rows.horizon))
         rows.block.masked_fill_(new[:, None], mask)
         rows.step.masked_fill_(new, 0)
         rows.passes.masked_fill_(new, 0)
