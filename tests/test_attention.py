@@ -188,6 +188,26 @@ def test_portable_path_cpu(monkeypatch):
     check_case(1, 1, 9, 3, 64, 300, torch.float32, "cpu", True, False, True, seed=6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_bitwise_independent_of_width_and_batch_cpu(dtype):
+    """A row's output is bitwise the same whatever else the call holds: a shorter block of the same
+    queries (the decoder reuses outputs of forwards of other widths), or other sequences in the
+    batch (more items: no split-KV). Seqlens put rows on both sides of key chunk boundaries."""
+    g = torch.Generator().manual_seed(11)
+    Hq, Hkv, D, S_max = 8, 2, 64, 1200
+    seqlens = [0, 127, 255, 1000]
+    q = torch.randn(4, 17, Hq, D, generator=g).to(dtype)
+    kc, vc = (torch.randn(4, S_max, Hkv, D, generator=g).to(dtype) for _ in range(2))
+    sl = torch.tensor(seqlens, dtype=torch.int32)
+    full, full_lse = causal_attention(q, kc, vc, sl, return_lse=True)  # 4 x 17 rows: many items
+    for b in range(4):
+        for width in (1, 5, 17):
+            one, one_lse = causal_attention(q[b : b + 1, :width].contiguous(), kc[b : b + 1],
+                                            vc[b : b + 1], sl[b : b + 1], return_lse=True)
+            assert torch.equal(one[0], full[b, :width]), (b, width)
+            assert torch.equal(one_lse[0], full_lse[b, :width]), (b, width)
+
+
 def test_empty_batch_and_no_kv_cpu():
     q = torch.randn(0, 3, 4, 64)
     kc, vc = torch.randn(1, 8, 2, 64), torch.randn(1, 8, 2, 64)

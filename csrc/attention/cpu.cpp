@@ -5,6 +5,7 @@
 // is converted/transposed once and shared by every row (query x query head) of the item, the scores
 // of a tile live in a small rows x kKeyTile buffer and are folded into the running output with the
 // online softmax (running max m, running denominator l), so no T x S score matrix is ever built.
+// The fold restarts at every kChunkKeys-key chunk and the chunks are merged in order (see there).
 // Scores are kept in the log2 domain (q is prescaled by softmax_scale * log2(e)) so exp is exp2.
 //
 // The three inner steps (scores, softmax update, P @ V) have an AVX-512 version, chosen at run time
@@ -41,6 +42,11 @@ constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kMinExp2 = -126.f;  // exp2 below this is flushed to 2^-126 (negligible, never denormal)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kPageBytes = 4096;
+// Keys are folded in fixed chunks (each from a fresh running max / sum / output, then merged in
+// chunk order), whether or not the keys are split across threads. The chunk boundaries depend on
+// key positions only, so a row's result is bitwise the same at any batch size, block width or
+// split: the decoder reuses outputs of forwards of other widths.
+constexpr int64_t kChunkKeys = 256;  // a multiple of kKeyTile
 
 // ---- dtype conversion of whole rows --------------------------------------------------------------
 
@@ -329,10 +335,14 @@ MicroKernels pick_micro_kernels() {
 
 struct Scratch {
   std::vector<float> q, o, s, kt, v, krow, m, l;
+  std::vector<float> acc_o, acc_m, acc_l;  // the chunks merged so far (fold_keys)
   std::vector<int64_t> lim;
   void reserve(int64_t rows_pad, int64_t D) {
     q.resize(rows_pad * D);
     o.resize(rows_pad * D);
+    acc_o.resize(rows_pad * D);
+    acc_m.resize(rows_pad);
+    acc_l.resize(rows_pad);
     s.resize(rows_pad * kKeyTile);
     kt.resize(D * kKeyTile);
     v.resize(kKeyTile * D);
@@ -379,9 +389,10 @@ void load_rows(const CausalAttentionParams& p, const MicroKernels& mk, const Row
   }
 }
 
-// Folds keys [k_begin, k_end) (k_begin a multiple of kKeyTile) into fresh o, m, l.
+// Folds keys [k_begin, k_end) (k_begin a multiple of kKeyTile) into fresh o, m, l. Keys up to
+// prefetch_end (the item's end) are worth prefetching: the next chunk follows on this thread.
 void attend_keys(const CausalAttentionParams& p, const MicroKernels& mk, const RowRange& rr, int64_t k_begin,
-                 int64_t k_end, Scratch& w) {
+                 int64_t k_end, int64_t prefetch_end, Scratch& w) {
   const int64_t D = p.head_dim, rows_pad = rr.rows_pad(), block = rr.block();
   const ScoresFn scores = block == kRowBlock ? mk.scores : mk.scores_small;
   const PvFn pv = block == kRowBlock ? mk.pv : mk.pv_small;
@@ -401,7 +412,7 @@ void attend_keys(const CausalAttentionParams& p, const MicroKernels& mk, const R
     // rows they follow, and there the prefetch loop only costs: up to 1.5x on a short item whose
     // cache is in L3, e.g. one token of a 3-head GQA group.)
     if (cache_stride * esize >= kPageBytes) {
-      const int64_t next_n = std::min<int64_t>(kKeyTile, k_end - j0 - kKeyTile);
+      const int64_t next_n = std::min<int64_t>(kKeyTile, prefetch_end - j0 - kKeyTile);
       const int64_t row_bytes = D * esize;
       for (int64_t j = 0; j < next_n; ++j) {
         const int64_t off = p.cache_offset(cache_row, j0 + kKeyTile + j, rr.h) * esize;
@@ -440,6 +451,35 @@ void attend_keys(const CausalAttentionParams& p, const MicroKernels& mk, const R
       }
       pv(s, vt, vs, w.o.data() + rb * D, D, n);
     }
+  }
+}
+
+// Merges one chunk's (m_c, l_c, o_c) of a row into the running (m, l, o). A chunk with no key for
+// the row (l_c == 0) is skipped; the first one with keys is copied. Both the single-thread fold and
+// the split-KV merge go through here, in chunk order, so they round alike.
+void merge_chunk(float& m, float& l, float* o, float m_c, float l_c, const float* o_c, int64_t D) {
+  if (l_c == 0.f) return;
+  if (l == 0.f) {
+    m = m_c, l = l_c;
+    std::copy(o_c, o_c + D, o);
+    return;
+  }
+  const float m_new = std::max(m, m_c);
+  const float a = std::exp2(m - m_new), b = std::exp2(m_c - m_new);
+  l = l * a + l_c * b;
+  for (int64_t d = 0; d < D; ++d) o[d] = o[d] * a + o_c[d] * b;
+  m = m_new;
+}
+
+// Folds keys [0, k_end) chunk by chunk into acc_m, acc_l, acc_o.
+void fold_keys(const CausalAttentionParams& p, const MicroKernels& mk, const RowRange& rr, int64_t k_end,
+               Scratch& w) {
+  const int64_t D = p.head_dim;
+  std::fill(w.acc_l.begin(), w.acc_l.begin() + rr.rows(), 0.f);
+  for (int64_t c0 = 0; c0 < k_end; c0 += kChunkKeys) {
+    attend_keys(p, mk, rr, c0, std::min(k_end, c0 + kChunkKeys), k_end, w);
+    for (int64_t i = 0; i < rr.rows(); ++i)
+      merge_chunk(w.acc_m[i], w.acc_l[i], w.acc_o.data() + i * D, w.m[i], w.l[i], w.o.data() + i * D, D);
   }
 }
 
@@ -489,17 +529,14 @@ void causal_attention_cpu(const CausalAttentionParams& p) {
   };
 
   // Decoding has few items (batch x kv heads, one row tile each) and long key ranges: too few to
-  // keep every thread busy. Then each item's keys are split into ranges of whole tiles, attended in
-  // parallel and merged by their (m, l) (flash-decoding's split-KV), so a single sequence's
-  // attention uses every core.
+  // keep every thread busy. Then the chunks of each item are attended in parallel and merged
+  // afterwards (flash-decoding's split-KV), so a single sequence's attention uses every core.
   int64_t max_keys = 0;
   for (int64_t b = 0; b < p.batch; ++b) max_keys = std::max<int64_t>(max_keys, p.cache_seqlens[b] + p.seqlen_q);
-  const int64_t key_tiles = (max_keys + kKeyTile - 1) / kKeyTile;
+  const int64_t chunks = (max_keys + kChunkKeys - 1) / kChunkKeys;
   const int64_t threads = cpu_max_threads();
-  const int64_t splits = items >= 2 * threads ? 1
-                         : std::max<int64_t>(1, std::min((4 * threads + items - 1) / items, key_tiles / 2));
 
-  if (splits == 1) {
+  if (items >= 2 * threads || chunks == 1) {
 #pragma omp parallel
     {
       Scratch w;
@@ -507,52 +544,44 @@ void causal_attention_cpu(const CausalAttentionParams& p) {
       for (int64_t it = 0; it < items; ++it) {
         const RowRange rr = item_rows(it);
         load_rows(p, mk, rr, w);
-        attend_keys(p, mk, rr, 0, key_end(p, rr), w);
-        for (int64_t i = 0; i < rr.rows(); ++i) store_row_result(p, rr, i, w.o.data() + i * p.head_dim, w.m[i], w.l[i]);
+        fold_keys(p, mk, rr, key_end(p, rr), w);
+        for (int64_t i = 0; i < rr.rows(); ++i)
+          store_row_result(p, rr, i, w.acc_o.data() + i * p.head_dim, w.acc_m[i], w.acc_l[i]);
       }
     }
     return;
   }
 
-  // Split s of an item covers key tiles [s * per, (s + 1) * per) of that item's own range.
+  // Unit (item, c) attends chunk c of that item's keys (none past the item's causal end: l = 0).
   const int64_t D = p.head_dim, tile_pad = (tile + kRowBlock - 1) / kRowBlock * kRowBlock;
-  std::vector<float> part_o(items * splits * tile_pad * D), part_m(items * splits * tile_pad),
-      part_l(items * splits * tile_pad);
+  std::vector<float> part_o(items * chunks * tile_pad * D), part_m(items * chunks * tile_pad),
+      part_l(items * chunks * tile_pad);
 #pragma omp parallel
   {
     Scratch w;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t unit = 0; unit < items * splits; ++unit) {
-      const int64_t it = unit / splits, sp = unit % splits;
+    for (int64_t unit = 0; unit < items * chunks; ++unit) {
+      const int64_t it = unit / chunks, c = unit % chunks;
       const RowRange rr = item_rows(it);
       const int64_t end = key_end(p, rr);
-      const int64_t per = ((end + kKeyTile - 1) / kKeyTile + splits - 1) / splits * kKeyTile;
-      const int64_t k0 = std::min(end, sp * per), k1 = std::min(end, k0 + per);
+      const int64_t k0 = std::min(end, c * kChunkKeys), k1 = std::min(end, k0 + kChunkKeys);
       load_rows(p, mk, rr, w);
-      attend_keys(p, mk, rr, k0, k1, w);  // an empty range leaves m = -inf, l = 0, o = 0
+      attend_keys(p, mk, rr, k0, k1, k1, w);  // an empty range leaves m = -inf, l = 0, o = 0
       std::copy(w.o.begin(), w.o.begin() + rr.rows() * D, part_o.begin() + unit * tile_pad * D);
       std::copy(w.m.begin(), w.m.begin() + rr.rows(), part_m.begin() + unit * tile_pad);
       std::copy(w.l.begin(), w.l.begin() + rr.rows(), part_l.begin() + unit * tile_pad);
     }
-    // (the implicit barrier: every split of an item is done before it is merged)
+    // (the implicit barrier: every chunk of an item is done before it is merged)
     std::vector<float> o(D);
 #pragma omp for schedule(static)
     for (int64_t ir = 0; ir < items * tile; ++ir) {
       const int64_t it = ir / tile, i = ir % tile;
       const RowRange rr = item_rows(it);
       if (i >= rr.rows()) continue;
-      const int64_t base = it * splits * tile_pad + i;
-      float m = kNegInf;
-      for (int64_t sp = 0; sp < splits; ++sp) m = std::max(m, part_m[base + sp * tile_pad]);
-      float l = 0.f;
-      std::fill(o.begin(), o.end(), 0.f);
-      for (int64_t sp = 0; sp < splits; ++sp) {
-        const float l_s = part_l[base + sp * tile_pad];
-        if (l_s == 0.f) continue;  // a range past this row's causal limit
-        const float scale = std::exp2(part_m[base + sp * tile_pad] - m);
-        l += l_s * scale;
-        const float* o_s = part_o.data() + (base + sp * tile_pad) * D;
-        for (int64_t d = 0; d < D; ++d) o[d] += o_s[d] * scale;
+      float m = kNegInf, l = 0.f;
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t at = (it * chunks + c) * tile_pad + i;
+        merge_chunk(m, l, o.data(), part_m[at], part_l[at], part_o.data() + at * D, D);
       }
       store_row_result(p, rr, i, o.data(), m, l);
     }
