@@ -434,18 +434,15 @@ def _prompt_ids(loaded, text: str | None, ids: list[int] | None, chat: bool) -> 
 
 
 def _check_decode(ids: list[int], cfg: DecodeConfig, loaded, decoder: Decoder) -> None:
-    """What Decoder.generate would refuse, in flag words, before any request is decoded."""
-    if cfg.mode == "elastic":
-        if decoder.mask_token_id is None:
-            mask = loaded.fluid.mask_token_id if loaded.fluid is not None else None
-            why = ("this model names none" if mask is None else  # else _decoder dropped it:
-                   f"this model's mask id {mask} (default / fluid.json) is outside its "
-                   f"vocabulary of {loaded.config.vocab_size}")
-            raise CLIError(f"elastic decoding needs a FLUID mask token, and {why}: pass "
-                           "--mask-token-id ID, or --mode ar")
-        if cfg.horizon == "khead" and decoder.khead is None:
-            raise CLIError("--horizon khead needs a K-head (--head FILE); use --horizon entropy "
-                           "or fixed")
+    """What Decoder.generate would refuse, in flag words, before any request is decoded. A
+    missing mask token gets its own message: the decoder cannot tell why there is none."""
+    if cfg.mode == "elastic" and decoder.mask_token_id is None:
+        mask = loaded.fluid.mask_token_id if loaded.fluid is not None else None
+        why = ("this model names none" if mask is None else  # else _decoder dropped it:
+               f"this model's mask id {mask} (default / fluid.json) is outside its "
+               f"vocabulary of {loaded.config.vocab_size}")
+        raise CLIError(f"elastic decoding needs a FLUID mask token, and {why}: pass "
+                       "--mask-token-id ID, or --mode ar")
     try:
         decoder.check([ids], cfg)  # token ids, and the prompt's fit in the model's context
     except ValueError as err:

@@ -437,6 +437,10 @@ def test_mode_default_follows_the_k_head(capsys, tmp_path):
     rc, out, _ = run(capsys, ["generate", "--model", model, "--prompt-ids", "1", "--json",
                               "--max-new-tokens", "2"])
     assert rc == 0 and json.loads(out)["mode"] == "ar"
+    # ... and asking for the K-head horizon there is refused in flag words
+    err = error_of(capsys, ["generate", "--model", model, "--prompt-ids", "1", "--mode", "elastic",
+                            "--horizon", "khead"])
+    assert "--horizon khead needs a K-head (--head)" in err and "--horizon entropy" in err
 
 
 def test_errors_speak_in_flags(capsys):

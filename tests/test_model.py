@@ -143,20 +143,28 @@ def test_block_decode_over_growing_cache(pair):
         cache.seqlens += T  # commit by hand
 
 
+def _two_prefilled_rows(hf, model, cfg, gen, a_len, b_len, cache_rows):
+    """Random sequences a, b (lengths a_len, b_len = (prefilled, more)); a's first part prefilled
+    into cache row cache_rows[0], b's into cache_rows[1] (committed by hand; the cache has one
+    row more), every other slot NaN (unwritten slots must never be read). Returns a, b, HF's
+    (logits, hidden) of each full sequence, and the cache."""
+    a = torch.randint(0, VOCAB, (sum(a_len),), generator=gen).tolist()
+    b = torch.randint(0, VOCAB, (sum(b_len),), generator=gen).tolist()
+    cache = KVCache(cfg, 3, 32)
+    cache.k.fill_(float("nan"))
+    cache.v.fill_(float("nan"))
+    for seq, n, row, dtype in ((a, a_len[0], cache_rows[0], torch.int32),  # both index dtypes
+                               (b, b_len[0], cache_rows[1], torch.int64)):
+        model(torch.tensor([seq[:n]]), cache, rows=torch.tensor([row], dtype=dtype))
+    cache.seqlens[cache_rows[0]], cache.seqlens[cache_rows[1]] = a_len[0], b_len[0]
+    return a, b, _hf_full(hf, a), _hf_full(hf, b), cache
+
+
 def test_two_rows_different_lengths(pair):
     _, hf, model, cfg = pair
     gen = torch.Generator().manual_seed(3)
-    a = torch.randint(0, VOCAB, (5 + 4,), generator=gen).tolist()
-    b = torch.randint(0, VOCAB, (11 + 4,), generator=gen).tolist()
-    ref_a, _ = _hf_full(hf, a)
-    ref_b, _ = _hf_full(hf, b)
-    cache = KVCache(cfg, 3, 32)
-    cache.k.fill_(float("nan"))  # unwritten slots must never be read
-    cache.v.fill_(float("nan"))
-    model(torch.tensor([a[:5]]), cache, rows=torch.tensor([2], dtype=torch.int32))
-    model(torch.tensor([b[:11]]), cache, rows=torch.tensor([0], dtype=torch.int64))
-    cache.seqlens[2] = 5
-    cache.seqlens[0] = 11
+    a, b, (ref_a, _), (ref_b, _), cache = _two_prefilled_rows(hf, model, cfg, gen, (5, 4), (11, 4),
+                                                              (2, 0))
     rows = torch.tensor([2, 0], dtype=torch.int32)
     block = torch.tensor([a[5:], b[11:]])
     logits, hidden = model(block, cache, rows=rows)
@@ -177,14 +185,8 @@ def test_ragged_widths_match_hf(pair):
     matmuls; the outputs there equal HF's, the slots past a row's width are zeros."""
     _, hf, model, cfg = pair
     gen = torch.Generator().manual_seed(4)
-    a = torch.randint(0, VOCAB, (6 + 3,), generator=gen).tolist()
-    b = torch.randint(0, VOCAB, (9 + 7,), generator=gen).tolist()
-    ref_a, ref_ha = _hf_full(hf, a)
-    ref_b, ref_hb = _hf_full(hf, b)
-    cache = KVCache(cfg, 2, 32)
-    model(torch.tensor([a[:6]]), cache, rows=torch.tensor([1], dtype=torch.int32))
-    model(torch.tensor([b[:9]]), cache, rows=torch.tensor([0], dtype=torch.int32))
-    cache.seqlens[1], cache.seqlens[0] = 6, 9
+    a, b, (ref_a, ref_ha), (ref_b, ref_hb), cache = _two_prefilled_rows(hf, model, cfg, gen, (6, 3),
+                                                                        (9, 7), (1, 0))
     junk = torch.randint(0, VOCAB, (4,), generator=gen).tolist()
     block = torch.tensor([a[6:] + junk, b[9:]])  # row 0 is 3 tokens wide, padded to 7
     rows = torch.tensor([1, 0], dtype=torch.int32)
