@@ -60,8 +60,7 @@ class ModelConfig:
             raise ValueError(f"head_dim: RoPE needs an even head_dim, got {self.head_dim}")
         for name in ("rms_norm_eps", "rope_theta"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-                    or not 0 < value < math.inf:
+            if not _positive_finite(value):
                 raise ValueError(f"{name}: must be a positive finite number, got {value!r}")
         if self.rope_scaling is not None:
             _check_rope_scaling(self.rope_scaling)
@@ -167,11 +166,16 @@ def _check_rope_scaling(scaling) -> None:
             raise ValueError(f"rope_scaling: type {kind!r} needs {key!r}")
     for key in ("factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"):
         value = scaling.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not 0 < value < math.inf):
+        if value is not None and not _positive_finite(value):
             raise ValueError(f"rope_scaling: {key} must be a positive finite number, got {value!r}")
     if kind == "llama3" and scaling.get("low_freq_factor", 1.0) >= scaling.get("high_freq_factor", 4.0):
         raise ValueError("rope_scaling: llama3 needs low_freq_factor < high_freq_factor")
+
+
+def _positive_finite(value) -> bool:
+    """A real number (not a bool: JSON true is no number) in (0, inf)."""
+    return (not isinstance(value, bool) and isinstance(value, numbers.Real)
+            and 0 < value < math.inf)
 
 
 def _positive_int(d: dict, key: str, default=None) -> int:
