@@ -338,8 +338,7 @@ class DecodeStream:
         if isinstance(ids, int) or (hasattr(ids, "ndim") and ids.ndim == 0):
             ids = [int(ids)]
         self._ids.extend(int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids))
-        done = len(self._tok.decode(self._ids[self._prefix : self._read], self._skip)) + self._extra
-        text = self._tok.decode(self._ids[self._prefix :], self._skip)
+        done, text = self._window()
         if len(text) > done and not text.endswith("\ufffd"):
             self._prefix, self._read, self._extra = self._read, len(self._ids), 0
             return text[done:]
@@ -350,10 +349,14 @@ class DecodeStream:
             return stable[done:]
         return ""
 
+    def _window(self) -> tuple[int, str]:
+        """(characters of the window's text already emitted, the window's text)."""
+        done = len(self._tok.decode(self._ids[self._prefix : self._read], self._skip)) + self._extra
+        return done, self._tok.decode(self._ids[self._prefix :], self._skip)
+
     def flush(self) -> str:
         """Text still held back (a generation that ends inside a character): emitted as decoded."""
-        done = len(self._tok.decode(self._ids[self._prefix : self._read], self._skip)) + self._extra
-        text = self._tok.decode(self._ids[self._prefix :], self._skip)
+        done, text = self._window()
         self._prefix = self._read = len(self._ids)
         self._extra = 0
         return text[done:]
