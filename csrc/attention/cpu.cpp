@@ -28,6 +28,7 @@
 #include "attention/params.h"
 #include "common/cpu_features.h"
 #include "common/dtype.h"
+#include "common/lanes.h"
 
 namespace fluid_rt {
 namespace {
@@ -206,12 +207,10 @@ AVX512_FN void scores_avx512(const float* Q, int64_t D, const float* Kt, float* 
 }
 
 AVX512_FN void softmax_update_avx512(float* s, int valid, int n, float* m, float* l, float* o, int64_t D) {
-  const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   const int chunks = (n + 15) / 16;
   __m512 vmax = _mm512_set1_ps(kNegInf);
   for (int c = 0; c < chunks; ++c) {
-    const __mmask16 keep =
-        _mm512_cmplt_epi32_mask(_mm512_add_epi32(iota, _mm512_set1_epi32(c * 16)), _mm512_set1_epi32(valid));
+    const __mmask16 keep = first_lanes16(valid - c * 16);
     vmax = _mm512_mask_max_ps(vmax, keep, vmax, _mm512_loadu_ps(s + c * 16));
   }
   const float m_new = std::max(*m, _mm512_reduce_max_ps(vmax));
@@ -219,8 +218,7 @@ AVX512_FN void softmax_update_avx512(float* s, int valid, int n, float* m, float
   const __m512 vm = _mm512_set1_ps(m_new);
   __m512 vsum = _mm512_setzero_ps();
   for (int c = 0; c < chunks; ++c) {
-    const __mmask16 keep =
-        _mm512_cmplt_epi32_mask(_mm512_add_epi32(iota, _mm512_set1_epi32(c * 16)), _mm512_set1_epi32(valid));
+    const __mmask16 keep = first_lanes16(valid - c * 16);
     const __m512 pj = _mm512_maskz_mov_ps(keep, exp2_avx512(_mm512_sub_ps(_mm512_loadu_ps(s + c * 16), vm)));
     _mm512_storeu_ps(s + c * 16, pj);
     vsum = _mm512_add_ps(vsum, pj);
