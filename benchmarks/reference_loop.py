@@ -198,12 +198,11 @@ def reference_generate(hf_model, khead, prompt_ids, *, mask_token_id: int, eos_t
 
         # Draft loop: every pass forwards the whole K-block over the committed KV, then drops the
         # block's KV again (the cache goes back to P entries).
-        s, passes = 0, 0
-        steps.append([])
+        s = 0
+        steps.append([])  # the step of each pass: their count is the block's draft passes
         while s < K:
             L, _ = run(block, cache)
             _crop_to(cache, P)
-            passes += 1
             steps[-1].append(s)
             full = torch.cat([next_logits[None], L[:-1]], dim=0)  # full[j] predicts block[j]
             prob_max, tok = torch.softmax(full, dim=-1).max(dim=-1)
@@ -242,7 +241,7 @@ def reference_generate(hf_model, khead, prompt_ids, *, mask_token_id: int, eos_t
             L, Hc = run(block, cache)  # commit the drafted block as it is (KV kept)
             next_logits, h_last = L[-1], Hc[-1]
         P += len(committed)
-        trace.append(dict(K=K, draft_passes=passes, committed=len(committed), mismatch=mismatch))
+        trace.append(dict(K=K, draft_passes=len(steps[-1]), committed=len(committed), mismatch=mismatch))
 
         hit = next((i for i, t in enumerate(committed) if t in eos), None)
         if hit is not None:
