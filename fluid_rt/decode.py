@@ -379,7 +379,7 @@ class Decoder:
                           reuse_prefix=True)
             return
         step = functools.partial(step, rows.tokens.shape[1])  # a graph needs the static shape
-        if not (self.cuda_graphs and self.device.type == "cuda"):
+        if not self._captures():
             return step()
         if self._graph is None:  # (re)captured whenever the set of running rows changes
             snapshot = {k: v.clone() for k, v in vars(rows).items() if isinstance(v, torch.Tensor)}
@@ -538,9 +538,13 @@ class Decoder:
         return self.model(tokens, self.cache, rows=rows.cache_rows, logits_slots=logits_slots,
                           widths=widths)
 
+    def _captures(self) -> bool:
+        """Whether elastic steps are captured and replayed as CUDA graphs."""
+        return self.cuda_graphs and self.device.type == "cuda"
+
     def _static_steps(self) -> bool:
         """Whether elastic steps run at the static width (a CUDA graph's) instead of trimmed."""
-        return self._static_width or (self.cuda_graphs and self.device.type == "cuda")
+        return self._static_width or self._captures()
 
     def _count_forward(self, rows: _Rows) -> None:
         for s in rows.seq:
