@@ -231,21 +231,36 @@ AVX512_FN void softmax_update_avx512(float* s, int valid, int n, float* m, float
   }
 }
 
-// D is a multiple of 16 for every supported head size. Each V vector loaded feeds R FMAs.
+// Columns [c, c + 16 C) of O's R rows. Each broadcast of P feeds C FMAs: with C = 2 a key costs
+// 2 + R loads for 2 R FMAs, so the FMAs rather than the loads set the pace.
+template <int R, int C>
+AVX512_FN inline void pv_columns_avx512(const float* P, const float* V, int64_t vs, float* O, int64_t D, int n,
+                                        int64_t c) {
+  __m512 acc[R][C];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+    for (int u = 0; u < C; ++u) acc[i][u] = _mm512_loadu_ps(O + i * D + c + 16 * u);
+  for (int j = 0; j < n; ++j) {
+    __m512 v[C];
+    for (int u = 0; u < C; ++u) v[u] = _mm512_loadu_ps(V + j * vs + c + 16 * u);
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      const __m512 p = _mm512_set1_ps(P[i * kKeyTile + j]);
+      for (int u = 0; u < C; ++u) acc[i][u] = _mm512_fmadd_ps(p, v[u], acc[i][u]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+    for (int u = 0; u < C; ++u) _mm512_storeu_ps(O + i * D + c + 16 * u, acc[i][u]);
+}
+
+// D is a multiple of 16 for every supported head size: 32 columns at a time, 16 for an odd tail
+// (D = 80). Every element still sums its keys in order j = 0, 1, ..., whatever the column split.
 template <int R>
 AVX512_FN void pv_avx512(const float* P, const float* V, int64_t vs, float* O, int64_t D, int n) {
-  for (int64_t c = 0; c < D; c += 16) {
-    __m512 acc[R];
-#pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) acc[i] = _mm512_loadu_ps(O + i * D + c);
-    for (int j = 0; j < n; ++j) {
-      const __m512 v = _mm512_loadu_ps(V + j * vs + c);
-#pragma GCC unroll 8
-      for (int i = 0; i < R; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(P[i * kKeyTile + j]), v, acc[i]);
-    }
-#pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) _mm512_storeu_ps(O + i * D + c, acc[i]);
-  }
+  int64_t c = 0;
+  for (; c + 32 <= D; c += 32) pv_columns_avx512<R, 2>(P, V, vs, O, D, n, c);
+  if (c < D) pv_columns_avx512<R, 1>(P, V, vs, O, D, n, c);
 }
 
 // Row conversion to float (bf16: shift into the top half; fp16: vcvtph2ps). n is a multiple of 16.
