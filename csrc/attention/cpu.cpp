@@ -125,9 +125,16 @@ void scores_scalar(const float* Q, int64_t D, const float* Kt, float* S, int nkb
   }
 }
 
+// Keys of tile [j0, j0 + n) that a row with causal limit lim attends: the first `valid` ones.
+inline int valid_keys(int64_t lim, int64_t j0, int n) {
+  return static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(lim - j0, n)));
+}
+
 // Folds one row's tile of scores s[0 .. valid) into (m, l, o): on return s holds the probabilities
 // exp2(s - m_new) for the first n entries (0 past valid) and o is rescaled by exp2(m_old - m_new).
-void softmax_update_scalar(float* s, int valid, int n, float* m, float* l, float* o, int64_t D) {
+// A row with no valid key only has its s zeroed.
+void softmax_row_scalar(float* s, int valid, int n, float* m, float* l, float* o, int64_t D) {
+  if (valid == 0) return std::fill(s, s + n, 0.f);
   float mx = kNegInf;
   for (int j = 0; j < valid; ++j) mx = std::max(mx, s[j]);
   const float m_new = std::max(*m, mx);
@@ -143,6 +150,16 @@ void softmax_update_scalar(float* s, int valid, int n, float* m, float* l, float
   *m = m_new;
   if (alpha != 1.f)
     for (int64_t d = 0; d < D; ++d) o[d] *= alpha;
+}
+
+// softmax_row_* over the R rows of a micro-kernel block (row i: limit lim[i], s + i * kKeyTile,
+// m[i], l[i], o + i * D).
+using SoftmaxRowsFn = void (*)(float*, const int64_t*, int64_t, int, int, float*, float*, float*, int64_t);
+
+void softmax_rows_scalar(float* s, const int64_t* lim, int64_t j0, int n, int R, float* m, float* l, float* o,
+                         int64_t D) {
+  for (int i = 0; i < R; ++i)
+    softmax_row_scalar(s + i * kKeyTile, valid_keys(lim[i], j0, n), n, m + i, l + i, o + i * D, D);
 }
 
 // O[i] += sum_j P[i][j] * V[j] for j < n.
@@ -206,15 +223,23 @@ AVX512_FN void scores_avx512(const float* Q, int64_t D, const float* Kt, float* 
   }
 }
 
-AVX512_FN void softmax_update_avx512(float* s, int valid, int n, float* m, float* l, float* o, int64_t D) {
+// The rows of a block in one call (inlined, no call per row), and exp2 of the rescale factor by the
+// vector polynomial, skipped when the running max stays (most tiles after the first few).
+AVX512_FN inline void softmax_row_avx512(float* s, int valid, int n, float* m, float* l, float* o, int64_t D) {
   const int chunks = (n + 15) / 16;
+  if (valid == 0) {
+    for (int c = 0; c < chunks; ++c) _mm512_mask_storeu_ps(s + c * 16, first_lanes16(n - c * 16), _mm512_setzero_ps());
+    return;
+  }
   __m512 vmax = _mm512_set1_ps(kNegInf);
   for (int c = 0; c < chunks; ++c) {
     const __mmask16 keep = first_lanes16(valid - c * 16);
     vmax = _mm512_mask_max_ps(vmax, keep, vmax, _mm512_loadu_ps(s + c * 16));
   }
   const float m_new = std::max(*m, _mm512_reduce_max_ps(vmax));
-  const float alpha = std::exp2(*m - m_new);
+  // 0 on the first tile (m = -inf; kMinExp2 makes it 2^-126 times an o that is still 0).
+  const float alpha = m_new == *m ? 1.f
+                                  : _mm512_cvtss_f32(exp2_avx512(_mm512_set1_ps(std::max(*m - m_new, kMinExp2))));
   const __m512 vm = _mm512_set1_ps(m_new);
   __m512 vsum = _mm512_setzero_ps();
   for (int c = 0; c < chunks; ++c) {
@@ -229,6 +254,12 @@ AVX512_FN void softmax_update_avx512(float* s, int valid, int n, float* m, float
     const __m512 va = _mm512_set1_ps(alpha);
     for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(o + d, _mm512_mul_ps(va, _mm512_loadu_ps(o + d)));
   }
+}
+
+AVX512_FN void softmax_rows_avx512(float* s, const int64_t* lim, int64_t j0, int n, int R, float* m, float* l,
+                                   float* o, int64_t D) {
+  for (int i = 0; i < R; ++i)
+    softmax_row_avx512(s + i * kKeyTile, valid_keys(lim[i], j0, n), n, m + i, l + i, o + i * D, D);
 }
 
 // Columns [c, c + 16 C) of O's R rows. Each broadcast of P feeds C FMAs: with C = 2 a key costs
@@ -328,7 +359,7 @@ struct MicroKernels {
   void (*load_row)(const void*, int64_t, DType, float, float*);
   void (*load_k_tile)(const char*, int64_t, int, int, int64_t, DType, float*, float*);
   ScoresFn scores, scores_small;  // kRowBlock / kSmallRowBlock rows
-  void (*softmax_update)(float*, int, int, float*, float*, float*, int64_t);
+  SoftmaxRowsFn softmax_rows;
   PvFn pv, pv_small;
 };
 
@@ -337,11 +368,11 @@ MicroKernels pick_micro_kernels() {
 #ifdef FLUID_RT_ATTN_AVX512
   if (cpu_use_avx512())
     return {load_row_avx512,           load_k_tile_avx512,    scores_avx512<kRowBlock>,
-            scores_avx512<kSmallRowBlock>, softmax_update_avx512, pv_avx512<kRowBlock>,
+            scores_avx512<kSmallRowBlock>, softmax_rows_avx512,   pv_avx512<kRowBlock>,
             pv_avx512<kSmallRowBlock>};
 #endif
   return {load_row,        load_k_tile_scalar, scores_scalar<kRowBlock>, scores_scalar<kSmallRowBlock>,
-          softmax_update_scalar, pv_scalar<kRowBlock>, pv_scalar<kSmallRowBlock>};
+          softmax_rows_scalar,   pv_scalar<kRowBlock>, pv_scalar<kSmallRowBlock>};
 }
 
 // ---- one work item ------------------------------------------------------------------------------
@@ -453,15 +484,8 @@ void attend_keys(const CausalAttentionParams& p, const MicroKernels& mk, const R
       if (lim_max <= j0) continue;  // the whole block is masked in this tile (and every later one)
       float* s = w.s.data() + rb * kKeyTile;
       scores(w.q.data() + rb * D, D, w.kt.data(), s, nkb);
-      for (int i = 0; i < block; ++i) {
-        const int64_t valid = std::min<int64_t>(w.lim[rb + i] - j0, n);
-        float* si = s + i * kKeyTile;
-        if (valid <= 0) {
-          std::fill(si, si + n, 0.f);
-        } else {
-          mk.softmax_update(si, static_cast<int>(valid), n, &w.m[rb + i], &w.l[rb + i], w.o.data() + (rb + i) * D, D);
-        }
-      }
+      mk.softmax_rows(s, w.lim.data() + rb, j0, n, static_cast<int>(block), &w.m[rb], &w.l[rb],
+                      w.o.data() + rb * D, D);
       pv(s, vt, vs, w.o.data() + rb * D, D, n);
     }
   }
