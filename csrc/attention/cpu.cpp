@@ -223,8 +223,9 @@ AVX512_FN void scores_avx512(const float* Q, int64_t D, const float* Kt, float* 
   }
 }
 
-// The rows of a block in one call (inlined, no call per row), and exp2 of the rescale factor by the
-// vector polynomial, skipped when the running max stays (most tiles after the first few).
+// softmax_row_scalar's twin. The rescale factor's exp2 is the vector polynomial's, and is skipped
+// when the running max stays (most tiles after the first few). Inlined into softmax_rows_avx512:
+// one call per row block, not per row.
 AVX512_FN inline void softmax_row_avx512(float* s, int valid, int n, float* m, float* l, float* o, int64_t D) {
   const int chunks = (n + 15) / 16;
   if (valid == 0) {
