@@ -451,8 +451,8 @@ class Decoder:
         step_before = rows.step.clone()
         draft_pred = at_slots(pred, slots)
         # Positions 0..step saw only final tokens: their predictions are the verify's (causality).
-        final = (drafting[:, None] & (position <= step_before[:, None])
-                 & (slots >= rows.start[:, None]))
+        known = position <= step_before[:, None]
+        final = drafting[:, None] & known & (slots >= rows.start[:, None])
         rows.final_pred.copy_(torch.where(final, draft_pred, rows.final_pred))
         rows.passes += drafting.to(torch.int32)
         ops.draft_commit(rows.block, rows.step, rows.drafting, draft_pred,
@@ -466,7 +466,6 @@ class Decoder:
         #  * the last block: what a commit now would take (the agreeing known prefix, or up to the
         #    known mismatch and its correction) already reaches the budget or an EOS. The reference
         #    drafts on (so its trace of that block shows more passes), to the same tokens.
-        known = position <= step_before[:, None]
         wrong = rows.remask[:, None] & known & (rows.block != rows.final_pred)
         any_wrong = wrong.any(1)
         take = torch.where(any_wrong, wrong.int().argmax(1) + 1, step_before + 1)
