@@ -26,9 +26,7 @@ use_checkout()
 from benchmarks.make_random_model import write_model  # noqa: E402
 from benchmarks.reference_loop import load_hf_fluid_model, reference_generate  # noqa: E402
 from fluid_rt.decode import DecodeConfig, Decoder  # noqa: E402
-from fluid_rt.loader import load_model  # noqa: E402
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from fluid_rt.loader import DTYPES, load_model  # noqa: E402
 
 
 def timed(fn, repeats: int, sync):

@@ -22,15 +22,16 @@ from collections import OrderedDict
 
 import torch
 
+from fluid_rt.config import is_int
 from fluid_rt.decode import DecodeConfig, Decoder, Generation
 from fluid_rt.loader import DTYPES, load_model, resolve_dtype_device
+from fluid_rt.policies import COMMITS, HORIZONS
 
 # Keys of a --input request line that are decode parameters (everything else is rejected).
 REQUEST_KEYS = {"prompt", "prompt_ids", "chat", "mode", "max_new_tokens", "block_size", "min_block",
                 "threshold", "remask", "horizon", "commit", "eos_token_ids"}
 PROMPT_KEYS = ("prompt", "prompt_ids", "chat")
-CHOICES = {"mode": ("elastic", "ar"), "horizon": ("khead", "entropy", "fixed"),
-           "commit": ("confidence", "entropy")}
+CHOICES = {"mode": ("elastic", "ar"), "horizon": HORIZONS, "commit": COMMITS}
 
 
 class CLIError(Exception):
@@ -99,15 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", help="HF checkpoint directory or .gguf file (default: the embedded "
                    "SmolLM2-135M-Instruct)")
     g.add_argument("--head", help="K-head file or directory (model_head.bin / .safetensors)")
-    g.add_argument("--mode", choices=["elastic", "ar"],
+    g.add_argument("--mode", choices=CHOICES["mode"],
                    help="default: elastic when the model has a K-head, else ar")
     g.add_argument("--block-size", type=_positive_int, default=16)
     g.add_argument("--min-block", type=_positive_int, default=4)
     g.add_argument("--threshold", type=_finite_float, default=None,
                    help="commit threshold: max-prob (default 0.9) or entropy in nats (default 0.3)")
-    g.add_argument("--horizon", choices=["khead", "entropy", "fixed"],
+    g.add_argument("--horizon", choices=CHOICES["horizon"],
                    help="default: khead when the model has a K-head, else entropy")
-    g.add_argument("--commit", choices=["confidence", "entropy"], default="confidence")
+    g.add_argument("--commit", choices=CHOICES["commit"], default="confidence")
     g.add_argument("--no-remask", action="store_true", help="skip verification (lossy, faster)")
     g.add_argument("--max-new-tokens", type=_positive_int, default=64)
     g.add_argument("--chat", action="store_true", help="apply the model's chat template to the "
@@ -232,10 +233,6 @@ def _show(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not 1
-
-
 def _check_value(key: str, value) -> None:
     """One request value has the JSON type its key needs: nothing is coerced (bool("false") is
     True, int(2.9) is 2, list("486") is three ids)."""
@@ -251,17 +248,17 @@ def _check_value(key: str, value) -> None:
             raise ValueError(f"{key}: expected one of {', '.join(CHOICES[key])}, got "
                              f"{_show(value)}")
     elif key in ("max_new_tokens", "block_size", "min_block"):
-        if not _is_int(value) or value < 1:
+        if not is_int(value) or value < 1:
             raise ValueError(f"{key}: expected an integer >= 1, got {_show(value)}")
     elif key == "threshold":
-        if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value):
+        if not (is_int(value) or isinstance(value, float)) or not math.isfinite(value):
             raise ValueError(f"threshold: expected a finite number, got {_show(value)}")
     elif key == "prompt_ids":
-        if not isinstance(value, list) or not value or not all(map(_is_int, value)):
+        if not isinstance(value, list) or not value or not all(map(is_int, value)):
             raise ValueError(f"prompt_ids: expected a non-empty list of integers, got "
                              f"{_show(value)}")
     elif key == "eos_token_ids":  # an int, or a list of ints where [] means: no EOS at all
-        if not _is_int(value) and not (isinstance(value, list) and all(map(_is_int, value))):
+        if not is_int(value) and not (isinstance(value, list) and all(map(is_int, value))):
             raise ValueError(f"eos_token_ids: expected an integer or a list of integers, got "
                              f"{_show(value)}")
 
@@ -337,11 +334,9 @@ def _read_requests(path: str) -> list[tuple[int, dict]]:
 # -- loading -------------------------------------------------------------------------------------
 
 # The Python API's words in messages that reach a CLI user, and the flags that say the same.
-_API_WORDS = [("pass mask_token_id= to load_model", "pass --mask-token-id"),
-              ("set mask_token_id or use mode='ar'", "pass --mask-token-id, or --mode ar"),
-              ("mode='ar'", "--mode ar"), ("mask_token_id=", "--mask-token-id"),
-              ("horizon 'khead'", "--horizon khead"), ("use horizon 'entropy' or 'fixed'",
-                                                       "use --horizon entropy or fixed")]
+# (A missing or out-of-vocabulary mask token never reaches them: _check_decode says it first.)
+_API_WORDS = [("horizon 'khead'", "--horizon khead"),
+              ("use horizon 'entropy' or 'fixed'", "use --horizon entropy or fixed")]
 
 
 def _cli_words(message: str) -> str:
@@ -438,9 +433,11 @@ def _check_decode(ids: list[int], cfg: DecodeConfig, loaded, decoder: Decoder) -
     missing mask token gets its own message: the decoder cannot tell why there is none."""
     if cfg.mode == "elastic" and decoder.mask_token_id is None:
         mask = loaded.fluid.mask_token_id if loaded.fluid is not None else None
-        why = ("this model names none" if mask is None else  # else _decoder dropped it:
-               f"this model's mask id {mask} (default / fluid.json) is outside its "
-               f"vocabulary of {loaded.config.vocab_size}")
+        if mask is None:  # none named, or the loader dropped one (a model without a K-head)
+            why = "this model has none (none named, or one outside its vocabulary)"
+        else:  # _decoder dropped it
+            why = (f"this model's mask id {mask} (default / fluid.json) is outside its "
+                   f"vocabulary of {loaded.config.vocab_size}")
         raise CLIError(f"elastic decoding needs a FLUID mask token, and {why}: pass "
                        "--mask-token-id ID, or --mode ar")
     try:
@@ -524,14 +521,11 @@ def cmd_generate(args) -> int:
     decoder = _decoder(loaded)
     eot = _end_of_think_id(loaded) if args.stop_at_end_of_think else None
 
-    def check(ids, cfg):
-        _check_decode(ids, cfg, loaded, decoder)
-
     if requests is not None:
-        return _generate_batch(args, loaded, decoder, requests, eot, check)
+        return _generate_batch(args, loaded, decoder, requests, eot)
     cfg = _decode_config(args, loaded, eot)
     ids = _prompt_ids(loaded, args.prompt, args.prompt_ids, args.chat)
-    check(ids, cfg)
+    _check_decode(ids, cfg, loaded, decoder)
     for flag in ("--show-horizon", "--horizon-plot"):
         if getattr(args, flag[2:].replace("-", "_")) and cfg.mode != "elastic":
             raise CLIError(f"{flag}: mode {cfg.mode} has no horizons (it needs --mode elastic)")
@@ -571,7 +565,7 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _generate_batch(args, loaded, decoder: Decoder, requests, eot, check) -> int:
+def _generate_batch(args, loaded, decoder: Decoder, requests, eot) -> int:
     """--input/--output: requests decoded in batches of equal parameters, results in input order.
     Every request is turned into (config, prompt ids) and checked before the first batch runs."""
     groups: OrderedDict = OrderedDict()
@@ -582,7 +576,7 @@ def _generate_batch(args, loaded, decoder: Decoder, requests, eot, check) -> int
             # --chat is the default of text requests; prompt_ids lines have no text to template
             chat = req.get("chat", args.chat and "prompt" in req)
             ids = _prompt_ids(loaded, req.get("prompt"), req.get("prompt_ids"), chat)
-            check(ids, cfg)
+            _check_decode(ids, cfg, loaded, decoder)
         except (CLIError, ValueError) as err:
             raise CLIError(f"{args.input}:{n}: {err}") from None
         groups.setdefault(cfg, []).append((i, ids))

@@ -112,9 +112,8 @@ class ModelConfig:
         else:
             eos_ids = (int(eos),)
         rope_scaling = d.get("rope_scaling")
-        if rope_scaling is not None:
-            _check_rope_scaling(rope_scaling)
-            rope_scaling = dict(rope_scaling)
+        if isinstance(rope_scaling, dict):  # (anything else is refused by __post_init__'s check)
+            rope_scaling = dict(rope_scaling)  # a copy the config owns
         # transformers >= 5 may store rope_theta inside rope_parameters.
         rope_params = d.get("rope_parameters") or {}
         if not isinstance(rope_params, dict):
@@ -172,6 +171,11 @@ def _check_rope_scaling(scaling) -> None:
         raise ValueError("rope_scaling: llama3 needs low_freq_factor < high_freq_factor")
 
 
+def is_int(value) -> bool:
+    """An int that is not a bool (JSON true is no number)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _positive_finite(value) -> bool:
     """A real number (not a bool: JSON true is no number) in (0, inf)."""
     return (not isinstance(value, bool) and isinstance(value, numbers.Real)
@@ -188,7 +192,7 @@ def _positive_int(d: dict, key: str, default=None) -> int:
         value = default
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if not is_int(value) or value <= 0:
         raise ValueError(f"{key}: must be a positive int, got {value!r}")
     return value
 
@@ -273,11 +277,10 @@ class FluidConfig:
         values.update({k: v for k, v in overrides.items() if v is not None})
         for name in ("mask_token_id", "end_of_think_token_id"):
             value = values[name]
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 0):
+            if value is not None and (not is_int(value) or value < 0):
                 raise ValueError(f"{source}: {name} must be a non-negative int or null, got "
                                  f"{value!r}")
         fluid = cls(**values)
-        if isinstance(fluid.max_k, bool) or not isinstance(fluid.max_k, int) or fluid.max_k < 1:
+        if not is_int(fluid.max_k) or fluid.max_k < 1:
             raise ValueError(f"{source}: max_k must be a positive int, got {fluid.max_k!r}")
         return fluid

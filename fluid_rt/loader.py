@@ -120,8 +120,9 @@ def load_model(path: Optional[str] = None, *, head: Optional[str] = None,
         if given is not None:
             raise ValueError(f"{name}: {value} is outside the vocabulary (size {cfg.vocab_size})")
         if name == "end_of_think_token_id" or khead is None:
-            # The openPangu defaults mean nothing in another vocabulary: a plain AR model (no
-            # K-head) has no mask token, and a token the model cannot emit never ends a think.
+            # An id past the vocabulary (fluid.json's, or openPangu's default on a smaller
+            # vocabulary) means nothing: a plain AR model (no K-head) then has no mask token, and
+            # a token the model cannot emit never ends a think.
             setattr(fluid, name, None)
             continue
         warnings.warn(f"{path}: {name} {value} (default / fluid.json) is outside the vocabulary "
