@@ -14,6 +14,7 @@ except ImportError as err:  # pragma: no cover - only hit on a broken install
         f"(or see DEVELOPERS.md for an in-place build). Original error: {err}"
     ) from err
 
+from fluid_rt.cpu_isa import cpu_isa, use_cpu_isa  # noqa: E402  (validates FLUID_RT_CPU_ISA)
 from fluid_rt import ops  # noqa: E402
 from fluid_rt.decode import DecodeConfig, Decoder, Generation  # noqa: E402
 from fluid_rt.loader import LoadedModel, load_model  # noqa: E402
@@ -28,8 +29,12 @@ def build_info() -> dict:
         "with_cuda": bool(_C.with_cuda),
         "cuda_archs": list(_C.cuda_archs),
         "cpu_avx512_compiled": bool(_C.cpu_avx512_compiled),
+        "cpu_isa": _C.cpu_isa(),
+        "cpu_isas": list(_C.cpu_isas_compiled()),
+        "cpu_isas_supported": list(_C.cpu_isas_supported()),
+        "cpu_features": dict(_C.cpu_features()),
     }
 
 
-__all__ = ["ops", "build_info", "load_model", "LoadedModel", "Decoder", "DecodeConfig",
+__all__ = ["ops", "build_info", "cpu_isa", "use_cpu_isa", "load_model", "LoadedModel", "Decoder", "DecodeConfig",
            "Generation", "__version__"]

@@ -46,3 +46,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def _supported_cpu_isas():
+    import fluid_rt
+
+    return list(fluid_rt._C.cpu_isas_supported())
+
+
+@pytest.fixture(params=_supported_cpu_isas())
+def cpu_isa(request):
+    """Runs the test once per CPU path this machine supports (portable, avx2, avx512), with the
+    kernels switched to that path for the test's duration; the value is the path's name."""
+    import fluid_rt
+
+    with fluid_rt.use_cpu_isa(request.param):
+        yield request.param
