@@ -1,6 +1,7 @@
 """token_entropy against a float64 reference written out here (softmax in fp64).
 
-The same checks run on CPU (AVX-512 and the portable fallback, one and two threads, split rows)
+The same checks run on CPU (every CPU path the machine has: avx512, avx2, portable; one and two
+threads, split rows)
 and, marked ``cuda``, on a GPU.
 """
 
@@ -10,6 +11,7 @@ import random
 import pytest
 import torch
 
+import fluid_rt
 from fluid_rt.ops import TokenStats, token_entropy
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
@@ -53,13 +55,18 @@ def check_close(out: TokenStats, logits: torch.Tensor, temperature: float = 1.0,
     torch.testing.assert_close(got[3].double(), lse, rtol=1e-5, atol=2e-6)
 
 
-@pytest.fixture(params=["avx512", "portable"])
-def cpu_path(request, monkeypatch):
-    if request.param == "portable":
-        monkeypatch.setenv("FLUID_RT_CPU_PORTABLE", "1")
-    else:
-        monkeypatch.delenv("FLUID_RT_CPU_PORTABLE", raising=False)
-    return request.param
+BEST_ISA = list(fluid_rt._C.cpu_isas_supported())[-1]
+
+
+@pytest.fixture
+def cpu_path(cpu_isa):
+    """Every CPU path this machine has (conftest's cpu_isa); a CUDA variant runs once."""
+    return cpu_isa
+
+
+def cpu_only_variant(device, cpu_path):
+    if device == "cuda" and cpu_path != BEST_ISA:
+        pytest.skip("CPU-path variant")
 
 
 @pytest.fixture
@@ -80,8 +87,7 @@ def gen(seed: int):
 @pytest.mark.parametrize("V", [1, 7, 4099, 50257, 153376])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_random_rows(device, V, dtype, cpu_path, threads2):
-    if device == "cuda" and cpu_path == "portable":
-        pytest.skip("CPU-only variant")
+    cpu_only_variant(device, cpu_path)
     rows = 3 if V < 100000 else 2
     x = (torch.randn(rows, V, generator=gen(V)) * 3).to(dtype).to(device)
     check_close(token_entropy(x), x)
@@ -102,8 +108,7 @@ def test_leading_shapes(device, shape, threads2):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_single_long_row_split(device, threads, cpu_path):
     """One row of 153376 is cut across threads (CPU) or CTAs (CUDA) and merged."""
-    if device == "cuda" and cpu_path == "portable":
-        pytest.skip("CPU-only variant")
+    cpu_only_variant(device, cpu_path)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -121,7 +126,8 @@ def test_single_long_row_split(device, threads, cpu_path):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("temperature", [0.05, 0.7, 1.0, 3.0, 1e3])
-def test_temperatures(device, temperature):
+def test_temperatures(device, temperature, cpu_path):
+    cpu_only_variant(device, cpu_path)
     x = (torch.randn(4, 4099, generator=gen(5)) * 2).to(device)
     check_close(token_entropy(x, temperature), x, temperature)
 
@@ -129,8 +135,7 @@ def test_temperatures(device, temperature):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_large_magnitude(device, dtype, cpu_path):
-    if device == "cuda" and cpu_path == "portable":
-        pytest.skip("CPU-only variant")
+    cpu_only_variant(device, cpu_path)
     g = gen(3)
     x = (1e4 + torch.randn(3, 50257, generator=g) * 5).to(dtype)
     x[1] = (-1e4 + torch.randn(50257, generator=g) * 50).to(dtype)
@@ -142,8 +147,7 @@ def test_large_magnitude(device, dtype, cpu_path):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_peaky_rows(device, cpu_path):
-    if device == "cuda" and cpu_path == "portable":
-        pytest.skip("CPU-only variant")
+    cpu_only_variant(device, cpu_path)
     g = gen(9)
     x = torch.randn(5, 50257, generator=g)
     x[0, 123] = 40.0   # entropy ~ 1e-12: atol decides
@@ -163,8 +167,7 @@ def test_peaky_rows(device, cpu_path):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_ties_first_index(device, dtype, cpu_path, threads2):
-    if device == "cuda" and cpu_path == "portable":
-        pytest.skip("CPU-only variant")
+    cpu_only_variant(device, cpu_path)
     rng = random.Random(4)
     V = 70001
     x = torch.randn(6, V, generator=gen(4)).clamp(-3, 3)
@@ -235,8 +238,7 @@ def _nonfinite_case(dtype, device, V):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("V", [7, 4099, 70001])
 def test_nonfinite_rules(device, dtype, V, cpu_path, threads2):
-    if device == "cuda" and cpu_path == "portable":
-        pytest.skip("CPU-only variant")
+    cpu_only_variant(device, cpu_path)
     x = _nonfinite_case(dtype, device, V)
     out = token_entropy(x, 0.6)
     ent, mp, am, lse = (t.cpu() for t in out)
@@ -267,8 +269,7 @@ def test_nonfinite_rules(device, dtype, V, cpu_path, threads2):
 @pytest.mark.parametrize("device", DEVICES)
 def test_nonfinite_single_long_row(device, cpu_path):
     """Non-finite entries in one piece of a split row still decide the whole row."""
-    if device == "cuda" and cpu_path == "portable":
-        pytest.skip("CPU-only variant")
+    cpu_only_variant(device, cpu_path)
     V = 153376
     x = torch.randn(V, generator=gen(2)).to(device)
     y = x.clone()
