@@ -32,8 +32,9 @@ def tables(T, D, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("B,T,H,D", [(1, 1, 1, 2), (2, 5, 3, 16), (1, 17, 12, 64), (3, 2, 4, 128)])
-def test_matches_hf_exactly(dtype, B, T, H, D):
+@pytest.mark.parametrize("B,T,H,D", [(1, 1, 1, 2), (2, 5, 3, 16), (1, 17, 12, 64), (3, 2, 4, 128), (2, 3, 2, 20),
+                                     (20, 30, 2, 128)])
+def test_matches_hf_exactly(dtype, B, T, H, D, cpu_isa):
     """The q/k heads of a fused projection (a strided view), rotated in place; the v part and the
     rest of the buffer untouched."""
     gen = torch.Generator().manual_seed(B * 100 + T * 10 + H + D)
@@ -110,7 +111,7 @@ def test_bad_arguments_raise_value_error(name, call, word):
         call()
 
 
-def test_fuzz_malformed_calls_never_crash():
+def test_fuzz_malformed_calls_never_crash(cpu_isa):
     """Random shapes, dtypes and strides: only Python errors, and every accepted call is HF's."""
     rng = random.Random(7)
     dtypes = [torch.float32] * 4 + [torch.bfloat16, torch.float64, torch.int32]
