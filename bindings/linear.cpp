@@ -1,4 +1,5 @@
-// pack_linear_weight / packed_linear: schemas, argument checks and the CPU impls (tensor -> params).
+// pack_linear_weight / packed_linear / unpack_linear_weight: schemas, argument checks and the CPU
+// impls (tensor -> params).
 // CPU-only by design: on CUDA the model's matmuls are cuBLAS's, which needs no packing.
 // float32 and bfloat16 (the weight, x, bias and output share one dtype).
 #include <ATen/ops/addmm.h>
@@ -13,40 +14,43 @@
 namespace fluid_rt {
 namespace {
 
-void check_cpu(const at::Tensor& t, const char* name) {
-  FLUID_CHECK(t.is_cpu(), name, ": packed linear is a CPU kernel (on CUDA use torch.matmul), got ",
-              "a tensor on ", t.device());
-}
+constexpr uint32_t kLinearFloat = kOpFloat | kF32 | kBF16;  // one dtype for weight, x, bias and y
+constexpr char kCpuOnly[] = "packed linear is a CPU kernel (on CUDA use torch.matmul)";
 
-DType linear_dtype_of(const at::Tensor& t, const char* name) {
-  FLUID_CHECK_VALUE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16, name,
-                    ": expected float32 or bfloat16, got ", t.scalar_type());
+constexpr ArgSpec kPackArgs[] = {
+    {"weight", kLinearFloat, "out_features>=1 in_features>=1"},  // any strides
+};
+constexpr ArgSpec kUnpackArgs[] = {
+    {"packed", kLinearFloat, "out_features>=1 in_features>=1", Layout::kContiguous},
+};
+constexpr ArgSpec kPackedLinearArgs[] = {
+    {"x", kLinearFloat, "... features", Layout::kRows},  // features: in_features, or 2x with silu_and_mul
+    {"packed", kLinearFloat, "out_features>=1 in_features>=1", Layout::kContiguous},
+    {"bias", kLinearFloat, "out_features", Layout::kContiguous, kOptional},
+};
+constexpr OpSpec kPackSpec{kPackArgs, kCpuOnly};
+constexpr OpSpec kUnpackSpec{kUnpackArgs, kCpuOnly};
+constexpr OpSpec kPackedLinearSpec{kPackedLinearArgs, kCpuOnly};
+
+DType linear_dtype(const at::Tensor& t) {
   return t.scalar_type() == at::kFloat ? DType::kFloat32 : DType::kBFloat16;
 }
 
-// A packed weight: [out_features, in_features], contiguous, in_features even for bfloat16.
-void check_packed(const at::Tensor& packed, DType dt) {
-  check_rank(packed, 2, "packed");
-  check_contiguous(packed, "packed");
-  FLUID_CHECK_VALUE(packed.size(0) >= 1 && packed.size(1) >= 1 && (dt == DType::kFloat32 || packed.size(1) % 2 == 0),
-                    "packed: expected [out_features, in_features] with both >= 1 (in_features even for ",
-                    "bfloat16), got shape ", packed.sizes());
+// bfloat16 weights are packed in k pairs (the operand of vdpbf16ps).
+void check_even_in_features(const at::Tensor& weight, const char* name) {
+  FLUID_CHECK_VALUE(weight.scalar_type() != at::kBFloat16 || weight.size(1) % 2 == 0, name,
+                    ": bfloat16 packs k in pairs and needs an even in_features, got shape ", weight.sizes());
 }
 
 at::Tensor pack_linear_weight_impl(const at::Tensor& weight) {
-  check_cpu(weight, "weight");
-  const DType dt = linear_dtype_of(weight, "weight");
-  check_rank(weight, 2, "weight");
+  check_args(kPackSpec, {weight});
+  check_even_in_features(weight, "weight");
   const int64_t N = weight.size(0), K = weight.size(1);
-  FLUID_CHECK_VALUE(N >= 1 && K >= 1, "weight: expected [out_features, in_features] with both >= 1, ",
-                    "got shape ", weight.sizes());
-  FLUID_CHECK_VALUE(dt == DType::kFloat32 || K % 2 == 0, "weight: bfloat16 packs k in pairs and needs ",
-                    "an even in_features, got shape ", weight.sizes());
   // The weight's own shape (csrc/linear/params.h): N * K elements in panel order.
   at::Tensor packed = at::empty({N, K}, weight.options());
   PackLinearParams p;
   p.w = weight.data_ptr();
-  p.dtype = dt;
+  p.dtype = linear_dtype(weight);
   p.stride_n = weight.stride(0);
   p.stride_k = weight.stride(1);
   p.packed = packed.data_ptr();
@@ -57,9 +61,8 @@ at::Tensor pack_linear_weight_impl(const at::Tensor& weight) {
 }
 
 at::Tensor unpack_linear_weight_impl(const at::Tensor& packed) {
-  check_cpu(packed, "packed");
-  const DType dt = linear_dtype_of(packed, "packed");
-  check_packed(packed, dt);
+  check_args(kUnpackSpec, {packed});
+  check_even_in_features(packed, "packed");
   const int64_t N = packed.size(0), K = packed.size(1);
   at::Tensor weight = at::empty({N, K}, packed.options());
   PackLinearParams p;
@@ -67,7 +70,7 @@ at::Tensor unpack_linear_weight_impl(const at::Tensor& packed) {
   p.stride_n = K;
   p.stride_k = 1;
   p.packed = packed.data_ptr();
-  p.dtype = dt;
+  p.dtype = linear_dtype(packed);
   p.K = K;
   p.N = N;
   unpack_linear_weight_cpu(p);
@@ -111,27 +114,13 @@ at::Tensor wide_linear(const at::Tensor& x2, const at::Tensor& packed, const std
 
 at::Tensor packed_linear_impl(const at::Tensor& x, const at::Tensor& packed,
                               const std::optional<at::Tensor>& bias, bool silu_and_mul) {
-  check_cpu(x, "x");
-  check_cpu(packed, "packed");
-  const DType dt = linear_dtype_of(x, "x");
-  check_dtype(packed, x.scalar_type(), "packed");
-  FLUID_CHECK_VALUE(x.dim() >= 1, "x: expected a tensor of shape [..., in_features], got a 0-d tensor");
-  const int64_t x_row_stride = collapsed_row_stride(x, "x");
-  check_packed(packed, dt);
+  check_args(kPackedLinearSpec, {x, packed, bias});
+  check_even_in_features(packed, "packed");
   const int64_t out_features = packed.size(0), K = packed.size(1);
   FLUID_CHECK_VALUE(x.size(-1) == (silu_and_mul ? 2 * K : K), "x: the last dim must be ",
                     silu_and_mul ? "2 * in_features = " : "in_features = ", silu_and_mul ? 2 * K : K,
                     " (packed is ", packed.sizes(), "), got shape ", x.sizes());
-  PackedLinearParams p;
-  if (bias.has_value()) {
-    const at::Tensor& b = *bias;
-    check_cpu(b, "bias");
-    check_dtype(b, x.scalar_type(), "bias");
-    check_rank(b, 1, "bias");
-    check_size(b, 0, out_features, "bias", "out_features");
-    check_contiguous(b, "bias");
-    p.bias = b.data_ptr();
-  }
+  const DType dt = linear_dtype(x);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = out_features;
   const int64_t M = x.numel() / x.size(-1);
@@ -141,9 +130,11 @@ at::Tensor packed_linear_impl(const at::Tensor& x, const at::Tensor& packed,
     return wide_linear(x2, packed, bias, dt).view(out_shape);
   }
   at::Tensor y = at::empty(out_shape, x.options());
+  PackedLinearParams p;
   p.x = x.data_ptr();
-  p.x_row_stride = x_row_stride;
+  p.x_row_stride = row_stride(x);
   p.packed = packed.data_ptr();
+  p.bias = bias.has_value() ? bias->data_ptr() : nullptr;
   p.y = y.data_ptr();
   p.dtype = dt;
   p.y_row_stride = out_features;
