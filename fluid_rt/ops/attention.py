@@ -83,8 +83,10 @@ def _torch_attention(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, 
         L = seqlens[b] + T
         qb, kb, vb = q[b].transpose(0, 1), k_cache[r, :L].transpose(0, 1), v_cache[r, :L].transpose(0, 1)
         mask = torch.ones(T, L, dtype=torch.bool).tril(diagonal=L - T)
-        out[b] = F.scaled_dot_product_attention(qb[None], kb[None], vb[None], attn_mask=mask, scale=scale,
-                                                enable_gqa=True)[0].transpose(0, 1)
+        # An empty cache (prefill): is_causal is the same mask, and SDPA skips the masked blocks.
+        causal = dict(is_causal=True) if L == T else dict(attn_mask=mask)
+        out[b] = F.scaled_dot_product_attention(qb[None], kb[None], vb[None], scale=scale, enable_gqa=True,
+                                                **causal)[0].transpose(0, 1)
         if want_lse:
             scores = torch.matmul(qb.float(), kb.float().repeat_interleave(group, 0).transpose(1, 2)) * scale
             lse[b] = torch.logsumexp(scores.masked_fill_(~mask, float("-inf")), -1).transpose(0, 1)
