@@ -82,14 +82,21 @@ def _torch_attention(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, 
     for b, r in enumerate(rows):
         L = seqlens[b] + T
         qb, kb, vb = q[b].transpose(0, 1), k_cache[r, :L].transpose(0, 1), v_cache[r, :L].transpose(0, 1)
-        mask = torch.ones(T, L, dtype=torch.bool).tril(diagonal=L - T)
         # An empty cache (prefill): is_causal is the same mask, and SDPA skips the masked blocks.
-        causal = dict(is_causal=True) if L == T else dict(attn_mask=mask)
+        # Otherwise an additive mask, -inf above the diagonal of the last T keys (a bool mask would be
+        # converted to this inside SDPA: one tensor op more per call).
+        if L == T:
+            causal = dict(is_causal=True)
+        else:
+            mask = torch.zeros(T, L, dtype=q.dtype)
+            mask[:, L - T:] = torch.full((T, T), float("-inf"), dtype=q.dtype).triu_(1)
+            causal = dict(attn_mask=mask)
         out[b] = F.scaled_dot_product_attention(qb[None], kb[None], vb[None], scale=scale, enable_gqa=True,
                                                 **causal)[0].transpose(0, 1)
         if want_lse:
             scores = torch.matmul(qb.float(), kb.float().repeat_interleave(group, 0).transpose(1, 2)) * scale
-            lse[b] = torch.logsumexp(scores.masked_fill_(~mask, float("-inf")), -1).transpose(0, 1)
+            scores.masked_fill_(torch.ones(T, L, dtype=torch.bool).triu_(L - T + 1), float("-inf"))
+            lse[b] = torch.logsumexp(scores, -1).transpose(0, 1)
     return out, lse
 
 
