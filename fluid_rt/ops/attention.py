@@ -16,19 +16,19 @@ __all__ = ["causal_attention", "SUPPORTED_HEAD_DIMS", "uses_torch_fallback"]
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
 
 # "Never slower than torch" (benchmarks/bench_isa.py measures it per CPU path): the avx2 and avx512
-# kernels beat torch's SDPA at decode and prefill shapes; the portable kernel (4-lane vectors, no
-# FMA on x86-64's baseline) does not (~0.6x at the benchmark shapes), so on that path the wrapper
-# runs torch's SDPA instead. Tiny calls stay on our kernel: there the per-row SDPA calls cost more
-# than the work (a SmolLM2 decode step: T ~ 9, a few hundred keys).
+# kernels beat torch's SDPA at the benchmark's decode and prefill shapes; the portable kernel (4-lane
+# vectors, and no FMA on x86-64's baseline) measured 0.6-0.75x SDPA there, and slower than this
+# fallback also for one query per row and for small GQA groups, so on that path the wrapper always
+# runs torch's SDPA.
 _FALLBACK_PATHS = ("portable",)
-_FALLBACK_MIN_QUERIES = 4
 _force_kernel = False
 
 
 def uses_torch_fallback(seqlen_q: int) -> bool:
     """Whether ``causal_attention`` on CPU tensors with ``seqlen_q`` queries per row runs torch's
-    SDPA (see _FALLBACK_PATHS) rather than our kernel on the CPU path in use."""
-    return not _force_kernel and _C.cpu_isa() in _FALLBACK_PATHS and seqlen_q >= _FALLBACK_MIN_QUERIES
+    SDPA (see _FALLBACK_PATHS) rather than our kernel on the CPU path in use. (Every ``seqlen_q``
+    today; the argument is there for shape-dependent rules.)"""
+    return not _force_kernel and _C.cpu_isa() in _FALLBACK_PATHS and seqlen_q >= 0
 
 
 @contextlib.contextmanager
@@ -146,9 +146,9 @@ def causal_attention(
     ``cache_seqlens[b] + T <= S_max``. On the CPU violations raise ValueError; on CUDA (no host sync)
     such rows get NaN in ``out`` and ``lse`` and their cache is left untouched.
 
-    On the CPU's portable path (``fluid_rt.cpu_isa()``) calls of 4 or more queries per row run
-    torch's SDPA instead of our kernel, which is slower there (``uses_torch_fallback``); their rows
-    are then not bitwise independent of the call's width.
+    On the CPU's portable path (``fluid_rt.cpu_isa()``) this runs torch's SDPA instead of our
+    kernel, which is slower there (``uses_torch_fallback``); rows are then not bitwise independent of
+    the call's width.
 
     Returns:
         ``out [B, T, Hq, D]`` in q's dtype, and with ``return_lse`` also ``lse [B, T, Hq]`` float32
