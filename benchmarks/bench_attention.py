@@ -103,14 +103,19 @@ def main():
                 case, baseline, ours = make_case(name, cached, T, dtype, args.device)
                 base_ms, ours_ms = median_ms_pair(baseline, ours, args.device, 3, iters)
                 rows.append({"case": f"{case} {dt_name}", "device": args.device,
+                             "cpu_isa": fluid_rt.cpu_isa() if args.device == "cpu" else None,
+                             "kernel": "torch SDPA (fallback)" if args.device == "cpu"
+                             and fluid_rt.ops.attention.uses_torch_fallback(T) else "ours",
                              "threads": args.threads if args.device == "cpu" else None,
                              "sdpa_ms": base_ms, "ours_ms": ours_ms, "speedup": base_ms / ours_ms})
     if args.json:
         print(json.dumps(rows, indent=2))
         return
+    if args.device == "cpu":
+        print(f"CPU path {fluid_rt.cpu_isa()}, {args.threads} threads")
     print(f"{'case':<44} {'SDPA ms':>10} {'ours ms':>10} {'speedup':>8}")
     for r in rows:
-        print(f"{r['case']:<44} {r['sdpa_ms']:>10.3f} {r['ours_ms']:>10.3f} {r['speedup']:>7.2f}x")
+        print(f"{r['case']:<44} {r['sdpa_ms']:>10.3f} {r['ours_ms']:>10.3f} {r['speedup']:>7.2f}x  {r['kernel']}")
 
 
 if __name__ == "__main__":

@@ -150,13 +150,14 @@ def main():
             ours = run(lambda: token_entropy(x, T), iters, 3)
             gbs = x.numel() * x.element_size() / (ours * 1e-3) / 1e9
             results.append(dict(shape=[rows, V], dtype=dname, device=device, threads=args.threads, graph=args.graph,
+                                cpu_isa=fluid_rt.cpu_isa() if device == "cpu" else None,
                                 baseline=best, baseline_ms=base, baseline_candidates_ms=base_ms, ours_ms=ours,
                                 speedup=base / ours, ours_gbs=gbs, read_bw_gbs=bw, bw_fraction=gbs / bw))
 
     if args.json:
         print(json.dumps(dict(build=fluid_rt.build_info(), results=results), indent=2))
         return
-    dev = torch.cuda.get_device_name() if device == "cuda" else f"cpu, {args.threads} threads"
+    dev = torch.cuda.get_device_name() if device == "cuda" else f"cpu path {fluid_rt.cpu_isa()}, {args.threads} threads"
     print(f"token_entropy on {dev}; measured read bandwidth {bw:.1f} GB/s (big tensor .sum())")
     hdr = f"{'shape':>12} {'dtype':>5} {'baseline':>9} {'base ms':>9} {'ours ms':>9} {'ratio':>7} {'GB/s':>8} {'of bw':>6}"
     print(hdr)

@@ -12,9 +12,18 @@ import torch
 import torch.nn.functional as F
 
 import fluid_rt
+import fluid_rt.ops.attention as attention_op
 from fluid_rt.ops import causal_attention
 
 HAS_CUDA_KERNELS = bool(fluid_rt.build_info()["with_cuda"]) and torch.cuda.is_available()
+
+
+@pytest.fixture(autouse=True)
+def _our_kernel():
+    """Every test checks our kernel, on every CPU path; the wrapper's torch fallback (which some paths
+    take, see fluid_rt/ops/attention.py) has its own test below."""
+    with attention_op.force_kernel():
+        yield
 
 
 # ---- reference ----------------------------------------------------------------------------------
@@ -196,6 +205,29 @@ def test_rows_bitwise_independent_of_width_and_batch_cpu(dtype, cpu_isa):
                                             vc[b : b + 1], sl[b : b + 1], return_lse=True)
             assert torch.equal(one[0], full[b, :width]), (b, width)
             assert torch.equal(one_lse[0], full_lse[b, :width]), (b, width)
+
+
+@pytest.mark.skipif("portable" not in fluid_rt._C.cpu_isas_supported(), reason="no portable path")
+def test_torch_fallback_cpu(monkeypatch):
+    """On the portable path the wrapper runs torch's SDPA: same contract (cache writes, lse,
+    cache_batch_idx, scale), same reference and tolerances, same errors."""
+    monkeypatch.setattr(attention_op, "_force_kernel", False)
+    with fluid_rt.use_cpu_isa("portable"):
+        assert attention_op.uses_torch_fallback(17) and attention_op.uses_torch_fallback(1)
+        for i, case in enumerate([CASES[3], CASES[4], CASES[7], CASES[10]]):
+            check_case(*case[:6], torch.float32, "cpu", *case[6:], seed=70 + i)
+        check_case(*CASES[1][:6], torch.bfloat16, "cpu", *CASES[1][6:], seed=75)
+        check_case(*CASES[0][:6], torch.float32, "cpu", *CASES[0][6:], seed=78)  # T = 1
+        check_case(1, 40, 4, 2, 64, 40, torch.float16, "cpu", True, False, False, seed=76, seqlens=[0])
+        check_case(2, 5, 8, 2, 64, 90, torch.float32, "cpu", True, True, False, seed=77, scale=0.37)
+        for name, mutate in BAD:
+            a = good_args()
+            mutate(a)
+            if a["q"].dim() != 4:
+                continue
+            with pytest.raises(ValueError, match=name):
+                causal_attention(a["q"], a["k_cache"], a["v_cache"], a["cache_seqlens"], a["k"], a["v"],
+                                 cache_batch_idx=a["cache_batch_idx"])
 
 
 def test_empty_batch_and_no_kv_cpu():

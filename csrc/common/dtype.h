@@ -24,15 +24,22 @@ inline uint16_t float_to_bf16(float f) {
   return static_cast<uint16_t>(bits >> 16);
 }
 
-// IEEE half <-> float through the compiler's _Float16 where it has one (GCC >= 12 on x86-64).
+// IEEE half <-> float through the compiler's half type: _Float16 (GCC >= 12 on x86-64), __fp16 on
+// Arm (GCC 12 has no _Float16 in C++ there).
+#if defined(__aarch64__) || defined(__arm__)
+using HalfFloat = __fp16;
+#else
+using HalfFloat = _Float16;
+#endif
+
 inline float fp16_to_float(uint16_t h) {
-  _Float16 v;
+  HalfFloat v;
   std::memcpy(&v, &h, sizeof(v));
   return static_cast<float>(v);
 }
 
 inline uint16_t float_to_fp16(float f) {
-  _Float16 v = static_cast<_Float16>(f);
+  HalfFloat v = static_cast<HalfFloat>(f);
   uint16_t h;
   std::memcpy(&h, &v, sizeof(h));
   return h;

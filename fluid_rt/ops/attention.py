@@ -2,14 +2,102 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+import contextlib
+from typing import Iterator, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["causal_attention", "SUPPORTED_HEAD_DIMS"]
+from fluid_rt import _C
+
+__all__ = ["causal_attention", "SUPPORTED_HEAD_DIMS", "uses_torch_fallback"]
 
 # Head dims the kernels are instantiated for (csrc/attention/params.h).
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
+
+# "Never slower than torch" (benchmarks/bench_isa.py measures it per CPU path): the avx2 and avx512
+# kernels beat torch's SDPA at the benchmark's decode and prefill shapes; the portable kernel (4-lane
+# vectors, and no FMA on x86-64's baseline) measured 0.6-0.75x SDPA there, and slower than this
+# fallback also for one query per row and for small GQA groups, so on that path the wrapper always
+# runs torch's SDPA.
+_FALLBACK_PATHS = ("portable",)
+_force_kernel = False
+
+
+def uses_torch_fallback(seqlen_q: int) -> bool:
+    """Whether ``causal_attention`` on CPU tensors with ``seqlen_q`` queries per row runs torch's
+    SDPA (see _FALLBACK_PATHS) rather than our kernel on the CPU path in use. (Every ``seqlen_q``
+    today; the argument is there for shape-dependent rules.)"""
+    return not _force_kernel and _C.cpu_isa() in _FALLBACK_PATHS and seqlen_q >= 0
+
+
+@contextlib.contextmanager
+def force_kernel() -> Iterator[None]:
+    """Always run our kernel inside the block (tests and benchmarks of the kernel itself)."""
+    global _force_kernel
+    previous, _force_kernel = _force_kernel, True
+    try:
+        yield
+    finally:
+        _force_kernel = previous
+
+
+def _torch_attention(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, softmax_scale, want_lse):
+    """The op's contract by torch ops, CPU: the binding checks the arguments (a call with no
+    queries), the new k/v go into the caches, then SDPA per row over its keys (bottom-right aligned
+    causal mask) and, when asked for, lse as a logsumexp of the scaled scores (else None). Not
+    bitwise independent of the call's width (torch promises no such thing): the portable path gives
+    up that property of our kernel."""
+    B, T, Hq, D = q.shape
+    torch.ops.fluid_rt.causal_attention(q[:, :0], k_cache, v_cache, cache_seqlens,
+                                        None if k is None else k[:, :0], None if v is None else v[:, :0],
+                                        cache_batch_idx, softmax_scale)
+    # What an empty call cannot see: the new k/v's own T, and memory shared with the caches.
+    for name, t in (("k", k), ("v", v)):
+        if t is not None and t.shape[:2] != q.shape[:2]:
+            raise ValueError(f"{name}: expected [B, T] = {list(q.shape[:2])} leading dims, got {list(t.shape)}")
+    caches = {k_cache.untyped_storage().data_ptr(), v_cache.untyped_storage().data_ptr()}
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t is not None and t.untyped_storage().data_ptr() in caches:
+            raise ValueError(f"{name}: must not share memory with k_cache or v_cache")
+    seqlens = cache_seqlens.tolist()
+    rows = cache_batch_idx.tolist() if cache_batch_idx is not None else list(range(B))
+    if k is not None and T > 0 and len(set(rows)) < len(rows):
+        raise ValueError(f"cache_batch_idx: two query rows name the same cache row, both would write it: {rows}")
+    S_max = k_cache.shape[1]
+    if T > S_max:  # (the binding's checks, for the T of this call)
+        raise ValueError(f"q: {T} query tokens cannot fit a cache of length {S_max} (k_cache dim 1)")
+    for b in range(B):
+        if seqlens[b] + T > S_max:
+            raise ValueError(f"cache_seqlens: row {b} has {seqlens[b]} tokens, + {T} new ones exceed the "
+                             f"cache's {S_max} slots (k_cache dim 1)")
+    if k is not None:
+        for b, r in enumerate(rows):
+            k_cache[r, seqlens[b]:seqlens[b] + T].copy_(k[b])
+            v_cache[r, seqlens[b]:seqlens[b] + T].copy_(v[b])
+    scale = D ** -0.5 if softmax_scale is None else softmax_scale
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty(B, T, Hq, dtype=torch.float32) if want_lse else None
+    group = Hq // k_cache.shape[2]
+    for b, r in enumerate(rows):
+        L = seqlens[b] + T
+        qb, kb, vb = q[b].transpose(0, 1), k_cache[r, :L].transpose(0, 1), v_cache[r, :L].transpose(0, 1)
+        # An empty cache (prefill): is_causal is the same mask, and SDPA skips the masked blocks.
+        # Otherwise an additive mask, -inf above the diagonal of the last T keys (a bool mask would be
+        # converted to this inside SDPA: one tensor op more per call).
+        if L == T:
+            causal = dict(is_causal=True)
+        else:
+            mask = torch.zeros(T, L, dtype=q.dtype)
+            mask[:, L - T:] = torch.full((T, T), float("-inf"), dtype=q.dtype).triu_(1)
+            causal = dict(attn_mask=mask)
+        out[b] = F.scaled_dot_product_attention(qb[None], kb[None], vb[None], scale=scale, enable_gqa=True,
+                                                **causal)[0].transpose(0, 1)
+        if want_lse:
+            scores = torch.matmul(qb.float(), kb.float().repeat_interleave(group, 0).transpose(1, 2)) * scale
+            scores.masked_fill_(torch.ones(T, L, dtype=torch.bool).triu_(L - T + 1), float("-inf"))
+            lse[b] = torch.logsumexp(scores, -1).transpose(0, 1)
+    return out, lse
 
 
 @torch.library.register_fake("fluid_rt::causal_attention")
@@ -58,10 +146,19 @@ def causal_attention(
     ``cache_seqlens[b] + T <= S_max``. On the CPU violations raise ValueError; on CUDA (no host sync)
     such rows get NaN in ``out`` and ``lse`` and their cache is left untouched.
 
+    On the CPU's portable path (``fluid_rt.cpu_isa()``) this runs torch's SDPA instead of our
+    kernel, which is slower there (``uses_torch_fallback``); rows are then not bitwise independent of
+    the call's width.
+
     Returns:
         ``out [B, T, Hq, D]`` in q's dtype, and with ``return_lse`` also ``lse [B, T, Hq]`` float32
         (natural log of the softmax denominator of the scaled scores).
     """
+    if (isinstance(q, torch.Tensor) and q.device.type == "cpu" and q.dim() == 4 and uses_torch_fallback(q.shape[1])
+            and not torch.compiler.is_compiling()):
+        out, lse = _torch_attention(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, softmax_scale,
+                                    return_lse)
+        return (out, lse) if return_lse else out
     out, lse = torch.ops.fluid_rt.causal_attention(
         q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, softmax_scale
     )

@@ -1,8 +1,8 @@
 """token_entropy: per-row softmax statistics of ``logits / temperature`` in one pass over the logits.
 
-Kernels: ``csrc/entropy/`` (CPU: OpenMP + AVX-512 with a portable fallback; CUDA: one or several CTAs
-per row). Schema ``fluid_rt::token_entropy(Tensor logits, float temperature=1.0) -> (Tensor entropy,
-Tensor max_prob, Tensor argmax, Tensor logsumexp)``.
+Kernels: ``csrc/entropy/`` (CPU: OpenMP + one vector kernel per CPU path, avx512 / avx2 / portable;
+CUDA: one or several CTAs per row). Schema ``fluid_rt::token_entropy(Tensor logits, float
+temperature=1.0) -> (Tensor entropy, Tensor max_prob, Tensor argmax, Tensor logsumexp)``.
 
 Non-finite rows (the rules below are applied to the logits, in this order, per row):
 

@@ -1,0 +1,185 @@
+// Torch-free check of the CPU kernels against plain double-precision references, for builds where
+// the Python tests cannot run (the aarch64 cross build of .ci/cross_aarch64.sh, under qemu). There
+// only the portable copies exist, so this checks the portable path. Exit status 0 when every check
+// holds; each failure prints one line.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "attention/params.h"
+#include "common/cpu_isa.h"
+#include "common/dtype.h"
+#include "entropy/params.h"
+#include "norm/params.h"
+#include "rope/params.h"
+
+using namespace fluid_rt;
+
+namespace {
+
+int failures = 0;
+std::mt19937 rng(1234);
+
+void expect(bool ok, const char* what, double got, double want) {
+  if (!ok) {
+    std::printf("FAIL %s: got %.9g, want %.9g\n", what, got, want);
+    ++failures;
+  }
+}
+
+void expect_close(const char* what, double got, double want, double rtol, double atol) {
+  expect(std::fabs(got - want) <= atol + rtol * std::fabs(want), what, got, want);
+}
+
+std::vector<float> randn(size_t n, float scale) {
+  std::normal_distribution<float> d(0.f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// ---- token_entropy ---------------------------------------------------------------------------
+void check_entropy(int64_t rows, int64_t V, DType dt) {
+  std::vector<float> x = randn(rows * V, 3.f);
+  std::vector<uint16_t> h(rows * V);
+  if (dt == DType::kBFloat16)
+    for (size_t i = 0; i < x.size(); ++i) h[i] = float_to_bf16(x[i]), x[i] = bf16_to_float(h[i]);
+  x[V / 2] = 9.f;  // row 0: a clear maximum in the middle
+  if (dt == DType::kBFloat16) h[V / 2] = float_to_bf16(9.f);
+  std::vector<float> ent(rows), mp(rows), lse(rows);
+  std::vector<int64_t> am(rows);
+  TokenEntropyParams p;
+  p.logits = dt == DType::kFloat32 ? static_cast<const void*>(x.data()) : h.data();
+  p.dtype = dt, p.rows = rows, p.vocab = V, p.row_stride = V, p.inv_temperature = 1.f / 0.7f;
+  p.entropy = ent.data(), p.max_prob = mp.data(), p.argmax = am.data(), p.logsumexp = lse.data();
+  token_entropy_cpu(p);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x.data() + r * V;
+    double m = -1e300;
+    int64_t arg = 0;
+    for (int64_t i = 0; i < V; ++i)
+      if (row[i] > m) m = row[i], arg = i;
+    double s = 0, t = 0;
+    for (int64_t i = 0; i < V; ++i) {
+      const double d = (row[i] - m) / 0.7;
+      s += std::exp(d), t += d * std::exp(d);
+    }
+    expect_close("entropy", ent[r], std::log(s) - t / s, 1e-5, 2e-6);
+    expect_close("entropy max_prob", mp[r], 1 / s, 1e-5, 1e-7);
+    expect_close("entropy logsumexp", lse[r], m / 0.7 + std::log(s), 1e-5, 2e-6);
+    expect(am[r] == arg, "entropy argmax", static_cast<double>(am[r]), static_cast<double>(arg));
+  }
+}
+
+void check_entropy_nonfinite() {
+  const int64_t V = 1001;
+  std::vector<float> x = randn(2 * V, 1.f);
+  x[300] = std::numeric_limits<float>::quiet_NaN();                 // row 0: NaN wins
+  x[V + 17] = x[V + 900] = std::numeric_limits<float>::infinity();  // row 1: two +inf
+  std::vector<float> ent(2), mp(2), lse(2);
+  std::vector<int64_t> am(2);
+  TokenEntropyParams p;
+  p.logits = x.data(), p.rows = 2, p.vocab = V, p.row_stride = V;
+  p.entropy = ent.data(), p.max_prob = mp.data(), p.argmax = am.data(), p.logsumexp = lse.data();
+  token_entropy_cpu(p);
+  expect(std::isnan(ent[0]) && am[0] == 300, "entropy NaN row", ent[0], NAN);
+  expect_close("entropy +inf row", ent[1], std::log(2.0), 1e-6, 0);
+  expect(am[1] == 17 && mp[1] == 0.5f && std::isinf(lse[1]), "entropy +inf row argmax", am[1], 17);
+}
+
+// ---- rms_norm -------------------------------------------------------------------------------
+void check_norm(int64_t rows, int64_t H) {
+  std::vector<float> x = randn(rows * H, 2.f), add = randn(rows * H, 1.f), w = randn(H, 1.f), out(rows * H);
+  const std::vector<float> x0 = x;
+  RmsNormParams p;
+  p.x = x.data(), p.add = add.data(), p.add_row_stride = H, p.weight = w.data(), p.out = out.data();
+  p.rows = rows, p.hidden = H, p.eps = 1e-5f;
+  rms_norm_cpu(p);
+  for (int64_t r = 0; r < rows; ++r) {
+    double ss = 0;
+    for (int64_t i = 0; i < H; ++i) {
+      const float sum = x0[r * H + i] + add[r * H + i];
+      expect(x[r * H + i] == sum, "rms_norm residual sum", x[r * H + i], sum);
+      ss += static_cast<double>(sum) * sum;
+    }
+    const double inv = 1 / std::sqrt(ss / H + 1e-5);
+    for (int64_t i = 0; i < H; ++i)
+      expect_close("rms_norm out", out[r * H + i], w[i] * (x[r * H + i] * inv), 1e-5, 1e-5);
+  }
+}
+
+// ---- rope -----------------------------------------------------------------------------------
+void check_rope(int64_t rows, int64_t heads, int64_t D) {
+  std::vector<float> x = randn(rows * heads * D, 2.f), c = randn(rows * D, 1.f), s = randn(rows * D, 1.f);
+  const std::vector<float> x0 = x;
+  RopeParams p;
+  p.x = x.data(), p.row_stride = heads * D, p.cos = c.data(), p.sin = s.data();
+  p.rows = rows, p.heads = heads, p.head_dim = D;
+  rope_cpu(p);
+  const int64_t half = D / 2;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t d = 0; d < D; ++d) {
+        const int64_t i = (r * heads + h) * D + d, j = (r * heads + h) * D + (d < half ? d + half : d - half);
+        // separately rounded products and sum (this file is compiled with -ffp-contract=off)
+        const float a = x0[i] * c[r * D + d], b = x0[j] * s[r * D + d];
+        expect(x[i] == a + b, "rope (bitwise)", x[i], a + b);
+      }
+}
+
+// ---- causal_attention -----------------------------------------------------------------------
+void check_attention(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int64_t S, std::vector<int32_t> seqlens) {
+  std::vector<float> q = randn(B * T * Hq * D, 1.f), kc = randn(B * S * Hkv * D, 1.f), vc = randn(B * S * Hkv * D, 1.f);
+  std::vector<float> out(B * T * Hq * D), lse(B * T * Hq);
+  CausalAttentionParams p;
+  p.q = q.data(), p.q_stride_b = T * Hq * D, p.q_stride_t = Hq * D, p.q_stride_h = D;
+  p.k_cache = kc.data(), p.v_cache = vc.data(), p.cache_seqlens = seqlens.data();
+  p.out = out.data(), p.lse = lse.data();
+  p.batch = B, p.seqlen_q = T, p.heads_q = Hq, p.heads_kv = Hkv, p.head_dim = D, p.cache_batch = B, p.cache_len = S;
+  p.softmax_scale = 1.f / std::sqrt(static_cast<float>(D));
+  causal_attention_cpu(p);
+  const int64_t G = Hq / Hkv;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < Hq; ++h) {
+        const int64_t L = seqlens[b] + t + 1;
+        std::vector<double> sc(L);
+        double m = -1e300, sum = 0;
+        for (int64_t j = 0; j < L; ++j) {
+          double dot = 0;
+          for (int64_t d = 0; d < D; ++d)
+            dot += static_cast<double>(q[((b * T + t) * Hq + h) * D + d]) * kc[((b * S + j) * Hkv + h / G) * D + d];
+          sc[j] = dot * p.softmax_scale;
+          m = std::max(m, sc[j]);
+        }
+        for (int64_t j = 0; j < L; ++j) sum += std::exp(sc[j] - m);
+        expect_close("attention lse", lse[(b * T + t) * Hq + h], m + std::log(sum), 1e-5, 1e-5);
+        for (int64_t d = 0; d < D; ++d) {
+          double o = 0;
+          for (int64_t j = 0; j < L; ++j) o += std::exp(sc[j] - m) / sum * vc[((b * S + j) * Hkv + h / G) * D + d];
+          expect_close("attention out", out[((b * T + t) * Hq + h) * D + d], o, 1e-4, 1e-5);
+        }
+      }
+}
+
+}  // namespace
+
+int main() {
+  std::printf("CPU path %s\n", cpu_isa_name(cpu_isa()));
+  check_entropy(3, 4099, DType::kFloat32);
+  check_entropy(2, 70001, DType::kBFloat16);
+  check_entropy(2, 7, DType::kFloat32);
+  check_entropy_nonfinite();
+  check_norm(3, 576);
+  check_norm(2, 203);
+  check_rope(5, 3, 128);
+  check_rope(2, 2, 20);
+  check_attention(2, 5, 8, 2, 64, 600, {0, 300});  // keys across the 256-key chunks
+  check_attention(1, 3, 6, 1, 80, 40, {7});
+  check_attention(1, 1, 4, 4, 16, 600, {550});     // one query: the split-KV path
+  std::printf(failures ? "%d check(s) failed\n" : "all checks passed\n", failures);
+  return failures ? 1 : 0;
+}
