@@ -14,7 +14,6 @@ import math
 import os
 import struct
 import sys
-from typing import Dict, Tuple
 
 import torch
 
@@ -35,7 +34,7 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024
 _PROGRESS_MIN_BYTES = 512 * 1024 * 1024
 
 
-def read_safetensors_header(path: str) -> Dict[str, dict]:
+def read_safetensors_header(path: str) -> dict[str, dict]:
     """Parse and validate the header of a safetensors file.
 
     Returns ``name -> {"dtype", "shape", "data_offsets"}`` (``__metadata__`` dropped). Raises
@@ -115,7 +114,7 @@ def read_config(path: str) -> ModelConfig:
         raise ValueError(f"{cfg_path}: {err}") from err
 
 
-def _tensor_files(path: str) -> Dict[str, str]:
+def _tensor_files(path: str) -> dict[str, str]:
     """name -> file for every tensor of the checkpoint in ``path`` (index or single file)."""
     index_path = os.path.join(path, INDEX_FILE)
     single = os.path.join(path, SINGLE_FILE)
@@ -148,7 +147,7 @@ def _tensor_files(path: str) -> Dict[str, str]:
 
 
 def load_hf_checkpoint(path: str, dtype: torch.dtype = torch.float32,
-                       progress: bool = None) -> Tuple[ModelConfig, Dict[str, torch.Tensor]]:
+                       progress: bool = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Load an HF checkpoint directory -> ``(ModelConfig, {hf_name: tensor in dtype})``.
 
     Every tensor the config needs must be present with its exact shape, and nothing else
@@ -191,7 +190,7 @@ def load_hf_checkpoint(path: str, dtype: torch.dtype = torch.float32,
 
         bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"loading {os.path.basename(path)}")
     state = {}
-    by_file: Dict[str, list] = {}
+    by_file: dict[str, list] = {}
     for name in expected:
         by_file.setdefault(where[name], []).append(name)
     try:
