@@ -93,17 +93,7 @@ class ModelConfig:
             raise ValueError(f"hidden_size {hidden} is smaller than num_attention_heads {heads} "
                              "(and no head_dim is given)")
         head_dim = _positive_int(d, "head_dim", hidden // heads)
-        if family == "pangu":
-            qkv_bias = o_bias = bool(d.get("bias", False))
-            mlp_bias = False
-        elif family == "llama":
-            # HF Llama's attention_bias puts a bias on q, k, v AND o_proj.
-            qkv_bias = o_bias = bool(d.get("attention_bias", False))
-            mlp_bias = bool(d.get("mlp_bias", False))
-        else:  # qwen2: q/k/v biases always, no o / MLP bias
-            if d.get("use_sliding_window", False):
-                raise ValueError("qwen2 use_sliding_window=true is not supported")
-            qkv_bias, o_bias, mlp_bias = True, False, False
+        qkv_bias, o_bias, mlp_bias = _hf_biases(family, d)
         eos = d.get("eos_token_id")
         if eos is None:
             eos_ids = ()
@@ -111,16 +101,7 @@ class ModelConfig:
             eos_ids = tuple(int(e) for e in eos)
         else:
             eos_ids = (int(eos),)
-        rope_scaling = d.get("rope_scaling")
-        if isinstance(rope_scaling, dict):  # (anything else is refused by __post_init__'s check)
-            rope_scaling = dict(rope_scaling)  # a copy the config owns
-        # transformers >= 5 may store rope_theta inside rope_parameters.
-        rope_params = d.get("rope_parameters") or {}
-        if not isinstance(rope_params, dict):
-            raise ValueError(f"rope_parameters: expected an object, got {rope_params!r}")
-        rope_theta = d.get("rope_theta", rope_params.get("rope_theta", 10000.0))
-        if rope_scaling is None and rope_params and _rope_type(rope_params) != "default":
-            rope_scaling = {k: v for k, v in rope_params.items() if k != "rope_theta"}
+        rope_theta, rope_scaling = _hf_rope(d)
         return cls(
             family=family,
             vocab_size=_positive_int(d, "vocab_size"),
@@ -142,6 +123,36 @@ class ModelConfig:
             eos_token_ids=eos_ids,
             pad_token_id=d.get("pad_token_id"),
         )
+
+
+def _hf_biases(family: str, d: dict) -> tuple[bool, bool, bool]:
+    """(q/k/v bias, o_proj bias, MLP bias) of an HF config dict of ``family``."""
+    if family == "pangu":
+        qkv_o = bool(d.get("bias", False))
+        return qkv_o, qkv_o, False
+    if family == "llama":
+        # HF Llama's attention_bias puts a bias on q, k, v AND o_proj.
+        qkv_o = bool(d.get("attention_bias", False))
+        return qkv_o, qkv_o, bool(d.get("mlp_bias", False))
+    # qwen2: q/k/v biases always, no o / MLP bias
+    if d.get("use_sliding_window", False):
+        raise ValueError("qwen2 use_sliding_window=true is not supported")
+    return True, False, False
+
+
+def _hf_rope(d: dict) -> tuple[Any, dict | None]:
+    """(rope_theta, rope_scaling) of an HF config dict; both are checked by ModelConfig."""
+    rope_scaling = d.get("rope_scaling")
+    if isinstance(rope_scaling, dict):  # (anything else is refused by __post_init__'s check)
+        rope_scaling = dict(rope_scaling)  # a copy the config owns
+    # transformers >= 5 may store rope_theta inside rope_parameters.
+    rope_params = d.get("rope_parameters") or {}
+    if not isinstance(rope_params, dict):
+        raise ValueError(f"rope_parameters: expected an object, got {rope_params!r}")
+    rope_theta = d.get("rope_theta", rope_params.get("rope_theta", 10000.0))
+    if rope_scaling is None and rope_params and _rope_type(rope_params) != "default":
+        rope_scaling = {k: v for k, v in rope_params.items() if k != "rope_theta"}
+    return rope_theta, rope_scaling
 
 
 def _rope_type(scaling: dict) -> str:

@@ -439,20 +439,46 @@ def tokenizer_from_gguf_metadata(meta: dict[str, Any]) -> Tokenizer:
 
     Supported: `tokenizer.ggml.model == "gpt2"` (byte-level BPE)."""
     from gguf import Keys, TokenType
-    from tokenizers import AddedToken, decoders, models, processors
     from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models
 
     K = Keys.Tokenizer
-
     kind = meta.get(K.MODEL)
     if kind != "gpt2":
         raise ValueError(f"GGUF {K.MODEL}={kind!r} is not supported (only 'gpt2' byte-level BPE)")
     tokens: list[str] = list(meta[K.LIST])
-    merges_raw = meta.get(K.MERGES)
-    if merges_raw is None:
-        raise ValueError(f"GGUF byte-level tokenizer has no {K.MERGES}")
     token_types = list(meta.get(K.TOKEN_TYPE) or [TokenType.NORMAL] * len(tokens))
+    vocab, merges = _gguf_bpe_vocab(tokens, meta.get(K.MERGES))
+    tok = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    tok.pre_tokenizer = _byte_level_pre_tokenizer(meta.get(K.PRE))
+    tok.decoder = decoders.ByteLevel()
+    _add_gguf_added_tokens(tok, tokens, token_types, vocab)
 
+    def token_at(key):
+        index = meta.get(key)
+        return tokens[int(index)] if index is not None and 0 <= int(index) < len(tokens) else None
+
+    bos, eos = token_at(K.BOS_ID), token_at(K.EOS_ID)
+    _add_bos_eos(tok, vocab, bos if meta.get(K.ADD_BOS, False) else None,
+                 eos if meta.get(K.ADD_EOS, False) else None)
+    extra_eos = [meta.get(k) for k in (K.EOT_ID, K.EOM_ID)]
+    return Tokenizer(
+        _HFBackend(tok),
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=token_at(K.PAD_ID),
+        unk_token=token_at(K.UNK_ID),
+        extra_eos_token_ids=[int(i) for i in extra_eos if i is not None],
+        chat_template=meta.get(K.CHAT_TEMPLATE),
+    )
+
+
+def _gguf_bpe_vocab(tokens: list[str], merges_raw) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The BPE model's vocabulary (token -> id) and merges of a GGUF byte-level tokenizer."""
+    from gguf import Keys
+
+    if merges_raw is None:
+        raise ValueError(f"GGUF byte-level tokenizer has no {Keys.Tokenizer.MERGES}")
     alphabet = _byte_level_alphabet()
     spelled = set(alphabet.values())
     vocab: dict[str, int] = {}
@@ -465,55 +491,46 @@ def tokenizer_from_gguf_metadata(meta: dict[str, Any]) -> Tokenizer:
     for merge in merges_raw:
         left, sep, right = merge.partition(" ")
         if not sep:
-            raise ValueError(f"GGUF {K.MERGES}: malformed merge {merge!r}")
+            raise ValueError(f"GGUF {Keys.Tokenizer.MERGES}: malformed merge {merge!r}")
         merges.append((left, right))
+    return vocab, merges
 
-    tok = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
-    tok.pre_tokenizer = _byte_level_pre_tokenizer(meta.get(K.PRE))
-    tok.decoder = decoders.ByteLevel()
 
-    # Control tokens (<|im_end|>...) are matched whole in the text and are special (skipped on
-    # decode); user-defined ones (<think>...) are matched whole but decode as text. A control token
-    # outside the byte alphabet is a labelling mistake in the file and is left to the BPE model.
+def _add_gguf_added_tokens(tok, tokens: list[str], token_types: list, vocab: dict[str, int]) -> None:
+    """Control tokens (<|im_end|>...) are matched whole in the text and are special (skipped on
+    decode); user-defined ones (<think>...) are matched whole but decode as text. A control token
+    outside the byte alphabet is a labelling mistake in the file and is left to the BPE model."""
+    from gguf import TokenType
+    from tokenizers import AddedToken
+
+    spelled = set(_byte_level_alphabet().values())
     control = [
         AddedToken(t, special=True, normalized=False)
-        for t, kind_ in zip(tokens, token_types)
-        if kind_ == TokenType.CONTROL and set(t) <= spelled
+        for t, kind in zip(tokens, token_types)
+        if kind == TokenType.CONTROL and set(t) <= spelled
     ]
     # (only those the BPE vocabulary holds as spelled: adding any other would create a new id)
     user = [
         AddedToken(t, special=False, normalized=False)
-        for t, kind_ in zip(tokens, token_types)
-        if kind_ == TokenType.USER_DEFINED and t in vocab
+        for t, kind in zip(tokens, token_types)
+        if kind == TokenType.USER_DEFINED and t in vocab
     ]
     if control:
         tok.add_special_tokens(control)
     if user:
         tok.add_tokens(user)
 
-    def token_at(key):
-        index = meta.get(key)
-        return tokens[int(index)] if index is not None and 0 <= int(index) < len(tokens) else None
 
-    bos, eos = token_at(K.BOS_ID), token_at(K.EOS_ID)
-    add_bos = bool(meta.get(K.ADD_BOS, False)) and bos is not None
-    add_eos = bool(meta.get(K.ADD_EOS, False)) and eos is not None
-    if add_bos or add_eos:
-        single = ([f"{bos}:0"] if add_bos else []) + ["$A:0"] + ([f"{eos}:0"] if add_eos else [])
-        pair = single + ["$B:1"] + ([f"{eos}:1"] if add_eos else [])
-        specials = [(t, vocab[t]) for t in {bos if add_bos else None, eos if add_eos else None} - {None}]
-        tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
+def _add_bos_eos(tok, vocab: dict[str, int], bos: str | None, eos: str | None) -> None:
+    """Wrap every encoded sequence in ``bos`` / ``eos`` (None: that one is not added)."""
+    from tokenizers import processors
 
-    extra_eos = [meta.get(k) for k in (K.EOT_ID, K.EOM_ID)]
-    return Tokenizer(
-        _HFBackend(tok),
-        bos_token=bos,
-        eos_token=eos,
-        pad_token=token_at(K.PAD_ID),
-        unk_token=token_at(K.UNK_ID),
-        extra_eos_token_ids=[int(i) for i in extra_eos if i is not None],
-        chat_template=meta.get(K.CHAT_TEMPLATE),
-    )
+    if bos is None and eos is None:
+        return
+    single = ([f"{bos}:0"] if bos is not None else []) + ["$A:0"] + ([f"{eos}:0"] if eos is not None else [])
+    pair = single + ["$B:1"] + ([f"{eos}:1"] if eos is not None else [])
+    specials = [(t, vocab[t]) for t in {bos, eos} - {None}]
+    tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
 
 
 def _token_content(value) -> str | None:
