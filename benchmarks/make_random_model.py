@@ -4,7 +4,7 @@
 
 The directory gets
     config.json        model_type "PanguEmbedded", bias true (q, k, v, o), SwiGLU, rope_theta 1.6e7
-    model.safetensors  float32, Llama tensor names (spec/models.md)
+    model.safetensors  float32, Llama tensor names (docs/spec/models.md)
     model_head.bin     the K-head state dict, keys diffusion_k_head.{0,2}.{weight,bias}, max_k 16
     fluid.json         {"mask_token_id": vocab - 1, "max_k": 16, "end_of_think_token_id": null}
 

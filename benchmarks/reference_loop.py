@@ -1,7 +1,7 @@
 """The FLUID reference decode loop on HF transformers: the baseline of fluid_rt's end-to-end benchmarks.
 
 This re-implements, in our own code, what the public FLUID reference (`generate_dynamic_kv`) does,
-the way it does it (spec/decoding.md, "One block (the reference loop)"), on a plain
+the way it does it (docs/spec/decoding.md, "One block (the reference loop)"), on a plain
 `transformers.LlamaForCausalLM` with a `DynamicCache`:
 
     prefill                       1 forward over the prompt (KV kept)
@@ -44,7 +44,7 @@ KHEAD_PREFIX = "diffusion_k_head."
 def _llama_config_from(raw: dict) -> LlamaConfig:
     """HF config dict (PanguEmbedded or llama) -> LlamaConfig.
 
-    openPangu-Embedded is mathematically Llama with biases on q, k, v and o (spec/models.md), which
+    openPangu-Embedded is mathematically Llama with biases on q, k, v and o (docs/spec/models.md), which
     is exactly what `attention_bias=True` gives in transformers' Llama.
     """
     model_type = raw.get("model_type", "")
@@ -169,7 +169,7 @@ def _horizon(khead, h_last: torch.Tensor, min_block: int, block_size: int) -> in
 def reference_generate(hf_model, khead, prompt_ids, *, mask_token_id: int, eos_token_id=None,
                        threshold: float = 0.9, block_size: int = 16, min_block: int = 4,
                        remask: bool = True, max_new_tokens: int = 64) -> dict:
-    """Decode one sequence with the FLUID reference loop (spec/decoding.md, batch size 1).
+    """Decode one sequence with the FLUID reference loop (docs/spec/decoding.md, batch size 1).
 
     Returns dict(tokens=[new token ids, EOS included when hit; may exceed max_new_tokens like the
     reference], trace=[{K, draft_passes, committed, mismatch}] per block, forwards=int, prefill

@@ -1,6 +1,8 @@
 // check_args: the one function that checks an op's tensor arguments against its ArgSpec table
 // (bindings/common.h). Messages keep the form of the per-op checks they replaced: they start with
 // the argument's name and show the offending shape, strides, dtype or device.
+#include <algorithm>
+#include <charconv>
 #include <string_view>
 
 #include "common.h"
@@ -62,7 +64,10 @@ ShapeDims parse_shape(const char* shape) {
     FLUID_CHECK(s.count < ShapeDims::kMax, "fluid_rt internal: too many dims in the ArgSpec shape ", shape);
     const size_t ge = token.find(">=");
     s.names[s.count] = token.substr(0, ge);
-    if (ge != std::string_view::npos) s.min[s.count] = std::stoll(std::string(token.substr(ge + 2)));
+    if (ge != std::string_view::npos) {
+      const std::string_view digits = token.substr(ge + 2);
+      std::from_chars(digits.data(), digits.data() + digits.size(), s.min[s.count]);
+    }
     ++s.count;
   }
   return s;
@@ -112,14 +117,13 @@ class DimBindings {
 
   void check_dim(const at::Tensor& t, const char* name, int64_t d, std::string_view dim, int64_t min) {
     const int64_t size = t.size(d);
-    const std::string dim_name(dim);
     for (int i = 0; i < count_; ++i) {
       if (bound_[i].dim != dim) continue;
-      FLUID_CHECK_VALUE(size == bound_[i].size, name, ": dim ", d, " (", dim_name, ", as ", bound_[i].by,
+      FLUID_CHECK_VALUE(size == bound_[i].size, name, ": dim ", d, " (", dim, ", as ", bound_[i].by,
                         ") must be ", bound_[i].size, ", got shape ", t.sizes());
       return;
     }
-    FLUID_CHECK_VALUE(size >= min, name, ": dim ", d, " (", dim_name, ") must be >= ", min, ", got shape ",
+    FLUID_CHECK_VALUE(size >= min, name, ": dim ", d, " (", dim, ") must be >= ", min, ", got shape ",
                       t.sizes());
     FLUID_CHECK(count_ < kMaxDims, "fluid_rt internal: too many symbolic dims in one OpSpec");
     bound_[count_++] = {dim, size, name};

@@ -35,6 +35,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <type_traits>
 
 #include "common/dtype.h"
@@ -53,6 +54,7 @@ namespace fluid_rt {
 // crashed formatting an integer into an error message, turning a ValueError into a segfault.
 inline void append_piece(std::string& out, const char* s) { out += s ? s : "(null)"; }
 inline void append_piece(std::string& out, const std::string& s) { out += s; }
+inline void append_piece(std::string& out, std::string_view s) { out += s; }
 inline void append_piece(std::string& out, c10::ScalarType t) { out += c10::toString(t); }
 inline void append_piece(std::string& out, const c10::Device& d) { out += d.str(); }
 inline void append_piece(std::string& out, c10::IntArrayRef a) {

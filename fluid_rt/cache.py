@@ -7,8 +7,6 @@ so forwards on this cache capture in CUDA graphs.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from fluid_rt.config import ModelConfig
@@ -41,7 +39,7 @@ class KVCache:
         """Positions per row (``max_seq``)."""
         return self.k.shape[2]
 
-    def reset(self, rows: Optional[torch.Tensor] = None) -> None:
+    def reset(self, rows: torch.Tensor | None = None) -> None:
         """Forget the contents of ``rows`` (all rows when None): their lengths go back to 0.
 
         The K/V values themselves are left in place; attention never reads past ``seqlens``."""

@@ -13,7 +13,7 @@ import math
 import numbers
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 FAMILIES = ("pangu", "llama", "qwen2")
 
@@ -35,15 +35,15 @@ class ModelConfig:
     head_dim: int
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
-    rope_scaling: Optional[dict] = field(default=None, hash=False)  # dict: kept out of hash()
+    rope_scaling: dict | None = field(default=None, hash=False)  # dict: kept out of hash()
     attention_bias: bool = False  # biases on q, k, v
     o_bias: bool = False  # bias on o_proj
     mlp_bias: bool = False  # biases on gate, up, down
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 4096
-    bos_token_id: Optional[int] = None
+    bos_token_id: int | None = None
     eos_token_ids: tuple = ()
-    pad_token_id: Optional[int] = None
+    pad_token_id: int | None = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -76,7 +76,7 @@ class ModelConfig:
         return self.num_kv_heads * self.head_dim
 
     @classmethod
-    def from_hf_dict(cls, d: dict) -> "ModelConfig":
+    def from_hf_dict(cls, d: dict) -> ModelConfig:
         """Build from an HF ``config.json`` dict (model_type PanguEmbedded, llama or qwen2)."""
         model_type = d.get("model_type")
         if model_type not in _MODEL_TYPES:
@@ -93,17 +93,7 @@ class ModelConfig:
             raise ValueError(f"hidden_size {hidden} is smaller than num_attention_heads {heads} "
                              "(and no head_dim is given)")
         head_dim = _positive_int(d, "head_dim", hidden // heads)
-        if family == "pangu":
-            qkv_bias = o_bias = bool(d.get("bias", False))
-            mlp_bias = False
-        elif family == "llama":
-            # HF Llama's attention_bias puts a bias on q, k, v AND o_proj.
-            qkv_bias = o_bias = bool(d.get("attention_bias", False))
-            mlp_bias = bool(d.get("mlp_bias", False))
-        else:  # qwen2: q/k/v biases always, no o / MLP bias
-            if d.get("use_sliding_window", False):
-                raise ValueError("qwen2 use_sliding_window=true is not supported")
-            qkv_bias, o_bias, mlp_bias = True, False, False
+        qkv_bias, o_bias, mlp_bias = _hf_biases(family, d)
         eos = d.get("eos_token_id")
         if eos is None:
             eos_ids = ()
@@ -111,16 +101,7 @@ class ModelConfig:
             eos_ids = tuple(int(e) for e in eos)
         else:
             eos_ids = (int(eos),)
-        rope_scaling = d.get("rope_scaling")
-        if isinstance(rope_scaling, dict):  # (anything else is refused by __post_init__'s check)
-            rope_scaling = dict(rope_scaling)  # a copy the config owns
-        # transformers >= 5 may store rope_theta inside rope_parameters.
-        rope_params = d.get("rope_parameters") or {}
-        if not isinstance(rope_params, dict):
-            raise ValueError(f"rope_parameters: expected an object, got {rope_params!r}")
-        rope_theta = d.get("rope_theta", rope_params.get("rope_theta", 10000.0))
-        if rope_scaling is None and rope_params and _rope_type(rope_params) != "default":
-            rope_scaling = {k: v for k, v in rope_params.items() if k != "rope_theta"}
+        rope_theta, rope_scaling = _hf_rope(d)
         return cls(
             family=family,
             vocab_size=_positive_int(d, "vocab_size"),
@@ -142,6 +123,36 @@ class ModelConfig:
             eos_token_ids=eos_ids,
             pad_token_id=d.get("pad_token_id"),
         )
+
+
+def _hf_biases(family: str, d: dict) -> tuple[bool, bool, bool]:
+    """(q/k/v bias, o_proj bias, MLP bias) of an HF config dict of ``family``."""
+    if family == "pangu":
+        qkv_o = bool(d.get("bias", False))
+        return qkv_o, qkv_o, False
+    if family == "llama":
+        # HF Llama's attention_bias puts a bias on q, k, v AND o_proj.
+        qkv_o = bool(d.get("attention_bias", False))
+        return qkv_o, qkv_o, bool(d.get("mlp_bias", False))
+    # qwen2: q/k/v biases always, no o / MLP bias
+    if d.get("use_sliding_window", False):
+        raise ValueError("qwen2 use_sliding_window=true is not supported")
+    return True, False, False
+
+
+def _hf_rope(d: dict) -> tuple[Any, dict | None]:
+    """(rope_theta, rope_scaling) of an HF config dict; both are checked by ModelConfig."""
+    rope_scaling = d.get("rope_scaling")
+    if isinstance(rope_scaling, dict):  # (anything else is refused by __post_init__'s check)
+        rope_scaling = dict(rope_scaling)  # a copy the config owns
+    # transformers >= 5 may store rope_theta inside rope_parameters.
+    rope_params = d.get("rope_parameters") or {}
+    if not isinstance(rope_params, dict):
+        raise ValueError(f"rope_parameters: expected an object, got {rope_params!r}")
+    rope_theta = d.get("rope_theta", rope_params.get("rope_theta", 10000.0))
+    if rope_scaling is None and rope_params and _rope_type(rope_params) != "default":
+        rope_scaling = {k: v for k, v in rope_params.items() if k != "rope_theta"}
+    return rope_theta, rope_scaling
 
 
 def _rope_type(scaling: dict) -> str:
@@ -202,7 +213,7 @@ def expected_tensor_shapes(cfg: ModelConfig) -> dict:
 
     ``lm_head.weight`` is absent when the embeddings are tied (a tied checkpoint that still carries
     it is accepted by the loader, see ``optional_tensor_shapes``)."""
-    H, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    H, F, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size  # F: the MLP width
     shapes = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,)}
     if not cfg.tie_word_embeddings:
         shapes["lm_head.weight"] = (V, H)
@@ -217,7 +228,7 @@ def expected_tensor_shapes(cfg: ModelConfig) -> dict:
         shapes[p + "self_attn.o_proj.weight"] = (H, cfg.q_size)
         if cfg.o_bias:
             shapes[p + "self_attn.o_proj.bias"] = (H,)
-        for name, shape in (("gate_proj", (I, H)), ("up_proj", (I, H)), ("down_proj", (H, I))):
+        for name, shape in (("gate_proj", (F, H)), ("up_proj", (F, H)), ("down_proj", (H, F))):
             shapes[p + f"mlp.{name}.weight"] = shape
             if cfg.mlp_bias:
                 shapes[p + f"mlp.{name}.bias"] = (shape[0],)
@@ -242,13 +253,13 @@ FLUID_JSON = "fluid.json"
 class FluidConfig:
     """FLUID decode tokens and the K-head's horizon limit."""
 
-    mask_token_id: Optional[int] = DEFAULT_MASK_TOKEN_ID  # None: no mask token (a plain AR model)
-    end_of_think_token_id: Optional[int] = DEFAULT_END_OF_THINK_TOKEN_ID
+    mask_token_id: int | None = DEFAULT_MASK_TOKEN_ID  # None: no mask token (a plain AR model)
+    end_of_think_token_id: int | None = DEFAULT_END_OF_THINK_TOKEN_ID
     max_k: int = DEFAULT_MAX_K
 
     @classmethod
-    def load(cls, directory: Optional[str] = None, *, pangu_vocabulary: bool = True,
-             **overrides: Any) -> "FluidConfig":
+    def load(cls, directory: str | None = None, *, pangu_vocabulary: bool = True,
+             **overrides: Any) -> FluidConfig:
         """Defaults, then ``<directory>/fluid.json`` when present, then ``overrides`` that are not
         None (``end_of_think_token_id`` cannot be overridden to None this way: write it in
         fluid.json as null). The default token ids are openPangu's: with

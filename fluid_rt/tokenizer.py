@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 __all__ = ["Tokenizer", "DecodeStream", "load_tokenizer", "tokenizer_from_gguf_metadata"]
 
@@ -280,7 +281,7 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._backend.token_to_id(token)
 
-    def decode_stream(self, skip_special_tokens: bool = True) -> "DecodeStream":
+    def decode_stream(self, skip_special_tokens: bool = True) -> DecodeStream:
         """An incremental detokenizer: `push(ids)` returns only the text completed by those ids."""
         return DecodeStream(self, skip_special_tokens)
 
@@ -366,9 +367,6 @@ class DecodeStream:
 # Builders
 # ----------------------------------------------------------------------------------------------
 
-# GGUF `tokenizer.ggml.token_type` values (llama.cpp's llama_token_type).
-_TOKEN_NORMAL, _TOKEN_UNKNOWN, _TOKEN_CONTROL, _TOKEN_USER_DEFINED, _TOKEN_UNUSED, _TOKEN_BYTE = 1, 2, 3, 4, 5, 6
-
 # Pre-tokenizer split regexes, keyed by GGUF `tokenizer.ggml.pre`. These are the splits llama.cpp
 # applies for each name (and the ones the original tokenizer.json files use).
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -440,18 +438,47 @@ def tokenizer_from_gguf_metadata(meta: dict[str, Any]) -> Tokenizer:
     `tokenizer.ggml.tokens` list[str], `.merges` list[str], `.token_type` list[int], ids as ints).
 
     Supported: `tokenizer.ggml.model == "gpt2"` (byte-level BPE)."""
-    from tokenizers import AddedToken, decoders, models, processors
+    from gguf import Keys, TokenType
     from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models
 
-    kind = meta.get("tokenizer.ggml.model")
+    K = Keys.Tokenizer
+    kind = meta.get(K.MODEL)
     if kind != "gpt2":
-        raise ValueError(f"GGUF tokenizer.ggml.model={kind!r} is not supported (only 'gpt2' byte-level BPE)")
-    tokens: list[str] = list(meta["tokenizer.ggml.tokens"])
-    merges_raw = meta.get("tokenizer.ggml.merges")
-    if merges_raw is None:
-        raise ValueError("GGUF byte-level tokenizer has no tokenizer.ggml.merges")
-    token_types = list(meta.get("tokenizer.ggml.token_type") or [_TOKEN_NORMAL] * len(tokens))
+        raise ValueError(f"GGUF {K.MODEL}={kind!r} is not supported (only 'gpt2' byte-level BPE)")
+    tokens: list[str] = list(meta[K.LIST])
+    token_types = list(meta.get(K.TOKEN_TYPE) or [TokenType.NORMAL] * len(tokens))
+    vocab, merges = _gguf_bpe_vocab(tokens, meta.get(K.MERGES))
+    tok = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    tok.pre_tokenizer = _byte_level_pre_tokenizer(meta.get(K.PRE))
+    tok.decoder = decoders.ByteLevel()
+    _add_gguf_added_tokens(tok, tokens, token_types, vocab)
 
+    def token_at(key):
+        index = meta.get(key)
+        return tokens[int(index)] if index is not None and 0 <= int(index) < len(tokens) else None
+
+    bos, eos = token_at(K.BOS_ID), token_at(K.EOS_ID)
+    _add_bos_eos(tok, vocab, bos if meta.get(K.ADD_BOS, False) else None,
+                 eos if meta.get(K.ADD_EOS, False) else None)
+    extra_eos = [meta.get(k) for k in (K.EOT_ID, K.EOM_ID)]
+    return Tokenizer(
+        _HFBackend(tok),
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=token_at(K.PAD_ID),
+        unk_token=token_at(K.UNK_ID),
+        extra_eos_token_ids=[int(i) for i in extra_eos if i is not None],
+        chat_template=meta.get(K.CHAT_TEMPLATE),
+    )
+
+
+def _gguf_bpe_vocab(tokens: list[str], merges_raw) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The BPE model's vocabulary (token -> id) and merges of a GGUF byte-level tokenizer."""
+    from gguf import Keys
+
+    if merges_raw is None:
+        raise ValueError(f"GGUF byte-level tokenizer has no {Keys.Tokenizer.MERGES}")
     alphabet = _byte_level_alphabet()
     spelled = set(alphabet.values())
     vocab: dict[str, int] = {}
@@ -464,55 +491,46 @@ def tokenizer_from_gguf_metadata(meta: dict[str, Any]) -> Tokenizer:
     for merge in merges_raw:
         left, sep, right = merge.partition(" ")
         if not sep:
-            raise ValueError(f"GGUF tokenizer.ggml.merges: malformed merge {merge!r}")
+            raise ValueError(f"GGUF {Keys.Tokenizer.MERGES}: malformed merge {merge!r}")
         merges.append((left, right))
+    return vocab, merges
 
-    tok = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
-    tok.pre_tokenizer = _byte_level_pre_tokenizer(meta.get("tokenizer.ggml.pre"))
-    tok.decoder = decoders.ByteLevel()
 
-    # Control tokens (<|im_end|>...) are matched whole in the text and are special (skipped on
-    # decode); user-defined ones (<think>...) are matched whole but decode as text. A control token
-    # outside the byte alphabet is a labelling mistake in the file and is left to the BPE model.
+def _add_gguf_added_tokens(tok, tokens: list[str], token_types: list, vocab: dict[str, int]) -> None:
+    """Control tokens (<|im_end|>...) are matched whole in the text and are special (skipped on
+    decode); user-defined ones (<think>...) are matched whole but decode as text. A control token
+    outside the byte alphabet is a labelling mistake in the file and is left to the BPE model."""
+    from gguf import TokenType
+    from tokenizers import AddedToken
+
+    spelled = set(_byte_level_alphabet().values())
     control = [
         AddedToken(t, special=True, normalized=False)
-        for t, kind_ in zip(tokens, token_types)
-        if kind_ == _TOKEN_CONTROL and set(t) <= spelled
+        for t, kind in zip(tokens, token_types)
+        if kind == TokenType.CONTROL and set(t) <= spelled
     ]
     # (only those the BPE vocabulary holds as spelled: adding any other would create a new id)
     user = [
         AddedToken(t, special=False, normalized=False)
-        for t, kind_ in zip(tokens, token_types)
-        if kind_ == _TOKEN_USER_DEFINED and t in vocab
+        for t, kind in zip(tokens, token_types)
+        if kind == TokenType.USER_DEFINED and t in vocab
     ]
     if control:
         tok.add_special_tokens(control)
     if user:
         tok.add_tokens(user)
 
-    def token_at(key):
-        index = meta.get(key)
-        return tokens[int(index)] if index is not None and 0 <= int(index) < len(tokens) else None
 
-    bos, eos = token_at("tokenizer.ggml.bos_token_id"), token_at("tokenizer.ggml.eos_token_id")
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
-    add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False)) and eos is not None
-    if add_bos or add_eos:
-        single = ([f"{bos}:0"] if add_bos else []) + ["$A:0"] + ([f"{eos}:0"] if add_eos else [])
-        pair = single + ["$B:1"] + ([f"{eos}:1"] if add_eos else [])
-        specials = [(t, vocab[t]) for t in {bos if add_bos else None, eos if add_eos else None} - {None}]
-        tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
+def _add_bos_eos(tok, vocab: dict[str, int], bos: str | None, eos: str | None) -> None:
+    """Wrap every encoded sequence in ``bos`` / ``eos`` (None: that one is not added)."""
+    from tokenizers import processors
 
-    extra_eos = [meta.get(k) for k in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")]
-    return Tokenizer(
-        _HFBackend(tok),
-        bos_token=bos,
-        eos_token=eos,
-        pad_token=token_at("tokenizer.ggml.padding_token_id"),
-        unk_token=token_at("tokenizer.ggml.unknown_token_id"),
-        extra_eos_token_ids=[int(i) for i in extra_eos if i is not None],
-        chat_template=meta.get("tokenizer.chat_template"),
-    )
+    if bos is None and eos is None:
+        return
+    single = ([f"{bos}:0"] if bos is not None else []) + ["$A:0"] + ([f"{eos}:0"] if eos is not None else [])
+    pair = single + ["$B:1"] + ([f"{eos}:1"] if eos is not None else [])
+    specials = [(t, vocab[t]) for t in {bos, eos} - {None}]
+    tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
 
 
 def _token_content(value) -> str | None:

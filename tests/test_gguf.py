@@ -63,7 +63,7 @@ def tiny_tokenizer_fields():
 
 def tiny_hf_weights(vocab, rng, *, bias=False, tied=False):
     """Random HF-layout weights of the tiny config."""
-    H, Hq, Hkv, D, I = TINY["hidden"], TINY["heads"], TINY["kv_heads"], TINY["head_dim"], TINY["inter"]
+    H, Hq, Hkv, D, F = TINY["hidden"], TINY["heads"], TINY["kv_heads"], TINY["head_dim"], TINY["inter"]
 
     def rand(*shape):
         return rng.standard_normal(shape).astype(np.float32)
@@ -83,9 +83,9 @@ def tiny_hf_weights(vocab, rng, *, bias=False, tied=False):
             sd[p + "self_attn.q_proj.bias"] = rand(Hq * D)
             sd[p + "self_attn.k_proj.bias"] = rand(Hkv * D)
             sd[p + "self_attn.v_proj.bias"] = rand(Hkv * D)
-        sd[p + "mlp.gate_proj.weight"] = rand(I, H)
-        sd[p + "mlp.up_proj.weight"] = rand(I, H)
-        sd[p + "mlp.down_proj.weight"] = rand(H, I)
+        sd[p + "mlp.gate_proj.weight"] = rand(F, H)
+        sd[p + "mlp.up_proj.weight"] = rand(F, H)
+        sd[p + "mlp.down_proj.weight"] = rand(H, F)
     return sd
 
 
@@ -369,7 +369,7 @@ def test_default_model_package_without_file(monkeypatch, tmp_path):
 
 
 def test_default_model_config_matches_spec():
-    """The SmolLM2-135M numbers of shared/spec/models.md, read from the file's metadata."""
+    """The SmolLM2-135M numbers of docs/spec/models.md, read from the file's metadata."""
     path = _default_path_or_skip()
     meta = fg.read_gguf_metadata(path)
     cfg = fg._config_from_metadata(meta, path, has_output=False)

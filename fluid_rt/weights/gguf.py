@@ -132,63 +132,74 @@ def _tokenizer(meta: dict[str, Any], path: str):
 
 
 def _config_from_metadata(meta: dict[str, Any], path: str, has_output: bool) -> ModelConfig:
-    arch = meta.get("general.architecture")
+    from gguf import Keys
+
+    arch = meta.get(Keys.General.ARCHITECTURE)
     if arch != "llama":
         raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported (only 'llama')")
 
-    def need(key):
-        if key not in meta:
-            raise ValueError(f"{path}: GGUF metadata lacks {key}")
-        return meta[key]
+    def key(name: str) -> str:  # "{arch}.embedding_length" -> "llama.embedding_length"
+        return name.format(arch=arch)
 
-    hidden = int(need("llama.embedding_length"))
-    heads = int(need("llama.attention.head_count"))
-    kv_heads = int(meta.get("llama.attention.head_count_kv", heads))
-    head_dim = int(meta.get("llama.attention.key_length", hidden // heads))
-    if int(meta.get("llama.attention.value_length", head_dim)) != head_dim:
-        raise ValueError(f"{path}: key_length != value_length is not supported")
-    rope_dim = int(meta.get("llama.rope.dimension_count", head_dim))
-    if rope_dim != head_dim:
-        raise ValueError(f"{path}: partial rotary (rope.dimension_count={rope_dim}, head_dim={head_dim}) "
-                         "is not supported")
-    scaling = meta.get("llama.rope.scaling.type")
-    if scaling not in (None, "none"):
-        raise ValueError(f"{path}: llama.rope.scaling.type={scaling!r} is not supported")
-    if "llama.expert_count" in meta and int(meta["llama.expert_count"]) > 0:
-        raise ValueError(f"{path}: mixture-of-experts llama (expert_count="
-                         f"{meta['llama.expert_count']}) is not supported")
+    def need(name: str):
+        if key(name) not in meta:
+            raise ValueError(f"{path}: GGUF metadata lacks {key(name)}")
+        return meta[key(name)]
 
-    tokens = meta.get("tokenizer.ggml.tokens")
-    vocab = len(tokens) if tokens is not None else int(need("llama.vocab_size"))
-    eos = [meta.get("tokenizer.ggml.eos_token_id")]
-    eos += [meta.get(k) for k in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")]
-    eos_ids = tuple(dict.fromkeys(int(e) for e in eos if e is not None))
+    def get(name: str, default=None):
+        return meta.get(key(name), default)
 
-    def optional_id(key):
-        value = meta.get(key)
+    hidden = int(need(Keys.LLM.EMBEDDING_LENGTH))
+    heads = int(need(Keys.Attention.HEAD_COUNT))
+    head_dim = int(get(Keys.Attention.KEY_LENGTH, hidden // heads))
+    _check_llama_features(get, path, head_dim)
+    tok = Keys.Tokenizer
+    tokens = meta.get(tok.LIST)
+    eos = [meta.get(k) for k in (tok.EOS_ID, tok.EOT_ID, tok.EOM_ID)]
+
+    def optional_id(name):
+        value = meta.get(name)
         return None if value is None else int(value)
 
     return ModelConfig(
         family="llama",
-        vocab_size=vocab,
+        vocab_size=len(tokens) if tokens is not None else int(need(Keys.LLM.VOCAB_SIZE)),
         hidden_size=hidden,
-        intermediate_size=int(need("llama.feed_forward_length")),
-        num_layers=int(need("llama.block_count")),
+        intermediate_size=int(need(Keys.LLM.FEED_FORWARD_LENGTH)),
+        num_layers=int(need(Keys.LLM.BLOCK_COUNT)),
         num_heads=heads,
-        num_kv_heads=kv_heads,
+        num_kv_heads=int(get(Keys.Attention.HEAD_COUNT_KV, heads)),
         head_dim=head_dim,
-        rms_norm_eps=float(meta.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
+        rms_norm_eps=float(get(Keys.Attention.LAYERNORM_RMS_EPS, 1e-5)),
+        rope_theta=float(get(Keys.Rope.FREQ_BASE, 10000.0)),
         rope_scaling=None,
         attention_bias=False,  # set from the tensors present, see load_gguf
         o_bias=False,
         mlp_bias=False,
         tie_word_embeddings=not has_output,
-        max_position_embeddings=int(meta.get("llama.context_length", 4096)),
-        bos_token_id=optional_id("tokenizer.ggml.bos_token_id"),
-        eos_token_ids=eos_ids,
-        pad_token_id=optional_id("tokenizer.ggml.padding_token_id"),
+        max_position_embeddings=int(get(Keys.LLM.CONTEXT_LENGTH, 4096)),
+        bos_token_id=optional_id(tok.BOS_ID),
+        eos_token_ids=tuple(dict.fromkeys(int(e) for e in eos if e is not None)),
+        pad_token_id=optional_id(tok.PAD_ID),
     )
+
+
+def _check_llama_features(get, path: str, head_dim: int) -> None:
+    """Refuse what fluid_rt's Llama does not implement (get: metadata by arch-templated key)."""
+    from gguf import Keys
+
+    if int(get(Keys.Attention.VALUE_LENGTH, head_dim)) != head_dim:
+        raise ValueError(f"{path}: key_length != value_length is not supported")
+    rope_dim = int(get(Keys.Rope.DIMENSION_COUNT, head_dim))
+    if rope_dim != head_dim:
+        raise ValueError(f"{path}: partial rotary (rope.dimension_count={rope_dim}, head_dim={head_dim}) "
+                         "is not supported")
+    scaling = get(Keys.Rope.SCALING_TYPE)
+    if scaling not in (None, "none"):
+        raise ValueError(f"{path}: llama.rope.scaling.type={scaling!r} is not supported")
+    experts = get(Keys.LLM.EXPERT_COUNT)
+    if experts is not None and int(experts) > 0:
+        raise ValueError(f"{path}: mixture-of-experts llama (expert_count={experts}) is not supported")
 
 
 # ----------------------------------------------------------------------------------------------

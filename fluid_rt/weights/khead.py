@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -13,7 +12,7 @@ from fluid_rt.khead import PREFIX
 HEAD_NAMES = ("model_head.safetensors", "model_head.bin")
 
 
-def find_khead(directory: str) -> Optional[str]:
+def find_khead(directory: str) -> str | None:
     """The K-head file in ``directory`` or ``directory/head``, or None."""
     for sub in ("", "head"):
         for name in HEAD_NAMES:
@@ -47,7 +46,7 @@ def _read_file(path: str) -> dict:
     return obj
 
 
-def load_khead(path_or_dir: str, hidden_size: int) -> Tuple[Dict[str, torch.Tensor], int]:
+def load_khead(path_or_dir: str, hidden_size: int) -> tuple[dict[str, torch.Tensor], int]:
     """Load and check a K-head -> ``(state_dict, max_k)``.
 
     ``path_or_dir``: the file itself, or a directory searched by ``find_khead``

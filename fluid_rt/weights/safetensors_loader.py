@@ -14,7 +14,6 @@ import math
 import os
 import struct
 import sys
-from typing import Dict, Tuple
 
 import torch
 
@@ -35,7 +34,7 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024
 _PROGRESS_MIN_BYTES = 512 * 1024 * 1024
 
 
-def read_safetensors_header(path: str) -> Dict[str, dict]:
+def read_safetensors_header(path: str) -> dict[str, dict]:
     """Parse and validate the header of a safetensors file.
 
     Returns ``name -> {"dtype", "shape", "data_offsets"}`` (``__metadata__`` dropped). Raises
@@ -115,7 +114,7 @@ def read_config(path: str) -> ModelConfig:
         raise ValueError(f"{cfg_path}: {err}") from err
 
 
-def _tensor_files(path: str) -> Dict[str, str]:
+def _tensor_files(path: str) -> dict[str, str]:
     """name -> file for every tensor of the checkpoint in ``path`` (index or single file)."""
     index_path = os.path.join(path, INDEX_FILE)
     single = os.path.join(path, SINGLE_FILE)
@@ -148,7 +147,7 @@ def _tensor_files(path: str) -> Dict[str, str]:
 
 
 def load_hf_checkpoint(path: str, dtype: torch.dtype = torch.float32,
-                       progress: bool = None) -> Tuple[ModelConfig, Dict[str, torch.Tensor]]:
+                       progress: bool = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Load an HF checkpoint directory -> ``(ModelConfig, {hf_name: tensor in dtype})``.
 
     Every tensor the config needs must be present with its exact shape, and nothing else
@@ -159,6 +158,25 @@ def load_hf_checkpoint(path: str, dtype: torch.dtype = torch.float32,
     cfg = read_config(path)
     where = {n: f for n, f in _tensor_files(path).items() if not n.endswith("rotary_emb.inv_freq")}
     expected = expected_tensor_shapes(cfg)
+    _check_names(path, cfg, where, expected)
+    headers = {f: read_safetensors_header(f) for f in set(where.values())}
+    total = _check_headers(where, headers, expected)
+    if progress is None:
+        progress = total >= _PROGRESS_MIN_BYTES and sys.stderr.isatty()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"loading {os.path.basename(path)}")
+    try:
+        return cfg, _read_tensors(where, headers, expected, dtype, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _check_names(path: str, cfg: ModelConfig, where: dict[str, str], expected: dict) -> None:
+    """Every tensor the config needs is present, and nothing it does not know."""
     optional = optional_tensor_shapes(cfg)
     missing = [n for n in expected if n not in where]
     if missing:
@@ -170,7 +188,10 @@ def load_hf_checkpoint(path: str, dtype: torch.dtype = torch.float32,
         raise ValueError(f"{where[unexpected[0]]}: unexpected tensor {unexpected[0]}"
                          f"{f' (and {len(unexpected) - 1} more)' if len(unexpected) > 1 else ''} "
                          f"for {cfg.family} config")
-    headers = {f: read_safetensors_header(f) for f in set(where.values())}
+
+
+def _check_headers(where: dict[str, str], headers: dict, expected: dict) -> int:
+    """Shapes and float dtypes from the headers; returns the bytes to read."""
     total = 0
     for name, shape in expected.items():
         info = headers[where[name]][name]
@@ -180,34 +201,28 @@ def load_hf_checkpoint(path: str, dtype: torch.dtype = torch.float32,
         if not _DTYPES[info["dtype"]][1]:
             raise ValueError(f"{where[name]}: tensor {name} has non-float dtype {info['dtype']}")
         total += info["data_offsets"][1] - info["data_offsets"][0]
+    return total
 
+
+def _read_tensors(where: dict[str, str], headers: dict, expected: dict, dtype: torch.dtype,
+                  bar) -> dict[str, torch.Tensor]:
+    """The expected tensors in ``dtype``, one file open at a time (bar: tqdm or None)."""
     from safetensors import safe_open
 
-    if progress is None:
-        progress = total >= _PROGRESS_MIN_BYTES and sys.stderr.isatty()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"loading {os.path.basename(path)}")
     state = {}
-    by_file: Dict[str, list] = {}
+    by_file: dict[str, list] = {}
     for name in expected:
         by_file.setdefault(where[name], []).append(name)
-    try:
-        for file, names in sorted(by_file.items()):
-            try:
-                with safe_open(file, framework="pt", device="cpu") as f:
-                    for name in names:
-                        state[name] = f.get_tensor(name).to(dtype)
-                        if bar is not None:
-                            off = headers[file][name]["data_offsets"]
-                            bar.update(off[1] - off[0])
-            except ValueError:
-                raise
-            except Exception as err:  # safetensors raises its own error types
-                raise ValueError(f"{file}: cannot read tensors ({err})") from err
-    finally:
-        if bar is not None:
-            bar.close()
-    return cfg, state
+    for file, names in sorted(by_file.items()):
+        try:
+            with safe_open(file, framework="pt", device="cpu") as f:
+                for name in names:
+                    state[name] = f.get_tensor(name).to(dtype)
+                    if bar is not None:
+                        off = headers[file][name]["data_offsets"]
+                        bar.update(off[1] - off[0])
+        except ValueError:
+            raise
+        except Exception as err:  # safetensors raises its own error types
+            raise ValueError(f"{file}: cannot read tensors ({err})") from err
+    return state
