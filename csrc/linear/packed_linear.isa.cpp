@@ -68,9 +68,9 @@ int64_t num_steps(const PackedLinearParams& p) { return p.dtype == DType::kFloat
 
 // Rows are cut into balanced tiles: 17 rows run as 9 + 8, not 12 + 5 (a short tile wastes FMA
 // slots). Tile t covers rows [tile_start(t), tile_start(t + 1)); the first is the tallest.
-int64_t num_tiles(int64_t M) { return (M + kMaxTileRows - 1) / kMaxTileRows; }
-int64_t tile_start(int64_t M, int64_t t) {
-  const int64_t tiles = num_tiles(M), base = M / tiles, extra = M % tiles;
+int64_t num_tiles(int64_t M, int max_rows) { return (M + max_rows - 1) / max_rows; }
+int64_t tile_start(int64_t M, int max_rows, int64_t t) {
+  const int64_t tiles = num_tiles(M, max_rows), base = M / tiles, extra = M % tiles;
   return t * base + std::min(t, extra);  // the first `extra` tiles take one row more
 }
 
@@ -101,8 +101,11 @@ struct Columns {
   const char* at(int v, int64_t s) const { return w[v] + s * (kFull ? 128 : step_bytes[v]); }
 };
 
+// Each also sets its tile shapes: kMaxRows rows per tile, vectors(rows) per call, at most
+// kAccumulators of them in all.
 struct StepF32 {  // float32: one k per step
-  static constexpr int kUnits = 1;
+  static constexpr int kUnits = 1, kMaxRows = kMaxTileRows, kAcc = kAccumulators;
+  static constexpr int vectors(int64_t rows) { return vectors_for(rows); }
   template <int R, int V, bool kFull>
   static inline void step(const Columns<V>& col, int64_t s, const float* a, Vf (&acc)[R][V]) {
     Vf w[V];
@@ -118,20 +121,25 @@ struct StepF32 {  // float32: one k per step
   }
 };
 
-struct StepBf16Widened {  // bfloat16 pairs widened to float32: k, then k + 1
-  static constexpr int kUnits = 2;  // x's pair as two floats
+// bfloat16 pairs widened to float32 in registers: the step runs as two float32 steps, k (the low
+// halves, shifted up) then k + 1 (the high halves, masked), each loading its own copy of the weight
+// vectors, so a tile holds no more registers than float32's.
+struct StepBf16Widened {
+  static constexpr int kUnits = 2, kMaxRows = kMaxTileRows, kAcc = kAccumulators;  // x's pair as two floats
+  static constexpr int vectors(int64_t rows) { return vectors_for(rows); }
   template <int R, int V, bool kFull>
   static inline void step(const Columns<V>& col, int64_t s, const float* a, Vf (&acc)[R][V]) {
-#pragma GCC unroll 8
-    for (int v = 0; v < V; ++v) {
-      const uint32_t* src = reinterpret_cast<const uint32_t*>(col.template at<kFull>(v, s));
-      Vf even, odd;
-      if (kFull) load_pairs(src, even, odd);
-      else load_pairs_first(src, col.lanes[v], even, odd);
+#pragma GCC unroll 2
+    for (int half = 0; half < 2; ++half) {
+      Vf w[V];
+      for (int v = 0; v < V; ++v) {
+        const uint32_t* src = reinterpret_cast<const uint32_t*>(col.template at<kFull>(v, s));
+        w[v] = kFull ? load_half(src, half) : load_half_first(src, col.lanes[v], half);
+      }
 #pragma GCC unroll 32
       for (int r = 0; r < R; ++r) {
-        acc[r][v] = vfma(vset1(a[(s * R + r) * 2]), even, acc[r][v]);
-        acc[r][v] = vfma(vset1(a[(s * R + r) * 2 + 1]), odd, acc[r][v]);
+        const Vf x = vset1(a[(s * R + r) * 2 + half]);
+        for (int v = 0; v < V; ++v) acc[r][v] = vfma(x, w[v], acc[r][v]);
       }
     }
   }
@@ -207,7 +215,8 @@ void tile(const PackedLinearParams& p, const TileArgs& t) {
 // bfloat16 on AVX512-BF16: each 32-bit lane of a weight vector is one column's pair of k, each
 // entry of `a` one row's pair; vdpbf16ps adds both products into the float32 accumulator.
 struct StepBf16Dot {
-  static constexpr int kUnits = 1;
+  static constexpr int kUnits = 1, kMaxRows = kMaxTileRows, kAcc = kAccumulators;
+  static constexpr int vectors(int64_t rows) { return vectors_for(rows); }
 };
 
 template <int R, int V, bool kFull>
@@ -238,7 +247,7 @@ using TileFn = void (*)(const PackedLinearParams&, const TileArgs&);
 
 template <class Step, int R, int V, bool kFull>
 constexpr TileFn tile_fn() {
-  if constexpr (R * V > kAccumulators) {
+  if constexpr (R * V > Step::kAcc) {
     return nullptr;  // never asked for: a tile's V comes from its call's tallest tile
   } else {
 #ifdef FLUID_RT_LINEAR_DPBF16
@@ -249,7 +258,7 @@ constexpr TileFn tile_fn() {
   }
 }
 
-using TileTable = std::array<std::array<std::array<TileFn, 2>, 3>, kMaxTileRows>;
+using TileTable = std::array<std::array<std::array<TileFn, 2>, 3>, kMaxTileRows>;  // rows past kMaxRows: null
 
 template <class Step, int... I>
 constexpr TileTable make_table(std::integer_sequence<int, I...>) {
@@ -258,7 +267,7 @@ constexpr TileTable make_table(std::integer_sequence<int, I...>) {
                       {tile_fn<Step, I + 1, 2, false>(), tile_fn<Step, I + 1, 2, true>()}}}...}};
 }
 template <class Step>
-constexpr TileTable kTable = make_table<Step>(std::make_integer_sequence<int, kMaxTileRows>{});
+constexpr TileTable kTable = make_table<Step>(std::make_integer_sequence<int, Step::kMaxRows>{});
 
 // ---- x, packed per tile ------------------------------------------------------------------------
 
@@ -267,8 +276,8 @@ template <class Step>
 void pack_rows(const PackedLinearParams& p, uint32_t* a, int64_t s0, int64_t s1) {
   const int64_t steps = num_steps(p);
   constexpr int64_t u = Step::kUnits;
-  for (int64_t t = 0, tiles = num_tiles(p.M); t < tiles; ++t) {
-    const int64_t m0 = tile_start(p.M, t), R = tile_start(p.M, t + 1) - m0;
+  for (int64_t t = 0, tiles = num_tiles(p.M, Step::kMaxRows); t < tiles; ++t) {
+    const int64_t m0 = tile_start(p.M, Step::kMaxRows, t), R = tile_start(p.M, Step::kMaxRows, t + 1) - m0;
     uint32_t* dst = a + m0 * steps * u;
     for (int64_t r = 0; r < R; ++r) {
       const char* row = static_cast<const char*>(p.x) + (m0 + r) * p.x_row_stride * (p.dtype == DType::kFloat32 ? 4 : 2);
@@ -288,15 +297,17 @@ void pack_rows(const PackedLinearParams& p, uint32_t* a, int64_t s0, int64_t s1)
 // ---- calls: which columns each tile function gets ----------------------------------------------
 
 // One call: columns [n0, n0 + V * kLanes), every row tile over every chunk of steps.
-void run_call(const PackedLinearParams& p, const TileTable& table, int64_t n0, int v, const uint32_t* a,
-              int64_t units, float* partial) {
-  const int64_t tiles = num_tiles(p.M), steps = num_steps(p), cols = int64_t{v} * kLanes;
+template <class Step>
+void run_call(const PackedLinearParams& p, int64_t n0, int v, const uint32_t* a, float* partial) {
+  const TileTable& table = kTable<Step>;
+  const int max_rows = Step::kMaxRows, units = Step::kUnits;
+  const int64_t tiles = num_tiles(p.M, max_rows), steps = num_steps(p), cols = int64_t{v} * kLanes;
   const bool full = n0 + cols <= p.N / kLinearPanel * kLinearPanel;  // only 32-wide panels
   const int64_t chunk = tiles == 1 ? steps : std::max<int64_t>(16, kChunkBytes / (4 * cols));
   for (int64_t s0 = 0; s0 < steps; s0 += chunk) {
     const int64_t s1 = std::min(steps, s0 + chunk);
     for (int64_t t = 0; t < tiles; ++t) {
-      const int64_t m0 = tile_start(p.M, t), rows = tile_start(p.M, t + 1) - m0;
+      const int64_t m0 = tile_start(p.M, max_rows, t), rows = tile_start(p.M, max_rows, t + 1) - m0;
       const TileArgs args{n0, m0, s0, s1, a + m0 * steps * units, partial + m0 * cols, cols, t == 0};
       table[rows - 1][vector_index(v)][full](p, args);
     }
@@ -305,22 +316,22 @@ void run_call(const PackedLinearParams& p, const TileTable& table, int64_t n0, i
 
 // Panels [q0, q1): the tallest tile's vectors_for(rows) per call; a call of several panels takes
 // fewer (a power of two) where the range ends, a call narrower than a panel walks its slices.
-void run_panels(const PackedLinearParams& p, const TileTable& table, int64_t q0, int64_t q1, const uint32_t* a,
-                int64_t units, float* partial) {
-  const int v = vectors_for(tile_start(p.M, 1));
+template <class Step>
+void run_panels(const PackedLinearParams& p, int64_t q0, int64_t q1, const uint32_t* a, float* partial) {
+  const int v = Step::vectors(tile_start(p.M, Step::kMaxRows, 1));
   const int64_t cols = int64_t{v} * kLanes;
   if (cols >= kLinearPanel) {
     for (int64_t q = q0; q < q1;) {
       int64_t take = cols / kLinearPanel;
       while (take > q1 - q) take /= 2;
-      run_call(p, table, q * kLinearPanel, static_cast<int>(take * kLinearPanel / kLanes), a, units, partial);
+      run_call<Step>(p, q * kLinearPanel, static_cast<int>(take * kLinearPanel / kLanes), a, partial);
       q += take;
     }
     return;
   }
   for (int64_t q = q0; q < q1; ++q)
     for (int64_t n0 = q * kLinearPanel; n0 < std::min(p.N, (q + 1) * kLinearPanel); n0 += cols)
-      run_call(p, table, n0, v, a, units, partial);
+      run_call<Step>(p, n0, v, a, partial);
 }
 
 // x packed per tile, then each thread streams an equal share of the panels (balanced by panels,
@@ -330,7 +341,6 @@ template <class Step>
 void run(const PackedLinearParams& p, bool parallel) {
   const int64_t panels = linear_num_panels(p.N), steps = num_steps(p), units = Step::kUnits;
   std::unique_ptr<uint32_t[]> a(new uint32_t[p.M * steps * units]);  // no zero-fill
-  const TileTable& table = kTable<Step>;
 #pragma omp parallel if (parallel)
   {
     std::unique_ptr<float[]> partial(new float[p.M * kLinearPanel * 4]);  // per thread, <= 128 columns
@@ -342,8 +352,7 @@ void run(const PackedLinearParams& p, bool parallel) {
 #else
     const int64_t threads = 1, thread = 0;
 #endif
-    run_panels(p, table, panels * thread / threads, panels * (thread + 1) / threads, a.get(), units,
-               partial.get());
+    run_panels<Step>(p, panels * thread / threads, panels * (thread + 1) / threads, a.get(), partial.get());
   }
 }
 

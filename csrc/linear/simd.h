@@ -4,8 +4,8 @@
 //   avx2:   __m256 (8 lanes), vmaskmov for the tail
 //   portable: 4 floats in a struct whose loops the compiler turns into SSE / NEON registers
 // A "pair word" is the 32-bit unit of a bfloat16 panel: the bf16 of k (low half) and of k + 1 (high
-// half) of one column; `load_pairs` widens kLanes of them into the two float32 vectors (a shift
-// left by 16 is exact: bfloat16 is the top half of a float32).
+// half) of one column; `load_half` widens one half of kLanes of them to float32 (half 0 shifted
+// left by 16, half 1 masked: exact, bfloat16 is the top half of a float32).
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -33,13 +33,13 @@ inline void vstore_first(float* p, Vf v, int64_t n) { _mm512_mask_storeu_ps(p, l
 inline Vf vfma(Vf a, Vf b, Vf c) { return _mm512_fmadd_ps(a, b, c); }
 inline Vf vadd(Vf a, Vf b) { return _mm512_add_ps(a, b); }
 
-inline void widen_pairs(__m512i w, Vf& even, Vf& odd) {
-  even = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-  odd = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+inline Vf widen_half(__m512i w, int half) {
+  return _mm512_castsi512_ps(half == 0 ? _mm512_slli_epi32(w, 16)
+                                       : _mm512_and_si512(w, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
 }
-inline void load_pairs(const uint32_t* p, Vf& even, Vf& odd) { widen_pairs(_mm512_loadu_si512(p), even, odd); }
-inline void load_pairs_first(const uint32_t* p, int64_t n, Vf& even, Vf& odd) {
-  widen_pairs(_mm512_maskz_loadu_epi32(lanes_mask(n), p), even, odd);
+inline Vf load_half(const uint32_t* p, int half) { return widen_half(_mm512_loadu_si512(p), half); }
+inline Vf load_half_first(const uint32_t* p, int64_t n, int half) {
+  return widen_half(_mm512_maskz_loadu_epi32(lanes_mask(n), p), half);
 }
 // bfloat16 -> float32 of the first n lanes (the bias).
 inline Vf vload_bf16_first(const uint16_t* p, int64_t n) {
@@ -74,15 +74,15 @@ inline void vstore_first(float* p, Vf v, int64_t n) { _mm256_maskstore_ps(p, lan
 inline Vf vfma(Vf a, Vf b, Vf c) { return _mm256_fmadd_ps(a, b, c); }
 inline Vf vadd(Vf a, Vf b) { return _mm256_add_ps(a, b); }
 
-inline void widen_pairs(__m256i w, Vf& even, Vf& odd) {
-  even = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-  odd = _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+inline Vf widen_half(__m256i w, int half) {
+  return _mm256_castsi256_ps(half == 0 ? _mm256_slli_epi32(w, 16)
+                                       : _mm256_and_si256(w, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
 }
-inline void load_pairs(const uint32_t* p, Vf& even, Vf& odd) {
-  widen_pairs(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), even, odd);
+inline Vf load_half(const uint32_t* p, int half) {
+  return widen_half(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), half);
 }
-inline void load_pairs_first(const uint32_t* p, int64_t n, Vf& even, Vf& odd) {
-  widen_pairs(_mm256_maskload_epi32(reinterpret_cast<const int*>(p), lanes_mask(n)), even, odd);
+inline Vf load_half_first(const uint32_t* p, int64_t n, int half) {
+  return widen_half(_mm256_maskload_epi32(reinterpret_cast<const int*>(p), lanes_mask(n)), half);
 }
 inline Vf vload_bf16_first(const uint16_t* p, int64_t n) {
   alignas(32) float f[8] = {};
@@ -135,21 +135,21 @@ inline Vf vadd(Vf a, Vf b) {
   for (int i = 0; i < kLanes; ++i) a.v[i] += b.v[i];
   return a;
 }
-inline void widen_words(const uint32_t (&w)[kLanes], Vf& even, Vf& odd) {
-  uint32_t e[kLanes], o[kLanes];
-  for (int i = 0; i < kLanes; ++i) e[i] = w[i] << 16, o[i] = w[i] & 0xffff0000u;
-  std::memcpy(even.v, e, sizeof(e));
-  std::memcpy(odd.v, o, sizeof(o));
+inline Vf load_half(const uint32_t* p, int half) {
+  Vf r;
+  for (int i = 0; i < kLanes; ++i) {
+    const uint32_t w = half == 0 ? p[i] << 16 : p[i] & 0xffff0000u;
+    std::memcpy(&r.v[i], &w, sizeof(w));
+  }
+  return r;
 }
-inline void load_pairs(const uint32_t* p, Vf& even, Vf& odd) {
-  uint32_t w[kLanes];
-  std::memcpy(w, p, sizeof(w));
-  widen_words(w, even, odd);
-}
-inline void load_pairs_first(const uint32_t* p, int64_t n, Vf& even, Vf& odd) {
-  uint32_t w[kLanes] = {};
-  for (int64_t i = 0; i < n && i < kLanes; ++i) w[i] = p[i];
-  widen_words(w, even, odd);
+inline Vf load_half_first(const uint32_t* p, int64_t n, int half) {
+  Vf r{};
+  for (int64_t i = 0; i < n && i < kLanes; ++i) {
+    const uint32_t w = half == 0 ? p[i] << 16 : p[i] & 0xffff0000u;
+    std::memcpy(&r.v[i], &w, sizeof(w));
+  }
+  return r;
 }
 inline Vf vload_bf16_first(const uint16_t* p, int64_t n) {
   Vf r{};
