@@ -14,8 +14,13 @@ Both models get the state dict fluid_rt.weights.gguf.load_gguf returns (tests/te
 it equals transformers' own GGUF load tensor by tensor), so transformers' slow GGUF reader is not
 timed. Medians of `--repeats` runs after a warm-up.
 
-    python benchmarks/bench_model.py [--threads 2] [--prompt 128] [--new 64] [--repeats 5] [--json]
+    python benchmarks/bench_model.py [--threads 2] [--prompt 128] [--new 64] [--repeats 5] [--isa avx2] [--json]
     python benchmarks/bench_model.py --profile      # where fluid_rt's decode step spends its time
+
+fluid_rt runs on the CPU path ``--isa``, else ``FLUID_RT_CPU_ISA``, else the best this CPU has
+(printed); transformers keeps torch's own ISA. The last lines are a summary for scripts, one per
+dtype: ``summary model path=<path> dtype=<dtype> prefill=<x> decode_step=<x> greedy=<x> generate=<x>``
+(speedups, > 1: fluid_rt is faster).
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ from common import use_checkout  # noqa: E402
 
 use_checkout()
 
+import fluid_rt  # noqa: E402
 from fluid_rt.cache import KVCache  # noqa: E402
+from fluid_rt.cpu_isa import set_cpu_isa  # noqa: E402
 from fluid_rt.decode import DecodeConfig, Decoder  # noqa: E402
 from fluid_rt.model import Transformer  # noqa: E402
 from fluid_rt.weights.gguf import default_model_path, load_gguf  # noqa: E402
@@ -190,7 +197,11 @@ def main(argv=None):
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--profile", action="store_true", help="profile fluid_rt's decode step and exit")
+    p.add_argument("--isa", choices=["portable", "avx2", "avx512"], default=None,
+                   help="fluid_rt's CPU path (default: FLUID_RT_CPU_ISA, else the best one)")
     args = p.parse_args(argv)
+    if args.isa:
+        set_cpu_isa(args.isa)
 
     import transformers
 
@@ -207,6 +218,7 @@ def main(argv=None):
         return
 
     results = {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)", "threads": args.threads,
+               "cpu_isa": fluid_rt.cpu_isa(),
                "prompt_tokens": args.prompt, "new_tokens": args.new, "repeats": args.repeats,
                "torch": torch.__version__, "transformers": transformers.__version__, "rows": []}
     for name in args.dtypes.split(","):
@@ -223,8 +235,9 @@ def main(argv=None):
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"SmolLM2-135M, threads={args.threads}, prompt={args.prompt}, new={args.new}, "
-          f"median of {args.repeats} (torch {torch.__version__}, transformers {transformers.__version__})")
+    print(f"SmolLM2-135M, fluid_rt cpu path {fluid_rt.cpu_isa()}, threads={args.threads}, prompt={args.prompt}, "
+          f"new={args.new}, median of {args.repeats} (torch {torch.__version__}, transformers "
+          f"{transformers.__version__})")
     print(f"{'dtype':<9} {'metric':<16} {'transformers':>13} {'fluid_rt':>10} {'speedup':>8}")
     for r in results["rows"]:
         print(f"{r['dtype']:<9} {r['metric']:<16} {r['transformers']:>13.2f} {r['fluid_rt']:>10.2f} "
@@ -233,6 +246,11 @@ def main(argv=None):
           "generate_tok_s baseline is transformers' generate() (its prefill subtracted)")
     for name, same in results["same_greedy_tokens"].items():
         print(f"{name}: greedy tokens identical to transformers: {same}")
+    for name in args.dtypes.split(","):
+        got = {r["metric"].rsplit("_", 2)[0] if r["metric"].endswith("_tok_s") else r["metric"][:-3]:
+               r["speedup"] for r in results["rows"] if r["dtype"] == name}
+        print(f"summary model path={fluid_rt.cpu_isa()} dtype={name} "
+              + " ".join(f"{k}={v:.2f}" for k, v in got.items()))
 
 
 if __name__ == "__main__":

@@ -77,12 +77,6 @@ at::Tensor unpack_linear_weight_impl(const at::Tensor& packed) {
   return weight;
 }
 
-// bfloat16 with more rows than this (prefill): oneDNN's matmul, on AMX, beats the vector kernel
-// even counting the unpacking of the weight. (benchmarks/bench_linear.py --dtype bfloat16, one
-// forward of the 8x512 model: the vector kernel grows about linearly past 12 rows, 17 ms at 17 and
-// 23 ms at 24; this path took 21-36 ms at 33 rows and 29 ms at 64. Elastic verify blocks, up to 33
-// rows, mostly stay on the vector kernel.)
-constexpr int64_t kBf16PackedMaxRows = 32;
 // Columns unpacked at a time: one buffer of this many columns, instead of the whole weight.
 constexpr int64_t kUnpackColumns = 2048;  // a multiple of the panel width
 
@@ -124,7 +118,7 @@ at::Tensor packed_linear_impl(const at::Tensor& x, const at::Tensor& packed,
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = out_features;
   const int64_t M = x.numel() / x.size(-1);
-  if (dt == DType::kBFloat16 && M > kBf16PackedMaxRows) {
+  if (dt == DType::kBFloat16 && packed_linear_bf16_uses_onednn(M)) {
     at::Tensor x2 = x.reshape({M, x.size(-1)});
     if (silu_and_mul) x2 = at::mul(at::silu(x2.narrow(1, 0, K)), x2.narrow(1, K, K));  // torch's rounding
     return wide_linear(x2, packed, bias, dt).view(out_shape);

@@ -8,8 +8,8 @@ final RMSNorm; lm_head (or the tied embedding).
 The hot path is the decoder's: every forward has the same shape, so it does no host syncs and no
 data-dependent shapes (positions come from ``cache.seqlens`` on the device; RoPE tables are
 precomputed) and runs under CUDA graph capture. q/k/v and gate/up are concatenated at load so each
-layer does four matmuls (``Linear``): ``fluid_rt.ops.packed_linear`` on the CPU for float32 (and
-bfloat16 with AVX512-BF16), with SwiGLU folded into the down projection; torch's matmul otherwise.
+layer does four matmuls (``Linear``): ``fluid_rt.ops.packed_linear`` on the CPU for float32 and
+bfloat16 (``cpu_packs``), with SwiGLU folded into the down projection; torch's matmul otherwise.
 """
 
 from __future__ import annotations
@@ -74,12 +74,20 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def cpu_packs(dtype: torch.dtype) -> bool:
-    """Whether ``Linear`` packs CPU weights of this dtype for ``ops.packed_linear``: float32
-    always, bfloat16 where the CPU has AVX512-BF16 (on other CPUs the kernel's portable path is
-    slower than oneDNN's own bfloat16 matmul)."""
-    from fluid_rt import _C
+    """Whether ``Linear`` packs CPU weights of this dtype for ``ops.packed_linear``: float32 and
+    bfloat16, on every CPU path (``fluid_rt.cpu_isa()``).
 
-    return dtype == torch.float32 or (dtype == torch.bfloat16 and _C.cpu_has_avx512_bf16())
+    The packed kernel is the only CPU matmul whose rows do not depend on the forward's width, which
+    the decoder relies on (elastic decoding equals greedy AR token for token), so every width of a
+    forward uses it, prefill included. Measured against torch's matmul on the same weights
+    (``benchmarks/bench_linear.py``, SmolLM2-135M's matmuls): avx512 and avx2 are faster at 1 to 128
+    rows in float32; bfloat16 is vdpbf16ps on AVX512-BF16 CPUs (faster than oneDNN without AMX; an
+    AMX CPU's avx512 path sends calls of more than 32 rows to oneDNN) and otherwise the weights
+    widened to float32 in registers, several times faster than torch's bfloat16 matmul when decoding
+    (a few rows). The portable path (SSE2 on x86-64, NEON on aarch64) keeps up with torch when
+    decoding and is slower on wide calls (prefill) than an x86 torch that has AVX-512 or AVX2.
+    float16: torch's matmul."""
+    return dtype in (torch.float32, torch.bfloat16)
 
 
 class Linear:

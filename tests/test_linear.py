@@ -1,5 +1,5 @@
 """fluid_rt.ops.pack_linear_weight / packed_linear (float32 and bfloat16, CPU) against float64
-math."""
+math, on every CPU path this machine supports (the ``cpu_isa`` fixture: portable, avx2, avx512)."""
 
 import random
 
@@ -11,7 +11,6 @@ import fluid_rt
 from fluid_rt.ops import pack_linear_weight, packed_linear, unpack_linear_weight
 
 DTYPES = [torch.float32, torch.bfloat16]
-HAS_BF16_KERNEL = fluid_rt._C.cpu_has_avx512_bf16()
 
 
 def activated(x, silu_and_mul):
@@ -57,7 +56,7 @@ SIZES = [(dtype, K, N) for dtype in DTYPES
 @pytest.mark.parametrize("M", [1, 2, 5, 6, 7, 12, 13, 17, 24, 25, 33, 70])
 @pytest.mark.parametrize("dtype,K,N", SIZES)
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_matches_float64(dtype, M, K, N, with_bias):
+def test_matches_float64(cpu_isa, dtype, M, K, N, with_bias):
     gen = torch.Generator().manual_seed(M * 1000 + K * 7 + N)
     x = torch.randn(M, K, generator=gen).to(dtype)
     weight = torch.randn(N, K, generator=gen).to(dtype)
@@ -93,7 +92,7 @@ def test_unpack_round_trip(dtype, N, K):
     assert torch.equal(unpack_linear_weight(pack_linear_weight(weight)), weight)
 
 
-def test_any_weight_strides():
+def test_any_weight_strides(cpu_isa):
     """The weight may be a transposed or sliced view (packing reads it through its strides)."""
     base = torch.randn(40, 50)
     for weight in (base, base.t(), base[::2, 3:40], base.t()[5:, ::3]):
@@ -101,7 +100,7 @@ def test_any_weight_strides():
         check_close(packed_linear(x, pack_linear_weight(weight)), x, weight)
 
 
-def test_leading_dims_and_row_strided_x():
+def test_leading_dims_and_row_strided_x(cpu_isa):
     """x [..., K] with any leading dims, or a column slice of a wider matrix (one row stride)."""
     weight, bias = torch.randn(45, 64), torch.randn(45)
     packed = pack_linear_weight(weight)
@@ -115,8 +114,8 @@ def test_leading_dims_and_row_strided_x():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("M", [1, 4, 13, 40])
-def test_silu_and_mul_input(dtype, M):
+@pytest.mark.parametrize("M", [1, 4, 7, 13, 40])
+def test_silu_and_mul_input(cpu_isa, dtype, M):
     """silu_and_mul: the rows multiplied are silu(gate) * up of x = [gate, up]."""
     K, N = 76, 66
     gen = torch.Generator().manual_seed(M)
@@ -129,13 +128,15 @@ def test_silu_and_mul_input(dtype, M):
     assert torch.equal(x, x_in)  # the input is not overwritten
 
 
-def test_outputs_written_everywhere():
-    """No output element is left unwritten: the result never depends on what memory held."""
-    weight, x = torch.randn(37, 20), torch.randn(19, 20)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M", [1, 3, 6, 19, 40])
+def test_outputs_written_everywhere(cpu_isa, dtype, M):
+    """No output element is left unwritten: the result never depends on what memory held (every
+    tile shape, a last panel of 5 columns, bfloat16 stores of 5-lane tails)."""
+    weight, x = torch.randn(37, 20).to(dtype), torch.randn(M, 20).to(dtype)
     packed = pack_linear_weight(weight)
-    torch.manual_seed(0)
     for _ in range(3):  # fresh allocations after poisoning freed memory with NaN
-        poison = torch.full((19, 37), float("nan"))
+        poison = torch.full((M, 37), float("nan"), dtype=dtype)
         del poison
         y = packed_linear(x, packed)
         assert torch.isfinite(y).all()
@@ -143,33 +144,41 @@ def test_outputs_written_everywhere():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_rows_are_independent_of_the_batch(dtype):
-    """A row's result is bit-identical whatever else is in the call (the contract in
-    DEVELOPERS.md: a position's projections do not change with the width of the forward)."""
-    weight, bias = torch.randn(300, 128).to(dtype), torch.randn(300).to(dtype)
+def test_rows_bitwise_independent_of_the_call(cpu_isa, dtype):
+    """A row's result is bit-identical whatever else is in the call, on each path (the contract in
+    DEVELOPERS.md: a position's projections do not change with the width of the forward). The
+    row counts cross every tile shape of every path (1..3, 4..6, 7..12 rows per tile, several
+    tiles over k-chunks) and K is long enough for several chunks."""
+    weight, bias = torch.randn(300, 1200).to(dtype), torch.randn(300).to(dtype)
     packed = pack_linear_weight(weight)
-    x = torch.randn(40, 128).to(dtype)
+    x = torch.randn(70, 1200).to(dtype)
     full = packed_linear(x, packed, bias)
-    for M in (1, 3, 7, 12, 13, 17, 25):
+    check_close(full, x, weight, bias)
+    for M in (1, 2, 3, 4, 6, 7, 12, 13, 17, 25, 33):
         assert torch.equal(packed_linear(x[:M], packed, bias), full[:M])
         assert torch.equal(packed_linear(x[M:M + 1], packed, bias), full[M:M + 1])
+        assert torch.equal(packed_linear(x[M:2 * M + 1], packed, bias), full[M:2 * M + 1])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_portable_path_matches(monkeypatch, dtype):
+def test_paths_agree(dtype):
+    """Every path computes the same sums (float32 in k order, each path its own roundings): the
+    paths agree with each other to float32 rounding (bfloat16: one output ulp)."""
     weight, bias = torch.randn(70, 34).to(dtype), torch.randn(70).to(dtype)
     packed = pack_linear_weight(weight)
     for M in (1, 5, 14, 30):
         x = torch.randn(M, 68).to(dtype)
-        fast = packed_linear(x, packed, bias, silu_and_mul=True)
-        with monkeypatch.context() as m:
-            m.setenv("FLUID_RT_CPU_PORTABLE", "1")
-            slow = packed_linear(x, packed, bias, silu_and_mul=True)
-        check_close(slow, x, weight, bias, silu_and_mul=True)
-        if dtype == torch.float32:
-            torch.testing.assert_close(slow, fast, rtol=1e-5, atol=1e-5)
-        else:  # one bfloat16 ulp apart at most (the float32 sums differ in order)
-            torch.testing.assert_close(slow, fast, rtol=2 ** -7, atol=1e-5)
+        outs = {}
+        for isa in fluid_rt._C.cpu_isas_supported():
+            with fluid_rt.use_cpu_isa(isa):
+                outs[isa] = packed_linear(x, packed, bias, silu_and_mul=True)
+            check_close(outs[isa], x, weight, bias, silu_and_mul=True)
+        first = next(iter(outs.values()))
+        for out in outs.values():
+            if dtype == torch.float32:
+                torch.testing.assert_close(out, first, rtol=1e-5, atol=1e-5)
+            else:
+                torch.testing.assert_close(out, first, rtol=2 ** -7, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -190,20 +199,22 @@ def test_opcheck_and_compile(dtype):
     check_close(f(x, packed, bias) / 2, x, weight, bias)
 
 
-def test_model_uses_packed_weights_on_the_cpu():
-    from fluid_rt.model import Linear
+def test_model_uses_packed_weights_on_the_cpu(cpu_isa):
+    from fluid_rt.model import Linear, cpu_packs
 
     w, b = torch.randn(20, 8), torch.randn(20)
+    # float32 and bfloat16 run on the packed kernel on every path (it keeps rows independent of
+    # the forward's width); float16 on torch's matmul
+    assert cpu_packs(torch.float32) and cpu_packs(torch.bfloat16) and not cpu_packs(torch.float16)
     assert Linear(w, b).packed is not None
-    # bfloat16 only where the CPU has AVX512-BF16 (the portable path would be slower than oneDNN)
-    assert (Linear(w.bfloat16(), b.bfloat16()).packed is not None) == HAS_BF16_KERNEL
+    assert Linear(w.bfloat16(), b.bfloat16()).packed is not None
     assert Linear(w.half(), b.half()).packed is None
     x = torch.randn(3, 8)
     gate_up = torch.randn(3, 16)
     for lin in (Linear(w, b), Linear(w, b, pack=False)):
         check_close(lin(x), x, w, b)
         check_close(lin.silu_and_mul(gate_up.clone()), gate_up, w, b, silu_and_mul=True)
-    # bfloat16 beyond 32 rows: the op multiplies unpacked slices of the weight with torch's matmul
+    # bfloat16 beyond 32 rows too (on an AMX CPU the avx512 path hands those to oneDNN)
     lin = Linear(w.bfloat16(), b.bfloat16(), pack=True)
     for rows in (1, 32, 33, 40):
         xb = torch.randn(rows, 8).bfloat16()
@@ -254,7 +265,7 @@ def test_bad_arguments_raise(name, call, word):
         call()
 
 
-def test_fuzz_malformed_calls_never_crash():
+def test_fuzz_malformed_calls_never_crash(cpu_isa):
     """Random (often invalid) shapes, dtypes and strides: only Python errors, never a crash, and
     every call that succeeds matches the reference."""
     rng = random.Random(2026)
