@@ -6,6 +6,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from fluid_rt.ops._backend import op_library
+
 __all__ = ["causal_attention", "SUPPORTED_HEAD_DIMS"]
 
 # Head dims the kernels are instantiated for (csrc/attention/params.h).
@@ -62,7 +64,7 @@ def causal_attention(
         ``out [B, T, Hq, D]`` in q's dtype, and with ``return_lse`` also ``lse [B, T, Hq]`` float32
         (natural log of the softmax denominator of the scaled scores).
     """
-    out, lse = torch.ops.fluid_rt.causal_attention(
+    out, lse = op_library().causal_attention(
         q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, softmax_scale
     )
     return (out, lse) if return_lse else out
