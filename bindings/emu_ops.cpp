@@ -251,6 +251,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_entropy_emu(con
                     "temperature: must be finite and > 0 (1/temperature finite in float32), got ", temperature);
   const int64_t V = logits.size(-1);
   const int64_t rows = V > 0 ? logits.numel() / V : 0;
+  check_last_dim_contiguous(logits, "logits");
   const int64_t row_stride = rows > 1 ? collapsed_row_stride(logits, "logits") : V;
   const auto lead = logits.sizes().slice(0, logits.dim() - 1);
   const auto f32 = logits.options().dtype(at::kFloat);
@@ -422,7 +423,8 @@ at::Tensor selftest_emu(const std::string& what, const at::Tensor& x, bool drop_
   check_dtype(x, at::kFloat, "x");
   check_rank(x, 1, "x");
   check_contiguous(x, "x");
-  FLUID_CHECK_VALUE(x.numel() <= 256 && x.numel() % 32 == 0 && x.numel() > 0, "x: 32, 64, ... 256 elements");
+  FLUID_CHECK_VALUE(x.numel() >= 1 && x.numel() <= 256, "x: 1 to 256 elements, got ", x.numel());
+  FLUID_CHECK_VALUE(what != "warp_sum" || x.numel() % 32 == 0, "x: warp_sum takes whole warps (a multiple of 32)");
   at::Tensor out = at::empty_like(x);
   run_in_orders(("selftest " + what).c_str(), [&](EmuArgs& a) {
     emu::selftest(what.c_str(), static_cast<const float*>(a.in(x, "x")), x.numel(), static_cast<float*>(a.out(out, "out")),
