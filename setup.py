@@ -5,6 +5,7 @@ Environment knobs, passed through to CMake:
   TORCH_CUDA_ARCH_LIST     CUDA archs, e.g. "8.0;9.0" or "9.0a" (default 8.0 and 9.0)
   CUDA_HOME                the CUDA toolkit root (its bin/nvcc is used)
   FLUID_RT_NATIVE=1        compile the CPU kernels with -march=native
+  FLUID_RT_CUDA_EMU=1      also build the CUDA kernels' CPU emulation (torch.ops.fluid_rt_emu; CI)
   MAX_JOBS                 parallel compile jobs
 """
 
@@ -39,6 +40,7 @@ class CMakeBuild(build_ext):
             f"-DFLUID_RT_OUTPUT_DIR={out_dir}",
             f"-DFLUID_RT_CUDA={os.environ.get('FLUID_RT_CUDA', 'auto')}",
             f"-DFLUID_RT_NATIVE={'ON' if os.environ.get('FLUID_RT_NATIVE') == '1' else 'OFF'}",
+            f"-DFLUID_RT_CUDA_EMU={'ON' if os.environ.get('FLUID_RT_CUDA_EMU') == '1' else 'OFF'}",
             f"-DFLUID_RT_VERSION={self.distribution.get_version()}",
             "-DCMAKE_BUILD_TYPE=Release",
         ]

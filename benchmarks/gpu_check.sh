@@ -4,7 +4,7 @@
 # references, runs the microbenchmarks and a decode benchmark on a Pangu-shaped random model, and
 # prints a short table last. Everything it prints also lands in $OUT (or ./gpu_check_out), in at
 # most 8 files (what the device tool brings back): summary.txt, build.log, tests.log, bench_err.txt
-# and the four bench_*.json.
+# and the four bench_*.json (the compute-sanitizer logs are appended to tests.log).
 # The whole script stays inside GPU_CHECK_BUDGET seconds (default 560: the device tool stops a
 # command at 600 s): each step after the build gets what is left of it, so the table always prints.
 set -uo pipefail
@@ -67,6 +67,32 @@ $PY -c "import fluid_rt; print(fluid_rt.build_info())" | tee -a "$OUT/summary.tx
 # 2. CUDA tests (the CPU suite runs in CI; here only what needs the GPU).
 bounded 240 $PY -m pytest -q -m cuda tests -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -n 40
 log "cuda tests: $(tail -n 1 "$OUT/tests.log") ($(elapsed) s)"
+
+# 2b. compute-sanitizer, when the toolkit has it: memcheck (out-of-bounds / misaligned global and
+# shared accesses; torch's caching allocator off, so each tensor is its own allocation) on the op
+# tests, and racecheck (shared-memory hazards: a missing __syncthreads) on the kernels that use
+# shared memory. Small shapes only: the tools slow kernels down 10-100x.
+SANITIZER="$CUDA_HOME/bin/compute-sanitizer"
+if [ -x "$SANITIZER" ]; then
+  sanitize() {  # sanitize TOOL LIMIT PYTEST-ARGS...
+    local tool=$1 lim=$2
+    shift 2
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 bounded "$lim" "$SANITIZER" --tool "$tool" --target-processes all \
+      --error-exitcode 97 --print-limit 20 $PY -m pytest -q -x -m cuda -p no:cacheprovider "$@" \
+      > "$OUT/sanitizer_$tool.log" 2>&1
+    local rc=$?
+    log "compute-sanitizer $tool rc=$rc: $(grep -E 'ERROR SUMMARY|passed|failed' "$OUT/sanitizer_$tool.log" | tail -n 2 | tr '\n' ' ') ($(elapsed) s)"
+    [ $rc -ne 0 ] && tail -n 30 "$OUT/sanitizer_$tool.log"
+    cat "$OUT/sanitizer_$tool.log" >> "$OUT/tests.log"
+    rm -f "$OUT/sanitizer_$tool.log"
+  }
+  sanitize memcheck 70 tests/test_commit.py tests/test_norm.py tests/test_entropy.py tests/test_attention.py \
+    -k "split_kv or out_of_range or bitwise or masked or bad_values or commit_matches or prefill or (test_matches_reference and shape3) or (test_matches_reference_cuda and dtype0 and (case1 or case4)) or (test_random_rows and 4099 and avx512) or (single_long_row_split and avx512)"
+  sanitize racecheck 50 tests/test_norm.py tests/test_attention.py tests/test_entropy.py \
+    -k "split_kv or bitwise or (test_matches_reference and shape3 and dtype0) or (test_random_rows and 4099 and avx512)"
+else
+  log "compute-sanitizer: not in $CUDA_HOME/bin, skipped"
+fi
 
 # 3. Microbenchmarks and the decode benchmark, each bounded in time; their stderr goes to one file,
 # and a failing one's last lines to the output too.

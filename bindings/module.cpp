@@ -17,6 +17,11 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("with_cuda") = false;
 #endif
+#ifdef FLUID_RT_CUDA_EMU
+  m.attr("cuda_emu") = true;  // torch.ops.fluid_rt_emu.*: the CUDA kernels under the CPU emulator
+#else
+  m.attr("cuda_emu") = false;
+#endif
   std::string archs = FLUID_RT_CUDA_ARCHS;
   pybind11::list arch_list;
   size_t start = 0;

@@ -23,11 +23,13 @@ __version__ = _C.__version__
 
 
 def build_info() -> dict:
-    """How the extension was built: version, whether CUDA kernels are in, and their archs."""
+    """How the extension was built: version, whether CUDA kernels are in, their archs, and whether
+    the CUDA kernels' CPU emulation (``torch.ops.fluid_rt_emu``, FLUID_RT_CUDA_EMU=1) is in."""
     return {
         "version": _C.__version__,
         "with_cuda": bool(_C.with_cuda),
         "cuda_archs": list(_C.cuda_archs),
+        "cuda_emu": bool(getattr(_C, "cuda_emu", False)),
         "cpu_avx512_compiled": bool(_C.cpu_avx512_compiled),
         "cpu_isa": _C.cpu_isa(),
         "cpu_isas": list(_C.cpu_isas_compiled()),

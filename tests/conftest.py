@@ -39,13 +39,43 @@ def _poison_cuda_allocator(request):
     yield
 
 
+def _has_cuda_emu():
+    import fluid_rt
+
+    return bool(fluid_rt.build_info().get("cuda_emu"))
+
+
 def pytest_collection_modifyitems(config, items):
+    skip_emu = pytest.mark.skip(reason="needs a build with the CUDA emulation (FLUID_RT_CUDA_EMU=1)")
+    emu_built = _has_cuda_emu()
+    for item in items:
+        if item.get_closest_marker("emu") is not None and not emu_built:
+            item.add_marker(skip_emu)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+# The emulated CUDA backend as a device parameter: tests take "cpu" tensors and, for this param, the
+# fluid_rt.ops wrappers call the CUDA kernels under the emulator (see _cuda_emulation below).
+EMU = pytest.param("cpu", id="emu", marks=pytest.mark.emu)
+
+
+@pytest.fixture(autouse=True)
+def _cuda_emulation(request):
+    """Tests marked ``emu`` run with the fluid_rt.ops wrappers routed to ``torch.ops.fluid_rt_emu``
+    (the CUDA kernels under the CPU emulator, 4 emulated SMs so small shapes take the split paths;
+    every launch runs in forward, reverse and random thread order, which must agree)."""
+    if request.node.get_closest_marker("emu") is not None and _has_cuda_emu():
+        from fluid_rt.ops._backend import cuda_emulation
+
+        with cuda_emulation():
+            yield
+    else:
+        yield
 
 
 def _supported_cpu_isas():
@@ -60,5 +90,7 @@ def cpu_isa(request):
     kernels switched to that path for the test's duration; the value is the path's name."""
     import fluid_rt
 
+    if request.node.get_closest_marker("emu") is not None and request.param != _supported_cpu_isas()[-1]:
+        pytest.skip("the emulated CUDA kernels do not depend on the CPU path: one run is enough")
     with fluid_rt.use_cpu_isa(request.param):
         yield request.param

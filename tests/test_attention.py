@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import fluid_rt
 import fluid_rt.ops.attention as attention_op
+from conftest import EMU
 from fluid_rt.ops import causal_attention
 
 HAS_CUDA_KERNELS = bool(fluid_rt.build_info()["with_cuda"]) and torch.cuda.is_available()
@@ -186,20 +187,19 @@ def test_softmax_scale_cpu(cpu_isa):
     check_case(2, 5, 8, 2, 64, 90, torch.float32, "cpu", True, False, False, seed=5, scale=0.37)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_rows_bitwise_independent_of_width_and_batch_cpu(dtype, cpu_isa):
+def check_rows_bitwise_independent_of_width_and_batch(dtype, device, S_max=1200, seqlens=(0, 127, 255, 1000),
+                                                      rows=(0, 1, 2, 3)):
     """A row's output is bitwise the same whatever else the call holds: a shorter block of the same
     queries (the decoder reuses outputs of forwards of other widths), or other sequences in the
-    batch (more items: no split-KV). Seqlens put rows on both sides of key chunk boundaries. Holds
-    within each CPU path (the paths block differently inside a tile, so they may differ by rounding)."""
+    batch (more items: no split-KV; one short row: split-KV on CUDA). Seqlens put rows on both
+    sides of key chunk boundaries."""
     g = torch.Generator().manual_seed(11)
-    Hq, Hkv, D, S_max = 8, 2, 64, 1200
-    seqlens = [0, 127, 255, 1000]
-    q = torch.randn(4, 17, Hq, D, generator=g).to(dtype)
-    kc, vc = (torch.randn(4, S_max, Hkv, D, generator=g).to(dtype) for _ in range(2))
-    sl = torch.tensor(seqlens, dtype=torch.int32)
+    Hq, Hkv, D = 8, 2, 64
+    q = torch.randn(4, 17, Hq, D, generator=g).to(dtype).to(device)
+    kc, vc = (torch.randn(4, S_max, Hkv, D, generator=g).to(dtype).to(device) for _ in range(2))
+    sl = torch.tensor(seqlens, dtype=torch.int32, device=device)
     full, full_lse = causal_attention(q, kc, vc, sl, return_lse=True)  # 4 x 17 rows: many items
-    for b in range(4):
+    for b in rows:
         for width in (1, 5, 17):
             one, one_lse = causal_attention(q[b : b + 1, :width].contiguous(), kc[b : b + 1],
                                             vc[b : b + 1], sl[b : b + 1], return_lse=True)
@@ -228,6 +228,13 @@ def test_torch_fallback_cpu(monkeypatch):
             with pytest.raises(ValueError, match=name):
                 causal_attention(a["q"], a["k_cache"], a["v_cache"], a["cache_seqlens"], a["k"], a["v"],
                                  cache_batch_idx=a["cache_batch_idx"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_bitwise_independent_of_width_and_batch_cpu(dtype, cpu_isa):
+    """Holds within each CPU path (the paths block differently inside a tile, so they may differ by
+    rounding)."""
+    check_rows_bitwise_independent_of_width_and_batch(dtype, "cpu")
 
 
 def test_empty_batch_and_no_kv_cpu():
@@ -458,17 +465,18 @@ def test_prefill_cuda():
     check_case(2, 300, 4, 4, 64, 333, torch.bfloat16, "cuda", True, True, False, seed=42, seqlens=[0, 33])
 
 
-@pytest.mark.cuda
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=pytest.mark.cuda), EMU])
 @pytest.mark.parametrize("long_cache", [False, True])
-def test_out_of_range_rows_are_nan_cuda(long_cache):
-    S = 4096 if long_cache else 64  # long: the split-KV path
-    inp = make_inputs(3, 4, 4, 2, 64, S, torch.float32, "cuda", True, True, False, seed=51, seqlens=[0, 5, 1])
+def test_out_of_range_rows_are_nan_cuda(long_cache, device):
+    S = 4096 if long_cache and device == "cuda" else 600 if long_cache else 64  # long: the split-KV path
+    inp = make_inputs(3, 4, 4, 2, 64, S, torch.float32, device, True, True, False, seed=51, seqlens=[0, 5, 1])
     inp["seqlens"][0] = S - 3  # row 0: S - 3 + 4 tokens do not fit
     inp["cache_idx"][2] = 99  # row 2: no such cache row
     kc0, vc0 = inp["k_cache"].clone(), inp["v_cache"].clone()
     out, lse = causal_attention(inp["q"], inp["k_cache"], inp["v_cache"], inp["seqlens"], inp["k"], inp["v"],
                                 cache_batch_idx=inp["cache_idx"], return_lse=True)
-    torch.cuda.synchronize()
+    if device == "cuda":
+        torch.cuda.synchronize()
     assert torch.isnan(out[0]).all() and torch.isnan(lse[0]).all()
     assert torch.isnan(out[2]).all() and torch.isnan(lse[2]).all()
     assert torch.isfinite(out[1]).all() and torch.isfinite(lse[1]).all()
@@ -510,3 +518,89 @@ def test_cuda_graph_capture_replay():
     ref_out, _ = reference(q, kc_want, vc_want, sl, None, D ** -0.5)
     sdpa = sdpa_same_dtype(q, kc_want, vc_want, sl, None, D ** -0.5)
     assert (out.cpu().double() - ref_out).abs().max().item() <= 3 * (sdpa - ref_out).abs().max().item() + 1e-5
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_bitwise_independent_of_width_and_batch_cuda(dtype):
+    # 4 x 17 rows fill the GPU (one pass per block); one row of width 1 takes the split-KV path.
+    check_rows_bitwise_independent_of_width_and_batch(dtype, "cuda", S_max=4096, seqlens=(0, 255, 1000, 4000))
+
+
+def check_masked_overflowed_values_stay_out(device):
+    """fp16 V that overflowed to inf at a key only later queries see: earlier queries never touch
+    it (a masked key's weight is 0, and 0 * inf is NaN), so their outputs match the reference."""
+    inp = make_inputs(2, 4, 4, 2, 64, 300, torch.float16, device, True, False, False, seed=71, seqlens=[0, 270])
+    inp["v"][:, 3, 1, 5] = float("inf")  # the last query's own key, kv head 1
+    kc_want, vc_want = expected_caches(inp)
+    out = causal_attention(inp["q"], inp["k_cache"], inp["v_cache"], inp["seqlens"], inp["k"], inp["v"])
+    # The queries before the last never see that key: their reference may take any finite value there
+    # (the float64 einsum would also make 0 * inf).
+    ref_out, _ = reference(inp["q"], kc_want, torch.nan_to_num(vc_want, posinf=0.0), inp["seqlens"], None, 64 ** -0.5)
+    got = out.cpu().double()
+    assert torch.isfinite(got[:, :3]).all() and torch.isfinite(got[:, 3, :2]).all()
+    # (torch's SDPA makes the very NaN this guards against, so the bound is fp16's own rounding)
+    torch.testing.assert_close(got[:, :3], ref_out[:, :3], rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.cuda
+def test_masked_overflowed_values_stay_out_cuda():
+    check_masked_overflowed_values_stay_out("cuda")
+
+
+# ---- the CUDA kernels under the CPU emulator (torch.ops.fluid_rt_emu, tests/conftest.py) ---------
+# Smaller caches than the CUDA tests (the emulator runs every launch in three thread orders); with 4
+# emulated SMs the cases below cover both the one-pass and the split-KV + combine paths, every head
+# dim, GQA groups, several row tiles and several key chunks.
+EMU_CASES = [
+    (3, 1, 8, 8, 64, 100, True, False, False),     # 24 blocks: one pass
+    (2, 2, 8, 2, 80, 257, False, True, True),      # 4 blocks: split-KV, 2 chunks
+    (3, 5, 16, 2, 96, 300, True, True, True),      # split-KV
+    (2, 17, 8, 2, 128, 300, True, False, True),    # 2 row tiles, 8 blocks: one pass, 2 chunks
+    (1, 33, 8, 1, 256, 300, True, True, False),    # 9 row tiles of 32 rows, > 48 KiB shared memory
+    (1, 17, 8, 1, 128, 700, True, False, False),   # 3 row tiles, split-KV over 3 chunks
+    (3, 5, 12, 3, 80, 64, True, True, False),
+    (2, 9, 6, 1, 16, 70, True, True, True),
+    (3, 4, 4, 2, 32, 129, True, False, False),
+    (1, 1, 9, 3, 64, 300, True, False, True),
+    (2, 2, 4, 2, 80, 90, True, True, False),
+]
+
+
+@pytest.mark.emu
+@pytest.mark.parametrize("case", EMU_CASES)
+def test_matches_reference_emu(case):
+    check_case(*case[:6], torch.float32, "cpu", *case[6:], seed=21)
+
+
+@pytest.mark.emu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", [EMU_CASES[1], EMU_CASES[3], EMU_CASES[4], EMU_CASES[7]])
+def test_matches_reference_low_precision_emu(case, dtype):
+    check_case(*case[:6], dtype, "cpu", *case[6:], seed=22)
+
+
+@pytest.mark.emu
+def test_split_kv_emu():
+    # One row and one kv head over a long cache (few blocks: split-KV), as test_split_kv_cuda.
+    check_case(1, 1, 8, 1, 128, 1100, torch.float32, "cpu", True, False, False, seed=31, seqlens=[1000])
+    check_case(1, 2, 8, 2, 256, 600, torch.bfloat16, "cpu", True, True, False, seed=34, seqlens=[3])
+    check_case(1, 40, 4, 2, 64, 560, torch.float32, "cpu", True, False, True, seed=35, seqlens=[500])
+
+
+@pytest.mark.emu
+def test_prefill_emu():
+    check_case(1, 70, 8, 2, 64, 80, torch.float32, "cpu", True, False, True, seed=41, seqlens=[0])
+
+
+@pytest.mark.emu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_bitwise_independent_of_width_and_batch_emu(dtype):
+    # 4 x 17 rows: 16 blocks, one pass each; one row: 1-2 blocks, split-KV over its chunks.
+    check_rows_bitwise_independent_of_width_and_batch(dtype, "cpu", S_max=560, seqlens=(0, 255, 300, 530),
+                                                      rows=(1, 3))
+
+
+@pytest.mark.emu
+def test_masked_overflowed_values_stay_out_emu():
+    check_masked_overflowed_values_stay_out("cpu")

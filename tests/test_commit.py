@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import fluid_rt  # noqa: F401  (loads torch.ops.fluid_rt)
+from conftest import EMU
 from fluid_rt.ops import draft_commit, verify_commit
 
 MASK = 5  # inside the small random vocabulary on purpose: models may predict it
@@ -572,6 +573,17 @@ def test_cuda_verify_commit_matches_reference():
     check_verify_random("cuda", 12)
 
 
+# The CUDA kernels under the CPU emulator (torch.ops.fluid_rt_emu, tests/conftest.py).
+@pytest.mark.emu
+def test_emu_draft_commit_matches_reference():
+    check_draft_random("cpu", 13)
+
+
+@pytest.mark.emu
+def test_emu_verify_commit_matches_reference():
+    check_verify_random("cpu", 14)
+
+
 @pytest.mark.cuda
 def test_cuda_opcheck():
     torch.library.opcheck(torch.ops.fluid_rt.draft_commit.default, _draft_args("cuda"))
@@ -590,10 +602,10 @@ def test_cuda_device_mismatch_raises():
         verify_commit(*args)
 
 
-@pytest.mark.cuda
-def test_cuda_bad_values_are_guarded():
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=pytest.mark.cuda), EMU])
+def test_cuda_bad_values_are_guarded(device):
     # Draft: bad K or step -> drafting cleared, nothing else written.
-    args = _draft_args("cuda", B=4, kmax=5)
+    args = _draft_args(device, B=4, kmax=5)
     args[5][0], args[5][1] = 0, 9
     args[1][2], args[1][3] = 5, -1
     block0 = args[0].clone()
@@ -601,7 +613,7 @@ def test_cuda_bad_values_are_guarded():
     assert args[2].tolist() == [False] * 4
     assert torch.equal(args[0], block0) and args[1].tolist() == [0, 0, 5, -1]
     # Verify: bad K / out_len / budget -> row finished with no tokens written.
-    args = _verify_args("cuda", B=4, kmax=5, N=12)
+    args = _verify_args(device, B=4, kmax=5, N=12)
     args[2][0] = 6
     args[7][1] = -1
     args[7][2], args[8][2] = 5, 4

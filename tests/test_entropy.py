@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import fluid_rt
+from conftest import EMU
 from fluid_rt.ops import TokenStats, token_entropy
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda), EMU]  # EMU: the CUDA kernels, emulated
 NAN = float("nan")
 INF = float("inf")
 

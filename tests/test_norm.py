@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import fluid_rt
+from conftest import EMU
 from fluid_rt.ops import rms_norm
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
@@ -21,7 +22,7 @@ def reference(x, weight, eps, add=None):
     return x, (weight.double() * normed.double())
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES + [EMU])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 5, 64), (17, 576), (4, 4096), (0, 32)])
 @pytest.mark.parametrize("with_add", [False, True])

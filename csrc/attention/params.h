@@ -4,13 +4,7 @@
 #include <cstdint>
 
 #include "common/dtype.h"
-
-// The small helpers below are used by the host and by CUDA kernels.
-#ifdef __CUDACC__
-#define FLUID_RT_HD __host__ __device__
-#else
-#define FLUID_RT_HD
-#endif
+#include "common/host_device.h"  // FLUID_RT_HD: the small helpers below serve the host and the kernels
 
 namespace fluid_rt {
 

@@ -8,16 +8,11 @@ namespace {
 // Below this many rows a parallel region costs more than the work.
 constexpr int64_t kParallelRows = 512;
 
-inline bool confident(float score, float threshold, bool is_entropy) {
-  // NaN scores are never confident (both comparisons are false).
-  return is_entropy ? score < threshold : score > threshold;
-}
-
 void draft_row(const DraftCommitParams& p, int64_t b) {
   if (!p.drafting[b]) return;
   const int64_t K = p.horizon[b];
   const int64_t s = p.step[b];
-  if (K < 1 || K > p.kmax || s < 0 || s >= K) {
+  if (!draft_row_in_range(K, p.kmax, s)) {
     p.drafting[b] = false;  // guard: never index out of range, and let the decode loop end
     return;
   }
@@ -28,7 +23,7 @@ void draft_row(const DraftCommitParams& p, int64_t b) {
   block[s] = pred[s];  // the left-most open position is always committed
   int64_t run_end = K;  // first j > s that is not confident: the new step (= s + 1 + jump)
   for (int64_t j = s + 1; j < K; ++j) {
-    if (confident(score[j], p.threshold[b], p.score_is_entropy)) {
+    if (draft_confident(score[j], p.threshold[b], p.score_is_entropy)) {
       block[j] = pred[j];  // written even when not contiguous with s
     } else if (run_end == K) {
       run_end = j;
@@ -54,11 +49,8 @@ void verify_row(const VerifyCommitParams& p, int64_t b) {
   const int64_t K = p.horizon[b];
   const int64_t len0 = p.out_len[b];
   const int64_t budget = p.budget[b];
-  if (K < 1 || K > p.kmax || len0 < 0 || budget < len0 || budget > p.out_stride) {
-    p.done[b] = true;  // guard: finish the row without writing tokens
-    p.verifying[b] = false;
-    p.committed[b] = 0;
-    p.mismatch[b] = -1;
+  if (!verify_row_in_range(K, p.kmax, len0, budget, p.out_stride)) {
+    finish_out_of_range_verify_row(p, b);  // guard: finish the row without writing tokens
     return;
   }
   const int64_t* block = p.block + b * p.kmax;

@@ -15,6 +15,8 @@
 #pragma once
 #include <cstdint>
 
+#include "common/host_device.h"
+
 namespace fluid_rt {
 
 struct DraftCommitParams {
@@ -51,6 +53,26 @@ struct VerifyCommitParams {
   int64_t batch;           // B
   int64_t kmax;            // Kmax
 };
+
+// The per-row guards above, one definition for the CPU and the CUDA kernels.
+FLUID_RT_HD inline bool draft_row_in_range(int64_t K, int64_t kmax, int64_t step) {
+  return K >= 1 && K <= kmax && step >= 0 && step < K;
+}
+FLUID_RT_HD inline bool verify_row_in_range(int64_t K, int64_t kmax, int64_t out_len, int64_t budget,
+                                            int64_t out_stride) {
+  return K >= 1 && K <= kmax && out_len >= 0 && budget >= out_len && budget <= out_stride;
+}
+// A selected verify row that fails verify_row_in_range is finished without committing.
+FLUID_RT_HD inline void finish_out_of_range_verify_row(const VerifyCommitParams& p, int64_t b) {
+  p.done[b] = true;
+  p.verifying[b] = false;
+  p.committed[b] = 0;
+  p.mismatch[b] = -1;
+}
+// Whether a draft position's score is confident; NaN never is (both comparisons are false).
+FLUID_RT_HD inline bool draft_confident(float score, float threshold, bool score_is_entropy) {
+  return score_is_entropy ? score < threshold : score > threshold;
+}
 
 void draft_commit_cpu(const DraftCommitParams& p);
 void verify_commit_cpu(const VerifyCommitParams& p);

@@ -1,8 +1,7 @@
 // float <-> element type on the device, shared by the CUDA kernels (float math, rounding to
-// nearest on the way back, as torch does).
+// nearest on the way back, as torch does). Compiles under nvcc and in the emulation build.
 #pragma once
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "common/cuda_compat.cuh"
 
 namespace fluid_rt {
 

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from fluid_rt import _C
+from fluid_rt.ops import _backend
+from fluid_rt.ops._backend import op_library
 
 __all__ = ["causal_attention", "SUPPORTED_HEAD_DIMS", "uses_torch_fallback"]
 
@@ -155,11 +157,11 @@ def causal_attention(
         (natural log of the softmax denominator of the scaled scores).
     """
     if (isinstance(q, torch.Tensor) and q.device.type == "cpu" and q.dim() == 4 and uses_torch_fallback(q.shape[1])
-            and not torch.compiler.is_compiling()):
+            and not _backend._emulate and not torch.compiler.is_compiling()):
         out, lse = _torch_attention(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, softmax_scale,
                                     return_lse)
         return (out, lse) if return_lse else out
-    out, lse = torch.ops.fluid_rt.causal_attention(
+    out, lse = op_library().causal_attention(
         q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, softmax_scale
     )
     return (out, lse) if return_lse else out

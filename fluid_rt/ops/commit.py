@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from fluid_rt.ops._backend import op_library
+
 __all__ = ["draft_commit", "verify_commit"]
 
 
@@ -69,7 +71,7 @@ def draft_commit(
     ``ValueError``; the CUDA kernel, which cannot raise, clears ``drafting[b]`` of such a row and
     writes nothing else.
     """
-    torch.ops.fluid_rt.draft_commit(
+    op_library().draft_commit(
         block, step, drafting, pred, score, horizon, _per_row(threshold, block, torch.float32, "threshold"),
         int(mask_token_id), bool(score_is_entropy),
     )
@@ -129,7 +131,7 @@ def verify_commit(
     """
     if isinstance(eos_ids, torch.Tensor) and eos_ids.dim() == 1 and block.dim() == 2:
         eos_ids = eos_ids.expand(block.shape[0], -1).contiguous()
-    torch.ops.fluid_rt.verify_commit(
+    op_library().verify_commit(
         block, pred, horizon, verifying, eos_ids, _per_row(remask, block, torch.bool, "remask"), out_tokens, out_len, budget, done, pending,
         cache_seqlens, committed, mismatch,
     )

@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 import torch
 
+from fluid_rt.ops._backend import op_library
+
 __all__ = ["token_entropy", "TokenStats"]
 
 
@@ -71,5 +73,5 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> TokenStats:
         Non-finite rows follow the rules in this module's docstring (NaN first, then +inf, then
         all -inf).
     """
-    entropy, max_prob, argmax, lse = torch.ops.fluid_rt.token_entropy(logits, float(temperature))
+    entropy, max_prob, argmax, lse = op_library().token_entropy(logits, float(temperature))
     return TokenStats(entropy, max_prob, argmax, lse)

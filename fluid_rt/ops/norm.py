@@ -6,6 +6,8 @@ from typing import Optional
 
 import torch
 
+from fluid_rt.ops._backend import op_library
+
 __all__ = ["rms_norm"]
 
 
@@ -29,4 +31,4 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     Returns:
         ``[..., H]`` in x's dtype (a new tensor).
     """
-    return torch.ops.fluid_rt.rms_norm(x, weight, float(eps), add)
+    return op_library().rms_norm(x, weight, float(eps), add)
