@@ -105,7 +105,7 @@ def main():
                 rows.append({"case": f"{case} {dt_name}", "device": args.device,
                              "cpu_isa": fluid_rt.cpu_isa() if args.device == "cpu" else None,
                              "kernel": "torch SDPA (fallback)" if args.device == "cpu"
-                             and fluid_rt.ops.attention.uses_torch_fallback(T) else "ours",
+                             and fluid_rt.ops.attention.uses_torch_fallback(T, cached + T, 32, 128) else "ours",
                              "threads": args.threads if args.device == "cpu" else None,
                              "sdpa_ms": base_ms, "ours_ms": ours_ms, "speedup": base_ms / ours_ms})
     if args.json:

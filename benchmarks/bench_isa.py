@@ -75,9 +75,10 @@ def bench_attention(iters):
                                        ("small q=9 kv=256 gqa9/3 d64", 256, 9, dict(Hq=9, Hkv=3, D=64))):
             case, baseline, ours = make_case(name, cached, T, torch.float32, "cpu", **shape)
             base, mine = _pair(baseline, ours, iters)
+            fallback = attn.uses_torch_fallback(T, cached + T, shape.get("Hq", 32), shape.get("D", 128))
             rows.append(dict(op="attention", case=f"{name} fp32", torch_ms=base, ours_ms=mine,
-                             note="torch fallback" if attn.uses_torch_fallback(T) else "our kernel"))
-            if attn.uses_torch_fallback(T):  # what the kernel alone would give on this path
+                             note="torch fallback" if fallback else "our kernel"))
+            if fallback:  # what the kernel alone would give on this path
                 with attn.force_kernel():
                     base, mine = _pair(baseline, ours, iters)
                 rows.append(dict(op="attention", case=f"{name} fp32 (kernel)", torch_ms=base, ours_ms=mine,

@@ -209,15 +209,16 @@ def check_rows_bitwise_independent_of_width_and_batch(dtype, device, S_max=1200,
 
 @pytest.mark.skipif("portable" not in fluid_rt._C.cpu_isas_supported(), reason="no portable path")
 def test_torch_fallback_cpu(monkeypatch):
-    """On the portable path the wrapper runs torch's SDPA: same contract (cache writes, lse,
-    cache_batch_idx, scale), same reference and tolerances, same errors."""
+    """On the portable path the wrapper runs torch's SDPA for large calls (here: every call): same
+    contract (cache writes, lse, cache_batch_idx, scale), same reference and tolerances, same errors."""
     monkeypatch.setattr(attention_op, "_force_kernel", False)
     with fluid_rt.use_cpu_isa("portable"):
-        assert attention_op.uses_torch_fallback(17) and attention_op.uses_torch_fallback(1)
-        for i, case in enumerate([CASES[3], CASES[4], CASES[7], CASES[10]]):
+        assert attention_op.uses_torch_fallback(17, 2065, 32, 128)
+        assert not attention_op.uses_torch_fallback(9, 265, 9, 64)
+        monkeypatch.setattr(attention_op, "_FALLBACK_MIN_WORK", 0)
+        for i, case in enumerate([CASES[0], CASES[3], CASES[4], CASES[7], CASES[10]]):
             check_case(*case[:6], torch.float32, "cpu", *case[6:], seed=70 + i)
         check_case(*CASES[1][:6], torch.bfloat16, "cpu", *CASES[1][6:], seed=75)
-        check_case(*CASES[0][:6], torch.float32, "cpu", *CASES[0][6:], seed=78)  # T = 1
         check_case(1, 40, 4, 2, 64, 40, torch.float16, "cpu", True, False, False, seed=76, seqlens=[0])
         check_case(2, 5, 8, 2, 64, 90, torch.float32, "cpu", True, True, False, seed=77, scale=0.37)
         for name, mutate in BAD:

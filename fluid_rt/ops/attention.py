@@ -19,18 +19,21 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
 
 # "Never slower than torch" (benchmarks/bench_isa.py measures it per CPU path): the avx2 and avx512
 # kernels beat torch's SDPA at the benchmark's decode and prefill shapes; the portable kernel (4-lane
-# vectors, and no FMA on x86-64's baseline) measured 0.6-0.75x SDPA there, and slower than this
-# fallback also for one query per row and for small GQA groups, so on that path the wrapper always
-# runs torch's SDPA.
+# vectors, and no FMA on x86-64's baseline) measured 0.6-0.75x SDPA there, so on that path the
+# wrapper runs torch's SDPA for calls of at least _FALLBACK_MIN_WORK multiply-adds per row (queries
+# x keys x query heads x head dim). Below that the fallback's fixed cost (an argument check, the
+# cache writes, a mask and an SDPA call per row: ~0.4 ms) outweighs what SDPA saves: bench_isa's
+# "small" case (9 queries, 265 keys, 9 heads of 64: 1.4M) measured our kernel 3x faster than it.
 _FALLBACK_PATHS = ("portable",)
+_FALLBACK_MIN_WORK = 1 << 24
 _force_kernel = False
 
 
-def uses_torch_fallback(seqlen_q: int) -> bool:
-    """Whether ``causal_attention`` on CPU tensors with ``seqlen_q`` queries per row runs torch's
-    SDPA (see _FALLBACK_PATHS) rather than our kernel on the CPU path in use. (Every ``seqlen_q``
-    today; the argument is there for shape-dependent rules.)"""
-    return not _force_kernel and _C.cpu_isa() in _FALLBACK_PATHS and seqlen_q >= 0
+def uses_torch_fallback(seqlen_q: int, keys: int, heads_q: int, head_dim: int) -> bool:
+    """Whether ``causal_attention`` on CPU tensors runs torch's SDPA (see _FALLBACK_PATHS) rather than
+    our kernel on the CPU path in use, for rows of ``seqlen_q`` queries over up to ``keys`` keys."""
+    return (not _force_kernel and _C.cpu_isa() in _FALLBACK_PATHS
+            and seqlen_q * keys * heads_q * head_dim >= _FALLBACK_MIN_WORK)
 
 
 @contextlib.contextmanager
@@ -42,6 +45,16 @@ def force_kernel() -> Iterator[None]:
         yield
     finally:
         _force_kernel = previous
+
+
+def _fallback_for(q, cache_seqlens) -> bool:
+    B, T, Hq, D = q.shape
+    if _force_kernel or _C.cpu_isa() not in _FALLBACK_PATHS:
+        return False
+    if (not isinstance(cache_seqlens, torch.Tensor) or cache_seqlens.device.type != "cpu"
+            or cache_seqlens.numel() == 0 or B == 0):
+        return False  # (the op raises, or has nothing to do)
+    return uses_torch_fallback(T, int(cache_seqlens.max()) + T, Hq, D)
 
 
 def _torch_attention(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, softmax_scale, want_lse):
@@ -148,16 +161,18 @@ def causal_attention(
     ``cache_seqlens[b] + T <= S_max``. On the CPU violations raise ValueError; on CUDA (no host sync)
     such rows get NaN in ``out`` and ``lse`` and their cache is left untouched.
 
-    On the CPU's portable path (``fluid_rt.cpu_isa()``) this runs torch's SDPA instead of our
-    kernel, which is slower there (``uses_torch_fallback``); rows are then not bitwise independent of
-    the call's width.
+    On the CPU's portable path (``fluid_rt.cpu_isa()``) large calls run torch's SDPA instead of our
+    kernel, which is slower there (``uses_torch_fallback``); their rows are then not bitwise
+    independent of the call's width.
 
     Returns:
         ``out [B, T, Hq, D]`` in q's dtype, and with ``return_lse`` also ``lse [B, T, Hq]`` float32
         (natural log of the softmax denominator of the scaled scores).
     """
-    if (isinstance(q, torch.Tensor) and q.device.type == "cpu" and q.dim() == 4 and uses_torch_fallback(q.shape[1])
-            and not _backend._emulate and not torch.compiler.is_compiling()):
+    # (Compiled graphs keep the op: the choice reads host values.)
+    if (isinstance(q, torch.Tensor) and q.device.type == "cpu" and q.dim() == 4
+            and not _backend._emulate and not torch.compiler.is_compiling()
+            and _fallback_for(q, cache_seqlens)):
         out, lse = _torch_attention(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, softmax_scale,
                                     return_lse)
         return (out, lse) if return_lse else out
