@@ -306,9 +306,15 @@ void store_rows(const QuantLinearParams& p, int64_t g, int64_t row0, int rows, c
     }
 }
 
+// Weight bytes a thread keeps hot while a row tile visits them: x's tile (<= 6 rows x K / 32 x
+// 128 bytes) stays in L1 and this much of the weight in L2, instead of every group re-reading all
+// of x from L2 (which made 128 rows 3x slower per product than 33).
+constexpr int64_t kChunkBytes = 96 << 10;
+
 template <QuantFormat F>
 void run_groups(const QuantLinearParams& p, const QuantizedRows& xq) {
   const int64_t groups = quant_num_groups(p.N), nb = xq.nb, group_bytes = nb * quant_block_bytes(F);
+  const int64_t chunk = p.M <= kMaxRows ? groups : std::max<int64_t>(1, kChunkBytes / group_bytes);
 #if FLUID_RT_ISA_AVX512
   const bool vnni = cpu_has_avx512_vnni();
 #else
@@ -324,12 +330,14 @@ void run_groups(const QuantLinearParams& p, const QuantizedRows& xq) {
     // Contiguous ranges of groups: each thread streams its own part of the weight.
     const int64_t g0 = groups * t / nt, g1 = groups * (t + 1) / nt;
     float out[kMaxRows][kQuantGroup];
-    for (int64_t g = g0; g < g1; ++g) {
-      const uint8_t* group = p.packed + g * group_bytes;
+    for (int64_t c0 = g0; c0 < g1; c0 += chunk) {
+      const int64_t c1 = std::min(g1, c0 + chunk);
       for (int64_t row0 = 0; row0 < p.M; row0 += kMaxRows) {
         const int rows = static_cast<int>(std::min<int64_t>(kMaxRows, p.M - row0));
-        run_tile<F>(group, nb, xq, row0, rows, out, vnni);
-        store_rows(p, g, row0, rows, out);
+        for (int64_t g = c0; g < c1; ++g) {
+          run_tile<F>(p.packed + g * group_bytes, nb, xq, row0, rows, out, vnni);
+          store_rows(p, g, row0, rows, out);
+        }
       }
     }
   }
