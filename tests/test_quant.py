@@ -321,3 +321,37 @@ def test_unknown_weights_choice_is_rejected_before_loading():
 
     with pytest.raises(ValueError, match="weights: expected one of quantized, float"):
         load_model("/nonexistent.gguf", weights="int4")
+
+
+def test_cli_weights_flag_reaches_load_model(monkeypatch):
+    from fluid_rt import cli
+
+    assert cli.build_parser().parse_args(["generate", "hi"]).weights == "quantized"
+    args = cli.build_parser().parse_args(["generate", "hi", "--weights", "float"])
+    seen = {}
+
+    def fake_load_model(path, **kw):
+        seen.update(kw)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(cli, "load_model", fake_load_model)
+    with pytest.raises(RuntimeError, match="stop"):
+        cli._load(args)
+    assert seen["weights"] == "float"
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["generate", "hi", "--weights", "int4"])
+
+
+@pytest.mark.slow
+def test_smollm2_quantized_bfloat16_follows_float32(smol_pair):
+    """A bfloat16 model on the same quantized weights: logits within bfloat16's rounding of the
+    activations (max error < 2.5, top-1 agreement >= 85% on the text)."""
+    from fluid_rt.loader import load_model
+
+    quant, _ = smol_pair
+    bf16 = load_model(quant.path, weights="quantized", dtype=torch.bfloat16)
+    tokens = torch.tensor([quant.tokenizer.encode(TEXT)])
+    l32, _ = quant.model(tokens, quant.model.new_cache(1, 128))
+    l16, _ = bf16.model(tokens, bf16.model.new_cache(1, 128))
+    assert (l32 - l16).abs().max().item() < 2.5
+    assert (l32[0].argmax(-1) == l16[0].argmax(-1)).float().mean().item() >= 0.85
