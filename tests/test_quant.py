@@ -249,6 +249,23 @@ def test_quantized_load_matches_float_load(tmp_path):
             assert torch.equal(value, floats[name]), name
 
 
+def test_other_quant_types_dequantize_with_a_warning(tmp_path):
+    """Q5_0 has no kernel here: loaded as floats (gguf's dequantization), with a warning naming it."""
+    from test_gguf import tiny_hf_weights, tiny_tokenizer_fields, write_tiny_gguf
+
+    from fluid_rt.weights import gguf as fg
+
+    Q = gguf.GGMLQuantizationType
+    sd = tiny_hf_weights(len(tiny_tokenizer_fields()[0]), np.random.default_rng(14), tied=True)
+    name = "model.layers.0.mlp.gate_proj.weight"
+    path = write_tiny_gguf(tmp_path / "q5.gguf", sd, quant={name: Q.Q5_0, "model.layers.0.mlp.up_proj.weight": Q.Q8_0})
+    with pytest.warns(UserWarning, match=r"blk\.0\.ffn_gate\.weight has type Q5_0.*dequantized"):
+        _, state, _ = fg.load_gguf(str(path), quantized=True)
+    _, floats, _ = fg.load_gguf(str(path))
+    assert torch.equal(state[name], floats[name])
+    assert isinstance(state["model.layers.0.mlp.up_proj.weight"], QuantWeight)
+
+
 # ---------------------------------------------------------------------------------------------
 # The embedded SmolLM2 (Q4_1 layers, Q8_0 tied embedding / LM head)
 # ---------------------------------------------------------------------------------------------
