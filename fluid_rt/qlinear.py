@@ -10,8 +10,6 @@ rows of the call, so quantized elastic decoding stays token-identical to quantiz
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from fluid_rt import ops
@@ -37,9 +35,9 @@ class QuantLinear:
     """``y = x @ weight.T (+ bias)`` for a ``QuantWeight`` ``[out, in]``; ``bias`` ``[out]`` in the
     model's dtype or None. x: float32 or bfloat16 CPU."""
 
-    __slots__ = ("out_features", "in_features", "bias", "parts")
+    __slots__ = ("bias", "in_features", "out_features", "parts")
 
-    def __init__(self, weight: QuantWeight, bias: Optional[torch.Tensor] = None):
+    def __init__(self, weight: QuantWeight, bias: torch.Tensor | None = None):
         self.out_features, self.in_features = weight.shape
         self.bias = bias
         self.parts = [_pack(qtype, raw, weight.cols) for qtype, raw in weight.segments]

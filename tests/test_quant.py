@@ -32,7 +32,7 @@ from fluid_rt.qlinear import QuantLinear
 from fluid_rt.weights.gguf_quant import QUANT_TYPES, QuantWeight
 
 gguf = pytest.importorskip("gguf")
-from gguf.quants import dequantize, quantize  # noqa: E402
+from gguf.quants import dequantize, quantize
 
 TYPES = list(QUANT_TYPES)
 # in_features per type: an odd number of blocks (13 x 32), or of K-quant super-blocks (3 x 256).
@@ -74,7 +74,7 @@ def quantize_like_kernel(x: torch.Tensor):
 
 def check_against_references(y, x, w64, bias=None):
     """Both bounds of the module docstring, per output."""
-    M, K = x.shape
+    K = x.shape[1]
     d, xq = quantize_like_kernel(x)
     dk = d.repeat_interleave(32, dim=1)
     emulated = (dk * xq) @ w64.T

@@ -10,11 +10,9 @@ it is an operand for these ops only.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
-__all__ = ["FORMATS", "BLOCK_BYTES", "quant_pack", "quant_linear", "quant_dequantize_rows"]
+__all__ = ["BLOCK_BYTES", "FORMATS", "quant_dequantize_rows", "quant_linear", "quant_pack"]
 
 # format name -> number (params.h QuantFormat): 4-bit or int8 quants, float16 or float32 scales.
 FORMATS = {"u4f16": 0, "u4f32": 1, "s8f16": 2, "s8f32x2": 3}
@@ -37,7 +35,7 @@ def _quant_linear_fake(x, packed, format, out_features, bias=None, silu_and_mul=
     return x.new_empty((*x.shape[:-1], out_features))
 
 
-def quant_pack(q: torch.Tensor, d: torch.Tensor, m: Optional[torch.Tensor], format: int) -> torch.Tensor:
+def quant_pack(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, format: int) -> torch.Tensor:
     """Pack a quantized weight whose row n, column k is ``d[n, k // bs] * q[n, k] (+ m[n, k // 32])``.
 
     Args:
@@ -63,7 +61,7 @@ def quant_dequantize_rows(packed: torch.Tensor, format: int, out_features: int,
 
 
 def quant_linear(x: torch.Tensor, packed: torch.Tensor, format: int, out_features: int,
-                 bias: Optional[torch.Tensor] = None, silu_and_mul: bool = False) -> torch.Tensor:
+                 bias: torch.Tensor | None = None, silu_and_mul: bool = False) -> torch.Tensor:
     """``x @ W.T (+ bias)`` with W packed by ``quant_pack``.
 
     Args:

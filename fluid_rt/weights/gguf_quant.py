@@ -118,7 +118,7 @@ class QuantWeight:
         return torch.Size((sum(s[1].shape[0] for s in self.segments), self.cols))
 
     @staticmethod
-    def from_gguf(qtype: str, data: np.ndarray, shape) -> "QuantWeight":
+    def from_gguf(qtype: str, data: np.ndarray, shape) -> QuantWeight:
         rows, cols = int(shape[0]), int(shape[1])
         per, nbytes = QUANT_TYPES[qtype]
         if cols % per:
@@ -126,12 +126,12 @@ class QuantWeight:
         raw = np.asarray(data, dtype=np.uint8).reshape(rows, cols // per * nbytes)
         return QuantWeight([(qtype, raw)], cols)
 
-    def permute_rows(self, perm: torch.Tensor) -> "QuantWeight":
+    def permute_rows(self, perm: torch.Tensor) -> QuantWeight:
         (qtype, raw), = self.segments
         return QuantWeight([(qtype, raw[perm.numpy()])], self.cols)
 
     @staticmethod
-    def cat(parts: list) -> "QuantWeight":
+    def cat(parts: list) -> QuantWeight:
         if len({p.cols for p in parts}) != 1:
             raise ValueError(f"cannot stack quantized weights of widths {[p.cols for p in parts]}")
         segments = []
