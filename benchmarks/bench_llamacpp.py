@@ -16,7 +16,9 @@ vocabulary), with the same number of threads:
   difference of AR generates of 1 + N and 1 tokens).
 Medians over ``--repeats`` runs; ratios are fluid_rt / llama.cpp tok/s (> 1: fluid_rt faster).
 fluid_rt runs once per CPU path in ``--isa`` (``fluid_rt.use_cpu_isa``). Numbers from a shared,
-loaded machine are noisy: compare ratios of one run.
+loaded machine are noisy: compare ratios of one run. On an oversubscribed machine wall time mostly
+measures the scheduler (a thread waiting at a barrier for a descheduled peer); ``--threads 1
+--clock process`` then times the CPU time this process spent instead (llama.cpp runs in-process).
 """
 
 from __future__ import annotations
@@ -50,13 +52,16 @@ def prompt_ids(tokenizer, n: int) -> list[int]:
     return ids[:n]
 
 
+CLOCK = time.perf_counter  # or time.process_time (--clock process)
+
+
 def median_time(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
     return statistics.median(times)
 
 
@@ -81,12 +86,12 @@ def bench_llama_cpp(path: str, prompt: list[int], new_tokens: int, threads: int,
     def decode():
         prefill()
         tokens.clear()
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         for _ in range(new_tokens):
             tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
             tokens.append(tok)
             llm.eval([tok])
-        return time.perf_counter() - t0
+        return CLOCK() - t0
 
     t_prefill = median_time(prefill, repeats)
     decode()
@@ -115,8 +120,12 @@ def main(argv=None) -> None:
     ap.add_argument("--isa", default=",".join(reversed(fluid_rt._C.cpu_isas_supported())),
                     help="fluid_rt CPU paths to run, comma-separated (default: every supported one)")
     ap.add_argument("--weights", choices=["quantized", "float"], default="quantized")
+    ap.add_argument("--clock", choices=["wall", "process"], default="wall",
+                    help="process: CPU time of this process (use with --threads 1 on a loaded machine)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "process" else time.perf_counter
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model, weights=args.weights)
     path = loaded.path
@@ -141,7 +150,7 @@ def main(argv=None) -> None:
             r["same_tokens"] = next((i for i, (a, b) in enumerate(zip(toks, base[2])) if a != b), n)
         rows.append(r)
     title = (f"{path.rsplit('/', 1)[-1]}: {len(prompt)}-token prompt, {n} new tokens, {args.threads} "
-             f"threads (medians of {args.repeats}; ratios = fluid_rt / llama.cpp)")
+             f"threads, {args.clock} clock (medians of {args.repeats}; ratios = fluid_rt / llama.cpp)")
     if args.json:
         emit_json("llamacpp", "cpu", rows, threads=args.threads, prompt_tokens=len(prompt), new_tokens=n)
     else:
