@@ -188,8 +188,10 @@ class Transformer:
         self.device = embed.device  # "cuda" -> "cuda:0": compared with the cache's device
         self.norm = get("model.norm.weight")
         # Tied: the embedding is the lm_head (a stray lm_head.weight in a tied checkpoint is ignored).
-        self.lm_head = (self.embed if is_quant(embed) else Linear(self.embed)) if cfg.tie_word_embeddings \
-            else make_linear(get("lm_head.weight"))
+        if cfg.tie_word_embeddings:
+            self.lm_head = self.embed if is_quant(embed) else Linear(self.embed)
+        else:
+            self.lm_head = make_linear(get("lm_head.weight"))
         self.layers = []
         for i in range(cfg.num_layers):
             p = f"model.layers.{i}."
