@@ -24,7 +24,7 @@ import torch
 
 from fluid_rt.config import is_int
 from fluid_rt.decode import DecodeConfig, Decoder, Generation
-from fluid_rt.loader import DTYPES, load_model, resolve_dtype_device
+from fluid_rt.loader import DTYPES, WEIGHTS, load_model, resolve_dtype_device
 from fluid_rt.policies import COMMITS, HORIZONS
 
 # Keys of a --input request line that are decode parameters (everything else is rejected).
@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also stop at the FLUID end-of-think token (openPangu models, or one "
                    "named in fluid.json)")
     g.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    g.add_argument("--weights", choices=list(WEIGHTS), default="quantized",
+                   help="a quantized GGUF's matrices: kept in their 4-8 bit blocks on the CPU "
+                   "(quantized, the default) or dequantized to --dtype at load (float)")
     g.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda[:N] (default: cuda when a GPU is usable)")
     g.add_argument("--threads", type=_positive_int, help="CPU threads (torch.set_num_threads)")
@@ -353,7 +356,8 @@ def _load(args):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)  # the loader's (not deprecation noise)
         loaded = load_model(args.model, head=args.head, dtype=args.dtype,
-                            device=args.device, mask_token_id=args.mask_token_id)
+                            device=args.device, mask_token_id=args.mask_token_id,
+                            weights=args.weights)
     for w in caught:
         if "mask_token_id" not in str(w.message):
             print(f"fluid-rt: warning: {_cli_words(str(w.message))}", file=sys.stderr)

@@ -38,6 +38,8 @@ def _load_dir_tokenizer(path: str):
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# How a quantized GGUF's matrices are held (load_model's ``weights``).
+WEIGHTS = ("quantized", "float")
 
 
 def resolve_dtype_device(dtype, device) -> tuple[torch.dtype, torch.device]:
@@ -65,7 +67,8 @@ def resolve_dtype_device(dtype, device) -> tuple[torch.dtype, torch.device]:
 def load_model(path: Optional[str] = None, *, head: Optional[str] = None,
                dtype: torch.dtype | str = torch.float32, device="cpu",
                mask_token_id: Optional[int] = None,
-               end_of_think_token_id: Optional[int] = None) -> LoadedModel:
+               end_of_think_token_id: Optional[int] = None,
+               weights: str = "quantized") -> LoadedModel:
     """Load a model for decoding.
 
     path: None -> the embedded default GGUF model; ``*.gguf`` -> GGUF file; a directory -> HF
@@ -77,8 +80,14 @@ def load_model(path: Optional[str] = None, *, head: Optional[str] = None,
     vocabularies) < ``fluid.json`` next to the checkpoint < the arguments here. An argument
     outside the vocabulary raises ValueError; a default / fluid.json mask id outside it warns (pass
     ``mask_token_id=``) and such an end-of-think id becomes None (the model cannot emit it).
-    With a K-head, ``fluid.max_k`` is the head's output size."""
+    With a K-head, ``fluid.max_k`` is the head's output size.
+    weights: ``"quantized"`` (default) keeps a GGUF file's Q8_0/Q4_0/Q4_1/Q4_K/Q6_K matrices in
+    their blocks and runs them on the quantized kernels (``fluid_rt.qlinear``) when the model runs
+    on the CPU in float32 or bfloat16; ``"float"`` dequantizes them to ``dtype`` at load (always
+    the case on CUDA). Float checkpoints ignore it."""
     dtype, device = resolve_dtype_device(dtype, device)
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights: expected one of {', '.join(WEIGHTS)}, got {weights!r}")
     if path is None:
         from fluid_rt.weights.gguf import default_model_path
 
@@ -89,7 +98,8 @@ def load_model(path: Optional[str] = None, *, head: Optional[str] = None,
     if path.endswith(".gguf"):
         from fluid_rt.weights.gguf import load_gguf
 
-        cfg, state, tokenizer = load_gguf(path, dtype)
+        quantized = weights == "quantized" and device.type == "cpu" and dtype != torch.float16
+        cfg, state, tokenizer = load_gguf(path, dtype, quantized=quantized)
         ckpt_dir = os.path.dirname(os.path.abspath(path))
         head_path = head
     elif os.path.isdir(path):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from fluid_rt import ops
 from fluid_rt.cache import KVCache
 from fluid_rt.config import ModelConfig, expected_tensor_shapes
+from fluid_rt.qlinear import QuantLinear, QuantWeight
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
@@ -130,6 +131,18 @@ class Linear:
         return self(F.silu(gate, inplace=True).mul_(up))
 
 
+# ---- quantized weights (GGUF blocks kept on the CPU, fluid_rt.qlinear) ------------------------
+
+def is_quant(weight) -> bool:
+    """Whether a state-dict entry is a quantized ``QuantWeight`` (see ``fluid_rt.weights.gguf``)."""
+    return isinstance(weight, QuantWeight)
+
+
+def make_linear(weight, bias: Optional[torch.Tensor] = None):
+    """``QuantLinear`` for a quantized weight, ``Linear`` for a float one."""
+    return QuantLinear(weight, bias) if is_quant(weight) else Linear(weight, bias)
+
+
 class _Layer:
     __slots__ = ("ln_in", "qkv", "o", "ln_post", "gate_up", "down")
 
@@ -162,6 +175,10 @@ class Transformer:
 
         def get(name):
             t = state_dict.pop(name) if consume else state_dict[name]
+            if isinstance(t, QuantWeight):  # quantized (GGUF): kept in its blocks on the CPU
+                if self.device.type == "cpu":
+                    return t
+                t = t.dequantize()
             return t.detach().to(dtype=dtype, device=self.device)
 
         def maybe(name):
@@ -169,13 +186,20 @@ class Transformer:
 
         def cat(names):
             parts = [maybe(n) for n in names]
-            return None if parts[0] is None else torch.cat(parts, dim=0).contiguous()
+            if parts[0] is None:
+                return None
+            return QuantWeight.cat(parts) if is_quant(parts[0]) else torch.cat(parts, dim=0).contiguous()
 
-        self.embed = get("model.embed_tokens.weight").contiguous()
-        self.device = self.embed.device  # "cuda" -> "cuda:0": compared with the cache's device
+        embed = get("model.embed_tokens.weight")
+        # A quantized table is packed once for the lookup (QuantLinear.rows) and the tied lm_head.
+        self.embed = QuantLinear(embed) if is_quant(embed) else embed.contiguous()
+        self.device = embed.device  # "cuda" -> "cuda:0": compared with the cache's device
         self.norm = get("model.norm.weight")
         # Tied: the embedding is the lm_head (a stray lm_head.weight in a tied checkpoint is ignored).
-        self.lm_head = Linear(self.embed if cfg.tie_word_embeddings else get("lm_head.weight"))
+        if cfg.tie_word_embeddings:
+            self.lm_head = self.embed if is_quant(embed) else Linear(self.embed)
+        else:
+            self.lm_head = make_linear(get("lm_head.weight"))
         self.layers = []
         for i in range(cfg.num_layers):
             p = f"model.layers.{i}."
@@ -183,11 +207,11 @@ class Transformer:
             layer.ln_in = get(p + "input_layernorm.weight")
             layer.ln_post = get(p + "post_attention_layernorm.weight")
             attn = [p + f"self_attn.{n}_proj." for n in ("q", "k", "v")]
-            layer.qkv = Linear(cat([a + "weight" for a in attn]), cat([a + "bias" for a in attn]))
-            layer.o = Linear(get(p + "self_attn.o_proj.weight"), maybe(p + "self_attn.o_proj.bias"))
+            layer.qkv = make_linear(cat([a + "weight" for a in attn]), cat([a + "bias" for a in attn]))
+            layer.o = make_linear(get(p + "self_attn.o_proj.weight"), maybe(p + "self_attn.o_proj.bias"))
             mlp = [p + f"mlp.{n}_proj." for n in ("gate", "up")]
-            layer.gate_up = Linear(cat([m + "weight" for m in mlp]), cat([m + "bias" for m in mlp]))
-            layer.down = Linear(get(p + "mlp.down_proj.weight"), maybe(p + "mlp.down_proj.bias"))
+            layer.gate_up = make_linear(cat([m + "weight" for m in mlp]), cat([m + "bias" for m in mlp]))
+            layer.down = make_linear(get(p + "mlp.down_proj.weight"), maybe(p + "mlp.down_proj.bias"))
             self.layers.append(layer)
         self._rope_len = 0
         self._ensure_rope(cfg.max_position_embeddings)
@@ -261,7 +285,7 @@ class Transformer:
 
         # x is the residual stream; ``ops.rms_norm(x, w, eps, delta)`` adds each block's output
         # into it in place and normalizes the sum in one pass.
-        x = F.embedding(tokens, self.embed)  # [B, T, H], a fresh tensor
+        x = self.embed_tokens(tokens)  # [B, T, H], a fresh tensor
         delta = None
         for li, layer in enumerate(self.layers):
             h = ops.rms_norm(x, layer.ln_in, eps, delta)
@@ -297,6 +321,12 @@ class Transformer:
             padded_logits[row_of, slot_of] = logits[0].float()
             return padded_logits, padded_hidden
         return logits.float(), hidden
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, T]`` ids -> ``[B, T, H]`` embeddings in the model dtype (a fresh tensor)."""
+        if isinstance(self.embed, QuantLinear):  # only the rows looked up are dequantized
+            return self.embed.rows(tokens).to(self.dtype)
+        return F.embedding(tokens, self.embed)
 
     def new_cache(self, max_batch: int, max_seq: int) -> KVCache:
         """A KV cache in the model's dtype and device."""

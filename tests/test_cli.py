@@ -165,8 +165,10 @@ def test_bad_arguments_exit_cleanly(capsys, tmp_path):
 
 def test_default_model_chat_answers_paris(capsys):
     pytest.importorskip("gguf")
+    # float weights: the first token is a near-tie ("The" vs "L", 0.08 logits apart in float32),
+    # which the quantized default (int8 activations, as llama.cpp's) may flip (tests/test_quant.py)
     rc, out, err = run(capsys, ["generate", "--chat", "What is the capital of France?",
-                                "--max-new-tokens", "12"])
+                                "--max-new-tokens", "12", "--weights", "float"])
     assert rc == 0, err
     assert "Paris" in out
 

@@ -382,15 +382,18 @@ def test_load_model_gguf_dispatch(tmp_path, monkeypatch):
     fake = types.ModuleType("fluid_rt.weights.gguf")
     fake.default_model_path = lambda: str(gguf_file)
 
-    def load_gguf(path, dtype):
-        seen.append((path, dtype))
+    def load_gguf(path, dtype, quantized=False):
+        seen.append((path, dtype, quantized))
         return cfg, dict(state), "TOKENIZER"
 
     fake.load_gguf = load_gguf
     monkeypatch.setitem(sys.modules, "fluid_rt.weights.gguf", fake)
     torch.save(_khead_state(max_k=5), tmp_path / "k.bin")
     lm = load_model(None, head=str(tmp_path / "k.bin"), mask_token_id=7, dtype=torch.bfloat16)
-    assert seen == [(str(gguf_file), torch.bfloat16)]
+    assert seen == [(str(gguf_file), torch.bfloat16, True)]  # CPU: quantized matrices by default
     assert lm.tokenizer == "TOKENIZER" and lm.khead.max_k == 5 and lm.path == str(gguf_file)
     lm = load_model(str(gguf_file), mask_token_id=7)
     assert lm.khead is None and lm.fluid.max_k == 16
+    load_model(str(gguf_file), mask_token_id=7, weights="float")
+    load_model(str(gguf_file), mask_token_id=7, dtype=torch.float16)  # no float16 kernels
+    assert [s[2] for s in seen[-3:]] == [True, False, False]

@@ -9,4 +9,5 @@ from fluid_rt.ops.commit import *  # noqa: F401,F403
 from fluid_rt.ops.entropy import *  # noqa: F401,F403
 from fluid_rt.ops.linear import *  # noqa: F401,F403
 from fluid_rt.ops.norm import *  # noqa: F401,F403
+from fluid_rt.ops.quant import *  # noqa: F401,F403
 from fluid_rt.ops.rope import *  # noqa: F401,F403

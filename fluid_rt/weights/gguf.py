@@ -267,13 +267,33 @@ def _dequantize(t, path: str) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=np.float32).reshape(shape)
 
 
-def load_gguf(path: str, dtype: torch.dtype = torch.float32):
+def _quantized(t, path: str):
+    """A 2-D tensor of a type the quantized kernels run, kept as its blocks (`QuantWeight`); None
+    for float tensors, and for other quantized types after a warning (they are dequantized)."""
+    import warnings
+
+    from fluid_rt.weights.gguf_quant import QUANT_TYPES, QuantWeight
+
+    kind = t.tensor_type.name
+    if kind in ("F32", "F16", "BF16", "F64") or len(t.shape) != 2:
+        return None
+    if kind not in QUANT_TYPES:
+        warnings.warn(f"{path}: tensor {t.name} has type {kind}, which fluid_rt's quantized kernels "
+                      f"do not run ({', '.join(QUANT_TYPES)}): dequantized to floats", stacklevel=3)
+        return None
+    shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+    return QuantWeight.from_gguf(kind, t.data, shape)
+
+
+def load_gguf(path: str, dtype: torch.dtype = torch.float32, quantized: bool = False):
     """Read a Llama-architecture GGUF file.
 
     Returns `(ModelConfig, state_dict, Tokenizer)`: the state dict holds HF-named tensors in `dtype`
     (quantized tensors dequantized), q/k rows in HF rotate-half order; `lm_head.weight` only when
-    the file has `output.weight`. Raises ValueError (naming the file) for corrupt or truncated files,
-    other architectures and unsupported features."""
+    the file has `output.weight`. With `quantized`, Q8_0/Q4_0/Q4_1/Q4_K/Q6_K matrices stay in their
+    blocks instead (`fluid_rt.weights.gguf_quant.QuantWeight`, for `fluid_rt.qlinear.QuantLinear`
+    on the CPU). Raises ValueError (naming the file) for corrupt or truncated files, other
+    architectures and unsupported features."""
     path = os.fspath(path)
     if dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         raise ValueError(f"dtype: expected a floating dtype, got {dtype}")
@@ -297,12 +317,15 @@ def load_gguf(path: str, dtype: torch.dtype = torch.float32):
             if t.name == "rope_freqs.weight":
                 raise ValueError(f"{path}: rope_freqs (llama3-style RoPE scaling) is not supported")
             raise ValueError(f"{path}: unexpected tensor {t.name!r} for a llama GGUF")
-        w = torch.from_numpy(_dequantize(t, path))
-        if ".self_attn.q_proj." in name:
-            w = unpermute_qk_rows(w, cfg.num_heads)
-        elif ".self_attn.k_proj." in name:
-            w = unpermute_qk_rows(w, cfg.num_kv_heads)
-        state[name] = w.to(dtype)
+        q = _quantized(t, path) if quantized else None
+        w = torch.from_numpy(_dequantize(t, path)) if q is None else None
+        heads = {".self_attn.q_proj.": cfg.num_heads, ".self_attn.k_proj.": cfg.num_kv_heads}
+        for part, n_heads in heads.items():
+            if part in name and q is not None:  # whole rows move: permute the blocks' rows
+                q = q.permute_rows(unpermute_qk_rows(torch.arange(q.shape[0]), n_heads))
+            elif part in name:
+                w = unpermute_qk_rows(w, n_heads)
+        state[name] = w.to(dtype) if q is None else q
 
     tokenizer = _tokenizer(meta, path)
     if tokenizer.vocab_size != cfg.vocab_size:
