@@ -238,3 +238,52 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch():
     assert losses[-1] < losses[0] - 0.1
     # only the adapter learns: the base weights have no gradients to take
     assert all(p.grad is not None for p in ad.parameters())
+
+
+# -- the command -------------------------------------------------------------------------------------
+def test_adapt_command_trains_checkpoints_resumes_and_reports(tmp_path, capsys):
+    """``fluid-rt adapt`` end to end on a tiny checkpoint with given (self-distilled) data: an
+    adapter directory with a K-head, a checkpoint that ``--resume`` continues from, and a report
+    whose elastic tokens equal the base model's greedy answers."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from fluid_rt.adapter import read_adapter
+    from fluid_rt.cli import main
+    from fluid_rt.decode import DecodeConfig, Decoder
+    from fluid_rt.loader import load_model
+
+    cfg, state = tiny_model(seed=2)
+    hf = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 96,
+          "num_attention_heads": 2, "num_key_value_heads": 1, "num_hidden_layers": 2,
+          "vocab_size": 97, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+          "max_position_embeddings": 128, "tie_word_embeddings": False, "eos_token_id": 2}
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text(json.dumps(hf))
+    save_file(state, str(base / "model.safetensors"))
+    lm = load_model(str(base))
+    prompts = [tokens_of(6 + n, seed=n) for n in range(6)]
+    gens, _ = Decoder(lm.model).generate(prompts, DecodeConfig(mode="ar", max_new_tokens=16))
+    data = tmp_path / "out" / "data"
+    data.mkdir(parents=True)
+    lines = [json.dumps({"kind": "k", "prompt": str(n), "prompt_ids": p, "answer_ids": g.tokens})
+             for n, (p, g) in enumerate(zip(prompts, gens))]
+    (data / "train.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    (data / "held_out.jsonl").write_text("\n".join(lines[4:]) + "\n")
+    args = ["adapt", "--model", str(base), "--out", str(tmp_path / "out"), "--skip-distill",
+            "--mask-token-id", str(MASK), "--max-k", "3", "--rank", "4", "--batch-size", "2",
+            "--stage2-samples", "4", "--report-prompts", "2", "--checkpoint-every", "0",
+            "--no-bf16"]
+    assert main(args + ["--steps", "3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["steps"] == 3 and report["sequences_differing_from_ar"] == 0
+    assert report["tokens_per_forward"] > 0
+    meta, tensors = read_adapter(str(tmp_path / "out" / "adapter"))
+    assert meta["has_khead"] and meta["max_k"] == 3 and meta["mask_token_id"] == MASK
+    assert meta["training"]["steps_done"] == 3
+    assert main(args + ["--steps", "5", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "checkpoint of step 3 loaded" in out
+    assert json.loads(out[out.index("{"):])["steps"] == 5

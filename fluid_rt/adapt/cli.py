@@ -40,6 +40,14 @@ def register(sub) -> None:
     a.add_argument("--stage2-samples", type=int, default=192)
     a.add_argument("--report-prompts", type=int, default=24,
                    help="held-out prompts for the final tokens-per-forward report (0: none)")
+    a.add_argument("--skip-distill", action="store_true",
+                   help="train on the samples already in DIR/data (re-read at every checkpoint, "
+                        "so a distillation still running elsewhere keeps adding to them)")
+    a.add_argument("--no-bf16", action="store_true", help="train in float32 (default: bfloat16 "
+                   "autocast)")
+    a.add_argument("--finalize", action="store_true",
+                   help="skip Stage I: take DIR/checkpoint as it is, run Stage II and write the "
+                        "adapter and the report (e.g. while a long Stage I run goes on)")
     a.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

@@ -91,26 +91,20 @@ def main(argv=None) -> None:
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--limit", type=int, default=None, help="at most N training prompts")
+    ap.add_argument("--held-out", type=int, default=None, help="at most N held-out prompts")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     train, held = build_prompts()
     if args.limit:
         train = train[:args.limit]
-    loaded = fluid_rt.load_model(args.model, adapter=None) if _takes_adapter() else \
-        fluid_rt.load_model(args.model)
+    if args.held_out is not None:
+        held = held[:args.held_out]
+    loaded = fluid_rt.load_model(args.model, adapter=None)
     write_prompts(held, os.path.join(args.out, "held_out_prompts.jsonl"))
     generate_samples(loaded, held, os.path.join(args.out, "held_out.jsonl"),
                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     generate_samples(loaded, train, os.path.join(args.out, "train.jsonl"),
                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-
-
-def _takes_adapter() -> bool:
-    import inspect as _inspect
-
-    from fluid_rt.loader import load_model
-
-    return "adapter" in _inspect.signature(load_model).parameters
 
 
 if __name__ == "__main__":

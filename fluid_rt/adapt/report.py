@@ -12,7 +12,9 @@ def decode_config(loaded, max_new_tokens: int, **overrides):
     from fluid_rt.decode import DecodeConfig
 
     d = dict(loaded.decode_defaults)
-    eos = tuple(t for t in (loaded.tokenizer.eos_token_id,) if t is not None)
+    tok = loaded.tokenizer
+    eos = (tok.eos_token_id,) if tok is not None and tok.eos_token_id is not None else \
+        tuple(loaded.config.eos_token_ids)
     kw = dict(mode="elastic", max_new_tokens=max_new_tokens,
               block_size=int(d.get("block_size", loaded.fluid.max_k)),
               min_block=int(d.get("min_block", 1)), threshold=float(d.get("threshold", 0.9)),

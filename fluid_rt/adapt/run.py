@@ -26,8 +26,8 @@ def pick_mask_token(tokenizer) -> int:
                      "--mask-token-id (an id the base model never emits)")
 
 
-def load_training_base(path: str | None):
-    """(model path, ModelConfig, float32 HF-named state dict, tokenizer)."""
+def load_training_base(path: str | None, need_tokenizer: bool = True):
+    """(model path, ModelConfig, float32 HF-named state dict, tokenizer or None)."""
     from fluid_rt.weights.gguf import default_model_path, load_gguf
 
     path = path or default_model_path()
@@ -39,8 +39,9 @@ def load_training_base(path: str | None):
 
         cfg, state = load_hf_checkpoint(path, torch.float32)
         tok = _load_dir_tokenizer(path)
-    if tok is None:
-        raise ValueError(f"{path}: adapting needs the model's tokenizer (and chat template)")
+    if tok is None and need_tokenizer:
+        raise ValueError(f"{path}: distilling data needs the model's tokenizer and chat template "
+                         "(or give the data: --skip-distill, and --mask-token-id)")
     return path, cfg, state, tok
 
 
@@ -63,27 +64,44 @@ def distill(path: str, data_dir: str, args) -> tuple[list[dict], list[dict]]:
     return train_s, held_s
 
 
+def _read_data(data_dir: str) -> tuple[list[dict], list[dict]]:
+    from fluid_rt.adapt.data import read_samples
+
+    paths = [os.path.join(data_dir, n) for n in ("train.jsonl", "held_out.jsonl")]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"--skip-distill: {missing} not found")
+    return read_samples(paths[0]), read_samples(paths[1])
+
+
 def adapt(args) -> dict:
     from fluid_rt.adapt.trainer import TrainConfig, Trainer
     from fluid_rt.adapter import base_identity, save_adapter
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    path, cfg, state, tok = load_training_base(args.model)
+    need_tok = not (args.skip_distill and args.mask_token_id is not None)
+    path, cfg, state, tok = load_training_base(args.model, need_tok)
     mask_id = args.mask_token_id if args.mask_token_id is not None else pick_mask_token(tok)
-    train_s, held_s = distill(path, os.path.join(args.out, "data"), args)
+    special = tok.special_token_ids if tok is not None else frozenset(cfg.eos_token_ids)
+    data_dir = os.path.join(args.out, "data")
+    if args.skip_distill:
+        train_s, held_s = _read_data(data_dir)
+    else:
+        train_s, held_s = distill(path, data_dir, args)
     tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, max_k=args.max_k,
                        rank=args.rank, alpha=args.alpha, lr=args.lr, select_prob=args.select_prob,
                        seed=args.seed, checkpoint_every_s=args.checkpoint_every,
-                       stage2_samples=args.stage2_samples)
+                       stage2_samples=args.stage2_samples, bf16=not args.no_bf16)
     identity = {"sha256": base_identity(path), "name": os.path.basename(path)}
-    trainer = Trainer(tcfg, cfg, state, train_s, mask_id, tok.special_token_ids, identity)
+    trainer = Trainer(tcfg, cfg, state, train_s, mask_id, special, identity)
     del state
-    if args.resume:
+    if args.resume or args.finalize:
         trainer.load_checkpoint(args.out)
-        print(f"resumed at step {trainer.step}")
+        print(f"checkpoint of step {trainer.step} loaded")
     t0 = time.perf_counter()
-    trainer.run(args.out)
+    if not args.finalize:
+        trainer.run(args.out, reload=(lambda: _read_data(data_dir)[0]) if args.skip_distill else None)
     head, hist = trainer.train_khead()
     meta = trainer.describe()
     meta["decode"] = dict(DECODE_DEFAULTS, block_size=tcfg.max_k)

@@ -37,6 +37,7 @@ class TrainConfig:
     ce_threshold: float = 2.8
     sigma: float = 1.5
     max_len: int = 256
+    bf16: bool = True  # autocast the matmuls to bfloat16 (CPU AVX512-BF16: ~1.5x faster steps)
     extra: dict = field(default_factory=dict)
 
 
@@ -100,17 +101,20 @@ class Trainer:
         batch = self.batch_at(self.step)
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.cfg, self.step)
-        loss = stage1_loss(self.base, self.adapter, batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            loss = stage1_loss(self.base, self.adapter, batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), 1.0)
         self.opt.step()
         self.step += 1
         self.processed += int(batch.main_len.sum()) + batch.num_draft_rows
-        self.losses.append(float(loss))
-        return float(loss)
+        self.losses.append(loss.item())
+        return self.losses[-1]
 
-    def run(self, out_dir: str, progress: bool = True) -> None:
+    def run(self, out_dir: str, progress: bool = True, reload=None) -> None:
+        """Train to ``cfg.steps``. ``reload``: a callable returning the current samples, called
+        at each checkpoint (the data file may still be growing while training runs)."""
         from tqdm import tqdm
 
         cfg = self.cfg
@@ -127,6 +131,8 @@ class Trainer:
             if time.perf_counter() - last_ckpt >= cfg.checkpoint_every_s:
                 self.save_checkpoint(out_dir)
                 last_ckpt = time.perf_counter()
+                if reload is not None:
+                    self.samples = reload()
         bar.close()
         self.save_checkpoint(out_dir)
 
@@ -143,7 +149,9 @@ class Trainer:
             batch = self.batch_at(s, stage2=True)
             if batch.num_draft_rows == 0:
                 continue
-            h, ce = stage2_features(self.base, self.adapter, batch, cfg.max_k)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                h, ce = stage2_features(self.base, self.adapter, batch, cfg.max_k)
+            h, ce = h.float(), ce.float()
             feats.append(h)
             labels.append(khead_labels(ce, cfg.ce_threshold))
         h, k_star = torch.cat(feats), torch.cat(labels)
