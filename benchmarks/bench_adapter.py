@@ -19,15 +19,14 @@ import time
 from collections import defaultdict
 
 import torch
-
 from common import emit_json, print_table, use_checkout
 
 use_checkout()
-from fluid_rt.adapt.data import chat_ids  # noqa: E402
-from fluid_rt.adapt.prompts import KINDS, build_prompts  # noqa: E402
-from fluid_rt.adapt.report import decode_config  # noqa: E402
-from fluid_rt.decode import DecodeConfig, Decoder  # noqa: E402
-from fluid_rt.loader import load_model  # noqa: E402
+from fluid_rt.adapt.data import chat_ids
+from fluid_rt.adapt.prompts import KINDS, build_prompts
+from fluid_rt.adapt.report import decode_config
+from fluid_rt.decode import DecodeConfig, Decoder
+from fluid_rt.loader import load_model
 
 
 def run(dec, prompts, cfg, batch):
@@ -54,9 +53,22 @@ def measure(dec, prompts, el_cfg, ar_cfg, batch, repeats):
         raise SystemExit(f"elastic tokens differ from AR's on {bad} prompts: not lossless")
     n = sum(map(len, el_toks))
     el_s, ar_s = statistics.median(el_t), statistics.median(ar_t)
-    return {"batch": batch, "prompts": len(prompts), "tokens": n, "forwards": sum(el_fwd),
-            "tokens_per_forward": n / max(sum(el_fwd), 1), "elastic_tok_s": n / el_s,
-            "ar_tok_s": n / ar_s, "speedup": ar_s / el_s}
+    return summary(batch, len(prompts), n, sum(el_fwd), el_s, ar_s)
+
+
+def summary(batch, prompts, tokens, forwards, el_s, ar_s):
+    return {"batch": batch, "prompts": prompts, "tokens": tokens, "forwards": forwards,
+            "tokens_per_forward": tokens / max(forwards, 1), "elastic_tok_s": tokens / el_s,
+            "ar_tok_s": tokens / ar_s, "speedup": ar_s / el_s, "elastic_s": el_s, "ar_s": ar_s}
+
+
+def overall(batch, rows):
+    """The 'all' row of one batch size: the kinds' totals (sum of their median times)."""
+    mine = [r for r in rows if r["batch"] == batch]
+    total = {k: sum(r[k] for r in mine) for k in ("prompts", "tokens", "forwards", "elastic_s",
+                                                   "ar_s")}
+    return {"kind": "all", **summary(batch, total["prompts"], total["tokens"], total["forwards"],
+                                     total["elastic_s"], total["ar_s"])}
 
 
 def plot(rows, path):
@@ -120,10 +132,10 @@ def main() -> None:
             by_kind[p.kind].append(chat_ids(lm.tokenizer, p.text))
     rows = []
     for batch in (int(b) for b in args.batch_sizes.split(",")):
-        for kind in [k for k in KINDS if by_kind[k]] + ["all"]:
-            prompts = sum(by_kind.values(), []) if kind == "all" else by_kind[kind]
-            rows.append({"kind": kind, **measure(dec, prompts, el_cfg, ar_cfg, batch,
+        for kind in [k for k in KINDS if by_kind[k]]:
+            rows.append({"kind": kind, **measure(dec, by_kind[kind], el_cfg, ar_cfg, batch,
                                                  args.repeats)})
+        rows.append(overall(batch, rows))
     extra = {"block_size": el_cfg.block_size, "min_block": el_cfg.min_block,
              "threshold": el_cfg.threshold, "max_new_tokens": args.max_new_tokens}
     if args.json:

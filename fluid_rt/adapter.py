@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +74,7 @@ def base_identity(path: str) -> str:
 
 
 # -- reading and writing ---------------------------------------------------------------------------
-def save_adapter(directory: str, tensors: dict, meta: dict, khead: Optional[dict] = None,
+def save_adapter(directory: str, tensors: dict, meta: dict, khead: dict | None = None,
                  dtype: torch.dtype = torch.bfloat16) -> None:
     """Write an adapter directory: LoRA factors in ``dtype``, the mask embedding and K-head in
     float32 (a few KB; kept exact)."""
@@ -171,11 +170,11 @@ class MaskRows:
     those rows, and a forward without masks costs nothing extra) or ``gate [N, 1]`` bool (CUDA:
     a dense select of fixed shape, no host sync, capturable in a CUDA graph)."""
 
-    __slots__ = ("index", "gate")
+    __slots__ = ("gate", "index")
 
     def __init__(self):
-        self.index: Optional[torch.Tensor] = None
-        self.gate: Optional[torch.Tensor] = None
+        self.index: torch.Tensor | None = None
+        self.gate: torch.Tensor | None = None
 
 
 class GatedLoRALinear:
@@ -184,7 +183,7 @@ class GatedLoRALinear:
     ``A [R, in]`` stacks the factors of the fused parts (q/k/v, gate/up); ``B [out, R]`` is block
     diagonal, so one pair of small matmuls serves a fused projection."""
 
-    __slots__ = ("inner", "A_t", "B_t", "rows")
+    __slots__ = ("A_t", "B_t", "inner", "rows")
 
     def __init__(self, inner, A: torch.Tensor, B: torch.Tensor, rows: MaskRows):
         self.inner, self.rows = inner, rows
@@ -232,10 +231,10 @@ class Adapter:
         self.targets = tuple(meta["target_modules"])
         self.tensors = tensors
         self.rows = MaskRows()
-        self.mask_embedding: Optional[torch.Tensor] = None
+        self.mask_embedding: torch.Tensor | None = None
         self.dense = False
 
-    def khead_state(self) -> Optional[dict]:
+    def khead_state(self) -> dict | None:
         head = {k: v for k, v in self.tensors.items() if k.startswith(KHEAD_PREFIX)}
         return head or None
 
@@ -294,7 +293,7 @@ class Adapter:
         return x
 
 
-def load_adapter(directory: str, model, base_path: Optional[str] = None) -> Adapter:
+def load_adapter(directory: str, model, base_path: str | None = None) -> Adapter:
     """Read ``directory``, check it was trained on ``base_path``'s weights (when given), and attach
     it to ``model``. AdapterError for a corrupt adapter or another base."""
     meta, tensors = read_adapter(directory)

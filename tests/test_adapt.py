@@ -7,9 +7,21 @@ import pytest
 import torch
 
 from fluid_rt.adapt.layout import collate, draft_bias, insert_masks
-from fluid_rt.adapt.model import FrozenBase, GatedAdapter, draft_hidden, draft_logits, main_pass
-from fluid_rt.adapt.objectives import (khead_labels, khead_loss, new_khead, soft_targets,
-                                       stage1_loss, stage2_features)
+from fluid_rt.adapt.model import (
+    FrozenBase,
+    GatedAdapter,
+    draft_hidden,
+    draft_logits,
+    main_pass,
+)
+from fluid_rt.adapt.objectives import (
+    khead_labels,
+    khead_loss,
+    new_khead,
+    soft_targets,
+    stage1_loss,
+    stage2_features,
+)
 from fluid_rt.config import ModelConfig, expected_tensor_shapes
 
 MASK = 3
@@ -254,7 +266,7 @@ def test_adapt_command_trains_checkpoints_resumes_and_reports(tmp_path, capsys):
     from fluid_rt.decode import DecodeConfig, Decoder
     from fluid_rt.loader import load_model
 
-    cfg, state = tiny_model(seed=2)
+    _, state = tiny_model(seed=2)
     hf = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 96,
           "num_attention_heads": 2, "num_key_value_heads": 1, "num_hidden_layers": 2,
           "vocab_size": 97, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
@@ -280,7 +292,7 @@ def test_adapt_command_trains_checkpoints_resumes_and_reports(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["steps"] == 3 and report["sequences_differing_from_ar"] == 0
     assert report["tokens_per_forward"] > 0
-    meta, tensors = read_adapter(str(tmp_path / "out" / "adapter"))
+    meta, _ = read_adapter(str(tmp_path / "out" / "adapter"))
     assert meta["has_khead"] and meta["max_k"] == 3 and meta["mask_token_id"] == MASK
     assert meta["training"]["steps_done"] == 3
     assert main(args + ["--steps", "5", "--resume"]) == 0

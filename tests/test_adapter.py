@@ -11,7 +11,13 @@ import torch
 from safetensors.torch import save_file
 
 from fluid_rt.adapt.layout import collate, draft_bias, insert_masks
-from fluid_rt.adapt.model import FrozenBase, GatedAdapter, draft_hidden, draft_logits, main_pass
+from fluid_rt.adapt.model import (
+    FrozenBase,
+    GatedAdapter,
+    draft_hidden,
+    draft_logits,
+    main_pass,
+)
 from fluid_rt.adapt.objectives import new_khead
 from fluid_rt.adapter import AdapterError, base_identity, read_adapter, save_adapter
 from fluid_rt.decode import DecodeConfig, Decoder

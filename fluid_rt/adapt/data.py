@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from fluid_rt.adapt.prompts import Prompt
 
@@ -61,9 +61,8 @@ def generate_samples(loaded, prompts: Sequence[Prompt], out_path: str, *, max_ne
             batch = todo[start:start + batch_size]
             ids = [chat_ids(tok, p.text) for p in batch]
             gens, stats = decoder.generate(ids, cfg)
-            for p, pid, g in zip(batch, ids, gens):
-                f.write(json.dumps({"kind": p.kind, "prompt": p.text, "prompt_ids": pid,
-                                    "answer_ids": g.tokens}) + "\n")
+            f.writelines(json.dumps({"kind": p.kind, "prompt": p.text, "prompt_ids": pid,
+                                    "answer_ids": g.tokens}) + "\n" for p, pid, g in zip(batch, ids, gens))
             f.flush()
             bar.update(len(batch))
             bar.set_postfix(tok_s=f"{stats.tokens_per_s:.0f}")
@@ -73,8 +72,7 @@ def generate_samples(loaded, prompts: Sequence[Prompt], out_path: str, *, max_ne
 
 def write_prompts(prompts: Iterable[Prompt], path: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        for p in prompts:
-            f.write(json.dumps({"kind": p.kind, "prompt": p.text}) + "\n")
+        f.writelines(json.dumps({"kind": p.kind, "prompt": p.text}) + "\n" for p in prompts)
 
 
 def main(argv=None) -> None:

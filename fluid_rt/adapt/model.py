@@ -38,7 +38,7 @@ class FrozenBase:
         from fluid_rt.model import rope_tables
 
         self.cfg = cfg
-        get = lambda n: state[n].detach().to(dtype)  # noqa: E731
+        get = lambda n: state[n].detach().to(dtype)
         self.embed = get("model.embed_tokens.weight")
         self.lm_head = self.embed if cfg.tie_word_embeddings else get("lm_head.weight")
         self.norm = get("model.norm.weight")

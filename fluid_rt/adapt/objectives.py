@@ -8,7 +8,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from fluid_rt.adapt.layout import Batch, draft_bias
-from fluid_rt.adapt.model import FrozenBase, GatedAdapter, draft_hidden, draft_logits, main_pass
+from fluid_rt.adapt.model import (
+    FrozenBase,
+    GatedAdapter,
+    draft_hidden,
+    draft_logits,
+    main_pass,
+)
 
 
 def stage1_loss(base: FrozenBase, adapter: GatedAdapter, batch: Batch) -> torch.Tensor:

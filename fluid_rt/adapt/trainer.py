@@ -4,7 +4,6 @@ directory (``fluid_rt.adapter`` format)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -15,8 +14,14 @@ import torch
 
 from fluid_rt.adapt.layout import collate, insert_masks
 from fluid_rt.adapt.model import TARGETS, FrozenBase, GatedAdapter
-from fluid_rt.adapt.objectives import (khead_labels, khead_loss, new_khead, soft_targets,
-                                       stage1_loss, stage2_features)
+from fluid_rt.adapt.objectives import (
+    khead_labels,
+    khead_loss,
+    new_khead,
+    soft_targets,
+    stage1_loss,
+    stage2_features,
+)
 
 
 @dataclass
