@@ -227,7 +227,7 @@ def test_stage2_features_and_head_training():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < before
+    assert loss.item() < before
 
 
 # -- Stage I training --------------------------------------------------------------------------------

@@ -194,14 +194,23 @@ class Trainer:
             os.rename(tmp, ckpt)
 
     def load_checkpoint(self, out_dir: str) -> None:
+        """Continue from ``out/checkpoint``. Without ``trainer.pt`` (an adapter directory copied
+        there, e.g. the shipped one, whose optimizer state is not kept) the optimizer starts
+        afresh at the adapter's recorded step."""
         from fluid_rt.adapter import read_adapter
 
         ckpt = os.path.join(out_dir, "checkpoint")
         meta, tensors = read_adapter(ckpt)
-        if meta.get("training", {}).get("config", {}).get("rank") != self.cfg.rank:
-            raise ValueError(f"{ckpt}: checkpoint rank differs from --rank {self.cfg.rank}")
+        if int(meta["rank"]) != self.cfg.rank or int(meta["max_k"]) != self.cfg.max_k:
+            raise ValueError(f"{ckpt}: checkpoint has rank {meta['rank']} / max_k "
+                             f"{meta['max_k']}, this run --rank {self.cfg.rank} / --max-k "
+                             f"{self.cfg.max_k}")
         self.adapter.load_tensors({k: v.float() for k, v in tensors.items()})
-        state = torch.load(os.path.join(ckpt, "trainer.pt"), map_location="cpu", weights_only=True)
+        state_path = os.path.join(ckpt, "trainer.pt")
+        if not os.path.isfile(state_path):
+            self.step = int(meta.get("training", {}).get("steps_done", 0))
+            return
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
         self.opt.load_state_dict(state["opt"])
         self.step, self.processed = int(state["step"]), int(state["processed"])
         self.losses = state["losses"].tolist()
