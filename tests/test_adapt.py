@@ -1,6 +1,7 @@
 """fluid_rt.adapt: Stage I layouts (masks, labels, attention bias), the split forward against HF
 transformers on the expanded sequence, Stage II labels, and that training lowers the loss."""
 
+import os
 import random
 
 import pytest
@@ -299,3 +300,7 @@ def test_adapt_command_trains_checkpoints_resumes_and_reports(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "checkpoint of step 3 loaded" in out
     assert json.loads(out[out.index("{"):])["steps"] == 5
+    # an adapter directory without optimizer state (e.g. the shipped one) resumes at its step
+    os.remove(tmp_path / "out" / "checkpoint" / "trainer.pt")
+    assert main(args + ["--steps", "6", "--resume"]) == 0
+    assert "checkpoint of step 5 loaded" in capsys.readouterr().out
