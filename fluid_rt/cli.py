@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run a benchmark script from benchmarks/")
     b.add_argument("name", help="entropy | attention | commit | model | decode")
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
+    from fluid_rt.adapt import cli as adapt_cli  # fluid-rt adapt: its options live there
+
+    adapt_cli.register(sub)
     return parser
 
 
@@ -648,6 +651,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return cmd_generate(args)
+        if args.command == "adapt":
+            from fluid_rt.adapt import cli as adapt_cli
+
+            return adapt_cli.run_command(args)
         return cmd_bench(args)
     except CLIError as err:
         print(f"fluid-rt: error: {err}", file=sys.stderr)

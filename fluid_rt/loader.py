@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -25,6 +25,8 @@ class LoadedModel:
     khead: Optional[KHead]
     tokenizer: Any
     path: str
+    adapter: Any = None  # fluid_rt.adapter.Adapter when a gated FLUID adapter is attached
+    decode_defaults: dict = field(default_factory=dict)  # the adapter's block_size, min_block, ...
 
 
 def _load_dir_tokenizer(path: str):
@@ -64,7 +66,11 @@ def resolve_dtype_device(dtype, device) -> tuple[torch.dtype, torch.device]:
     return dtype, device
 
 
-def load_model(path: Optional[str] = None, *, head: Optional[str] = None,
+# The gated FLUID adapter trained for the embedded default model (fluid_rt/data/), loaded with it.
+SHIPPED_ADAPTER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "smollm2-fluid")
+
+
+def load_model(path: Optional[str] = None, *, head: Optional[str] = None, adapter: Optional[str] = "auto",
                dtype: torch.dtype | str = torch.float32, device="cpu",
                mask_token_id: Optional[int] = None,
                end_of_think_token_id: Optional[int] = None,
@@ -84,10 +90,21 @@ def load_model(path: Optional[str] = None, *, head: Optional[str] = None,
     weights: ``"quantized"`` (default) keeps a GGUF file's Q8_0/Q4_0/Q4_1/Q4_K/Q6_K matrices in
     their blocks and runs them on the quantized kernels (``fluid_rt.qlinear``) when the model runs
     on the CPU in float32 or bfloat16; ``"float"`` dequantizes them to ``dtype`` at load (always
-    the case on CUDA). Float checkpoints ignore it."""
+    the case on CUDA). Float checkpoints ignore it.
+    adapter: a gated FLUID adapter directory (``fluid_rt.adapter``) to attach: its LoRA and mask
+    embedding run at mask rows, its mask id becomes ``fluid.mask_token_id`` and its K-head the
+    K-head (unless ``head`` is given). ``"auto"`` (default): the shipped adapter with the embedded
+    default model (path None), none otherwise; None: none. An adapter for another base, or a corrupt
+    one, raises ``fluid_rt.adapter.AdapterError`` (a ValueError); under ``"auto"`` it only warns and
+    the plain base model loads."""
     dtype, device = resolve_dtype_device(dtype, device)
     if weights not in WEIGHTS:
         raise ValueError(f"weights: expected one of {', '.join(WEIGHTS)}, got {weights!r}")
+    if adapter == "auto":
+        adapter = SHIPPED_ADAPTER if path is None and os.path.isdir(SHIPPED_ADAPTER) else None
+        implicit = True
+    else:
+        implicit = False
     if path is None:
         from fluid_rt.weights.gguf import default_model_path
 
@@ -114,11 +131,23 @@ def load_model(path: Optional[str] = None, *, head: Optional[str] = None,
 
     model = Transformer(cfg, state, dtype=dtype, device=device, consume=True)
     del state
+    attached = _attach_adapter(adapter, model, path, implicit)
+    adapter_head = None
+    if attached is not None:
+        if mask_token_id is not None and mask_token_id != attached.mask_token_id:
+            raise ValueError(f"mask_token_id: {mask_token_id} differs from the adapter's "
+                             f"{attached.mask_token_id} ({adapter})")
+        mask_token_id = attached.mask_token_id
+        if head is None:  # the adapter's K-head was trained with its drafts: it wins
+            adapter_head = attached.khead_state()
     khead = None
     fluid = FluidConfig.load(ckpt_dir, pangu_vocabulary=cfg.family == "pangu",
                              mask_token_id=mask_token_id,
                              end_of_think_token_id=end_of_think_token_id)
-    if head_path is not None:
+    if adapter_head is not None:
+        khead = KHead(adapter_head, dtype=dtype, device=device)
+        fluid.max_k = khead.max_k
+    elif head_path is not None:
         head_sd, max_k = load_khead(head_path, cfg.hidden_size)
         khead = KHead(head_sd, dtype=dtype, device=device)
         fluid.max_k = max_k  # the head decides how many horizons it can propose
@@ -137,5 +166,23 @@ def load_model(path: Optional[str] = None, *, head: Optional[str] = None,
             continue
         warnings.warn(f"{path}: {name} {value} (default / fluid.json) is outside the vocabulary "
                       f"(size {cfg.vocab_size}); pass {name}= to load_model", stacklevel=2)
+    defaults = dict(attached.meta.get("decode", {})) if attached is not None else {}
     return LoadedModel(model=model, config=cfg, fluid=fluid, khead=khead, tokenizer=tokenizer,
-                       path=path)
+                       path=path, adapter=attached, decode_defaults=defaults)
+
+
+def _attach_adapter(adapter: Optional[str], model: Transformer, path: str, implicit: bool):
+    """Attach the adapter directory (None: nothing). A shipped adapter that does not fit the
+    base (``implicit``) warns and leaves the plain model; an explicit one raises."""
+    if adapter is None:
+        return None
+    from fluid_rt.adapter import AdapterError, load_adapter
+
+    try:
+        return load_adapter(os.fspath(adapter), model, base_path=path)
+    except AdapterError as err:
+        if not implicit:
+            raise
+        warnings.warn(f"the shipped FLUID adapter does not fit {path}, loading the plain base "
+                      f"model: {err}", stacklevel=3)
+        return None

@@ -215,6 +215,7 @@ class Transformer:
             self.layers.append(layer)
         self._rope_len = 0
         self._ensure_rope(cfg.max_position_embeddings)
+        self.adapter = None  # a gated FLUID adapter (fluid_rt.adapter.Adapter.attach sets it)
 
     def _ensure_rope(self, num_positions: int) -> None:
         # Grown on the host from shapes only (cache capacity), never from device values.
@@ -286,6 +287,8 @@ class Transformer:
         # x is the residual stream; ``ops.rms_norm(x, w, eps, delta)`` adds each block's output
         # into it in place and normalizes the sum in one pass.
         x = self.embed_tokens(tokens)  # [B, T, H], a fresh tensor
+        if self.adapter is not None:  # mask rows: the adapter's embedding, and its LoRA downstream
+            x = self.adapter.begin_forward(tokens, x)
         delta = None
         for li, layer in enumerate(self.layers):
             h = ops.rms_norm(x, layer.ln_in, eps, delta)
