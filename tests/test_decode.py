@@ -7,8 +7,8 @@ import zlib
 
 import pytest
 import torch
-
 from conftest import GOLDEN_DIR
+
 from fluid_rt.decode import DecodeConfig, Decoder
 from fluid_rt.loader import load_model
 
@@ -238,7 +238,7 @@ def test_bad_requests_raise_clear_errors(golden):
         no_mask.generate([[1]], DecodeConfig(max_new_tokens=4))
     no_head = Decoder(loaded.model, mask_token_id=vocab - 1)
     with pytest.raises(ValueError, match="K-head"):
-        no_head.generate([[1]], DecodeConfig(max_new_tokens=4))
+        no_head.generate([[1]], DecodeConfig(mode="elastic", horizon="khead", max_new_tokens=4))
     # Nothing was lost: the decoder still works after the errors.
     (g,), _ = dec.generate([[1, 2]], DecodeConfig(max_new_tokens=4))
     assert len(g.tokens) == 4
@@ -250,8 +250,10 @@ def test_static_width_steps_equal_trimmed_steps(golden, alone, model):
     trimming, no reused prefix), run uncaptured on the CPU: the same tokens, traces and forwards as
     the trimmed eager steps, for all cases of the model in one batch."""
     idx = [i for i, c in enumerate(CASES) if c["model"] == model]
-    dec = decoder_for(golden[model], CASES[idx[0]])
-    dec._static_width = True
+    case = CASES[idx[0]]
+    loaded = golden[model]
+    dec = Decoder(loaded.model, khead=loaded.khead, mask_token_id=case["mask_token_id"],
+                  steps="static")
     gens, _ = dec.generate([CASES[i]["prompt"] for i in idx], [case_config(CASES[i]) for i in idx])
     for i, g in zip(idx, gens):
         assert (g.tokens, g.trace, g.forwards) == (alone[i].tokens, alone[i].trace,
@@ -386,3 +388,127 @@ def test_stream_text_with_the_default_model():
     it = Decoder(loaded.model).stream(ids, DecodeConfig(mode="ar", max_new_tokens=16), tok)
     pieces, g = drain(it)
     assert len(pieces) > 1 and "".join(pieces) == g.text == tok.decode(g.tokens)
+
+
+# -- the step runner: CUDA graph logic and device/stream selection, checked on the CPU -----------
+
+class FakeCuda:
+    """Stands in for ``torch.cuda`` and records what the graph code asks of it, in order."""
+
+    def __init__(self):
+        self.events, self.current = [], None
+
+    def _scope(self, *event, device=None):
+        import contextlib
+
+        fake = self
+
+        @contextlib.contextmanager
+        def scope():
+            fake.events.append(("enter",) + event)
+            before, fake.current = fake.current, device if device is not None else fake.current
+            try:
+                yield
+            finally:
+                fake.current = before
+                fake.events.append(("exit",) + event)
+
+        return scope()
+
+    def device(self, device):
+        return self._scope("device", device, device=device)
+
+    def Stream(self, device=None):
+        stream = ("stream", device)
+        self.events.append(("new stream", device, self.current))
+        return stream
+
+    def current_stream(self, device=None):
+        return FakeStream(self, ("current", device))
+
+    def stream(self, stream):
+        return self._scope("use stream", stream)
+
+    def CUDAGraph(self):
+        return "graph"
+
+    def graph(self, graph, stream=None):
+        return self._scope("capture", graph, stream)
+
+
+class FakeStream:
+    def __init__(self, cuda, name):
+        self.cuda, self.name = cuda, name
+
+    def wait_stream(self, other):
+        self.cuda.events.append(("wait", self.name, other))
+
+
+def test_graph_capture_and_replay_run_on_the_model_device_and_its_stream():
+    """With the model on cuda:1 the side stream is that device's, the capture uses it, and the
+    warm-up, the capture and every replay run with cuda:1 current (#13 a)."""
+    from fluid_rt.decode.runner import capture_graph, device_scope, replay_graph
+
+    cuda, dev = FakeCuda(), torch.device("cuda", 1)
+    calls = []
+    step = lambda: calls.append(("step", cuda.current))
+    undo = lambda: calls.append(("undo", cuda.current))
+    capture_graph(step, dev, undo, cuda)
+    stream = ("stream", dev)
+    assert cuda.events[0] == ("enter", "device", dev) and cuda.events[-1] == ("exit", "device", dev)
+    assert ("new stream", dev, dev) in cuda.events
+    assert ("enter", "capture", "graph", stream) in cuda.events
+    assert ("enter", "use stream", stream) in cuda.events
+    assert calls == [("step", dev), ("undo", dev), ("step", dev)]  # warm-up, undo, capture
+
+    class Graph:
+        def replay(self):
+            calls.append(("replay", cuda.current))
+
+    replay_graph(Graph(), dev, cuda)
+    assert calls[-1] == ("replay", dev)
+    # The decode (also in stream()'s worker thread) runs under the model's device; CPU: no-op.
+    cuda.events.clear()
+    with device_scope(dev, cuda):
+        assert cuda.current == dev
+    with device_scope(torch.device("cpu"), cuda):
+        assert cuda.current is None
+    assert cuda.events == [("enter", "device", dev), ("exit", "device", dev)]
+
+
+@pytest.mark.parametrize("mode", ["elastic", "ar"])
+def test_graph_steps_capture_once_per_batch_shape(golden, alone, monkeypatch, mode):
+    """The graph path's logic on the CPU, a capture standing in for the CUDA graph (it runs the
+    step for real; its replay runs it again): finished rows stay in the batch, masked, until half
+    of them have finished, so a batch captures once per shape, not once per finished row (#13 f),
+    and gives the golden tokens, traces and forward counts. AR steps are captured too."""
+    from fluid_rt.decode import runner
+
+    captures = []
+
+    def capture(step, device, undo, cuda):
+        captures.append(device)
+        return type("Replay", (), {"replay": lambda self: step()})()
+
+    monkeypatch.setattr(runner, "capture_graph", capture)
+    monkeypatch.setattr(runner, "replay_graph", lambda graph, device, cuda: graph.replay())
+    model = "pangu-tiny"
+    idx = [i for i, c in enumerate(CASES) if c["model"] == model]
+    loaded = golden[model]
+    dec = Decoder(loaded.model, khead=loaded.khead, mask_token_id=CASES[idx[0]]["mask_token_id"],
+                  steps="graph")
+    cfgs = [case_config(CASES[i], mode=mode) for i in idx]
+    gens, stats = dec.generate([CASES[i]["prompt"] for i in idx], cfgs)
+    if mode == "elastic":
+        for i, g in zip(idx, gens):
+            assert (g.tokens, g.trace, g.forwards) == (alone[i].tokens, alone[i].trace,
+                                                       alone[i].forwards)
+    else:
+        eager = Decoder(loaded.model, mask_token_id=CASES[idx[0]]["mask_token_id"])
+        want, _ = eager.generate([CASES[i]["prompt"] for i in idx], cfgs)
+        assert [(g.tokens, g.forwards) for g in gens] == [(w.tokens, w.forwards) for w in want]
+    finish = sorted(g.forwards for g in gens)  # rows finish at different steps ...
+    assert len(set(finish)) > 3
+    # ... but a capture happens only at the start and whenever the live rows halve.
+    assert 1 <= len(captures) <= len(idx).bit_length()
+    assert stats.forwards == max(finish)
