@@ -171,7 +171,7 @@ def _add_generate(sub) -> None:
                    "for a PanguEmbedded checkpoint whose vocabulary has it)")
     _add_decode_flags(g)
     g.add_argument("--dtype", choices=list(DTYPES), default="float32",
-                   help="default: %(default)s")
+                   help="(default: %(default)s)")
     g.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda[:N] (default: cuda when a GPU is usable)")
     g.add_argument("--threads", type=_positive_int, help="CPU threads (torch.set_num_threads)")

@@ -26,9 +26,10 @@ def golden():
 
 def case_config(case, **overrides) -> DecodeConfig:
     eos = case["eos_token_id"]
-    args = dict(mode="elastic", max_new_tokens=case["max_new_tokens"], block_size=case["block_size"],
-                min_block=case["min_block"], threshold=case["threshold"], remask=case["remask"],
-                horizon="khead", eos_token_ids=() if eos is None else (eos,))
+    args = {"mode": "elastic", "max_new_tokens": case["max_new_tokens"],
+            "block_size": case["block_size"], "min_block": case["min_block"],
+            "threshold": case["threshold"], "remask": case["remask"], "horizon": "khead",
+            "eos_token_ids": () if eos is None else (eos,)}
     args.update(overrides)
     return DecodeConfig(**args)
 
@@ -512,3 +513,39 @@ def test_graph_steps_capture_once_per_batch_shape(golden, alone, monkeypatch, mo
     # ... but a capture happens only at the start and whenever the live rows halve.
     assert 1 <= len(captures) <= len(idx).bit_length()
     assert stats.forwards == max(finish)
+
+
+def test_config_defaults_follow_the_commit_policy_and_the_model(golden):
+    """DecodeConfig's defaults: the threshold by commit policy, mode and horizon from the model
+    (as the CLI picks them); out-of-range and mistyped values raise."""
+    assert DecodeConfig().commit_threshold == 0.9
+    assert DecodeConfig(commit="entropy").commit_threshold == 0.3
+    assert DecodeConfig(commit="entropy", threshold=2.0).commit_threshold == 2.0
+    assert DecodeConfig(eos_token_ids=7).eos_token_ids == (7,)
+    for bad, match in (({"threshold": 1.5}, "max probability"), ({"threshold": -0.1}, "max prob"),
+                       ({"commit": "entropy", "threshold": -1.0}, "nats"),
+                       ({"threshold": float("nan")}, "finite"),
+                       ({"max_new_tokens": 2.5}, "max_new_tokens"), ({"remask": "no"}, "remask"),
+                       ({"eos_token_ids": [1.0]}, "eos_token_ids"),
+                       ({"entropy_low": 2.0, "entropy_high": 1.0}, "entropy_low < entropy_high"),
+                       ({"mode": "fast"}, "mode")):
+        with pytest.raises(ValueError, match=match):
+            DecodeConfig(**bad)
+    loaded = golden["pangu-tiny"]
+    mask = loaded.config.vocab_size - 1
+    with_head = Decoder(loaded.model, khead=loaded.khead, mask_token_id=mask)
+    no_head = Decoder(loaded.model, mask_token_id=mask)
+
+    def picked(dec, cfg):
+        cfg = dec.resolve(cfg)
+        return cfg.mode, cfg.horizon
+
+    assert picked(with_head, DecodeConfig()) == ("elastic", "khead")
+    assert picked(no_head, DecodeConfig()) == ("ar", "entropy")
+    assert picked(no_head, DecodeConfig(mode="elastic")) == ("elastic", "entropy")
+    # DecodeConfig() decodes with either decoder: AR without a K-head, elastic with one.
+    (a,), _ = no_head.generate([[1, 2, 3]], DecodeConfig(max_new_tokens=8))
+    (b,), _ = no_head.generate([[1, 2, 3]], DecodeConfig(mode="ar", max_new_tokens=8))
+    assert a.tokens == b.tokens and a.trace == [] and a.forwards == 8
+    (e,), _ = with_head.generate([[1, 2, 3]], DecodeConfig(max_new_tokens=8))
+    assert e.trace and sum(b["committed"] for b in e.trace) >= len(e.tokens) == 8
