@@ -265,8 +265,10 @@ def test_static_width_steps_equal_trimmed_steps(golden, alone, model):
 @pytest.mark.parametrize("model", MODELS)
 def test_cuda_graph_decode_matches_golden(model):
     """On a GPU each elastic step is replayed as one CUDA graph; it must give the golden tokens and
-    traces, exactly as the eager loop does (all cases of the model in one batch, so the graph is
-    re-captured as rows finish)."""
+    traces, exactly as the eager loop does (all cases of the model in one batch, so rows finish
+    masked inside a captured shape, and the batch shrinks to new shapes as half of them finish),
+    on cuda:0 and, where there is one, on cuda:1 (the capture stream on the model's device). AR
+    steps are replayed as graphs too."""
     cases = [c for c in CASES if c["model"] == model]
     loaded = load_model(os.path.join(GOLDEN_DIR, model), mask_token_id=cases[0]["mask_token_id"],
                         device="cuda")
@@ -277,9 +279,17 @@ def test_cuda_graph_decode_matches_golden(model):
         dec = Decoder(loaded.model, khead=loaded.khead, mask_token_id=cases[0]["mask_token_id"],
                       cuda_graphs=graphs)
         runs[graphs], _ = dec.generate(prompts, cfgs)
+        runs["ar", graphs], _ = dec.generate(prompts, [case_config(c, mode="ar") for c in cases])
     for case, g, e in zip(cases, runs[True], runs[False]):
         assert g.tokens == e.tokens == expected_of(case)
         assert g.trace == e.trace and g.trace[:-1] == case["trace"][: len(g.trace) - 1]
+    assert [g.tokens for g in runs["ar", True]] == [g.tokens for g in runs["ar", False]]
+    if torch.cuda.device_count() > 1:
+        other = load_model(os.path.join(GOLDEN_DIR, model),
+                           mask_token_id=cases[0]["mask_token_id"], device="cuda:1")
+        dec = Decoder(other.model, khead=other.khead, mask_token_id=cases[0]["mask_token_id"])
+        on_1, _ = dec.generate(prompts, cfgs)
+        assert [g.tokens for g in on_1] == [g.tokens for g in runs[True]]
 
 
 @pytest.mark.cuda

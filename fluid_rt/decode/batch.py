@@ -109,16 +109,13 @@ class Batch:
 
     def snapshot(self) -> dict:
         """A copy of the device state (a CUDA graph's warm-up step is undone with it)."""
-        state = {k: v.clone() for k, v in self._tensors().items()}
-        state.update({f"trace.{k}": v.clone() for k, v in zip(StepTraces.FIELDS,
-                                                               self.trace.columns())})
-        return state
+        return {k: v.clone() for k, v in self._tensors().items()} | {
+            "trace": self.trace.data.clone()}
 
     def restore(self, state: dict) -> None:
         for k, v in self._tensors().items():
             v.copy_(state[k])
-        for k, v in zip(StepTraces.FIELDS, self.trace.columns()):
-            v.copy_(state[f"trace.{k}"])
+        self.trace.data.copy_(state["trace"])
 
     def keep(self, idx: list[int]) -> None:
         """Drop the rows not in ``idx`` so they stop costing work."""
@@ -128,7 +125,7 @@ class Batch:
         for name, value in self._tensors().items():
             if name != "position":
                 setattr(self, name, value.index_select(0, index))
-        self.trace.select(index)
+        self.trace.data = self.trace.data.index_select(0, index)
 
     def count_forward(self) -> None:
         for s, gone in zip(self.seq, self.retired):
@@ -160,11 +157,10 @@ def read_host(b: Batch, trim: bool) -> list[HostRow]:
     """The step's one host sync: every row's trace records, output length, done flag, next eager
     width (``trim``) and logsumexp sum (as its float32 bits), in one transfer."""
     need = b.slots_needed() if trim else torch.ones_like(b.out_len)
-    columns = [c for c in b.trace.columns()] + [
-        b.out_len[:, None], b.done[:, None].to(torch.int32), need[:, None],
-        b.lse_sum.view(torch.int32)[:, None]]
-    n_trace = sum(c.shape[1] for c in columns[: len(StepTraces.FIELDS)])
-    rows = torch.cat(columns, 1).tolist()
+    trace = b.trace.data.flatten(1)
+    n_trace = trace.shape[1]
+    rows = torch.cat([trace, b.out_len[:, None], b.done[:, None].to(torch.int32), need[:, None],
+                      b.lse_sum.view(torch.int32)[:, None]], 1).tolist()
     return [HostRow(StepTraces.records(r[:n_trace]), r[n_trace], bool(r[n_trace + 1]),
                     r[n_trace + 2], r[n_trace + 3]) for r in rows]
 

@@ -1,7 +1,7 @@
 """Block trace records: what each block of a row did (spec/decoding.md's trace).
 
 On the device a step writes up to two records per row (``StepTraces``: a verify, then a draft pass
-that settled the next block at once), as one tensor per field; the host reads them in the step's
+that settled the next block at once); the host reads them in the step's
 one sync (``Batch.read_host``) and turns each into a ``BlockRecord``.
 """
 
@@ -31,35 +31,31 @@ class BlockRecord(NamedTuple):
 
 
 class StepTraces:
-    """The records one step wrote: per field an int32 tensor ``[rows, RECORDS_PER_STEP]``;
-    ``settled[b, i]`` says whether record i of row b holds a block."""
+    """The records one step wrote, field by field: ``data[b, f, i]`` is field ``FIELDS[f]`` of
+    record i of row b (int32; one tensor, so that a record is written and read in one op);
+    ``settled`` says whether the record holds a block."""
 
     FIELDS = ("settled", "K", "draft_passes", "committed", "mismatch")
 
     def __init__(self, rows: int, device) -> None:
-        for name in self.FIELDS:
-            setattr(self, name, torch.zeros((rows, RECORDS_PER_STEP), dtype=torch.int32,
-                                            device=device))
+        self.data = torch.zeros((rows, len(self.FIELDS), RECORDS_PER_STEP), dtype=torch.int32,
+                                device=device)
 
     def record(self, i: int, settled, k, draft_passes, committed, mismatch) -> None:
         """Record i of every row, from ``[rows]`` tensors (device ops only)."""
-        for name, value in zip(self.FIELDS, (settled, k, draft_passes, committed, mismatch)):
-            getattr(self, name)[:, i] = value
+        fields = (settled, k, draft_passes, committed, mismatch)
+        self.data[:, :, i] = torch.stack([f.to(torch.int32) for f in fields], dim=1)
 
-    def columns(self) -> list[torch.Tensor]:
-        """The fields as ``[rows, RECORDS_PER_STEP]`` int32 columns, in ``FIELDS`` order."""
-        return [getattr(self, name) for name in self.FIELDS]
+    def field(self, name: str) -> torch.Tensor:
+        """``[rows, RECORDS_PER_STEP]``: one field of every record."""
+        return self.data[:, self.FIELDS.index(name)]
 
     @classmethod
     def records(cls, values: list[int]) -> list[BlockRecord]:
-        """The blocks in one row's host copy of ``columns()`` (field-major, flattened)."""
+        """The blocks in one row's host copy of ``data`` (flattened: field-major)."""
         n = RECORDS_PER_STEP
         by_field = {name: values[j * n : (j + 1) * n] for j, name in enumerate(cls.FIELDS)}
         return [BlockRecord(by_field["K"][i], by_field["draft_passes"][i],
                             by_field["committed"][i],
                             None if by_field["mismatch"][i] < 0 else by_field["mismatch"][i])
                 for i in range(n) if by_field["settled"][i]]
-
-    def select(self, index: torch.Tensor) -> None:
-        for name in self.FIELDS:
-            setattr(self, name, getattr(self, name).index_select(0, index))
