@@ -430,21 +430,20 @@ class FakeCuda:
         return self._scope("device", device, device=device)
 
     def Stream(self, device=None):
-        stream = ("stream", device)
         self.events.append(("new stream", device, self.current))
-        return stream
+        return FakeStream(self, ("stream", device))
 
     def current_stream(self, device=None):
         return FakeStream(self, ("current", device))
 
     def stream(self, stream):
-        return self._scope("use stream", stream)
+        return self._scope("use stream", stream.name)
 
     def CUDAGraph(self):
         return "graph"
 
     def graph(self, graph, stream=None):
-        return self._scope("capture", graph, stream)
+        return self._scope("capture", graph, stream.name)
 
 
 class FakeStream:
@@ -452,7 +451,7 @@ class FakeStream:
         self.cuda, self.name = cuda, name
 
     def wait_stream(self, other):
-        self.cuda.events.append(("wait", self.name, other))
+        self.cuda.events.append(("wait", self.name, other.name))
 
 
 def test_graph_capture_and_replay_run_on_the_model_device_and_its_stream():
@@ -470,6 +469,9 @@ def test_graph_capture_and_replay_run_on_the_model_device_and_its_stream():
     assert ("new stream", dev, dev) in cuda.events
     assert ("enter", "capture", "graph", stream) in cuda.events
     assert ("enter", "use stream", stream) in cuda.events
+    # the side stream waits for the device's current stream before the warm-up, and back after
+    assert ("wait", stream, ("current", dev)) in cuda.events
+    assert ("wait", ("current", dev), stream) in cuda.events
     assert calls == [("step", dev), ("undo", dev), ("step", dev)]  # warm-up, undo, capture
 
     class Graph:
