@@ -6,18 +6,47 @@ Importing the package loads the compiled extension ``fluid_rt._C``, which regist
 
 from __future__ import annotations
 
-try:
-    from fluid_rt import _C  # noqa: F401  (registers torch.ops.fluid_rt.*)
-except ImportError as err:  # pragma: no cover - only hit on a broken install
-    raise ImportError(
-        "fluid_rt._C is missing or does not load: build it with `pip install --no-build-isolation .` "
-        f"(or see DEVELOPERS.md for an in-place build). Original error: {err}"
-    ) from err
+import os as _os
+import sys as _sys
 
-from fluid_rt.cpu_isa import cpu_isa, use_cpu_isa  # noqa: E402  (validates FLUID_RT_CPU_ISA)
-from fluid_rt import ops  # noqa: E402
-from fluid_rt.decode import DecodeConfig, Decoder, Generation  # noqa: E402
-from fluid_rt.loader import LoadedModel, load_model  # noqa: E402
+
+def _source_tree_message(err: Exception) -> str:
+    """Why ``fluid_rt._C`` did not load, in words that say what to do. The common case: Python
+    started in a source checkout, whose ``fluid_rt/`` (no compiled extension in it) shadows the
+    installed package, since the current directory comes first on ``sys.path``."""
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    root = _os.path.dirname(here)
+    built = any(n.startswith("_C") and n.endswith((".so", ".pyd")) for n in _os.listdir(here))
+    if not built and _os.path.isdir(_os.path.join(root, "csrc")):
+        return (f"fluid_rt is being imported from its source tree {here}, which has no compiled "
+                "extension (fluid_rt/_C*.so): Python puts the current directory (or the "
+                "script's) first on sys.path, so the source tree hides any installed fluid_rt. "
+                f"Run Python from another directory, or build in place in {root} (DEVELOPERS.md: "
+                "cmake -S . -B build/dev -G Ninja && ninja -C build/dev). "
+                f"Original error: {err}")
+    return ("fluid_rt._C is missing or does not load: build it with `pip install "
+            "--no-build-isolation .` (or see DEVELOPERS.md for an in-place build). "
+            f"Original error: {err}")
+
+
+def _started_as_command() -> bool:
+    return _os.path.basename(_sys.argv[0] if _sys.argv else "") == "fluid-rt"
+
+
+try:
+    try:
+        from fluid_rt import _C  # (registers torch.ops.fluid_rt.*)
+    except ImportError as err:  # pragma: no cover - a broken install, or a source tree on the path
+        raise ImportError(_source_tree_message(err)) from err
+
+    from fluid_rt.cpu_isa import cpu_isa, use_cpu_isa  # (validates FLUID_RT_CPU_ISA)
+    from fluid_rt import ops
+    from fluid_rt.decode import DecodeConfig, Decoder, Generation
+    from fluid_rt.loader import LoadedModel, load_model
+except KeyboardInterrupt:  # Ctrl-C while torch loads: the command exits as it does later on
+    if _started_as_command():
+        raise SystemExit(130) from None
+    raise
 
 __version__ = _C.__version__
 

@@ -15,7 +15,7 @@ bfloat16 (``cpu_packs``), with SwiGLU folded into the down projection; torch's m
 from __future__ import annotations
 
 import math
-from typing import Optional
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -100,10 +100,10 @@ class Linear:
     ``weight``: ``[out, in]``; ``bias``: ``[out]`` or None; both in the model's dtype and device.
     """
 
-    __slots__ = ("out_features", "bias", "packed", "w_t")
+    __slots__ = ("bias", "out_features", "packed", "w_t")
 
-    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                 pack: Optional[bool] = None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                 pack: bool | None = None):
         if pack is None:
             pack = weight.device.type == "cpu" and cpu_packs(weight.dtype)
         self.out_features = weight.shape[0]
@@ -144,7 +144,56 @@ def make_linear(weight, bias: Optional[torch.Tensor] = None):
 
 
 class _Layer:
-    __slots__ = ("ln_in", "qkv", "o", "ln_post", "gate_up", "down")
+    __slots__ = ("down", "gate_up", "ln_in", "ln_post", "o", "qkv")
+
+
+@dataclass
+class ForwardContext:
+    """What every layer of one forward reads besides its input: the cache, each row's length and
+    cache row, the RoPE tables at the tokens' positions, and the row packing (or None)."""
+
+    cache: KVCache
+    seqlens: torch.Tensor
+    batch_idx: torch.Tensor | None
+    cos: torch.Tensor
+    sin: torch.Tensor
+    packing: RowPacking | None
+
+
+class RowPacking:
+    """Rows of different widths packed into one sequence ``[1, sum(widths)]`` for the matmuls (on
+    the CPU a matmul costs by its rows: a batch then costs the sum of its rows' widths, not B x the
+    widest). Attention still runs per row, on that row's slice."""
+
+    def __init__(self, widths: list, seqlens: torch.Tensor, batch_idx: torch.Tensor | None):
+        dev = seqlens.device
+        B = len(widths)
+        offsets = [sum(widths[:b]) for b in range(B)]
+        self.segments = list(zip(range(B), offsets, widths))  # (row, offset, width)
+        self.row_of = torch.repeat_interleave(torch.arange(B, device=dev),
+                                              torch.tensor(widths, device=dev))
+        self.slot_of = torch.cat([torch.arange(w, device=dev) for w in widths])
+        self.positions = (seqlens.long()[self.row_of] + self.slot_of)[None]
+        self.seqlens = seqlens
+        self.cache_rows = (batch_idx if batch_idx is not None
+                           else torch.arange(B, dtype=torch.int32, device=dev))
+
+    def pack(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, T]`` -> the packed ``[1, sum(widths)]``."""
+        return tokens[self.row_of, self.slot_of][None]
+
+    def unpack(self, packed: torch.Tensor, B: int, T: int) -> torch.Tensor:
+        """``[1, sum(widths), ...]`` -> ``[B, T, ...]``, zeros past each row's width."""
+        out = packed.new_zeros(B, T, *packed.shape[2:])
+        out[self.row_of, self.slot_of] = packed[0]
+        return out
+
+    def attention(self, q, k, v, k_cache, v_cache) -> torch.Tensor:
+        """``causal_attention`` of each row's slice of the packed q, k, v."""
+        return torch.cat([ops.causal_attention(
+            q[:, o:o + w], k_cache, v_cache, self.seqlens[b:b + 1], k[:, o:o + w], v[:, o:o + w],
+            cache_batch_idx=self.cache_rows[b:b + 1]) for b, o, w in self.segments], 1)
+
 
 
 class Transformer:
@@ -223,12 +272,14 @@ class Transformer:
             self.cos, self.sin = rope_tables(self.cfg, num_positions, self.dtype, self.device)
             self._rope_len = num_positions
 
-    def __call__(self, tokens: torch.Tensor, cache: KVCache, rows: Optional[torch.Tensor] = None,
-                 logits_slots: Optional[torch.Tensor] = None, widths: Optional[list] = None):
-        return self.forward(tokens, cache, rows, logits_slots, widths)
+    def __call__(self, tokens: torch.Tensor, cache: KVCache, rows: torch.Tensor | None = None,
+                 logits_slots: torch.Tensor | None = None, widths: list | None = None,
+                 float_logits: bool = True):
+        return self.forward(tokens, cache, rows, logits_slots, widths, float_logits)
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache, rows: Optional[torch.Tensor] = None,
-                logits_slots: Optional[torch.Tensor] = None, widths: Optional[list] = None):
+    def forward(self, tokens: torch.Tensor, cache: KVCache, rows: torch.Tensor | None = None,
+                logits_slots: torch.Tensor | None = None, widths: list | None = None,
+                float_logits: bool = True):
         """Run ``tokens [B, T]`` int64 at positions ``cache.seqlens[rows[b]] + t``.
 
         rows: optional ``[B]`` int32/int64 cache rows (default ``0 .. B-1``).
@@ -236,13 +287,47 @@ class Transformer:
         computed only there (the vocab matmul is skipped for the other slots).
         widths: optional host ints, ``1 <= widths[b] <= T`` (not with ``logits_slots``): row b
         runs only its first ``widths[b]`` tokens, packed with the other rows' into one sequence
-        for the matmuls (attention runs per row), so rows of different widths cost their own
-        width, not the widest. The slots past a row's width get zero logits and hidden states,
-        and no K/V. For the CPU, where a matmul's cost follows its row count.
+        for the matmuls (``RowPacking``), so rows of different widths cost their own width, not
+        the widest. The slots past a row's width get zero logits and hidden states, and no K/V.
+        For the CPU, where a matmul's cost follows its row count.
+        float_logits: return the logits as float32 (default), or in the model dtype (what
+        ``ops.token_entropy`` reads directly, without a float32 copy of ``[B, T, V]``).
         Writes the tokens' K/V into ``cache`` (never advances ``cache.seqlens``).
-        Returns ``logits [B, T or n, V]`` float32 and ``hidden [B, T, H]`` (after the final
-        RMSNorm) in the model dtype."""
-        cfg = self.cfg
+        Returns ``logits [B, T or n, V]`` and ``hidden [B, T, H]`` (after the final RMSNorm) in
+        the model dtype."""
+        B, T = tokens.shape
+        self._check_call(tokens, cache, rows, logits_slots, widths)
+        self._ensure_rope(cache.capacity)
+        seqlens = cache.seqlens[:B] if rows is None else cache.seqlens.index_select(0, rows)
+        batch_idx = None if rows is None else rows.to(torch.int32)
+        packing = None
+        if widths is not None:
+            packing = RowPacking([int(w) for w in widths], seqlens, batch_idx)
+            tokens, positions = packing.pack(tokens), packing.positions
+        else:
+            positions = seqlens.long()[:, None] + torch.arange(T, device=tokens.device)  # [B, T]
+        # Clamped only so that a row past the cache capacity cannot index the tables out of range
+        # (a device assert on CUDA); the attention op itself rejects / NaN-fills such rows.
+        positions = positions.clamp(0, self._rope_len - 1)
+        ctx = ForwardContext(cache, seqlens, batch_idx, self.cos[positions], self.sin[positions],
+                             packing)
+        # x is the residual stream; ``ops.rms_norm(x, w, eps, delta)`` adds each block's output
+        # into it in place and normalizes the sum in one pass.
+        x = self.embed_tokens(tokens)  # [B, T, H], a fresh tensor
+        if self.adapter is not None:  # mask rows: the adapter's embedding, and its LoRA downstream
+            x = self.adapter.begin_forward(tokens, x)
+        delta = None
+        for li, layer in enumerate(self.layers):
+            delta = self._layer(li, layer, x, delta, ctx)
+        hidden = ops.rms_norm(x, self.norm, self.cfg.rms_norm_eps, delta)
+        logits = self._logits(hidden, logits_slots)
+        if float_logits:
+            logits = logits.float()
+        if packing is not None:  # back to [B, T, ...], zeros past each row's width
+            return packing.unpack(logits, B, T), packing.unpack(hidden, B, T)
+        return logits, hidden
+
+    def _check_call(self, tokens, cache: KVCache, rows, logits_slots, widths) -> None:
         B, T = tokens.shape
         if widths is not None and (logits_slots is not None or len(widths) != B
                                    or not all(1 <= int(w) <= T for w in widths)):
@@ -251,79 +336,50 @@ class Transformer:
         if cache.k.dtype != self.dtype or cache.k.device != self.device:
             raise ValueError(f"cache: dtype/device {cache.k.dtype}/{cache.k.device} differ from the "
                              f"model's {self.dtype}/{self.device}")
-        self._ensure_rope(cache.capacity)
-        if rows is None:
-            if B > cache.max_batch:
-                raise ValueError(f"tokens: batch {B} exceeds the cache's max_batch {cache.max_batch}")
-            seqlens = cache.seqlens[:B]
-            batch_idx = None
-        else:
-            if rows.shape != (B,):
-                raise ValueError(f"rows: expected shape ({B},), got {tuple(rows.shape)}")
-            seqlens = cache.seqlens.index_select(0, rows)
-            batch_idx = rows.to(torch.int32)
-        segments = None
-        if widths is not None:  # one packed sequence [1, sum(widths)]: (row, offset, width) each
-            widths = [int(w) for w in widths]
-            offsets = [sum(widths[:b]) for b in range(B)]
-            segments = list(zip(range(B), offsets, widths))
-            dev = tokens.device
-            row_of = torch.repeat_interleave(torch.arange(B, device=dev), torch.tensor(widths, device=dev))
-            slot_of = torch.cat([torch.arange(w, device=dev) for w in widths])
-            tokens = tokens[row_of, slot_of][None]
-            positions = (seqlens.long()[row_of] + slot_of)[None]
-            cache_rows = batch_idx if batch_idx is not None else torch.arange(B, dtype=torch.int32, device=dev)
-        else:
-            positions = seqlens.long()[:, None] + torch.arange(T, device=tokens.device)  # [B, T]
-        # Clamped only so that a row past the cache capacity cannot index the tables out of range
-        # (a device assert on CUDA); the attention op itself rejects / NaN-fills such rows.
-        positions = positions.clamp(0, self._rope_len - 1)
-        cos, sin = self.cos[positions], self.sin[positions]  # [B, T, D]
-        fused_rope = self.device.type == "cpu"  # ops.rope_ (CPU); torch ops in a CUDA graph
-        Hq, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        q_size, kv_size = cfg.q_size, cfg.kv_size
-        eps = cfg.rms_norm_eps
+        if rows is None and B > cache.max_batch:
+            raise ValueError(f"tokens: batch {B} exceeds the cache's max_batch {cache.max_batch}")
+        if rows is not None and rows.shape != (B,):
+            raise ValueError(f"rows: expected shape ({B},), got {tuple(rows.shape)}")
 
-        # x is the residual stream; ``ops.rms_norm(x, w, eps, delta)`` adds each block's output
-        # into it in place and normalizes the sum in one pass.
-        x = self.embed_tokens(tokens)  # [B, T, H], a fresh tensor
-        if self.adapter is not None:  # mask rows: the adapter's embedding, and its LoRA downstream
-            x = self.adapter.begin_forward(tokens, x)
-        delta = None
-        for li, layer in enumerate(self.layers):
-            h = ops.rms_norm(x, layer.ln_in, eps, delta)
-            qkv = layer.qkv(h)
-            # RoPE on q and k together; q, k, v stay views with a contiguous last dim, as
-            # causal_attention accepts.
-            qk = qkv[..., :q_size + kv_size].unflatten(-1, (Hq + Hkv, D))
-            if fused_rope:
-                ops.rope_(qk, cos, sin)
-            else:
-                qk = apply_rope(qk, cos.unsqueeze(2), sin.unsqueeze(2))
-            q, k = qk[:, :, :Hq], qk[:, :, Hq:]
-            v = qkv[..., q_size + kv_size:].unflatten(-1, (Hkv, D))
-            if segments is None:
-                attn = ops.causal_attention(q, cache.k[li], cache.v[li], seqlens, k, v,
-                                            cache_batch_idx=batch_idx)
-            else:
-                attn = torch.cat([ops.causal_attention(
-                    q[:, o:o + w], cache.k[li], cache.v[li], seqlens[b:b + 1], k[:, o:o + w],
-                    v[:, o:o + w], cache_batch_idx=cache_rows[b:b + 1]) for b, o, w in segments], 1)
-            h = ops.rms_norm(x, layer.ln_post, eps, layer.o(attn.reshape(*tokens.shape, q_size)))
-            delta = layer.down.silu_and_mul(layer.gate_up(h))
-        hidden = ops.rms_norm(x, self.norm, eps, delta)
-        if logits_slots is not None:
-            index = logits_slots.long().unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-            logits = self.lm_head(hidden.gather(1, index))
+    def _layer(self, li: int, layer: _Layer, x: torch.Tensor, delta: torch.Tensor | None,
+               ctx: ForwardContext) -> torch.Tensor:
+        """One decoder layer on the residual stream ``x`` (``delta``, the previous layer's
+        output, is added into it first). Returns this layer's output, added by the next norm."""
+        cfg = self.cfg
+        h = ops.rms_norm(x, layer.ln_in, cfg.rms_norm_eps, delta)
+        q, k, v = self._qkv(layer, h, ctx)
+        attn = self._attention(li, q, k, v, ctx)
+        h = ops.rms_norm(x, layer.ln_post, cfg.rms_norm_eps,
+                         layer.o(attn.reshape(*x.shape[:2], cfg.q_size)))
+        return layer.down.silu_and_mul(layer.gate_up(h))
+
+    def _qkv(self, layer: _Layer, h: torch.Tensor, ctx: ForwardContext):
+        """q ``[B, T, Hq, D]``, k, v ``[B, T, Hkv, D]``, RoPE applied: views of the fused
+        projection with a contiguous last dim, as ``causal_attention`` accepts."""
+        cfg = self.cfg
+        Hq, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        qkv = layer.qkv(h)
+        qk = qkv[..., : cfg.q_size + cfg.kv_size].unflatten(-1, (Hq + Hkv, D))
+        if self.device.type == "cpu":  # the fused op on the CPU; torch ops in a CUDA graph
+            ops.rope_(qk, ctx.cos, ctx.sin)
         else:
-            logits = self.lm_head(hidden)
-        if segments is not None:  # back to [B, T, ...], zeros past each row's width
-            padded_hidden = hidden.new_zeros(B, T, hidden.shape[-1])
-            padded_hidden[row_of, slot_of] = hidden[0]
-            padded_logits = logits.new_zeros(B, T, logits.shape[-1], dtype=torch.float32)
-            padded_logits[row_of, slot_of] = logits[0].float()
-            return padded_logits, padded_hidden
-        return logits.float(), hidden
+            qk = apply_rope(qk, ctx.cos.unsqueeze(2), ctx.sin.unsqueeze(2))
+        v = qkv[..., cfg.q_size + cfg.kv_size :].unflatten(-1, (Hkv, D))
+        return qk[:, :, :Hq], qk[:, :, Hq:], v
+
+    def _attention(self, li: int, q, k, v, ctx: ForwardContext) -> torch.Tensor:
+        """Attention of layer ``li`` over the cache (writing k, v at each row's length)."""
+        k_cache, v_cache = ctx.cache.k[li], ctx.cache.v[li]
+        if ctx.packing is not None:
+            return ctx.packing.attention(q, k, v, k_cache, v_cache)
+        return ops.causal_attention(q, k_cache, v_cache, ctx.seqlens, k, v,
+                                    cache_batch_idx=ctx.batch_idx)
+
+    def _logits(self, hidden: torch.Tensor, logits_slots: torch.Tensor | None) -> torch.Tensor:
+        if logits_slots is None:
+            return self.lm_head(hidden)
+        index = logits_slots.long().unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        return self.lm_head(hidden.gather(1, index))
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[B, T]`` ids -> ``[B, T, H]`` embeddings in the model dtype (a fresh tensor)."""

@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import GOLDEN_DIR
+
 from fluid_rt import cli
 from fluid_rt.cli import main
 
@@ -47,11 +47,14 @@ def error_of(capsys, args, rc=2):
 
 
 def usage_error_of(capsys, args):
-    """The error argparse prints for a bad flag value (exit status 2)."""
+    """The error argparse prints for a bad flag value: one line, as every other error (exit
+    status 2)."""
     with pytest.raises(SystemExit) as exc:
         main(args)
     assert exc.value.code == 2
-    return capsys.readouterr().err.strip().splitlines()[-1]
+    err = capsys.readouterr().err
+    assert err.startswith("fluid-rt: error: ") and err.count("\n") == 1, err
+    return err.strip()
 
 
 def model_copy(tmp_path, name="pangu-tiny", head=True, **files):
@@ -142,12 +145,14 @@ def test_batch_jsonl_in_input_order(capsys, tmp_path):
     rc, _, _ = run(capsys, ["generate", "--model", PANGU, "--mask-token-id", "511",
                             "--input", str(req), "--output", str(res_path), "--batch-size", "3"])
     assert rc == 0
-    results = [json.loads(line) for line in open(res_path)]
+    results = [json.loads(line) for line in res_path.read_text().splitlines()]
     assert len(results) == len(chosen)
     for c, r in zip(chosen, results):
         assert r["tokens"] == c["expected_tokens"][: c["max_new_tokens"]]
         assert r["trace"][:-1] == c["trace"][: len(r["trace"]) - 1]
         assert set(r["trace"][0]) == {"K", "draft_passes", "committed", "mismatch"}
+    # Lines of different parameters still share batches (the decoder batches any mix of them).
+    assert [r["batch_size"] for r in results] == [3, 3, 3, 2, 2]
 
 
 def test_bad_arguments_exit_cleanly(capsys, tmp_path):
@@ -181,8 +186,11 @@ def test_bench_subcommand_runs_a_benchmark_script(capsys):
     rows = rows["rows"] if isinstance(rows, dict) else rows
     assert {r["op"] for r in rows} == {"draft_commit", "verify_commit"}
     assert all(r["ratio"] > 0 for r in rows)
-    with pytest.raises(SystemExit, match="no benchmarks/bench_nope.py"):
-        main(["bench", "nope"])
+    err = error_of(capsys, ["bench", "nope"])
+    assert "no benchmarks/bench_nope.py" in err and "valid names: " in err and "linear" in err
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    assert "linear" in capsys.readouterr().out
 
 
 def test_console_script_is_installed():
@@ -192,7 +200,8 @@ def test_console_script_is_installed():
     exe = shutil.which("fluid-rt")
     if exe is None:
         pytest.skip("fluid-rt is not on PATH (an in-place development build)")
-    res = subprocess.run([exe, "generate", "--help"], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([exe, "generate", "--help"], capture_output=True, text=True, timeout=120,
+                         check=False)
     assert res.returncode == 0 and "--horizon-plot" in res.stdout
 
 
@@ -205,7 +214,7 @@ def test_console_script_is_installed():
     ("--mask-token-id", "-3", "must be >= 0")])
 def test_counts_and_numbers_are_checked_by_argparse(capsys, flag, value, message):
     err = usage_error_of(capsys, PANGU_ARGS + ["--prompt-ids", "1", flag, value])
-    assert err == f"fluid-rt generate: error: argument {flag}: {message}, got {value!r}".replace(
+    assert err == f"fluid-rt: error: argument {flag}: {message}, got {value!r}".replace(
         f"got {value!r}", f"got {value}" if message != "must be finite" else f"got {value!r}")
 
 
@@ -248,6 +257,12 @@ def test_request_eos_ids_are_honoured_even_when_empty(capsys, tmp_path):
     assert res[0]["tokens"] == c0["expected_tokens"][: c0["max_new_tokens"]]
     assert res[1]["tokens"] == res[2]["tokens"] == c1["expected_tokens"]
     assert res[1]["stop_reason"] == "eos"
+    # --ignore-eos: the same as a request's [], from the command line
+    rc, out, err = run(capsys, PANGU_ARGS + [
+        "--prompt-ids", ",".join(map(str, c0["prompt"])), "--max-new-tokens",
+        str(c0["max_new_tokens"]), "--ignore-eos", "--json"])
+    assert rc == 0, err
+    assert json.loads(out)["tokens"] == res[0]["tokens"]
 
 
 @pytest.mark.parametrize("line,message", [
@@ -267,6 +282,8 @@ def test_request_eos_ids_are_honoured_even_when_empty(capsys, tmp_path):
     ('{"prompt_ids": [1], "max_new_tokens": 100000}', "exceed the model context of"),
     ('{"prompt_ids": [1], "max_new_tokens": 1' + "0" * 400 + '}', "exceed the model context of"),
     ('{"prompt_ids": [1], "min_block": 9, "block_size": 8}', "need 1 <= min_block <= block_size"),
+    ('{"prompt_ids": [1], "threshold": 2}', "threshold: with commit confidence it is a max prob"),
+    ('{"prompt_ids": [1], "entropy_low": 3, "entropy_high": 1}', "entropy_low < entropy_high"),
     ('{"prompt_ids": [1], "horizon": "khead", "mode": "elastic"} x', "not JSON"),
 ])
 def test_bad_request_lines_are_named_before_any_decoding(capsys, monkeypatch, tmp_path, line,
@@ -306,7 +323,7 @@ def test_output_paths_are_checked_before_decoding(capsys, monkeypatch, tmp_path)
 
 
 def test_a_failing_plot_keeps_the_text(capsys, monkeypatch, tmp_path):
-    def fail(g, path):
+    def fail(g, path, tokenizer=None):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(cli, "plot_horizon", fail)
@@ -324,7 +341,14 @@ def test_a_failing_plot_keeps_the_text(capsys, monkeypatch, tmp_path):
     (["--stream", "--show-horizon"], "--stream and --show-horizon: choose one output format"),
     (["--chat"], "--chat applies the chat template to PROMPT text, not to --prompt-ids"),
     (["hello"], "give a PROMPT or --prompt-ids, not both"),
-    (["--min-block", "9", "--block-size", "8"], "--min-block (9) must be <= --block-size (8)"),
+    (["--min-block", "9", "--block-size", "8"],
+     "need 1 <= --min-block <= --block-size, got --min-block=9, --block-size=8"),
+    (["--threshold", "2"], ("--threshold: with --commit confidence it is a max probability, in "
+                            "[0, 1]; got 2.0 (use --commit entropy for a --threshold in nats)")),
+    (["--commit", "entropy", "--threshold", "-1"],
+     "--threshold: with --commit entropy it is an entropy in nats, >= 0; got -1.0"),
+    (["--entropy-low", "3", "--entropy-high", "1"], "--entropy-low < --entropy-high"),
+    (["--ignore-eos", "--eos-token-id", "3"], "--ignore-eos and --eos-token-id: choose one"),
 ])
 def test_flags_that_cannot_go_together(capsys, extra, message):
     assert message in error_of(capsys, PANGU_ARGS + ["--prompt-ids", "1"] + extra)
@@ -351,7 +375,7 @@ def test_devices_are_checked_up_front(capsys, device, message):
     if device == "cuda:99" and not torch.cuda.is_available():
         device, message = "cuda", "cuda: no CUDA GPU is usable here"
     err = usage_error_of(capsys, PANGU_ARGS + ["--prompt-ids", "1", "--device", device])
-    assert err.startswith("fluid-rt generate: error: argument --device: ") and message in err
+    assert err.startswith("fluid-rt: error: argument --device: ") and message in err
 
 
 def test_prompt_that_is_not_utf8(capsys):
@@ -386,6 +410,7 @@ def test_stream_into_a_closed_pipe_exits_quietly(tmp_path):
 
 def test_show_horizon_keeps_characters_whole_across_blocks(tmp_path):
     from fluid_rt.decode import Generation
+    from fluid_rt.horizon_view import coloured
     from fluid_rt.tokenizer import load_tokenizer
 
     tok = load_tokenizer(model_copy(tmp_path, **{"tokenizer.json": byte_tokenizer()}))
@@ -393,7 +418,7 @@ def test_show_horizon_keeps_characters_whole_across_blocks(tmp_path):
     assert len(ids) == 6
     trace = [{"K": 4, "committed": 3, "draft_passes": 1, "mismatch": None},
              {"K": 2, "committed": 3, "draft_passes": 1, "mismatch": None}]
-    out = cli._coloured(Generation(ids, "length", 2, trace), tok)
+    out = coloured(Generation(ids, "length", 2, trace), tok)
     assert "\ufffd" not in out
     assert out == "\033[36ma\033[0m\033[33m🦙b\033[0m"
 
@@ -456,3 +481,79 @@ def test_errors_speak_in_flags(capsys):
     err = error_of(capsys, PANGU_ARGS + ["--prompt-ids", "1", "--horizon", "khead", "--head",
                                          os.path.join(GOLDEN_DIR, "nope")])
     assert "nope" in err
+
+
+def test_help_shows_defaults_without_markup(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    assert "``" not in top and "fluid-rt command" in top
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, default in (("--max-new-tokens", 64), ("--block-size", 16), ("--min-block", 4),
+                          ("--commit", "confidence"), ("--dtype", "float32")):
+        assert f"{flag}" in text and f"default: {default})" in text, flag
+    assert "cyan (longest)" in text and "green: long K" not in text
+    assert "entropy_low" in text and "--ignore-eos" in text
+
+
+def test_python_in_a_source_tree_without_a_build_says_so(tmp_path):
+    """Python started in a checkout imports its fluid_rt/ (current directory first on sys.path),
+    which has no compiled extension: the error says that, not "rebuild" (a circular import)."""
+    import subprocess
+    import sys
+
+    import fluid_rt
+
+    src = os.path.dirname(fluid_rt.__file__)
+    shutil.copytree(src, tmp_path / "fluid_rt", ignore=shutil.ignore_patterns("_C*", "__pycache__"))
+    (tmp_path / "csrc").mkdir()
+    proc = subprocess.run([sys.executable, "-c", "import fluid_rt"], cwd=tmp_path, text=True,
+                          capture_output=True, timeout=300, check=False)
+    assert proc.returncode == 1
+    assert "is being imported from its source tree" in proc.stderr
+    assert "Run Python from another directory" in proc.stderr
+
+
+def test_readme_python_snippet_runs_as_a_file_from_anywhere(tmp_path):
+    """The README's Python API snippet, saved as a file and run from another directory, prints
+    the answer and a stats line."""
+    import re
+    import subprocess
+    import sys
+
+    pytest.importorskip("gguf")
+    root = str(Path(GOLDEN_DIR).parents[2])
+    readme = Path(root, "README.md").read_text()
+    api = readme[readme.index("## Python API"):]
+    code = re.search(r"```python\n(.*?)```", api, re.DOTALL)[1]
+    (tmp_path / "snippet.py").write_text(code)
+    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, env=env, text=True,
+                          capture_output=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) >= 2 and re.match(r"mode ar: \d+ tokens, \d+ forwards, ", lines[-1])
+
+
+def test_ctrl_c_while_torch_imports_exits_130_without_a_traceback(tmp_path):
+    """The console script imports torch before main() runs: Ctrl-C there (a KeyboardInterrupt
+    raised inside the package's import, stood in for by an import hook) still exits 130 quietly."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "fluid-rt"
+    script.write_text(
+        "import builtins\n"
+        "real = builtins.__import__\n"
+        "def hook(name, *args, **kwargs):\n"
+        "    if name == 'fluid_rt.loader':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = hook\n"
+        "from fluid_rt.cli import main\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(GOLDEN_DIR).parents[2])}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, text=True,
+                          capture_output=True, timeout=300, check=False)
+    assert (proc.returncode, proc.stderr) == (130, "")

@@ -7,8 +7,8 @@ import zlib
 
 import pytest
 import torch
-
 from conftest import GOLDEN_DIR
+
 from fluid_rt.decode import DecodeConfig, Decoder
 from fluid_rt.loader import load_model
 
@@ -26,9 +26,10 @@ def golden():
 
 def case_config(case, **overrides) -> DecodeConfig:
     eos = case["eos_token_id"]
-    args = dict(mode="elastic", max_new_tokens=case["max_new_tokens"], block_size=case["block_size"],
-                min_block=case["min_block"], threshold=case["threshold"], remask=case["remask"],
-                horizon="khead", eos_token_ids=() if eos is None else (eos,))
+    args = {"mode": "elastic", "max_new_tokens": case["max_new_tokens"],
+            "block_size": case["block_size"], "min_block": case["min_block"],
+            "threshold": case["threshold"], "remask": case["remask"], "horizon": "khead",
+            "eos_token_ids": () if eos is None else (eos,)}
     args.update(overrides)
     return DecodeConfig(**args)
 
@@ -238,7 +239,7 @@ def test_bad_requests_raise_clear_errors(golden):
         no_mask.generate([[1]], DecodeConfig(max_new_tokens=4))
     no_head = Decoder(loaded.model, mask_token_id=vocab - 1)
     with pytest.raises(ValueError, match="K-head"):
-        no_head.generate([[1]], DecodeConfig(max_new_tokens=4))
+        no_head.generate([[1]], DecodeConfig(mode="elastic", horizon="khead", max_new_tokens=4))
     # Nothing was lost: the decoder still works after the errors.
     (g,), _ = dec.generate([[1, 2]], DecodeConfig(max_new_tokens=4))
     assert len(g.tokens) == 4
@@ -250,8 +251,10 @@ def test_static_width_steps_equal_trimmed_steps(golden, alone, model):
     trimming, no reused prefix), run uncaptured on the CPU: the same tokens, traces and forwards as
     the trimmed eager steps, for all cases of the model in one batch."""
     idx = [i for i, c in enumerate(CASES) if c["model"] == model]
-    dec = decoder_for(golden[model], CASES[idx[0]])
-    dec._static_width = True
+    case = CASES[idx[0]]
+    loaded = golden[model]
+    dec = Decoder(loaded.model, khead=loaded.khead, mask_token_id=case["mask_token_id"],
+                  steps="static")
     gens, _ = dec.generate([CASES[i]["prompt"] for i in idx], [case_config(CASES[i]) for i in idx])
     for i, g in zip(idx, gens):
         assert (g.tokens, g.trace, g.forwards) == (alone[i].tokens, alone[i].trace,
@@ -262,8 +265,10 @@ def test_static_width_steps_equal_trimmed_steps(golden, alone, model):
 @pytest.mark.parametrize("model", MODELS)
 def test_cuda_graph_decode_matches_golden(model):
     """On a GPU each elastic step is replayed as one CUDA graph; it must give the golden tokens and
-    traces, exactly as the eager loop does (all cases of the model in one batch, so the graph is
-    re-captured as rows finish)."""
+    traces, exactly as the eager loop does (all cases of the model in one batch, so rows finish
+    masked inside a captured shape, and the batch shrinks to new shapes as half of them finish),
+    on cuda:0 and, where there is one, on cuda:1 (the capture stream on the model's device). AR
+    steps are replayed as graphs too."""
     cases = [c for c in CASES if c["model"] == model]
     loaded = load_model(os.path.join(GOLDEN_DIR, model), mask_token_id=cases[0]["mask_token_id"],
                         device="cuda")
@@ -274,9 +279,17 @@ def test_cuda_graph_decode_matches_golden(model):
         dec = Decoder(loaded.model, khead=loaded.khead, mask_token_id=cases[0]["mask_token_id"],
                       cuda_graphs=graphs)
         runs[graphs], _ = dec.generate(prompts, cfgs)
+        runs["ar", graphs], _ = dec.generate(prompts, [case_config(c, mode="ar") for c in cases])
     for case, g, e in zip(cases, runs[True], runs[False]):
         assert g.tokens == e.tokens == expected_of(case)
         assert g.trace == e.trace and g.trace[:-1] == case["trace"][: len(g.trace) - 1]
+    assert [g.tokens for g in runs["ar", True]] == [g.tokens for g in runs["ar", False]]
+    if torch.cuda.device_count() > 1:
+        other = load_model(os.path.join(GOLDEN_DIR, model),
+                           mask_token_id=cases[0]["mask_token_id"], device="cuda:1")
+        dec = Decoder(other.model, khead=other.khead, mask_token_id=cases[0]["mask_token_id"])
+        on_1, _ = dec.generate(prompts, cfgs)
+        assert [g.tokens for g in on_1] == [g.tokens for g in runs[True]]
 
 
 @pytest.mark.cuda
@@ -386,3 +399,165 @@ def test_stream_text_with_the_default_model():
     it = Decoder(loaded.model).stream(ids, DecodeConfig(mode="ar", max_new_tokens=16), tok)
     pieces, g = drain(it)
     assert len(pieces) > 1 and "".join(pieces) == g.text == tok.decode(g.tokens)
+
+
+# -- the step runner: CUDA graph logic and device/stream selection, checked on the CPU -----------
+
+class FakeCuda:
+    """Stands in for ``torch.cuda`` and records what the graph code asks of it, in order."""
+
+    def __init__(self):
+        self.events, self.current = [], None
+
+    def _scope(self, *event, device=None):
+        import contextlib
+
+        fake = self
+
+        @contextlib.contextmanager
+        def scope():
+            fake.events.append(("enter",) + event)
+            before, fake.current = fake.current, device if device is not None else fake.current
+            try:
+                yield
+            finally:
+                fake.current = before
+                fake.events.append(("exit",) + event)
+
+        return scope()
+
+    def device(self, device):
+        return self._scope("device", device, device=device)
+
+    def Stream(self, device=None):
+        self.events.append(("new stream", device, self.current))
+        return FakeStream(self, ("stream", device))
+
+    def current_stream(self, device=None):
+        return FakeStream(self, ("current", device))
+
+    def stream(self, stream):
+        return self._scope("use stream", stream.name)
+
+    def CUDAGraph(self):
+        return "graph"
+
+    def graph(self, graph, stream=None):
+        return self._scope("capture", graph, stream.name)
+
+
+class FakeStream:
+    def __init__(self, cuda, name):
+        self.cuda, self.name = cuda, name
+
+    def wait_stream(self, other):
+        self.cuda.events.append(("wait", self.name, other.name))
+
+
+def test_graph_capture_and_replay_run_on_the_model_device_and_its_stream():
+    """With the model on cuda:1 the side stream is that device's, the capture uses it, and the
+    warm-up, the capture and every replay run with cuda:1 current (#13 a)."""
+    from fluid_rt.decode.runner import capture_graph, device_scope, replay_graph
+
+    cuda, dev = FakeCuda(), torch.device("cuda", 1)
+    calls = []
+    step = lambda: calls.append(("step", cuda.current))
+    undo = lambda: calls.append(("undo", cuda.current))
+    capture_graph(step, dev, undo, cuda)
+    stream = ("stream", dev)
+    assert cuda.events[0] == ("enter", "device", dev) and cuda.events[-1] == ("exit", "device", dev)
+    assert ("new stream", dev, dev) in cuda.events
+    assert ("enter", "capture", "graph", stream) in cuda.events
+    assert ("enter", "use stream", stream) in cuda.events
+    # the side stream waits for the device's current stream before the warm-up, and back after
+    assert ("wait", stream, ("current", dev)) in cuda.events
+    assert ("wait", ("current", dev), stream) in cuda.events
+    assert calls == [("step", dev), ("undo", dev), ("step", dev)]  # warm-up, undo, capture
+
+    class Graph:
+        def replay(self):
+            calls.append(("replay", cuda.current))
+
+    replay_graph(Graph(), dev, cuda)
+    assert calls[-1] == ("replay", dev)
+    # The decode (also in stream()'s worker thread) runs under the model's device; CPU: no-op.
+    cuda.events.clear()
+    with device_scope(dev, cuda):
+        assert cuda.current == dev
+    with device_scope(torch.device("cpu"), cuda):
+        assert cuda.current is None
+    assert cuda.events == [("enter", "device", dev), ("exit", "device", dev)]
+
+
+@pytest.mark.parametrize("mode", ["elastic", "ar"])
+def test_graph_steps_capture_once_per_batch_shape(golden, alone, monkeypatch, mode):
+    """The graph path's logic on the CPU, a capture standing in for the CUDA graph (it runs the
+    step for real; its replay runs it again): finished rows stay in the batch, masked, until half
+    of them have finished, so a batch captures once per shape, not once per finished row (#13 f),
+    and gives the golden tokens, traces and forward counts. AR steps are captured too."""
+    from fluid_rt.decode import runner
+
+    captures = []
+
+    def capture(step, device, undo, cuda):
+        captures.append(device)
+        return type("Replay", (), {"replay": lambda self: step()})()
+
+    monkeypatch.setattr(runner, "capture_graph", capture)
+    monkeypatch.setattr(runner, "replay_graph", lambda graph, device, cuda: graph.replay())
+    model = "pangu-tiny"
+    idx = [i for i, c in enumerate(CASES) if c["model"] == model]
+    loaded = golden[model]
+    dec = Decoder(loaded.model, khead=loaded.khead, mask_token_id=CASES[idx[0]]["mask_token_id"],
+                  steps="graph")
+    cfgs = [case_config(CASES[i], mode=mode) for i in idx]
+    gens, stats = dec.generate([CASES[i]["prompt"] for i in idx], cfgs)
+    if mode == "elastic":
+        for i, g in zip(idx, gens):
+            assert (g.tokens, g.trace, g.forwards) == (alone[i].tokens, alone[i].trace,
+                                                       alone[i].forwards)
+    else:
+        eager = Decoder(loaded.model, mask_token_id=CASES[idx[0]]["mask_token_id"])
+        want, _ = eager.generate([CASES[i]["prompt"] for i in idx], cfgs)
+        assert [(g.tokens, g.forwards) for g in gens] == [(w.tokens, w.forwards) for w in want]
+    finish = sorted(g.forwards for g in gens)  # rows finish at different steps ...
+    assert len(set(finish)) > 3
+    # ... but a capture happens only at the start and whenever the live rows halve.
+    assert 1 <= len(captures) <= len(idx).bit_length()
+    assert stats.forwards == max(finish)
+
+
+def test_config_defaults_follow_the_commit_policy_and_the_model(golden):
+    """DecodeConfig's defaults: the threshold by commit policy, mode and horizon from the model
+    (as the CLI picks them); out-of-range and mistyped values raise."""
+    assert DecodeConfig().commit_threshold == 0.9
+    assert DecodeConfig(commit="entropy").commit_threshold == 0.3
+    assert DecodeConfig(commit="entropy", threshold=2.0).commit_threshold == 2.0
+    assert DecodeConfig(eos_token_ids=7).eos_token_ids == (7,)
+    for bad, match in (({"threshold": 1.5}, "max probability"), ({"threshold": -0.1}, "max prob"),
+                       ({"commit": "entropy", "threshold": -1.0}, "nats"),
+                       ({"threshold": float("nan")}, "finite"),
+                       ({"max_new_tokens": 2.5}, "max_new_tokens"), ({"remask": "no"}, "remask"),
+                       ({"eos_token_ids": [1.0]}, "eos_token_ids"),
+                       ({"entropy_low": 2.0, "entropy_high": 1.0}, "entropy_low < entropy_high"),
+                       ({"mode": "fast"}, "mode")):
+        with pytest.raises(ValueError, match=match):
+            DecodeConfig(**bad)
+    loaded = golden["pangu-tiny"]
+    mask = loaded.config.vocab_size - 1
+    with_head = Decoder(loaded.model, khead=loaded.khead, mask_token_id=mask)
+    no_head = Decoder(loaded.model, mask_token_id=mask)
+
+    def picked(dec, cfg):
+        cfg = dec.resolve(cfg)
+        return cfg.mode, cfg.horizon
+
+    assert picked(with_head, DecodeConfig()) == ("elastic", "khead")
+    assert picked(no_head, DecodeConfig()) == ("ar", "entropy")
+    assert picked(no_head, DecodeConfig(mode="elastic")) == ("elastic", "entropy")
+    # DecodeConfig() decodes with either decoder: AR without a K-head, elastic with one.
+    (a,), _ = no_head.generate([[1, 2, 3]], DecodeConfig(max_new_tokens=8))
+    (b,), _ = no_head.generate([[1, 2, 3]], DecodeConfig(mode="ar", max_new_tokens=8))
+    assert a.tokens == b.tokens and a.trace == [] and a.forwards == 8
+    (e,), _ = with_head.generate([[1, 2, 3]], DecodeConfig(max_new_tokens=8))
+    assert e.trace and sum(b["committed"] for b in e.trace) >= len(e.tokens) == 8

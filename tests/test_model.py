@@ -219,6 +219,14 @@ def test_bfloat16_close_to_float32(pair):
     c16.seqlens += 9
     d32, _ = model(seq[:, 9:], c32)
     d16, _ = bf(seq[:, 9:], c16)
+    # float_logits=False: the same logits, left in bfloat16 (what token_entropy reads), also when
+    # rows are packed at their own widths
+    raw, _ = bf(seq[:, 9:], c16, float_logits=False)
+    assert raw.dtype == torch.bfloat16 and torch.equal(raw.float(), d16)
+    raw, hidden = bf(seq[:, 9:], c16, rows=torch.tensor([0]), widths=[3], float_logits=False)
+    assert raw.dtype == torch.bfloat16
+    assert (raw[:, :3].float() - d16[:, :3]).abs().max() <= 0.02 * d16.abs().max()
+    assert not raw[:, 3:].any() and not hidden[:, 3:].any()
     for a, b in ((l16, l32), (d16, d32)):
         assert torch.isfinite(a).all()
         err = (a - b).abs().max().item()

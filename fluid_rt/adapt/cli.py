@@ -51,6 +51,7 @@ def register(sub) -> None:
     a.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    a.set_defaults(run=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
