@@ -175,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor> causal_attention_emu(const at::Tensor& q, at:
   CausalAttentionParams described =
       describe_causal_attention(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, softmax_scale);
   auto outputs = causal_attention_outputs(q, described);
-  if (described.batch == 0 || described.seqlen_q == 0 || described.heads_q == 0) return outputs;  // as on CUDA
+  if (described.batch == 0 || described.seqlen_q == 0 || described.heads_q == 0) return outputs;  // as CUDA
   const at::Tensor out = std::get<0>(outputs), lse = std::get<1>(outputs);
   run_in_orders("causal_attention", [&](EmuArgs& a) {
     CausalAttentionParams p = described;  // sizes, strides and scale; the pointers go to guarded copies
@@ -244,8 +244,8 @@ void draft_commit_emu(const at::Tensor& block, const at::Tensor& step, const at:
                       const at::Tensor& score, const at::Tensor& horizon, const at::Tensor& threshold,
                       int64_t mask_token_id, bool score_is_entropy) {
   check_cpu(block, "block");
-  const DraftCommitParams described = describe_draft_commit(block, step, drafting, pred, score, horizon, threshold,
-                                                            mask_token_id, score_is_entropy);
+  const DraftCommitParams described =
+      describe_draft_commit(block, step, drafting, pred, score, horizon, threshold, mask_token_id, score_is_entropy);
   if (described.batch == 0) return;
   run_in_orders("draft_commit", [&](EmuArgs& a) {
     DraftCommitParams p = described;
@@ -267,8 +267,8 @@ void verify_commit_emu(const at::Tensor& block, const at::Tensor& pred, const at
                        const at::Tensor& committed, const at::Tensor& mismatch) {
   check_cpu(block, "block");
   const VerifyCommitParams described =
-      describe_verify_commit(block, pred, horizon, verifying, eos_ids, remask, out_tokens, out_len, budget, done,
-                             pending, cache_seqlens, committed, mismatch);
+      describe_verify_commit(block, pred, horizon, verifying, eos_ids, remask, out_tokens, out_len, budget,
+                             done, pending, cache_seqlens, committed, mismatch);
   if (described.batch == 0) return;
   run_in_orders("verify_commit", [&](EmuArgs& a) {
     VerifyCommitParams p = described;

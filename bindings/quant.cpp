@@ -48,24 +48,24 @@ QuantFormat format_of(int64_t format) {
 // format f. Returns K.
 int64_t packed_in_features(const at::Tensor& packed, QuantFormat f, int64_t out_features) {
   FLUID_CHECK_VALUE(out_features >= 1, "out_features: expected >= 1, got ", out_features);
-  FLUID_CHECK_VALUE(packed.size(0) == quant_num_groups(out_features) && packed.size(2) == quant_block_bytes(f),
-                    "packed: expected shape [", quant_num_groups(out_features), ", K / 32, ",
-                    quant_block_bytes(f), "] for out_features ", out_features, " and format ",
+  const int64_t groups = quant_num_groups(out_features), block_bytes = quant_block_bytes(f);
+  FLUID_CHECK_VALUE(packed.size(0) == groups && packed.size(2) == block_bytes, "packed: expected shape [", groups,
+                    ", K / 32, ", block_bytes, "] for out_features ", out_features, " and format ",
                     static_cast<int64_t>(f), ", got ", packed.sizes());
   return packed.size(1) * kQuantBlock;
 }
 
 // quant_pack's rules that follow from the format: q's dtype, whole blocks of 32, the number of
 // scales, and mins for the u4 formats only.
-void check_pack_rules(const at::Tensor& q, const at::Tensor& d, const std::optional<at::Tensor>& m, QuantFormat f,
-                      int64_t format) {
+void check_pack_rules(const at::Tensor& q, const at::Tensor& d, const std::optional<at::Tensor>& m,
+                      QuantFormat f, int64_t format) {
   FLUID_CHECK_VALUE(q.scalar_type() == (quant_is_u4(f) ? at::kByte : at::kChar), "q: expected ",
                     quant_is_u4(f) ? "uint8 (values 0..15)" : "int8", " for format ", format, ", got ",
                     q.scalar_type());
   const int64_t K = q.size(1);
   FLUID_CHECK_VALUE(K % kQuantBlock == 0, "q: expected [N, K] with N >= 1 and K a positive multiple of 32, ",
                     "got shape ", q.sizes());
-  check_size(d, 1, K / kQuantBlock * quant_scales_per_block(f), "d", "K / 32 * scales per block of the format");
+  check_size(d, 1, K / kQuantBlock * quant_scales_per_block(f), "d", "K / 32 * scales per block of format");
   FLUID_CHECK_VALUE(m.has_value() == quant_has_min(f), "m: format ", format,
                     quant_has_min(f) ? " needs" : " takes no", " per-block mins");
   if (m.has_value()) check_size(*m, 1, K / kQuantBlock, "m", "K / 32");
