@@ -18,6 +18,7 @@ struct DtypeName {
 constexpr DtypeName kDtypeNames[] = {
     {kF32, at::kFloat, "float32"}, {kBF16, at::kBFloat16, "bfloat16"}, {kF16, at::kHalf, "float16"},
     {kI32, at::kInt, "int32"},     {kI64, at::kLong, "int64"},         {kBool, at::kBool, "bool"},
+    {kU8, at::kByte, "uint8"},     {kI8, at::kChar, "int8"},
 };
 
 uint32_t dtype_bit(at::ScalarType t) {

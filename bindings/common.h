@@ -22,8 +22,10 @@
 // reuses all of it: define the op with the family's schema string (k<Op>Schema in
 // bindings/<family>.h, e.g. `m.def(kRmsNormSchema)` inside TORCH_LIBRARY(fluid_rt_emu, m)), call
 // describe_<op>() on the arguments (it runs check_args on the op's table and the op's own rules),
-// allocate outputs as the real impl does, and run its own kernel on the params. A new op with the
-// same arguments as an existing one calls check_args(k<Op>Spec, {...}) on the same table.
+// allocate outputs as the real impl does, and run its own kernel on the params (bindings/emu_ops.cpp
+// does so for every op with a CUDA impl; like the CUDA branch, it leaves the device-held values to
+// the kernels). A new op with the same arguments as an existing one calls check_args(k<Op>Spec,
+// {...}) on the same table.
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -186,6 +188,8 @@ enum DtypeSet : uint32_t {
   kI32 = 1u << 3,
   kI64 = 1u << 4,
   kBool = 1u << 5,
+  kU8 = 1u << 6,  // raw bytes, e.g. packed quantized blocks
+  kI8 = 1u << 7,
   kOpFloat = 1u << 31,
   kAnyFloat = kOpFloat | kF32 | kBF16 | kF16,  // the op's float dtype: float32, bfloat16 or float16
 };

@@ -7,14 +7,16 @@
 //   default): results that differ reveal a race or a missing barrier and raise RuntimeError;
 // * then the guard zones are checked (an overwritten canary raises), and outputs and in-place
 //   arguments are written back.
-// Values only the device knows (lengths, indices) are not checked here: as on CUDA, the kernels
-// guard them (NaN rows, cleared flags), and the tests check that they do.
-// Argument checks mirror the CUDA impls' (bindings/<family>.cpp) for shapes, dtypes and layouts.
+// Arguments are checked by the families' own code, as for torch.ops.fluid_rt.*: each op is defined
+// with its family's schema string and calls describe_<op>() (bindings/<family>.h: the ArgSpec table
+// and the op's rules), allocates its outputs as the real impl does, and does what the impl's CUDA
+// branch does with the params, on guarded copies. Like that branch, it skips the CPU branch's checks
+// of values only the device knows (lengths, indices): the kernels guard them (NaN rows, cleared
+// flags), and the tests check that they do.
 #ifdef FLUID_RT_CUDA_EMU
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 
-#include <cmath>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -22,9 +24,13 @@
 #include <tuple>
 #include <vector>
 
+#include "attention.h"
+#include "commit.h"
 #include "common.h"
 #include "emu/guard.h"
 #include "emu/launchers.h"
+#include "entropy.h"
+#include "norm.h"
 
 namespace fluid_rt {
 namespace {
@@ -58,6 +64,21 @@ class EmuArgs {
   }
   // A poisoned stand-in for an output tensor, copied into it after the run.
   void* out(const at::Tensor& t, const char* name) { return add(t, name, true, /*poison=*/true); }
+  // Point `ptr`, which describe_<op>() took from t, at t's guarded copy: input() read-only,
+  // inout() written in place (copied back), output() poisoned first (copied back). A null `ptr`
+  // (an absent optional or an empty tensor the kernels never read) stays null.
+  template <typename T>
+  void input(T*& ptr, const at::Tensor& t, const char* name) {
+    if (ptr) ptr = static_cast<T*>(in(t, name));
+  }
+  template <typename T>
+  void inout(T*& ptr, const at::Tensor& t, const char* name) {
+    if (ptr) ptr = static_cast<T*>(in(t, name, /*write_back=*/true));
+  }
+  template <typename T>
+  void output(T*& ptr, const at::Tensor& t, const char* name) {
+    if (ptr) ptr = static_cast<T*>(out(t, name));
+  }
   // A poisoned workspace of `bytes` bytes.
   void* scratch(size_t bytes, const char* name) {
     args_.push_back(GuardedArg{at::Tensor(), name, false, std::make_unique<emu::GuardedBuffer>(nullptr, bytes, 0)});
@@ -136,81 +157,13 @@ void run_in_orders(const char* op, const std::function<void(EmuArgs&)>& launch) 
   if (!runs.empty()) runs[0].write_back();
 }
 
+// The emulated ops run on host memory. (The dispatcher only sends CPU tensors to this impl; each
+// op's table then requires every argument on the first one's device.)
 void check_cpu(const at::Tensor& t, const char* name) {
   FLUID_CHECK(t.is_cpu(), name, ": the emulated CUDA ops (fluid_rt_emu) take CPU tensors, got ", t.device());
 }
 
 // --- causal_attention -----------------------------------------------------------------------------
-
-void check_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                     const at::Tensor& cache_seqlens, const std::optional<at::Tensor>& k,
-                     const std::optional<at::Tensor>& v, const std::optional<at::Tensor>& cache_batch_idx) {
-  for (auto [t, name] : {std::pair{&q, "q"}, {&k_cache, "k_cache"}, {&v_cache, "v_cache"},
-                         {&cache_seqlens, "cache_seqlens"}})
-    check_cpu(*t, name);
-  float_dtype_of(q, "q");
-  check_rank(q, 4, "q");
-  check_rank(k_cache, 4, "k_cache");
-  check_dtype(k_cache, q.scalar_type(), "k_cache");
-  check_dtype(v_cache, q.scalar_type(), "v_cache");
-  const int64_t B = q.size(0), T = q.size(1), Hq = q.size(2), D = q.size(3), Hkv = k_cache.size(2);
-  FLUID_CHECK_VALUE(attention_head_dim_supported(D), "q: head dim (dim 3) must be one of 16, 32, 64, 80, 96, 128, 256, got ", D);
-  check_last_dim_contiguous(q, "q");
-  FLUID_CHECK_VALUE(Hkv > 0 && Hq % Hkv == 0, "q: the number of query heads (", Hq,
-                    ") must be a multiple of the kv heads of k_cache (", Hkv, ")");
-  check_size(k_cache, 3, D, "k_cache", "head dim, as q");
-  FLUID_CHECK_VALUE(v_cache.sizes() == k_cache.sizes(), "v_cache: expected the shape of k_cache ", k_cache.sizes(),
-                    ", got ", v_cache.sizes());
-  check_contiguous(k_cache, "k_cache");
-  check_contiguous(v_cache, "v_cache");
-  check_dtype(cache_seqlens, at::kInt, "cache_seqlens");
-  check_rank(cache_seqlens, 1, "cache_seqlens");
-  check_size(cache_seqlens, 0, B, "cache_seqlens", "batch, as q");
-  FLUID_CHECK_VALUE(k.has_value() == v.has_value(), "k, v: must be given together (both or neither)");
-  for (auto [t, name] : {std::pair{&k, "k"}, {&v, "v"}}) {
-    if (!t->has_value()) continue;
-    check_cpu(**t, name);
-    check_dtype(**t, q.scalar_type(), name);
-    FLUID_CHECK_VALUE((*t)->dim() == 4 && (*t)->size(0) == B && (*t)->size(1) == T && (*t)->size(2) == Hkv &&
-                          (*t)->size(3) == D,
-                      name, ": expected shape [B, T, Hkv, D], got ", (*t)->sizes());
-    check_last_dim_contiguous(**t, name);
-  }
-  FLUID_CHECK_VALUE(T <= k_cache.size(1), "q: ", T, " query tokens cannot fit a cache of length ", k_cache.size(1));
-  if (cache_batch_idx.has_value()) {
-    check_cpu(*cache_batch_idx, "cache_batch_idx");
-    check_dtype(*cache_batch_idx, at::kInt, "cache_batch_idx");
-    check_rank(*cache_batch_idx, 1, "cache_batch_idx");
-    check_size(*cache_batch_idx, 0, B, "cache_batch_idx", "batch, as q");
-  } else {
-    FLUID_CHECK_VALUE(k_cache.size(0) >= B, "k_cache: has ", k_cache.size(0), " rows (dim 0) but q has ", B);
-  }
-}
-
-CausalAttentionParams attention_params(EmuArgs& a, const at::Tensor& q, at::Tensor& k_cache, at::Tensor& v_cache,
-                                       const at::Tensor& cache_seqlens, const std::optional<at::Tensor>& k,
-                                       const std::optional<at::Tensor>& v,
-                                       const std::optional<at::Tensor>& cache_batch_idx, double scale) {
-  CausalAttentionParams p;
-  p.q = a.in(q, "q");
-  p.q_stride_b = q.stride(0), p.q_stride_t = q.stride(1), p.q_stride_h = q.stride(2);
-  p.k_cache = a.in(k_cache, "k_cache", true);
-  p.v_cache = a.in(v_cache, "v_cache", true);
-  p.cache_seqlens = static_cast<const int32_t*>(a.in(cache_seqlens.contiguous(), "cache_seqlens"));
-  if (k.has_value()) {
-    p.k_new = a.in(*k, "k");
-    p.k_new_stride_b = k->stride(0), p.k_new_stride_t = k->stride(1), p.k_new_stride_h = k->stride(2);
-    p.v_new = a.in(*v, "v");
-    p.v_new_stride_b = v->stride(0), p.v_new_stride_t = v->stride(1), p.v_new_stride_h = v->stride(2);
-  }
-  if (cache_batch_idx.has_value())
-    p.cache_batch_idx = static_cast<const int32_t*>(a.in(cache_batch_idx->contiguous(), "cache_batch_idx"));
-  p.batch = q.size(0), p.seqlen_q = q.size(1), p.heads_q = q.size(2), p.head_dim = q.size(3);
-  p.heads_kv = k_cache.size(2), p.cache_batch = k_cache.size(0), p.cache_len = k_cache.size(1);
-  p.softmax_scale = static_cast<float>(scale);
-  p.dtype = float_dtype_of(q, "q");
-  return p;
-}
 
 std::tuple<at::Tensor, at::Tensor> causal_attention_emu(const at::Tensor& q, at::Tensor& k_cache, at::Tensor& v_cache,
                                                         const at::Tensor& cache_seqlens,
@@ -218,16 +171,22 @@ std::tuple<at::Tensor, at::Tensor> causal_attention_emu(const at::Tensor& q, at:
                                                         const std::optional<at::Tensor>& v,
                                                         const std::optional<at::Tensor>& cache_batch_idx,
                                                         std::optional<double> softmax_scale) {
-  check_attention(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx);
-  const double scale = softmax_scale.has_value() ? *softmax_scale : 1.0 / std::sqrt(static_cast<double>(q.size(3)));
-  FLUID_CHECK_VALUE(std::isfinite(scale), "softmax_scale: must be finite, got ", scale);
-  at::Tensor out = at::empty(q.sizes(), q.options());
-  at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
-  if (q.numel() == 0) return {out, lse};
+  check_cpu(q, "q");
+  CausalAttentionParams described =
+      describe_causal_attention(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, softmax_scale);
+  auto outputs = causal_attention_outputs(q, described);
+  if (described.batch == 0 || described.seqlen_q == 0 || described.heads_q == 0) return outputs;  // as CUDA
+  const at::Tensor out = std::get<0>(outputs), lse = std::get<1>(outputs);
   run_in_orders("causal_attention", [&](EmuArgs& a) {
-    CausalAttentionParams p = attention_params(a, q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, scale);
-    p.out = a.out(out, "out");
-    p.lse = static_cast<float*>(a.out(lse, "lse"));
+    CausalAttentionParams p = described;  // sizes, strides and scale; the pointers go to guarded copies
+    a.input(p.q, q, "q");
+    a.inout(p.k_cache, k_cache, "k_cache");
+    a.inout(p.v_cache, v_cache, "v_cache");
+    a.input(p.cache_seqlens, cache_seqlens, "cache_seqlens");
+    if (k.has_value()) a.input(p.k_new, *k, "k"), a.input(p.v_new, *v, "v");
+    if (cache_batch_idx.has_value()) a.input(p.cache_batch_idx, *cache_batch_idx, "cache_batch_idx");
+    a.output(p.out, out, "out");
+    a.output(p.lse, lse, "lse");
     p.num_splits = emu::causal_attention_num_splits(p);
     if (p.num_splits > 1) {
       const int64_t rows = p.batch * p.seqlen_q * p.heads_q;
@@ -236,77 +195,44 @@ std::tuple<at::Tensor, at::Tensor> causal_attention_emu(const at::Tensor& q, at:
     }
     emu::causal_attention(p);
   });
-  return {out, lse};
+  return outputs;
 }
 
 // --- token_entropy ----------------------------------------------------------------------------------
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_entropy_emu(const at::Tensor& logits,
-                                                                             double temperature) {
+TokenEntropyOutputs token_entropy_emu(const at::Tensor& logits, double temperature) {
   check_cpu(logits, "logits");
-  float_dtype_of(logits, "logits");
-  FLUID_CHECK_VALUE(logits.dim() >= 1 && logits.size(-1) >= 1, "logits: expected a tensor of shape [..., V], V >= 1");
-  FLUID_CHECK_VALUE(logits.size(-1) <= INT32_MAX, "logits: V must be < 2^31");
-  FLUID_CHECK_VALUE(std::isfinite(temperature) && temperature > 0.0 && std::isfinite(static_cast<float>(1.0 / temperature)),
-                    "temperature: must be finite and > 0 (1/temperature finite in float32), got ", temperature);
-  const int64_t V = logits.size(-1);
-  const int64_t rows = V > 0 ? logits.numel() / V : 0;
-  check_last_dim_contiguous(logits, "logits");
-  const int64_t row_stride = rows > 1 ? collapsed_row_stride(logits, "logits") : V;
-  const auto lead = logits.sizes().slice(0, logits.dim() - 1);
-  const auto f32 = logits.options().dtype(at::kFloat);
-  at::Tensor entropy = at::empty(lead, f32), max_prob = at::empty(lead, f32), lse = at::empty(lead, f32);
-  at::Tensor argmax = at::empty(lead, logits.options().dtype(at::kLong));
-  if (rows == 0) return {entropy, max_prob, argmax, lse};
+  TokenEntropyParams described = describe_token_entropy(logits, temperature);
+  TokenEntropyOutputs outputs = token_entropy_outputs(logits, described);
+  if (described.rows == 0) return outputs;  // as on CUDA
   run_in_orders("token_entropy", [&](EmuArgs& a) {
-    TokenEntropyParams p;
-    p.logits = a.in(logits, "logits");
-    p.dtype = float_dtype_of(logits, "logits");
-    p.rows = rows, p.vocab = V, p.row_stride = row_stride;
-    p.inv_temperature = static_cast<float>(1.0 / temperature);
-    p.entropy = static_cast<float*>(a.out(entropy, "entropy"));
-    p.max_prob = static_cast<float*>(a.out(max_prob, "max_prob"));
-    p.logsumexp = static_cast<float*>(a.out(lse, "logsumexp"));
-    p.argmax = static_cast<int64_t*>(a.out(argmax, "argmax"));
-    const int splits = emu::token_entropy_splits(rows, V);
-    void* ws = splits > 1 ? a.scratch(emu::token_entropy_workspace_bytes(rows, splits), "workspace") : nullptr;
+    TokenEntropyParams p = described;
+    a.input(p.logits, logits, "logits");
+    a.output(p.entropy, std::get<0>(outputs), "entropy");
+    a.output(p.max_prob, std::get<1>(outputs), "max_prob");
+    a.output(p.argmax, std::get<2>(outputs), "argmax");
+    a.output(p.logsumexp, std::get<3>(outputs), "logsumexp");
+    const int splits = emu::token_entropy_splits(p.rows, p.vocab);
+    void* ws = splits > 1 ? a.scratch(emu::token_entropy_workspace_bytes(p.rows, splits), "workspace") : nullptr;
     emu::token_entropy(p, splits, ws);
   });
-  return {entropy, max_prob, argmax, lse};
+  return outputs;
 }
 
 // --- rms_norm ---------------------------------------------------------------------------------------
 
 at::Tensor rms_norm_emu(const at::Tensor& x, const at::Tensor& weight, double eps, const std::optional<at::Tensor>& add) {
   check_cpu(x, "x");
-  check_cpu(weight, "weight");
-  float_dtype_of(x, "x");
-  FLUID_CHECK_VALUE(x.dim() >= 1 && x.size(-1) >= 1, "x: expected a tensor of shape [..., H], H >= 1");
-  check_contiguous(x, "x");
-  const int64_t H = x.size(-1);
-  check_dtype(weight, x.scalar_type(), "weight");
-  check_rank(weight, 1, "weight");
-  check_size(weight, 0, H, "weight", "hidden");
-  check_contiguous(weight, "weight");
-  FLUID_CHECK_VALUE(std::isfinite(eps) && eps >= 0, "eps: must be finite and >= 0, got ", eps);
-  int64_t add_stride = 0;
-  if (add.has_value()) {
-    check_cpu(*add, "add");
-    check_dtype(*add, x.scalar_type(), "add");
-    FLUID_CHECK_VALUE(add->sizes() == x.sizes(), "add: expected the shape of x ", x.sizes(), ", got ", add->sizes());
-    add_stride = collapsed_row_stride(*add, "add");
-    check_no_overlap(x, "x", *add, "add");
-  }
+  RmsNormParams described = describe_rms_norm(x, weight, eps, add);
   at::Tensor out = at::empty_like(x);
-  if (x.numel() == 0) return out;
+  described.out = out.data_ptr();
+  if (described.rows == 0) return out;  // no launch for no rows
   run_in_orders("rms_norm", [&](EmuArgs& a) {
-    RmsNormParams p;
-    p.x = a.in(x, "x", true);
-    p.weight = a.in(weight, "weight");
-    if (add.has_value()) p.add = a.in(*add, "add"), p.add_row_stride = add_stride;
-    p.out = a.out(out, "out");
-    p.dtype = float_dtype_of(x, "x");
-    p.rows = x.numel() / H, p.hidden = H, p.eps = static_cast<float>(eps);
+    RmsNormParams p = described;
+    a.inout(p.x, x, "x");
+    a.input(p.weight, weight, "weight");
+    if (add.has_value()) a.input(p.add, *add, "add");
+    a.output(p.out, out, "out");
     emu::rms_norm(p);
   });
   return out;
@@ -314,39 +240,22 @@ at::Tensor rms_norm_emu(const at::Tensor& x, const at::Tensor& weight, double ep
 
 // --- draft_commit / verify_commit -------------------------------------------------------------------
 
-void check_commit_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype, int64_t rows, int64_t cols) {
-  check_cpu(t, name);
-  check_dtype(t, dtype, name);
-  check_rank(t, cols < 0 ? 1 : 2, name);
-  check_size(t, 0, rows, name, "batch");
-  if (cols >= 0) check_size(t, 1, cols, name, "Kmax");
-  check_contiguous(t, name);
-}
-
 void draft_commit_emu(const at::Tensor& block, const at::Tensor& step, const at::Tensor& drafting, const at::Tensor& pred,
                       const at::Tensor& score, const at::Tensor& horizon, const at::Tensor& threshold,
                       int64_t mask_token_id, bool score_is_entropy) {
-  check_rank(block, 2, "block");
-  const int64_t B = block.size(0), kmax = block.size(1);
-  FLUID_CHECK_VALUE(kmax >= 1, "block: Kmax (dim 1) must be >= 1, got shape ", block.sizes());
-  check_commit_tensor(block, "block", at::kLong, B, kmax);
-  check_commit_tensor(step, "step", at::kInt, B, -1);
-  check_commit_tensor(drafting, "drafting", at::kBool, B, -1);
-  check_commit_tensor(pred, "pred", at::kLong, B, kmax);
-  check_commit_tensor(score, "score", at::kFloat, B, kmax);
-  check_commit_tensor(horizon, "horizon", at::kInt, B, -1);
-  check_commit_tensor(threshold, "threshold", at::kFloat, B, -1);
-  if (B == 0) return;
+  check_cpu(block, "block");
+  const DraftCommitParams described =
+      describe_draft_commit(block, step, drafting, pred, score, horizon, threshold, mask_token_id, score_is_entropy);
+  if (described.batch == 0) return;
   run_in_orders("draft_commit", [&](EmuArgs& a) {
-    DraftCommitParams p;
-    p.block = static_cast<int64_t*>(a.in(block, "block", true));
-    p.step = static_cast<int32_t*>(a.in(step, "step", true));
-    p.drafting = static_cast<bool*>(a.in(drafting, "drafting", true));
-    p.pred = static_cast<const int64_t*>(a.in(pred, "pred"));
-    p.score = static_cast<const float*>(a.in(score, "score"));
-    p.horizon = static_cast<const int32_t*>(a.in(horizon, "horizon"));
-    p.threshold = static_cast<const float*>(a.in(threshold, "threshold"));
-    p.batch = B, p.kmax = kmax, p.mask_token_id = mask_token_id, p.score_is_entropy = score_is_entropy;
+    DraftCommitParams p = described;
+    a.inout(p.block, block, "block");
+    a.inout(p.step, step, "step");
+    a.inout(p.drafting, drafting, "drafting");
+    a.input(p.pred, pred, "pred");
+    a.input(p.score, score, "score");
+    a.input(p.horizon, horizon, "horizon");
+    a.input(p.threshold, threshold, "threshold");
     emu::draft_commit(p);
   });
 }
@@ -356,41 +265,27 @@ void verify_commit_emu(const at::Tensor& block, const at::Tensor& pred, const at
                        const at::Tensor& out_tokens, const at::Tensor& out_len, const at::Tensor& budget,
                        const at::Tensor& done, const at::Tensor& pending, const at::Tensor& cache_seqlens,
                        const at::Tensor& committed, const at::Tensor& mismatch) {
-  check_rank(block, 2, "block");
-  const int64_t B = block.size(0), kmax = block.size(1);
-  FLUID_CHECK_VALUE(kmax >= 1, "block: Kmax (dim 1) must be >= 1, got shape ", block.sizes());
-  check_commit_tensor(block, "block", at::kLong, B, kmax);
-  check_commit_tensor(pred, "pred", at::kLong, B, kmax);
-  check_rank(eos_ids, 2, "eos_ids");
-  check_commit_tensor(eos_ids, "eos_ids", at::kLong, B, eos_ids.size(1));
-  check_rank(out_tokens, 2, "out_tokens");
-  check_commit_tensor(out_tokens, "out_tokens", at::kLong, B, out_tokens.size(1));
-  const std::pair<const at::Tensor*, std::pair<const char*, at::ScalarType>> vectors[] = {
-      {&horizon, {"horizon", at::kInt}},   {&verifying, {"verifying", at::kBool}}, {&remask, {"remask", at::kBool}},
-      {&out_len, {"out_len", at::kInt}},   {&budget, {"budget", at::kInt}},       {&done, {"done", at::kBool}},
-      {&pending, {"pending", at::kLong}},  {&cache_seqlens, {"cache_seqlens", at::kInt}},
-      {&committed, {"committed", at::kInt}}, {&mismatch, {"mismatch", at::kInt}}};
-  for (const auto& [t, spec] : vectors) check_commit_tensor(*t, spec.first, spec.second, B, -1);
-  if (B == 0) return;
+  check_cpu(block, "block");
+  const VerifyCommitParams described =
+      describe_verify_commit(block, pred, horizon, verifying, eos_ids, remask, out_tokens, out_len, budget,
+                             done, pending, cache_seqlens, committed, mismatch);
+  if (described.batch == 0) return;
   run_in_orders("verify_commit", [&](EmuArgs& a) {
-    VerifyCommitParams p;
-    p.block = static_cast<const int64_t*>(a.in(block, "block"));
-    p.pred = static_cast<const int64_t*>(a.in(pred, "pred"));
-    p.horizon = static_cast<const int32_t*>(a.in(horizon, "horizon"));
-    p.verifying = static_cast<bool*>(a.in(verifying, "verifying", true));
-    p.eos_ids = static_cast<const int64_t*>(a.in(eos_ids, "eos_ids"));
-    p.num_eos = eos_ids.size(1);
-    p.remask = static_cast<const bool*>(a.in(remask, "remask"));
-    p.out_tokens = static_cast<int64_t*>(a.in(out_tokens, "out_tokens", true));
-    p.out_stride = out_tokens.size(1);
-    p.out_len = static_cast<int32_t*>(a.in(out_len, "out_len", true));
-    p.budget = static_cast<const int32_t*>(a.in(budget, "budget"));
-    p.done = static_cast<bool*>(a.in(done, "done", true));
-    p.pending = static_cast<int64_t*>(a.in(pending, "pending", true));
-    p.cache_seqlens = static_cast<int32_t*>(a.in(cache_seqlens, "cache_seqlens", true));
-    p.committed = static_cast<int32_t*>(a.in(committed, "committed", true));
-    p.mismatch = static_cast<int32_t*>(a.in(mismatch, "mismatch", true));
-    p.batch = B, p.kmax = kmax;
+    VerifyCommitParams p = described;
+    a.input(p.block, block, "block");
+    a.input(p.pred, pred, "pred");
+    a.input(p.horizon, horizon, "horizon");
+    a.inout(p.verifying, verifying, "verifying");
+    a.input(p.eos_ids, eos_ids, "eos_ids");
+    a.input(p.remask, remask, "remask");
+    a.inout(p.out_tokens, out_tokens, "out_tokens");
+    a.inout(p.out_len, out_len, "out_len");
+    a.input(p.budget, budget, "budget");
+    a.inout(p.done, done, "done");
+    a.inout(p.pending, pending, "pending");
+    a.inout(p.cache_seqlens, cache_seqlens, "cache_seqlens");
+    a.inout(p.committed, committed, "committed");
+    a.inout(p.mismatch, mismatch, "mismatch");
     emu::verify_commit(p);
   });
 }
@@ -418,17 +313,21 @@ void configure_emu(int64_t num_sms, int64_t seed, const std::string& orders) {
   schedule().orders = list;
 }
 
+// The emulator's test kernels take one float32 vector of 1 to 256 elements.
+constexpr ArgSpec kSelftestArgs[] = {{"x", kF32, "n>=1", Layout::kContiguous}};
+constexpr OpSpec kSelftestSpec{kSelftestArgs, "the emulated CUDA ops (fluid_rt_emu) take CPU tensors"};
+
 at::Tensor selftest_emu(const std::string& what, const at::Tensor& x, bool drop_barrier) {
-  check_cpu(x, "x");
-  check_dtype(x, at::kFloat, "x");
-  check_rank(x, 1, "x");
-  check_contiguous(x, "x");
-  FLUID_CHECK_VALUE(x.numel() >= 1 && x.numel() <= 256, "x: 1 to 256 elements, got ", x.numel());
+  check_args(kSelftestSpec, {x});
+  FLUID_CHECK_VALUE(x.numel() <= 256, "x: 1 to 256 elements, got ", x.numel());
   FLUID_CHECK_VALUE(what != "warp_sum" || x.numel() % 32 == 0, "x: warp_sum takes whole warps (a multiple of 32)");
   at::Tensor out = at::empty_like(x);
   run_in_orders(("selftest " + what).c_str(), [&](EmuArgs& a) {
-    emu::selftest(what.c_str(), static_cast<const float*>(a.in(x, "x")), x.numel(), static_cast<float*>(a.out(out, "out")),
-                  drop_barrier);
+    const float* xp = x.data_ptr<float>();
+    float* outp = out.data_ptr<float>();
+    a.input(xp, x, "x");
+    a.output(outp, out, "out");
+    emu::selftest(what.c_str(), xp, x.numel(), outp, drop_barrier);
   });
   return out;
 }
@@ -437,20 +336,12 @@ at::Tensor selftest_emu(const std::string& what, const at::Tensor& x, bool drop_
 }  // namespace fluid_rt
 
 TORCH_LIBRARY(fluid_rt_emu, m) {
-  // The schemas of torch.ops.fluid_rt.* (bindings/<family>.cpp).
-  m.def(
-      "causal_attention(Tensor q, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor cache_seqlens, Tensor? k=None, "
-      "Tensor? v=None, Tensor? cache_batch_idx=None, float? softmax_scale=None) -> (Tensor out, Tensor lse)");
-  m.def("token_entropy(Tensor logits, float temperature=1.0) -> (Tensor entropy, Tensor max_prob, "
-        "Tensor argmax, Tensor logsumexp)");
-  m.def("rms_norm(Tensor(a!) x, Tensor weight, float eps, Tensor? add=None) -> Tensor");
-  m.def(
-      "draft_commit(Tensor(a!) block, Tensor(b!) step, Tensor(c!) drafting, Tensor pred, Tensor score, "
-      "Tensor horizon, Tensor threshold, int mask_token_id, bool score_is_entropy) -> ()");
-  m.def(
-      "verify_commit(Tensor block, Tensor pred, Tensor horizon, Tensor(a!) verifying, Tensor eos_ids, "
-      "Tensor remask, Tensor(b!) out_tokens, Tensor(c!) out_len, Tensor budget, Tensor(d!) done, "
-      "Tensor(e!) pending, Tensor(f!) cache_seqlens, Tensor(g!) committed, Tensor(h!) mismatch) -> ()");
+  // The schemas of torch.ops.fluid_rt.* (bindings/<family>.h).
+  m.def(fluid_rt::kCausalAttentionSchema);
+  m.def(fluid_rt::kTokenEntropySchema);
+  m.def(fluid_rt::kRmsNormSchema);
+  m.def(fluid_rt::kDraftCommitSchema);
+  m.def(fluid_rt::kVerifyCommitSchema);
   // Emulator knobs: the SM count the planners see, the random order's seed, and the thread orders
   // every launch runs in (comma-separated forward, reverse, random).
   m.def("configure(int num_sms=4, int seed=1, str orders=\"forward,reverse,random\") -> ()", &fluid_rt::configure_emu);

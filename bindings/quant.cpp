@@ -5,16 +5,38 @@
 // groups = ceil(out_features / 8); `format` is the QuantFormat number and travels with it.
 #include <ATen/ops/empty.h>
 
+#include <optional>
+#include <vector>
+
 #include "common.h"
 #include "quant/params.h"
 
 namespace fluid_rt {
 namespace {
 
-void check_cpu(const at::Tensor& t, const char* name) {
-  FLUID_CHECK(t.is_cpu(), name, ": the quantized kernels are CPU kernels (quantized weights are ",
-              "dequantized at load on CUDA), got a tensor on ", t.device());
-}
+constexpr char kCpuOnly[] =
+    "the quantized kernels are CPU kernels (quantized weights are dequantized at load on CUDA)";
+constexpr uint32_t kQuantFloat = kOpFloat | kF32 | kBF16;  // one dtype for x, bias and y
+
+// What the tables cannot say depends on the scalars `format` and `out_features` (q's dtype, the
+// sizes of packed, d and m): the op's rules below check those.
+constexpr ArgSpec kPackArgs[] = {
+    {"q", kU8 | kI8, "out_features>=1 in_features>=1", Layout::kContiguous},  // uint8 (u4) or int8 (s8)
+    {"d", kF32, "out_features scales", Layout::kContiguous},                   // K / 32 * scales per block
+    {"m", kF32, "out_features blocks", Layout::kContiguous, kOptional},        // K / 32: u4 formats only
+};
+constexpr ArgSpec kDequantizeRowsArgs[] = {
+    {"packed", kU8, "groups blocks>=1 block_bytes", Layout::kContiguous},
+    {"rows", kI64, "..."},  // any shape and strides: indices are read on the host
+};
+constexpr ArgSpec kLinearArgs[] = {
+    {"x", kQuantFloat, "... features", Layout::kRows},  // features: K, or 2K with silu_and_mul
+    {"packed", kU8, "groups blocks>=1 block_bytes", Layout::kContiguous},
+    {"bias", kQuantFloat, "out_features", Layout::kContiguous, kOptional},  // size checked against the scalar
+};
+constexpr OpSpec kPackSpec{kPackArgs, kCpuOnly};
+constexpr OpSpec kDequantizeRowsSpec{kDequantizeRowsArgs, kCpuOnly};
+constexpr OpSpec kLinearSpec{kLinearArgs, kCpuOnly};
 
 QuantFormat format_of(int64_t format) {
   FLUID_CHECK_VALUE(format >= 0 && format < kNumQuantFormats, "format: expected 0 (u4/f16), 1 (u4/f32), ",
@@ -22,48 +44,40 @@ QuantFormat format_of(int64_t format) {
   return static_cast<QuantFormat>(format);
 }
 
-// packed: uint8 [ceil(N / 8), K / 32, block bytes], contiguous. Returns K.
-int64_t check_packed(const at::Tensor& packed, QuantFormat f, int64_t out_features) {
-  check_cpu(packed, "packed");
-  check_dtype(packed, at::kByte, "packed");
-  check_rank(packed, 3, "packed");
-  check_contiguous(packed, "packed");
+// packed [ceil(N / 8), K / 32, block bytes] (its table checked the rest) for out_features N and
+// format f. Returns K.
+int64_t packed_in_features(const at::Tensor& packed, QuantFormat f, int64_t out_features) {
   FLUID_CHECK_VALUE(out_features >= 1, "out_features: expected >= 1, got ", out_features);
-  FLUID_CHECK_VALUE(packed.size(0) == quant_num_groups(out_features) && packed.size(1) >= 1 &&
-                        packed.size(2) == quant_block_bytes(f),
-                    "packed: expected shape [", quant_num_groups(out_features), ", K / 32, ",
-                    quant_block_bytes(f), "] for out_features ", out_features, " and format ",
+  const int64_t groups = quant_num_groups(out_features), block_bytes = quant_block_bytes(f);
+  FLUID_CHECK_VALUE(packed.size(0) == groups && packed.size(2) == block_bytes, "packed: expected shape [", groups,
+                    ", K / 32, ", block_bytes, "] for out_features ", out_features, " and format ",
                     static_cast<int64_t>(f), ", got ", packed.sizes());
   return packed.size(1) * kQuantBlock;
+}
+
+// quant_pack's rules that follow from the format: q's dtype, whole blocks of 32, the number of
+// scales, and mins for the u4 formats only.
+void check_pack_rules(const at::Tensor& q, const at::Tensor& d, const std::optional<at::Tensor>& m,
+                      QuantFormat f, int64_t format) {
+  FLUID_CHECK_VALUE(q.scalar_type() == (quant_is_u4(f) ? at::kByte : at::kChar), "q: expected ",
+                    quant_is_u4(f) ? "uint8 (values 0..15)" : "int8", " for format ", format, ", got ",
+                    q.scalar_type());
+  const int64_t K = q.size(1);
+  FLUID_CHECK_VALUE(K % kQuantBlock == 0, "q: expected [N, K] with N >= 1 and K a positive multiple of 32, ",
+                    "got shape ", q.sizes());
+  check_size(d, 1, K / kQuantBlock * quant_scales_per_block(f), "d", "K / 32 * scales per block of format");
+  FLUID_CHECK_VALUE(m.has_value() == quant_has_min(f), "m: format ", format,
+                    quant_has_min(f) ? " needs" : " takes no", " per-block mins");
+  if (m.has_value()) check_size(*m, 1, K / kQuantBlock, "m", "K / 32");
 }
 
 at::Tensor quant_pack_impl(const at::Tensor& q, const at::Tensor& d, const std::optional<at::Tensor>& m,
                            int64_t format) {
   const QuantFormat f = format_of(format);
-  check_cpu(q, "q");
-  check_cpu(d, "d");
-  FLUID_CHECK_VALUE(q.scalar_type() == (quant_is_u4(f) ? at::kByte : at::kChar), "q: expected ",
-                    quant_is_u4(f) ? "uint8 (values 0..15)" : "int8", " for format ", format, ", got ",
-                    q.scalar_type());
-  check_rank(q, 2, "q");
-  check_contiguous(q, "q");
+  check_args(kPackSpec, {q, d, m});
+  check_pack_rules(q, d, m, f, format);
   const int64_t N = q.size(0), K = q.size(1);
-  FLUID_CHECK_VALUE(N >= 1 && K >= kQuantBlock && K % kQuantBlock == 0, "q: expected [N, K] with N >= 1 and K ",
-                    "a positive multiple of 32, got shape ", q.sizes());
-  const int64_t nd = K / kQuantBlock * quant_scales_per_block(f);
-  check_dtype(d, at::kFloat, "d");
-  check_contiguous(d, "d");
-  FLUID_CHECK_VALUE(d.dim() == 2 && d.size(0) == N && d.size(1) == nd, "d: expected shape [", N, ", ", nd,
-                    "], got ", d.sizes());
-  FLUID_CHECK_VALUE(m.has_value() == quant_has_min(f), "m: format ", format,
-                    quant_has_min(f) ? " needs" : " takes no", " per-block mins");
-  if (m.has_value()) {
-    check_cpu(*m, "m");
-    check_dtype(*m, at::kFloat, "m");
-    check_contiguous(*m, "m");
-    FLUID_CHECK_VALUE(m->dim() == 2 && m->size(0) == N && m->size(1) == K / kQuantBlock, "m: expected shape [",
-                      N, ", ", K / kQuantBlock, "], got ", m->sizes());
-  }
+  const int64_t nd = d.size(1);
   at::Tensor packed = at::empty({quant_num_groups(N), K / kQuantBlock, quant_block_bytes(f)}, q.options().dtype(at::kByte));
   QuantPackParams p;
   p.q = static_cast<const uint8_t*>(q.data_ptr());
@@ -82,12 +96,11 @@ at::Tensor quant_pack_impl(const at::Tensor& q, const at::Tensor& d, const std::
 at::Tensor quant_dequantize_rows_impl(const at::Tensor& packed, int64_t format, int64_t out_features,
                                       const at::Tensor& rows) {
   const QuantFormat f = format_of(format);
-  const int64_t K = check_packed(packed, f, out_features);
-  check_cpu(rows, "rows");
-  check_dtype(rows, at::kLong, "rows");
+  check_args(kDequantizeRowsSpec, {packed, rows});
+  const int64_t K = packed_in_features(packed, f, out_features);
   const at::Tensor r = rows.contiguous();
   const int64_t* idx = r.data_ptr<int64_t>();
-  for (int64_t i = 0; i < r.numel(); ++i)
+  for (int64_t i = 0; i < r.numel(); ++i)  // CPU-only op: the indices are host values
     FLUID_CHECK_VALUE(idx[i] >= 0 && idx[i] < out_features, "rows: entry ", i, " is ", idx[i],
                       ", outside [0, ", out_features, ")");
   std::vector<int64_t> shape(rows.sizes().begin(), rows.sizes().end());
@@ -108,33 +121,23 @@ at::Tensor quant_dequantize_rows_impl(const at::Tensor& packed, int64_t format, 
 at::Tensor quant_linear_impl(const at::Tensor& x, const at::Tensor& packed, int64_t format, int64_t out_features,
                              const std::optional<at::Tensor>& bias, bool silu_and_mul) {
   const QuantFormat f = format_of(format);
-  const int64_t K = check_packed(packed, f, out_features);
-  check_cpu(x, "x");
-  FLUID_CHECK_VALUE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
-                    "x: expected float32 or bfloat16, got ", x.scalar_type());
-  FLUID_CHECK_VALUE(x.dim() >= 1, "x: expected a tensor of shape [..., in_features], got a 0-d tensor");
-  const int64_t x_row_stride = collapsed_row_stride(x, "x");
+  check_args(kLinearSpec, {x, packed, bias});
+  const int64_t K = packed_in_features(packed, f, out_features);
   FLUID_CHECK_VALUE(x.size(-1) == (silu_and_mul ? 2 * K : K), "x: the last dim must be ",
                     silu_and_mul ? "2 * in_features = " : "in_features = ", silu_and_mul ? 2 * K : K,
                     " (packed is ", packed.sizes(), "), got shape ", x.sizes());
-  QuantLinearParams p;
-  if (bias.has_value()) {
-    check_cpu(*bias, "bias");
-    check_dtype(*bias, x.scalar_type(), "bias");
-    check_rank(*bias, 1, "bias");
-    check_size(*bias, 0, out_features, "bias", "out_features");
-    check_contiguous(*bias, "bias");
-    p.bias = bias->data_ptr();
-  }
+  if (bias.has_value()) check_size(*bias, 0, out_features, "bias", "out_features");
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = out_features;
   at::Tensor y = at::empty(out_shape, x.options());
+  QuantLinearParams p;
   p.x = x.data_ptr();
-  p.x_row_stride = x_row_stride;
+  p.x_row_stride = row_stride(x);
   p.silu_and_mul = silu_and_mul;
   p.dtype = x.scalar_type() == at::kFloat ? DType::kFloat32 : DType::kBFloat16;
   p.packed = packed.data_ptr<uint8_t>();
   p.format = f;
+  p.bias = bias.has_value() ? bias->data_ptr() : nullptr;
   p.y = y.data_ptr();
   p.y_row_stride = out_features;
   p.M = x.numel() / x.size(-1);

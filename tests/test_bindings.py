@@ -113,5 +113,6 @@ def test_cpu_only_ops_say_so_and_the_others_follow_the_build():
     for name in ("causal_attention", "token_entropy", "rms_norm", "draft_commit", "verify_commit"):
         assert has(f"fluid_rt::{name}", "CPU")
         assert has(f"fluid_rt::{name}", "CUDA") == fluid_rt.build_info()["with_cuda"], name
-    for name in ("rope_", "packed_linear", "pack_linear_weight", "unpack_linear_weight"):
+    for name in ("rope_", "packed_linear", "pack_linear_weight", "unpack_linear_weight", "quant_pack", "quant_linear",
+                 "quant_dequantize_rows"):
         assert has(f"fluid_rt::{name}", "CPU") and not has(f"fluid_rt::{name}", "CUDA"), name

@@ -83,3 +83,61 @@ def test_emulated_ops_check_their_arguments():
     with pytest.raises(ValueError, match="q"):
         torch.ops.fluid_rt_emu.causal_attention(torch.randn(1, 1, 2, 48), torch.randn(1, 4, 1, 48),
                                                 torch.randn(1, 4, 1, 48), torch.zeros(1, dtype=torch.int32))
+
+
+def _bad_calls():
+    """One bad call per emulated op: (op name, arguments); each breaks a rule of the op's table or
+    of its describe_<op>()."""
+    i32, i64 = torch.int32, torch.int64
+    B, kmax = 2, 3
+    verify = [torch.zeros(B, kmax, dtype=i64), torch.zeros(B, kmax, dtype=i64), torch.full((B,), kmax, dtype=i32),
+              torch.ones(B, dtype=torch.bool), torch.full((B, 1), -1, dtype=i64), torch.ones(B, dtype=torch.bool),
+              torch.zeros(B, 8, dtype=i64), torch.zeros(B, dtype=i32), torch.full((B,), 8, dtype=i32),
+              torch.zeros(B, dtype=torch.bool), torch.zeros(B, dtype=i64), torch.zeros(B, dtype=i32),
+              torch.zeros(B, dtype=i32), torch.zeros(B, dtype=i64)]  # mismatch: int64, not int32
+    draft = [torch.zeros(B, kmax, dtype=i64), torch.zeros(B, dtype=i32), torch.ones(B, dtype=torch.bool),
+             torch.zeros(B, kmax + 1, dtype=i64), torch.zeros(B, kmax), torch.ones(B, dtype=i32),
+             torch.zeros(B), 0, False]  # pred: Kmax + 1
+    q = torch.randn(1, 2, 4, 64)
+    cache = torch.zeros(1, 8, 3, 64)  # 4 query heads over 3 kv heads
+    return [
+        ("rms_norm", (torch.randn(2, 8), torch.randn(8, dtype=torch.bfloat16), 1e-5, None)),
+        ("rms_norm", (torch.randn(4, 8)[:, ::2], torch.randn(4), 1e-5, None)),
+        ("token_entropy", (torch.randn(2, 3, 5).transpose(0, 1), 1.0)),
+        ("token_entropy", (torch.randn(2, 5), 0.0)),
+        ("causal_attention", (q, cache, cache.clone(), torch.zeros(1, dtype=i32), None, None, None, None)),
+        ("causal_attention", (q, cache[:, :, :2], cache[:, :, :2].clone(), torch.zeros(1, dtype=i64), None, None,
+                              None, None)),
+        ("draft_commit", tuple(draft)),
+        ("verify_commit", tuple(verify)),
+    ]
+
+
+def test_emulated_ops_share_the_schemas_of_the_real_ops():
+    for name in ("causal_attention", "token_entropy", "rms_norm", "draft_commit", "verify_commit"):
+        real = str(getattr(torch.ops.fluid_rt, name).default._schema)
+        emu = str(getattr(torch.ops.fluid_rt_emu, name).default._schema)
+        assert emu == real.replace("fluid_rt::", "fluid_rt_emu::"), name
+
+
+@pytest.mark.parametrize("case", range(len(_bad_calls())))
+def test_emulated_ops_raise_the_errors_of_the_real_ops(case):
+    """The emulated ops check their arguments with the real ops' tables and rules: the same call
+    raises the same error, word for word."""
+    name, args = _bad_calls()[case]
+    with pytest.raises((ValueError, RuntimeError)) as real:
+        getattr(torch.ops.fluid_rt, name)(*args)
+    with pytest.raises(real.type) as emu:
+        getattr(torch.ops.fluid_rt_emu, name)(*args)
+    assert str(emu.value) == str(real.value)
+
+
+def test_emulated_ops_leave_device_values_to_the_kernels():
+    """As on CUDA, lengths out of range are no argument error: the CPU impl raises, the emulated
+    kernels write NaN rows instead of reading out of range."""
+    q, cache = torch.randn(1, 1, 2, 64), torch.randn(1, 4, 1, 64)
+    seqlens = torch.tensor([9], dtype=torch.int32)  # > S_max - T
+    with pytest.raises(ValueError, match="cache_seqlens: row 0"):
+        torch.ops.fluid_rt.causal_attention(q, cache, cache.clone(), seqlens)
+    out, lse = torch.ops.fluid_rt_emu.causal_attention(q, cache, cache.clone(), seqlens)
+    assert out.isnan().all() and lse.isnan().all()

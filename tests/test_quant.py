@@ -201,6 +201,34 @@ def test_argument_errors():
         ops.quant_pack(torch.zeros(8, 48, dtype=torch.uint8), torch.ones(8, 1), torch.ones(8, 1), 0)
 
 
+def test_argument_table_rules():
+    """The rules quant's ArgSpec tables state (bindings/quant.cpp): dtypes, the one float dtype of
+    x and bias, ranks, strides, and sizes bound by one argument and checked on the others."""
+    w = quantized_weight("Q4_1", 10, 64, seed=9)
+    fmt, packed, n = QuantLinear(w).parts[0]
+    x = torch.randn(2, 64)
+    with pytest.raises(ValueError, match=r"packed: expected dtype Byte, got Char"):
+        ops.quant_linear(x, packed.view(torch.int8), fmt, n)
+    with pytest.raises(ValueError, match=r"packed: expected a 3-D tensor"):
+        ops.quant_linear(x, packed.flatten(), fmt, n)
+    with pytest.raises(ValueError, match=r"bias: expected dtype Float, got BFloat16"):
+        ops.quant_linear(x, packed, fmt, n, torch.zeros(n, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match=r"x: the leading dims must collapse to one row stride"):
+        ops.quant_linear(torch.randn(3, 2, 64).transpose(0, 1), packed, fmt, n)
+    with pytest.raises(ValueError, match=r"rows: expected dtype Long, got Int"):
+        ops.quant_dequantize_rows(packed, fmt, n, torch.tensor([0, 1], dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"q: expected uint8 or int8, got Float"):
+        ops.quant_pack(torch.zeros(8, 32), torch.ones(8, 1), None, ops.FORMATS["s8f16"])
+    with pytest.raises(ValueError, match=r"d: dim 0 \(out_features, as q\) must be 8"):
+        ops.quant_pack(torch.zeros(8, 32, dtype=torch.int8), torch.ones(7, 1), None, ops.FORMATS["s8f16"])
+    with pytest.raises(ValueError, match=r"m: dim 1 \(K / 32\) must be 1"):
+        ops.quant_pack(torch.zeros(8, 32, dtype=torch.uint8), torch.ones(8, 1), torch.ones(8, 2), 0)
+    # A column slice of a wider x is rows at one stride: taken as is, same result as a copy.
+    wide = torch.randn(3, 80)
+    torch.testing.assert_close(ops.quant_linear(wide[:, 8:72], packed, fmt, n),
+                               ops.quant_linear(wide[:, 8:72].contiguous(), packed, fmt, n), rtol=0, atol=0)
+
+
 def test_opcheck():
     w = quantized_weight("Q8_0", 12, 64, seed=10)
     fmt, packed, n = QuantLinear(w).parts[0]
