@@ -113,9 +113,9 @@ def _add_decode_flags(g) -> None:
     g.add_argument("--max-new-tokens", type=_positive_int,
                    help=f"tokens to generate at most (default: {d('max_new_tokens')})")
     g.add_argument("--block-size", type=_positive_int,
-                   help=f"the largest horizon K (default: {d('block_size')})")
+                   help=f"the largest horizon K (default: the model adapter's, else {d('block_size')})")
     g.add_argument("--min-block", type=_positive_int,
-                   help=f"the smallest horizon K (default: {d('min_block')})")
+                   help=f"the smallest horizon K (default: the model adapter's, else {d('min_block')})")
     g.add_argument("--horizon", choices=HORIZONS,
                    help="how K is chosen (default: khead when the model has a K-head, else "
                    "entropy)")
@@ -126,8 +126,8 @@ def _add_decode_flags(g) -> None:
     g.add_argument("--commit", choices=COMMITS,
                    help=f"which drafted tokens are kept (default: {d('commit')})")
     g.add_argument("--threshold", type=_finite_float,
-                   help="commit threshold: a max-prob in [0, 1] (default 0.9), or with --commit "
-                   "entropy an entropy in nats (default 0.3)")
+                   help="commit threshold: a max-prob in [0, 1] (default: the model adapter's, else 0.9), "
+                   "or with --commit entropy an entropy in nats (default 0.3)")
     g.add_argument("--no-remask", action="store_true", help="skip verification (lossy, faster)")
     g.add_argument("--eos-token-id", type=_int_list, help="EOS id(s), comma-separated "
                    "(default: the model's)")
@@ -321,8 +321,10 @@ def _flag_words(message: str) -> str:
 
 
 def _decode_config(args, loaded, eot: int | None, req: dict | None = None) -> DecodeConfig:
-    """The flags' config, overridden by a request's (checked) fields."""
-    fields = {**_flag_fields(args), **decode_fields(req or {})}
+    """The model's decode defaults (an adapter's block size, min block, threshold), overridden by
+    the flags, overridden by a request's (checked) fields."""
+    model_defaults = {k: v for k, v in getattr(loaded, "decode_defaults", {}).items() if k in FIELDS}
+    fields = {**model_defaults, **_flag_fields(args), **decode_fields(req or {})}
     if "eos_token_ids" in fields:  # a request's, even []: it replaces the model's EOS ids
         eos = DecodeConfig(eos_token_ids=fields["eos_token_ids"]).eos_token_ids
     elif args.ignore_eos:
