@@ -19,6 +19,7 @@ import time
 from collections import defaultdict
 
 import torch
+
 from common import emit_json, print_table, use_checkout
 
 use_checkout()
@@ -34,7 +35,7 @@ def run(dec, prompts, cfg, batch):
     toks, fwds, wall = [], [], 0.0
     for i in range(0, len(prompts), batch):
         t0 = time.perf_counter()
-        gens, _ = dec.generate(prompts[i:i + batch], cfg)
+        gens, _ = dec.generate(prompts[i : i + batch], cfg)
         wall += time.perf_counter() - t0
         toks += [g.tokens for g in gens]
         fwds += [g.forwards for g in gens]
@@ -57,18 +58,31 @@ def measure(dec, prompts, el_cfg, ar_cfg, batch, repeats):
 
 
 def summary(batch, prompts, tokens, forwards, el_s, ar_s):
-    return {"batch": batch, "seqs_per_call": min(batch, prompts), "prompts": prompts, "tokens": tokens, "forwards": forwards,
-            "tokens_per_forward": tokens / max(forwards, 1), "elastic_tok_s": tokens / el_s,
-            "ar_tok_s": tokens / ar_s, "speedup": ar_s / el_s, "elastic_s": el_s, "ar_s": ar_s}
+    return {
+        "batch": batch,
+        "seqs_per_call": min(batch, prompts),
+        "prompts": prompts,
+        "tokens": tokens,
+        "forwards": forwards,
+        "tokens_per_forward": tokens / max(forwards, 1),
+        "elastic_tok_s": tokens / el_s,
+        "ar_tok_s": tokens / ar_s,
+        "speedup": ar_s / el_s,
+        "elastic_s": el_s,
+        "ar_s": ar_s,
+    }
 
 
 def overall(batch, rows):
     """The 'all' row of one batch size: the kinds' totals (sum of their median times)."""
     mine = [r for r in rows if r["batch"] == batch]
-    total = {k: sum(r[k] for r in mine) for k in ("prompts", "tokens", "forwards", "elastic_s",
-                                                   "ar_s")}
-    return {"kind": "all", **summary(batch, total["prompts"], total["tokens"], total["forwards"],
-                                     total["elastic_s"], total["ar_s"])}
+    total = {k: sum(r[k] for r in mine) for k in ("prompts", "tokens", "forwards", "elastic_s", "ar_s")}
+    return {
+        "kind": "all",
+        **summary(
+            batch, total["prompts"], total["tokens"], total["forwards"], total["elastic_s"], total["ar_s"]
+        ),
+    }
 
 
 def plot(rows, path):
@@ -86,17 +100,17 @@ def plot(rows, path):
         xs = [i + j * width for i in range(len(kinds))]
         ax2.bar(xs, [get[k]["speedup"] for k in kinds], width, label=f"{b}")
         if j == 0:
-            ax1.bar(range(len(kinds)), [get[k]["tokens_per_forward"] for k in kinds], 0.6,
-                    color="tab:green")
+            ax1.bar(range(len(kinds)), [get[k]["tokens_per_forward"] for k in kinds], 0.6, color="tab:green")
     ax1.set_xticks(range(len(kinds)), kinds, rotation=20)
     ax1.set_ylabel("tokens per forward (elastic)")
     ax1.axhline(1.0, color="gray", lw=0.8, ls="--")
     ax1.set_title("drafting: tokens committed per model forward")
-    ax2.set_xticks([i + width * (len(batches) - 1) / 2 for i in range(len(kinds))], kinds,
-                   rotation=20)
+    ax2.set_xticks([i + width * (len(batches) - 1) / 2 for i in range(len(kinds))], kinds, rotation=20)
     ax2.set_ylabel("wall-clock speed-up, elastic / AR")
     ax2.axhline(1.0, color="gray", lw=0.8, ls="--")
-    ax2.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), title="batch (per kind: up to\nthe kind's prompts)")
+    ax2.legend(
+        loc="upper left", bbox_to_anchor=(1.0, 1.0), title="batch (per kind: up to\nthe kind's prompts)"
+    )
     ax2.set_title("same runtime, same tokens")
     fig.suptitle("SmolLM2-135M-Instruct + gated FLUID adapter, held-out chat prompts")
     fig.tight_layout()
@@ -121,11 +135,9 @@ def main() -> None:
     lm = load_model(None, adapter=args.adapter)
     if lm.adapter is None:
         raise SystemExit("no adapter loaded: nothing to benchmark")
-    over = {k: v for k, v in (("threshold", args.threshold), ("min_block", args.min_block))
-            if v is not None}
+    over = {k: v for k, v in (("threshold", args.threshold), ("min_block", args.min_block)) if v is not None}
     el_cfg = decode_config(lm, args.max_new_tokens, **over)
-    ar_cfg = DecodeConfig(mode="ar", max_new_tokens=args.max_new_tokens,
-                          eos_token_ids=el_cfg.eos_token_ids)
+    ar_cfg = DecodeConfig(mode="ar", max_new_tokens=args.max_new_tokens, eos_token_ids=el_cfg.eos_token_ids)
     dec = Decoder(lm.model, khead=lm.khead, mask_token_id=lm.fluid.mask_token_id)
     by_kind = defaultdict(list)
     for p in build_prompts()[1]:
@@ -136,22 +148,37 @@ def main() -> None:
     rows = []
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         for kind in kinds:  # a kind's prompts in batches of min(batch, prompts per kind)
-            rows.append({"kind": kind, **measure(dec, by_kind[kind], el_cfg, ar_cfg, batch,
-                                                 args.repeats)})
+            rows.append({"kind": kind, **measure(dec, by_kind[kind], el_cfg, ar_cfg, batch, args.repeats)})
         if batch == 1:
             rows.append(overall(batch, rows))
         else:  # every kind mixed in real batches of `batch`
             mixed = [p for k in kinds for p in by_kind[k]]
-            rows.append({"kind": "all", **measure(dec, mixed, el_cfg, ar_cfg, batch,
-                                                  args.repeats)})
-    extra = {"block_size": el_cfg.block_size, "min_block": el_cfg.min_block,
-             "threshold": el_cfg.threshold, "max_new_tokens": args.max_new_tokens}
+            rows.append({"kind": "all", **measure(dec, mixed, el_cfg, ar_cfg, batch, args.repeats)})
+    extra = {
+        "block_size": el_cfg.block_size,
+        "min_block": el_cfg.min_block,
+        "threshold": el_cfg.threshold,
+        "max_new_tokens": args.max_new_tokens,
+    }
     if args.json:
         emit_json("adapter", "cpu", rows, **extra)
     else:
-        print_table(f"elastic vs AR, SmolLM2 + adapter ({extra})", rows,
-                    ["kind", "batch", "seqs_per_call", "prompts", "tokens", "forwards", "tokens_per_forward",
-                     "elastic_tok_s", "ar_tok_s", "speedup"])
+        print_table(
+            f"elastic vs AR, SmolLM2 + adapter ({extra})",
+            rows,
+            [
+                "kind",
+                "batch",
+                "seqs_per_call",
+                "prompts",
+                "tokens",
+                "forwards",
+                "tokens_per_forward",
+                "elastic_tok_s",
+                "ar_tok_s",
+                "speedup",
+            ],
+        )
     if args.plot:
         plot(rows, args.plot)
         print(f"plot: {args.plot}")

@@ -17,7 +17,6 @@ import json
 import statistics
 import time
 
-
 import torch
 import torch.nn.functional as F
 
@@ -72,6 +71,7 @@ def make_case(name, cached, T, dtype, device, B=1, Hq=32, Hkv=8, D=128):
     kt, vt = k_cache[:, :L].transpose(1, 2), v_cache[:, :L].transpose(1, 2)
     qt = q.transpose(1, 2)
     if cached == 0:
+
         def baseline():
             F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=True)
     else:
@@ -98,16 +98,27 @@ def main():
     with torch.no_grad():
         for dt_name in args.dtype:
             dtype = getattr(torch, dt_name)
-            for name, cached, T in [("decode q=17 kv=2048 gqa32/8 d128", 2048, 17),
-                                    ("prefill q=kv=512 gqa32/8 d128", 0, 512)]:
+            for name, cached, T in [
+                ("decode q=17 kv=2048 gqa32/8 d128", 2048, 17),
+                ("prefill q=kv=512 gqa32/8 d128", 0, 512),
+            ]:
                 case, baseline, ours = make_case(name, cached, T, dtype, args.device)
                 base_ms, ours_ms = median_ms_pair(baseline, ours, args.device, 3, iters)
-                rows.append({"case": f"{case} {dt_name}", "device": args.device,
-                             "cpu_isa": fluid_rt.cpu_isa() if args.device == "cpu" else None,
-                             "kernel": "torch SDPA (fallback)" if args.device == "cpu"
-                             and fluid_rt.ops.attention.uses_torch_fallback(T, cached + T, 32, 128) else "ours",
-                             "threads": args.threads if args.device == "cpu" else None,
-                             "sdpa_ms": base_ms, "ours_ms": ours_ms, "speedup": base_ms / ours_ms})
+                rows.append(
+                    {
+                        "case": f"{case} {dt_name}",
+                        "device": args.device,
+                        "cpu_isa": fluid_rt.cpu_isa() if args.device == "cpu" else None,
+                        "kernel": "torch SDPA (fallback)"
+                        if args.device == "cpu"
+                        and fluid_rt.ops.attention.uses_torch_fallback(T, cached + T, 32, 128)
+                        else "ours",
+                        "threads": args.threads if args.device == "cpu" else None,
+                        "sdpa_ms": base_ms,
+                        "ours_ms": ours_ms,
+                        "speedup": base_ms / ours_ms,
+                    }
+                )
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -115,7 +126,9 @@ def main():
         print(f"CPU path {fluid_rt.cpu_isa()}, {args.threads} threads")
     print(f"{'case':<44} {'SDPA ms':>10} {'ours ms':>10} {'speedup':>8}")
     for r in rows:
-        print(f"{r['case']:<44} {r['sdpa_ms']:>10.3f} {r['ours_ms']:>10.3f} {r['speedup']:>7.2f}x  {r['kernel']}")
+        print(
+            f"{r['case']:<44} {r['sdpa_ms']:>10.3f} {r['ours_ms']:>10.3f} {r['speedup']:>7.2f}x  {r['kernel']}"
+        )
 
 
 if __name__ == "__main__":

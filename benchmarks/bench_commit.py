@@ -30,7 +30,9 @@ MASK = 1
 # --- baseline: the same updates as whole-tensor torch ops (no host sync either) -------------------
 
 
-def torch_draft_commit(block, step, drafting, pred, score, horizon, threshold, mask_token_id, score_is_entropy):
+def torch_draft_commit(
+    block, step, drafting, pred, score, horizon, threshold, mask_token_id, score_is_entropy
+):
     kmax = block.shape[1]
     j = torch.arange(kmax, device=block.device)
     s = step.long()[:, None]
@@ -46,8 +48,22 @@ def torch_draft_commit(block, step, drafting, pred, score, horizon, threshold, m
     drafting.copy_(drafting & has_mask & (new_step < K[:, 0]))
 
 
-def torch_verify_commit(block, pred, horizon, verifying, eos_ids, remask, out_tokens, out_len, budget, done,
-                        pending, cache_seqlens, committed, mismatch):
+def torch_verify_commit(
+    block,
+    pred,
+    horizon,
+    verifying,
+    eos_ids,
+    remask,
+    out_tokens,
+    out_len,
+    budget,
+    done,
+    pending,
+    cache_seqlens,
+    committed,
+    mismatch,
+):
     B, kmax = block.shape
     N = out_tokens.shape[1]
     j = torch.arange(kmax, device=block.device)
@@ -89,8 +105,11 @@ def draft_state(B, kmax, gen):
     block = torch.randint(2, 1000, (B, kmax), generator=gen)
     block[torch.arange(kmax) >= step[:, None]] = MASK
     return {
-        "block": block, "step": step.int(), "drafting": torch.rand(B, generator=gen) < 0.9,
-        "pred": torch.randint(2, 1000, (B, kmax), generator=gen), "score": torch.rand(B, kmax, generator=gen),
+        "block": block,
+        "step": step.int(),
+        "drafting": torch.rand(B, generator=gen) < 0.9,
+        "pred": torch.randint(2, 1000, (B, kmax), generator=gen),
+        "score": torch.rand(B, kmax, generator=gen),
         "horizon": K.int(),
     }
 
@@ -105,17 +124,39 @@ def verify_state(B, kmax, N, gen):
     out_len = torch.randint(0, N // 2, (B,), generator=gen)
     budget = torch.minimum(out_len + torch.randint(1, N, (B,), generator=gen), torch.tensor(N))
     return {
-        "block": block, "pred": pred, "horizon": K.int(), "verifying": torch.rand(B, generator=gen) < 0.9,
-        "eos_ids": torch.tensor([2, 3]), "out_tokens": torch.zeros(B, N, dtype=torch.long),
-        "out_len": out_len.int(), "budget": budget.int(), "done": torch.zeros(B, dtype=torch.bool),
-        "pending": torch.zeros(B, dtype=torch.long), "cache_seqlens": torch.randint(0, 500, (B,)).int(),
-        "committed": torch.zeros(B, dtype=torch.int32), "mismatch": torch.zeros(B, dtype=torch.int32),
+        "block": block,
+        "pred": pred,
+        "horizon": K.int(),
+        "verifying": torch.rand(B, generator=gen) < 0.9,
+        "eos_ids": torch.tensor([2, 3]),
+        "out_tokens": torch.zeros(B, N, dtype=torch.long),
+        "out_len": out_len.int(),
+        "budget": budget.int(),
+        "done": torch.zeros(B, dtype=torch.bool),
+        "pending": torch.zeros(B, dtype=torch.long),
+        "cache_seqlens": torch.randint(0, 500, (B,)).int(),
+        "committed": torch.zeros(B, dtype=torch.int32),
+        "mismatch": torch.zeros(B, dtype=torch.int32),
     }
 
 
 DRAFT_ARGS = ["block", "step", "drafting", "pred", "score", "horizon"]
-VERIFY_ARGS = ["block", "pred", "horizon", "verifying", "eos_ids", None, "out_tokens", "out_len", "budget", "done",
-               "pending", "cache_seqlens", "committed", "mismatch"]
+VERIFY_ARGS = [
+    "block",
+    "pred",
+    "horizon",
+    "verifying",
+    "eos_ids",
+    None,
+    "out_tokens",
+    "out_len",
+    "budget",
+    "done",
+    "pending",
+    "cache_seqlens",
+    "committed",
+    "mismatch",
+]
 
 
 def call(fn, names, state, extra):
@@ -172,8 +213,17 @@ def main():
                 assert torch.equal(w_ours[k], w_base[k]), f"{op} B={B}: baseline and ours disagree on {k}"
             t_base = time_calls(base, names, pristine, w_base, extra, a.iters, device)
             t_ours = time_calls(ours, names, pristine, w_ours, extra, a.iters, device)
-            rows.append({"op": op, "B": B, "Kmax": a.kmax, "device": str(device), "baseline_us": round(t_base, 2),
-                         "ours_us": round(t_ours, 2), "ratio": round(t_base / t_ours, 2)})
+            rows.append(
+                {
+                    "op": op,
+                    "B": B,
+                    "Kmax": a.kmax,
+                    "device": str(device),
+                    "baseline_us": round(t_base, 2),
+                    "ours_us": round(t_ours, 2),
+                    "ratio": round(t_base / t_ours, 2),
+                }
+            )
     if a.json:
         print(json.dumps(rows, indent=1))
         return

@@ -44,10 +44,14 @@ def timed(fn, repeats: int, sync):
 
 def row(name, tokens, forwards, blocks, seconds, base_tps=None):
     tps = tokens / seconds
-    r = {"impl": name, "tokens": tokens, "forwards": forwards,
-         "tok_per_fwd": tokens / max(forwards, 1),
-         "fwd_per_block": forwards / blocks if blocks else float("nan"),
-         "tokens_per_s": tps}
+    r = {
+        "impl": name,
+        "tokens": tokens,
+        "forwards": forwards,
+        "tok_per_fwd": tokens / max(forwards, 1),
+        "fwd_per_block": forwards / blocks if blocks else float("nan"),
+        "tokens_per_s": tps,
+    }
     r["ratio_vs_ref"] = tps / base_tps if base_tps else 1.0
     return r
 
@@ -61,16 +65,17 @@ def bench_fluid_model(args, sync) -> list[dict]:
     mask = loaded.fluid.mask_token_id
     vocab = loaded.config.vocab_size
     gen = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(3, vocab - 1, (args.prompt_len,), generator=gen).tolist()
-               for _ in range(args.prompts)]
-    params = dict(threshold=args.threshold, block_size=args.block_size, min_block=4,
-                  max_new_tokens=args.max_new_tokens)
+    prompts = [
+        torch.randint(3, vocab - 1, (args.prompt_len,), generator=gen).tolist() for _ in range(args.prompts)
+    ]
+    params = dict(
+        threshold=args.threshold, block_size=args.block_size, min_block=4, max_new_tokens=args.max_new_tokens
+    )
 
     hf, khead = load_hf_fluid_model(args.model_dir, dtype=dtype, device=args.device)
 
     def run_reference():
-        return [reference_generate(hf, khead, p, mask_token_id=mask, remask=True, **params)
-                for p in prompts]
+        return [reference_generate(hf, khead, p, mask_token_id=mask, remask=True, **params) for p in prompts]
 
     decoder = Decoder(loaded.model, khead=loaded.khead, mask_token_id=mask)
     cfg = DecodeConfig(mode="elastic", horizon="khead", remask=True, **params)
@@ -91,13 +96,15 @@ def bench_fluid_model(args, sync) -> list[dict]:
         if not (e.tokens == want == b.tokens):
             # Reported after the table (exit status 1), with where the streams part: a bug, or a
             # float near-tie between HF's and our kernels (then fluid_rt's own AR sides with us).
-            first = next((j for j, (x, y) in enumerate(zip(want, e.tokens)) if x != y),
-                         min(len(want), len(e.tokens)))
+            first = next(
+                (j for j, (x, y) in enumerate(zip(want, e.tokens)) if x != y), min(len(want), len(e.tokens))
+            )
             args.problems.append(
                 f"prompt {i}: elastic tokens differ from the reference's at position {first} "
-                f"(reference {want[first:first + 4]}, elastic {e.tokens[first:first + 4]}, "
+                f"(reference {want[first : first + 4]}, elastic {e.tokens[first : first + 4]}, "
                 f"batched equal to elastic: {b.tokens == e.tokens}, fluid_rt AR equal to elastic: "
-                f"{a.tokens == e.tokens})")
+                f"{a.tokens == e.tokens})"
+            )
         if a.tokens != want:
             print("warning: greedy AR differs from the reference (float ties?)", file=sys.stderr)
     n = sum(len(g.tokens) for g in el)
@@ -106,12 +113,16 @@ def bench_fluid_model(args, sync) -> list[dict]:
     base = ref_tokens / t_ref
     return [
         row("reference (HF)", ref_tokens, sum(r["forwards"] for r in ref), ref_blocks, t_ref),
-        row("fluid_rt elastic", n, sum(g.forwards for g in el), sum(len(g.trace) for g in el),
-            t_el, base),
-        row("fluid_rt AR", sum(len(g.tokens) for g in ar), sum(g.forwards for g in ar), 0, t_ar,
-            base),
-        row(f"fluid_rt elastic B={len(prompts)}", sum(len(g.tokens) for g in bat),
-            sum(g.forwards for g in bat), sum(len(g.trace) for g in bat), t_bat, base),
+        row("fluid_rt elastic", n, sum(g.forwards for g in el), sum(len(g.trace) for g in el), t_el, base),
+        row("fluid_rt AR", sum(len(g.tokens) for g in ar), sum(g.forwards for g in ar), 0, t_ar, base),
+        row(
+            f"fluid_rt elastic B={len(prompts)}",
+            sum(len(g.tokens) for g in bat),
+            sum(g.forwards for g in bat),
+            sum(len(g.trace) for g in bat),
+            t_bat,
+            base,
+        ),
     ]
 
 
@@ -119,20 +130,28 @@ def bench_smollm2(args, sync) -> list[dict]:
     """Elastic vs AR on the real (non-FLUID) SmolLM2: lossless, but mask drafting gains little."""
     loaded = load_model(None, dtype=DTYPES[args.dtype], device=args.device)
     tok = loaded.tokenizer
-    text = tok.apply_chat_template([{"role": "user", "content": "Write a short poem about the sea."}],
-                                   add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "Write a short poem about the sea."}], add_generation_prompt=True
+    )
     prompt = tok.encode(text)
     decoder = Decoder(loaded.model, mask_token_id=args.smollm2_mask_token_id)
-    el_cfg = DecodeConfig(mode="elastic", horizon="entropy", max_new_tokens=args.max_new_tokens,
-                          block_size=args.block_size, threshold=args.threshold)
+    el_cfg = DecodeConfig(
+        mode="elastic",
+        horizon="entropy",
+        max_new_tokens=args.max_new_tokens,
+        block_size=args.block_size,
+        threshold=args.threshold,
+    )
     ar_cfg = DecodeConfig(mode="ar", max_new_tokens=args.max_new_tokens)
     t_ar, (ar,) = timed(lambda: decoder.generate([prompt], ar_cfg)[0], args.repeats, sync)
     t_el, (el,) = timed(lambda: decoder.generate([prompt], el_cfg)[0], args.repeats, sync)
     if el.tokens != ar.tokens:
         print("warning: SmolLM2 elastic != AR tokens (float ties?)", file=sys.stderr)
     base = len(ar.tokens) / t_ar
-    return [row("SmolLM2 fluid_rt AR", len(ar.tokens), ar.forwards, 0, t_ar),
-            row("SmolLM2 fluid_rt elastic", len(el.tokens), el.forwards, len(el.trace), t_el, base)]
+    return [
+        row("SmolLM2 fluid_rt AR", len(ar.tokens), ar.forwards, 0, t_ar),
+        row("SmolLM2 fluid_rt elastic", len(el.tokens), el.forwards, len(el.trace), t_el, base),
+    ]
 
 
 def main(argv=None) -> None:
@@ -140,8 +159,10 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=list(DTYPES), default="float32")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--model-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "fluid_rt",
-                                                      "bench-pangu-8x512"))
+    ap.add_argument(
+        "--model-dir",
+        default=os.path.join(os.path.expanduser("~"), ".cache", "fluid_rt", "bench-pangu-8x512"),
+    )
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--vocab", type=int, default=32000)
@@ -164,14 +185,18 @@ def main(argv=None) -> None:
     if args.json:
         emit_json("decode", args.device, rows, dtype=args.dtype, threads=args.threads)
     else:
-        print_table(f"decode on {args.device}, {args.dtype}, {args.threads} threads, "
-                    f"{args.prompts} prompts x {args.max_new_tokens} new tokens, median of "
-                    f"{args.repeats} (ratio = tokens/s over the reference loop's)", rows,
-                    ["impl", "tokens", "forwards", "tok_per_fwd", "fwd_per_block", "tokens_per_s",
-                     "ratio_vs_ref"])
+        print_table(
+            f"decode on {args.device}, {args.dtype}, {args.threads} threads, "
+            f"{args.prompts} prompts x {args.max_new_tokens} new tokens, median of "
+            f"{args.repeats} (ratio = tokens/s over the reference loop's)",
+            rows,
+            ["impl", "tokens", "forwards", "tok_per_fwd", "fwd_per_block", "tokens_per_s", "ratio_vs_ref"],
+        )
     if args.problems:  # the timings above stand, but the tokens check failed
-        raise SystemExit("bench_decode: fluid_rt's elastic tokens differ from the reference's:\n  "
-                         + "\n  ".join(args.problems))
+        raise SystemExit(
+            "bench_decode: fluid_rt's elastic tokens differ from the reference's:\n  "
+            + "\n  ".join(args.problems)
+        )
 
 
 if __name__ == "__main__":

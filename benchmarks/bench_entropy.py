@@ -83,6 +83,7 @@ def _timer(device: str, graph: bool = False):
                 times.append(a.elapsed_time(b) / 10)
             return statistics.median(times)
     elif device == "cuda":
+
         def run(fn, iters, warmup):
             for _ in range(warmup):
                 fn()
@@ -97,6 +98,7 @@ def _timer(device: str, graph: bool = False):
                 times.append(a.elapsed_time(b))
             return statistics.median(times)
     else:
+
         def run(fn, iters, warmup):
             for _ in range(warmup):
                 fn()
@@ -106,6 +108,7 @@ def _timer(device: str, graph: bool = False):
                 fn()
                 times.append((time.perf_counter() - t0) * 1e3)
             return statistics.median(times)
+
     return run
 
 
@@ -125,7 +128,9 @@ def main():
     ap.add_argument("--dtype", default="fp32,bf16", help="comma list of fp32,bf16,fp16")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--iters", type=int, default=0, help="timed runs per case (default: 30 CPU, 100 CUDA)")
-    ap.add_argument("--graph", action="store_true", help="CUDA: time graph replays (kernel time, no launch overhead)")
+    ap.add_argument(
+        "--graph", action="store_true", help="CUDA: time graph replays (kernel time, no launch overhead)"
+    )
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args()
 
@@ -149,22 +154,42 @@ def main():
             base = run(lambda: BASELINES[best](x, T), iters, 2)
             ours = run(lambda: token_entropy(x, T), iters, 3)
             gbs = x.numel() * x.element_size() / (ours * 1e-3) / 1e9
-            results.append(dict(shape=[rows, V], dtype=dname, device=device, threads=args.threads, graph=args.graph,
-                                cpu_isa=fluid_rt.cpu_isa() if device == "cpu" else None,
-                                baseline=best, baseline_ms=base, baseline_candidates_ms=base_ms, ours_ms=ours,
-                                speedup=base / ours, ours_gbs=gbs, read_bw_gbs=bw, bw_fraction=gbs / bw))
+            results.append(
+                dict(
+                    shape=[rows, V],
+                    dtype=dname,
+                    device=device,
+                    threads=args.threads,
+                    graph=args.graph,
+                    cpu_isa=fluid_rt.cpu_isa() if device == "cpu" else None,
+                    baseline=best,
+                    baseline_ms=base,
+                    baseline_candidates_ms=base_ms,
+                    ours_ms=ours,
+                    speedup=base / ours,
+                    ours_gbs=gbs,
+                    read_bw_gbs=bw,
+                    bw_fraction=gbs / bw,
+                )
+            )
 
     if args.json:
         print(json.dumps(dict(build=fluid_rt.build_info(), results=results), indent=2))
         return
-    dev = torch.cuda.get_device_name() if device == "cuda" else f"cpu path {fluid_rt.cpu_isa()}, {args.threads} threads"
+    dev = (
+        torch.cuda.get_device_name()
+        if device == "cuda"
+        else f"cpu path {fluid_rt.cpu_isa()}, {args.threads} threads"
+    )
     print(f"token_entropy on {dev}; measured read bandwidth {bw:.1f} GB/s (big tensor .sum())")
     hdr = f"{'shape':>12} {'dtype':>5} {'baseline':>9} {'base ms':>9} {'ours ms':>9} {'ratio':>7} {'GB/s':>8} {'of bw':>6}"
     print(hdr)
     print("-" * len(hdr))
     for r in results:
-        print(f"{'x'.join(map(str, r['shape'])):>12} {r['dtype']:>5} {r['baseline']:>9} {r['baseline_ms']:9.3f} "
-              f"{r['ours_ms']:9.3f} {r['speedup']:6.1f}x {r['ours_gbs']:8.1f} {100 * r['bw_fraction']:5.0f}%")
+        print(
+            f"{'x'.join(map(str, r['shape'])):>12} {r['dtype']:>5} {r['baseline']:>9} {r['baseline_ms']:9.3f} "
+            f"{r['ours_ms']:9.3f} {r['speedup']:6.1f}x {r['ours_gbs']:8.1f} {100 * r['bw_fraction']:5.0f}%"
+        )
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ use_checkout()
 
 # ---- the child: one path, every op ------------------------------------------------------------
 
+
 def _pair(baseline, ours, iters):
     from bench_attention import median_ms_pair
 
@@ -46,8 +47,8 @@ def _pair(baseline, ours, iters):
 
 def bench_entropy(iters):
     import torch
-
     from bench_entropy import BASELINES, _timer, read_bandwidth_gbs
+
     from fluid_rt.ops import token_entropy
 
     rows = []
@@ -58,31 +59,55 @@ def bench_entropy(iters):
         best = min(BASELINES, key=lambda n: run(lambda: BASELINES[n](x, 1.0), 5, 1))
         base, ours = _pair(lambda: BASELINES[best](x, 1.0), lambda: token_entropy(x), iters)
         gbs = x.numel() * 4 / (ours * 1e-3) / 1e9
-        rows.append(dict(op="entropy", case=f"{R}x{V} fp32", torch_ms=base, ours_ms=ours,
-                         note=f"{gbs:.1f} GB/s = {100 * gbs / bw:.0f}% of {bw:.1f} read"))
+        rows.append(
+            dict(
+                op="entropy",
+                case=f"{R}x{V} fp32",
+                torch_ms=base,
+                ours_ms=ours,
+                note=f"{gbs:.1f} GB/s = {100 * gbs / bw:.0f}% of {bw:.1f} read",
+            )
+        )
     return rows
 
 
 def bench_attention(iters):
     import torch
+    from bench_attention import make_case
 
     import fluid_rt.ops.attention as attn
-    from bench_attention import make_case
 
     rows = []
     with torch.no_grad():
-        for name, cached, T, shape in (("decode q=17 kv=2048", 2048, 17, {}), ("prefill 512", 0, 512, {}),
-                                       ("small q=9 kv=256 gqa9/3 d64", 256, 9, dict(Hq=9, Hkv=3, D=64))):
+        for name, cached, T, shape in (
+            ("decode q=17 kv=2048", 2048, 17, {}),
+            ("prefill 512", 0, 512, {}),
+            ("small q=9 kv=256 gqa9/3 d64", 256, 9, dict(Hq=9, Hkv=3, D=64)),
+        ):
             case, baseline, ours = make_case(name, cached, T, torch.float32, "cpu", **shape)
             base, mine = _pair(baseline, ours, iters)
             fallback = attn.uses_torch_fallback(T, cached + T, shape.get("Hq", 32), shape.get("D", 128))
-            rows.append(dict(op="attention", case=f"{name} fp32", torch_ms=base, ours_ms=mine,
-                             note="torch fallback" if fallback else "our kernel"))
+            rows.append(
+                dict(
+                    op="attention",
+                    case=f"{name} fp32",
+                    torch_ms=base,
+                    ours_ms=mine,
+                    note="torch fallback" if fallback else "our kernel",
+                )
+            )
             if fallback:  # what the kernel alone would give on this path
                 with attn.force_kernel():
                     base, mine = _pair(baseline, ours, iters)
-                rows.append(dict(op="attention", case=f"{name} fp32 (kernel)", torch_ms=base, ours_ms=mine,
-                                 note="not used: slower than torch"))
+                rows.append(
+                    dict(
+                        op="attention",
+                        case=f"{name} fp32 (kernel)",
+                        torch_ms=base,
+                        ours_ms=mine,
+                        note="not used: slower than torch",
+                    )
+                )
     return rows
 
 
@@ -94,8 +119,11 @@ def bench_norm(iters):
     rows = []
     g = torch.Generator().manual_seed(1)
     for R in (17, 512):
-        x, add, w = (torch.randn(R, 2048, generator=g), torch.randn(R, 2048, generator=g),
-                     torch.randn(2048, generator=g))
+        x, add, w = (
+            torch.randn(R, 2048, generator=g),
+            torch.randn(R, 2048, generator=g),
+            torch.randn(2048, generator=g),
+        )
 
         def hf():  # HF Llama: residual add, then LlamaRMSNorm's ops
             h = x + add
@@ -104,8 +132,15 @@ def bench_norm(iters):
 
         xs = x.clone()
         base, ours = _pair(hf, lambda: rms_norm(xs.copy_(x), w, 1e-5, add), iters)
-        rows.append(dict(op="norm", case=f"[{R},2048]+add fp32", torch_ms=base, ours_ms=ours,
-                         note="ours includes a copy_ of x"))
+        rows.append(
+            dict(
+                op="norm",
+                case=f"[{R},2048]+add fp32",
+                torch_ms=base,
+                ours_ms=ours,
+                note="ours includes a copy_ of x",
+            )
+        )
     return rows
 
 
@@ -149,10 +184,18 @@ def child(args):
 
 # ---- the parent: one child per path, one table ------------------------------------------------
 
+
 def run_path(path, args):
     env = dict(os.environ, FLUID_RT_CPU_ISA=path, OMP_NUM_THREADS=str(args.threads))
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--threads", str(args.threads), "--iters",
-           str(args.iters)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        "--threads",
+        str(args.threads),
+        "--iters",
+        str(args.iters),
+    ]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -161,8 +204,11 @@ def run_model_benchmarks(path, args):
     env = dict(os.environ, FLUID_RT_CPU_ISA=path, OMP_NUM_THREADS=str(args.threads))
     for script, extra in (("bench_linear.py", []), ("bench_model.py", ["--repeats", "3"])):
         print(f"\n=== {script} on path {path}", flush=True)
-        subprocess.run([sys.executable, os.path.join(HERE, script), "--threads", str(args.threads), *extra],
-                       env=env, check=False)
+        subprocess.run(
+            [sys.executable, os.path.join(HERE, script), "--threads", str(args.threads), *extra],
+            env=env,
+            check=False,
+        )
 
 
 def main():
@@ -170,7 +216,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=20, help="timed pairs per case")
     ap.add_argument("--paths", default="", help="comma list (default: every path this machine supports)")
-    ap.add_argument("--model", action="store_true", help="also run bench_linear.py and bench_model.py per path")
+    ap.add_argument(
+        "--model", action="store_true", help="also run bench_linear.py and bench_model.py per path"
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -184,9 +232,13 @@ def main():
     if args.json:
         print(json.dumps(dict(build=fluid_rt.build_info(), threads=args.threads, results=results), indent=2))
     else:
-        print(f"fluid_rt CPU ops per path, {args.threads} threads, medians of {args.iters} alternated pairs; "
-              "ratio = torch ms / ours ms (> 1: fluid_rt faster)")
-        hdr = f"{'op':<10} {'case':<32} " + " ".join(f"{p + ' torch/ours ms':>24} {'ratio':>6}" for p in paths)
+        print(
+            f"fluid_rt CPU ops per path, {args.threads} threads, medians of {args.iters} alternated pairs; "
+            "ratio = torch ms / ours ms (> 1: fluid_rt faster)"
+        )
+        hdr = f"{'op':<10} {'case':<32} " + " ".join(
+            f"{p + ' torch/ours ms':>24} {'ratio':>6}" for p in paths
+        )
         print(hdr)
         print("-" * len(hdr))
         keys = [(r["op"], r["case"]) for r in results[paths[0]]]
@@ -196,8 +248,11 @@ def main():
             line = f"{op:<10} {case:<32} "
             for p in paths:
                 r = next((r for r in results[p] if (r["op"], r["case"]) == (op, case)), None)
-                line += (f"{r['torch_ms']:>11.3f} / {r['ours_ms']:>10.3f} {r['ratio']:>5.2f}x " if r
-                         else f"{'-':>24} {'':>6} ")
+                line += (
+                    f"{r['torch_ms']:>11.3f} / {r['ours_ms']:>10.3f} {r['ratio']:>5.2f}x "
+                    if r
+                    else f"{'-':>24} {'':>6} "
+                )
             print(line)
         notes = {(p, r["op"], r["case"]): r["note"] for p in paths for r in results[p] if r["note"]}
         for (p, op, case), note in notes.items():

@@ -51,8 +51,12 @@ def kernel_name(dtype) -> str:
 def model_shapes(layers, hidden, heads, kv_heads, intermediate, vocab):
     """(out, in) of every matmul of one forward, in order: fused qkv, o, fused gate/up, down; lm_head."""
     head_dim = hidden // heads
-    layer = [(hidden + 2 * kv_heads * head_dim, hidden), (hidden, hidden),
-             (2 * intermediate, hidden), (hidden, intermediate)]
+    layer = [
+        (hidden + 2 * kv_heads * head_dim, hidden),
+        (hidden, hidden),
+        (2 * intermediate, hidden),
+        (hidden, intermediate),
+    ]
     return layer * layers + [(vocab, hidden)]
 
 
@@ -63,8 +67,12 @@ def main():
     ap.add_argument("--rows", default="1,4,8,12,17,24,33")
     ap.add_argument("--iters", type=int, default=15)
     ap.add_argument("--shapes", choices=sorted(SHAPES), default="decode8")
-    ap.add_argument("--isa", choices=["portable", "avx2", "avx512"], default=None,
-                    help="our CPU path (default: FLUID_RT_CPU_ISA, else the best one)")
+    ap.add_argument(
+        "--isa",
+        choices=["portable", "avx2", "avx512"],
+        default=None,
+        help="our CPU path (default: FLUID_RT_CPU_ISA, else the best one)",
+    )
     ap.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     a = ap.parse_args()
     if a.isa:
@@ -73,7 +81,7 @@ def main():
     gen = torch.Generator().manual_seed(0)
     shapes = model_shapes(*SHAPES[a.shapes])
     dtype = getattr(torch, a.dtype)
-    weights = [(torch.randn(n, k, generator=gen) * k ** -0.5).to(dtype) for n, k in shapes]
+    weights = [(torch.randn(n, k, generator=gen) * k**-0.5).to(dtype) for n, k in shapes]
     packed = [pack_linear_weight(w) for w in weights]
     w_in_out = [w.t().contiguous() for w in weights]
     del weights  # each implementation keeps only its own copy, as the model would
@@ -88,20 +96,40 @@ def main():
         ms_mm, ms_linear, ms_ours = [], [], []
         for _ in range(3):  # alternating rounds: load from other processes hits both sides alike
             ms_mm.append(median_ms(lambda: [torch.mm(x, w) for x, w in zip(xs, w_in_out)], iters=a.iters))
-            ms_linear.append(median_ms(lambda: [F.linear(x, w.t()) for x, w in zip(xs, w_in_out)],
-                                       iters=a.iters))
-            ms_ours.append(median_ms(lambda: [packed_linear(x, p) for x, p in zip(xs, packed)],
-                                     iters=a.iters))
+            ms_linear.append(
+                median_ms(lambda: [F.linear(x, w.t()) for x, w in zip(xs, w_in_out)], iters=a.iters)
+            )
+            ms_ours.append(
+                median_ms(lambda: [packed_linear(x, p) for x, p in zip(xs, packed)], iters=a.iters)
+            )
         base, ms_ours = min(min(ms_mm), min(ms_linear)), min(ms_ours)
-        rows.append({"rows": M, "torch_ms": base, "fluid_ms": ms_ours,
-                     "fluid_GB_s": weight_bytes / ms_ours / 1e6, "ratio": base / ms_ours})
+        rows.append(
+            {
+                "rows": M,
+                "torch_ms": base,
+                "fluid_ms": ms_ours,
+                "fluid_GB_s": weight_bytes / ms_ours / 1e6,
+                "ratio": base / ms_ours,
+            }
+        )
     path, kernel = fluid_rt.cpu_isa(), kernel_name(dtype)
-    title = (f"packed_linear vs torch matmul, cpu path {path} ({kernel}), {a.dtype}, {a.threads} threads, "
-             f"one {a.shapes} forward's matmuls ({weight_bytes / 1e6:.0f} MB of weights), "
-             f"best of 3 medians of {a.iters}")
+    title = (
+        f"packed_linear vs torch matmul, cpu path {path} ({kernel}), {a.dtype}, {a.threads} threads, "
+        f"one {a.shapes} forward's matmuls ({weight_bytes / 1e6:.0f} MB of weights), "
+        f"best of 3 medians of {a.iters}"
+    )
     if a.json:
-        emit_json("linear", "cpu", rows, dtype=a.dtype, threads=a.threads, weight_mb=weight_bytes / 1e6,
-                  cpu_isa=path, kernel=kernel, shapes=a.shapes)
+        emit_json(
+            "linear",
+            "cpu",
+            rows,
+            dtype=a.dtype,
+            threads=a.threads,
+            weight_mb=weight_bytes / 1e6,
+            cpu_isa=path,
+            kernel=kernel,
+            shapes=a.shapes,
+        )
         return
     print_table(title, rows, ["rows", "torch_ms", "fluid_ms", "fluid_GB_s", "ratio"])
     ratios = ",".join(f"{r['rows']}:{r['ratio']:.2f}" for r in rows)

@@ -37,12 +37,14 @@ import fluid_rt  # noqa: E402
 from fluid_rt.decode import DecodeConfig, Decoder  # noqa: E402
 from fluid_rt.loader import load_model  # noqa: E402
 
-TEXT = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
-        "combined movable metal type, oil-based inks and a wooden press adapted from wine making. "
-        "Within fifty years, presses were operating in more than two hundred cities across Europe, "
-        "and the price of books fell so far that reading spread well beyond monasteries and "
-        "universities. Printers standardized spelling, numbered pages and added indexes, and "
-        "scholars could compare identical copies of a text for the first time. ")
+TEXT = (
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
+    "combined movable metal type, oil-based inks and a wooden press adapted from wine making. "
+    "Within fifty years, presses were operating in more than two hundred cities across Europe, "
+    "and the price of books fell so far that reading spread well beyond monasteries and "
+    "universities. Printers standardized spelling, numbered pages and added indexes, and "
+    "scholars could compare identical copies of a text for the first time. "
+)
 
 
 def prompt_ids(tokenizer, n: int) -> list[int]:
@@ -70,13 +72,23 @@ def bench_llama_cpp(path: str, prompt: list[int], new_tokens: int, threads: int,
     try:
         import llama_cpp
     except ImportError:
-        print("bench_llamacpp: llama_cpp (llama-cpp-python) is not installed: skipping the llama.cpp "
-              "baseline (pip install llama-cpp-python; it builds llama.cpp from source)", file=sys.stderr)
+        print(
+            "bench_llamacpp: llama_cpp (llama-cpp-python) is not installed: skipping the llama.cpp "
+            "baseline (pip install llama-cpp-python; it builds llama.cpp from source)",
+            file=sys.stderr,
+        )
         return None
     import numpy as np
 
-    llm = llama_cpp.Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512,
-                          n_batch=512, n_ubatch=512, verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=path,
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_ctx=512,
+        n_batch=512,
+        n_ubatch=512,
+        verbose=False,
+    )
     tokens: list[int] = []
 
     def prefill():
@@ -101,6 +113,7 @@ def bench_llama_cpp(path: str, prompt: list[int], new_tokens: int, threads: int,
 
 def bench_fluid(dec: Decoder, prompt: list[int], new_tokens: int, repeats: int):
     """(prefill seconds, decode seconds for new_tokens, greedy tokens)."""
+
     def run(n):
         out, _ = dec.generate([prompt], DecodeConfig(mode="ar", max_new_tokens=n))
         return out[0].tokens
@@ -117,11 +130,18 @@ def main(argv=None) -> None:
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--isa", default=",".join(reversed(fluid_rt._C.cpu_isas_supported())),
-                    help="fluid_rt CPU paths to run, comma-separated (default: every supported one)")
+    ap.add_argument(
+        "--isa",
+        default=",".join(reversed(fluid_rt._C.cpu_isas_supported())),
+        help="fluid_rt CPU paths to run, comma-separated (default: every supported one)",
+    )
     ap.add_argument("--weights", choices=["quantized", "float"], default="quantized")
-    ap.add_argument("--clock", choices=["wall", "process"], default="wall",
-                    help="process: CPU time of this process (use with --threads 1 on a loaded machine)")
+    ap.add_argument(
+        "--clock",
+        choices=["wall", "process"],
+        default="wall",
+        help="process: CPU time of this process (use with --threads 1 on a loaded machine)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     global CLOCK
@@ -135,27 +155,43 @@ def main(argv=None) -> None:
     rows = []
     base = bench_llama_cpp(path, prompt, n, args.threads, args.repeats)
     if base is not None:
-        rows.append({"impl": "llama.cpp", "prefill_tok_s": len(prompt) / base[0], "decode_tok_s": n / base[1],
-                     "prefill_ratio": 1.0, "decode_ratio": 1.0, "same_tokens": n})
+        rows.append(
+            {
+                "impl": "llama.cpp",
+                "prefill_tok_s": len(prompt) / base[0],
+                "decode_tok_s": n / base[1],
+                "prefill_ratio": 1.0,
+                "decode_ratio": 1.0,
+                "same_tokens": n,
+            }
+        )
     dec = Decoder(loaded.model, max_seq=len(prompt) + n + 8)
     for isa in args.isa.split(","):
         with fluid_rt.use_cpu_isa(isa):
             t_pre, t_dec, toks = bench_fluid(dec, prompt, n, args.repeats)
-        r = {"impl": f"fluid_rt {args.weights} {isa}", "prefill_tok_s": len(prompt) / t_pre,
-             "decode_tok_s": n / t_dec}
+        r = {
+            "impl": f"fluid_rt {args.weights} {isa}",
+            "prefill_tok_s": len(prompt) / t_pre,
+            "decode_tok_s": n / t_dec,
+        }
         if base is not None:
             r["prefill_ratio"] = r["prefill_tok_s"] / rows[0]["prefill_tok_s"]
             r["decode_ratio"] = r["decode_tok_s"] / rows[0]["decode_tok_s"]
             # greedy agreement with llama.cpp (informative: both quantize activations, differently)
             r["same_tokens"] = next((i for i, (a, b) in enumerate(zip(toks, base[2])) if a != b), n)
         rows.append(r)
-    title = (f"{path.rsplit('/', 1)[-1]}: {len(prompt)}-token prompt, {n} new tokens, {args.threads} "
-             f"threads, {args.clock} clock (medians of {args.repeats}; ratios = fluid_rt / llama.cpp)")
+    title = (
+        f"{path.rsplit('/', 1)[-1]}: {len(prompt)}-token prompt, {n} new tokens, {args.threads} "
+        f"threads, {args.clock} clock (medians of {args.repeats}; ratios = fluid_rt / llama.cpp)"
+    )
     if args.json:
         emit_json("llamacpp", "cpu", rows, threads=args.threads, prompt_tokens=len(prompt), new_tokens=n)
     else:
-        print_table(title, rows, ["impl", "prefill_tok_s", "decode_tok_s", "prefill_ratio", "decode_ratio",
-                                  "same_tokens"])
+        print_table(
+            title,
+            rows,
+            ["impl", "prefill_tok_s", "decode_tok_s", "prefill_ratio", "decode_ratio", "same_tokens"],
+        )
 
 
 if __name__ == "__main__":

@@ -48,13 +48,22 @@ def hf_model(cfg, state, dtype):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps,
-        rope_theta=cfg.rope_theta, max_position_embeddings=cfg.max_position_embeddings,
-        tie_word_embeddings=cfg.tie_word_embeddings, bos_token_id=cfg.bos_token_id,
-        eos_token_id=list(cfg.eos_token_ids), pad_token_id=cfg.pad_token_id,
-        attention_bias=cfg.attention_bias, mlp_bias=cfg.mlp_bias,
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim,
+        rms_norm_eps=cfg.rms_norm_eps,
+        rope_theta=cfg.rope_theta,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        bos_token_id=cfg.bos_token_id,
+        eos_token_id=list(cfg.eos_token_ids),
+        pad_token_id=cfg.pad_token_id,
+        attention_bias=cfg.attention_bias,
+        mlp_bias=cfg.mlp_bias,
     )
     model = LlamaForCausalLM(config).to(dtype)  # (not on meta: the RoPE buffer is not in the state dict)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -69,8 +78,10 @@ def prompt_ids(tok, n):
     marker = "\x00"
     head, tail = tok.apply_chat_template([{"role": "user", "content": marker}]).split(marker)
     head, tail = tok.encode(head), tok.encode(tail)
-    text = ("Here are my notes on European capitals: Paris is the capital of France, Berlin of Germany, "
-            "Madrid of Spain and Rome of Italy. ") * 20 + "Summarize them in one sentence."
+    text = (
+        "Here are my notes on European capitals: Paris is the capital of France, Berlin of Germany, "
+        "Madrid of Spain and Rome of Italy. "
+    ) * 20 + "Summarize them in one sentence."
     body = tok.encode(text)
     keep = n - len(head) - len(tail)
     if keep < 1:
@@ -197,8 +208,12 @@ def main(argv=None):
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--profile", action="store_true", help="profile fluid_rt's decode step and exit")
-    p.add_argument("--isa", choices=["portable", "avx2", "avx512"], default=None,
-                   help="fluid_rt's CPU path (default: FLUID_RT_CPU_ISA, else the best one)")
+    p.add_argument(
+        "--isa",
+        choices=["portable", "avx2", "avx512"],
+        default=None,
+        help="fluid_rt's CPU path (default: FLUID_RT_CPU_ISA, else the best one)",
+    )
     args = p.parse_args(argv)
     if args.isa:
         set_cpu_isa(args.isa)
@@ -217,40 +232,61 @@ def main(argv=None):
             profile_decode(cfg, state, ids, getattr(torch, name))
         return
 
-    results = {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)", "threads": args.threads,
-               "cpu_isa": fluid_rt.cpu_isa(),
-               "prompt_tokens": args.prompt, "new_tokens": args.new, "repeats": args.repeats,
-               "torch": torch.__version__, "transformers": transformers.__version__, "rows": []}
+    results = {
+        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)",
+        "threads": args.threads,
+        "cpu_isa": fluid_rt.cpu_isa(),
+        "prompt_tokens": args.prompt,
+        "new_tokens": args.new,
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "rows": [],
+    }
     for name in args.dtypes.split(","):
         dtype = getattr(torch, name)
         rows, same, tokens = bench_dtype(cfg, state, ids, dtype, args.new, args.repeats)
         for metric, (base, ours) in rows.items():
             higher_is_better = metric.endswith("tok_s")
             ratio = ours / base if higher_is_better else base / ours
-            results["rows"].append({"dtype": name, "metric": metric, "transformers": base,
-                                    "fluid_rt": ours, "speedup": ratio})
+            results["rows"].append(
+                {"dtype": name, "metric": metric, "transformers": base, "fluid_rt": ours, "speedup": ratio}
+            )
         results.setdefault("same_greedy_tokens", {})[name] = same
         results.setdefault("greedy_text", {})[name] = tok.decode(tokens)
 
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"SmolLM2-135M, fluid_rt cpu path {fluid_rt.cpu_isa()}, threads={args.threads}, prompt={args.prompt}, "
-          f"new={args.new}, median of {args.repeats} (torch {torch.__version__}, transformers "
-          f"{transformers.__version__})")
+    print(
+        f"SmolLM2-135M, fluid_rt cpu path {fluid_rt.cpu_isa()}, threads={args.threads}, prompt={args.prompt}, "
+        f"new={args.new}, median of {args.repeats} (torch {torch.__version__}, transformers "
+        f"{transformers.__version__})"
+    )
     print(f"{'dtype':<9} {'metric':<16} {'transformers':>13} {'fluid_rt':>10} {'speedup':>8}")
     for r in results["rows"]:
-        print(f"{r['dtype']:<9} {r['metric']:<16} {r['transformers']:>13.2f} {r['fluid_rt']:>10.2f} "
-              f"{r['speedup']:>7.2f}x")
-    print("speedup = fluid_rt / transformers for tok/s, transformers / fluid_rt for ms; "
-          "generate_tok_s baseline is transformers' generate() (its prefill subtracted)")
+        print(
+            f"{r['dtype']:<9} {r['metric']:<16} {r['transformers']:>13.2f} {r['fluid_rt']:>10.2f} "
+            f"{r['speedup']:>7.2f}x"
+        )
+    print(
+        "speedup = fluid_rt / transformers for tok/s, transformers / fluid_rt for ms; "
+        "generate_tok_s baseline is transformers' generate() (its prefill subtracted)"
+    )
     for name, same in results["same_greedy_tokens"].items():
         print(f"{name}: greedy tokens identical to transformers: {same}")
     for name in args.dtypes.split(","):
-        got = {r["metric"].rsplit("_", 2)[0] if r["metric"].endswith("_tok_s") else r["metric"][:-3]:
-               r["speedup"] for r in results["rows"] if r["dtype"] == name}
-        print(f"summary model path={fluid_rt.cpu_isa()} dtype={name} "
-              + " ".join(f"{k}={v:.2f}" for k, v in got.items()))
+        got = {
+            r["metric"].rsplit("_", 2)[0] if r["metric"].endswith("_tok_s") else r["metric"][:-3]: r[
+                "speedup"
+            ]
+            for r in results["rows"]
+            if r["dtype"] == name
+        }
+        print(
+            f"summary model path={fluid_rt.cpu_isa()} dtype={name} "
+            + " ".join(f"{k}={v:.2f}" for k, v in got.items())
+        )
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ def median_ms(fn, *, iters: int = 50, warmup: int = 5, sync=None) -> float:
 def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
     """A fixed-width table of ``rows`` (dicts) with the given columns, floats to 3 significant
     decimals."""
+
     def fmt(v):
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 

@@ -35,14 +35,27 @@ import torch
 from safetensors.torch import save_file
 
 
-def make_state_dict(*, layers: int, hidden: int, heads: int, kv_heads: int, intermediate: int,
-                    vocab: int, max_k: int, seed: int, lm_head_scale: float,
-                    mask_embed_scale: float, embed_scale: float,
-                    q_scale: float) -> tuple[dict, dict]:
+def make_state_dict(
+    *,
+    layers: int,
+    hidden: int,
+    heads: int,
+    kv_heads: int,
+    intermediate: int,
+    vocab: int,
+    max_k: int,
+    seed: int,
+    lm_head_scale: float,
+    mask_embed_scale: float,
+    embed_scale: float,
+    q_scale: float,
+) -> tuple[dict, dict]:
     """-> (model state dict with HF Llama names, K-head state dict), all float32, deterministic."""
     if hidden % heads or heads % kv_heads:
-        raise ValueError(f"heads: need hidden % heads == 0 and heads % kv_heads == 0 "
-                         f"(hidden {hidden}, heads {heads}, kv_heads {kv_heads})")
+        raise ValueError(
+            f"heads: need hidden % heads == 0 and heads % kv_heads == 0 "
+            f"(hidden {hidden}, heads {heads}, kv_heads {kv_heads})"
+        )
     if hidden % 4:
         raise ValueError(f"hidden: must be divisible by 4 for the K-head, got {hidden}")
     g = torch.Generator().manual_seed(seed)
@@ -54,7 +67,7 @@ def make_state_dict(*, layers: int, hidden: int, heads: int, kv_heads: int, inte
     def linear(out_f, in_f):
         # 1/sqrt(fan_in): every layer changes the residual stream by O(1), so attention actually
         # mixes context into each position (std 0.02 would leave a bigram model).
-        return randn(out_f, in_f, std=in_f ** -0.5)
+        return randn(out_f, in_f, std=in_f**-0.5)
 
     sd = {}
     mask_id = vocab - 1
@@ -77,7 +90,7 @@ def make_state_dict(*, layers: int, hidden: int, heads: int, kv_heads: int, inte
         sd[p + "mlp.up_proj.weight"] = linear(intermediate, hidden)
         sd[p + "mlp.down_proj.weight"] = linear(hidden, intermediate)
     sd["model.norm.weight"] = torch.ones(hidden)
-    lm_head = randn(vocab, hidden, std=lm_head_scale * hidden ** -0.5)
+    lm_head = randn(vocab, hidden, std=lm_head_scale * hidden**-0.5)
     lm_head[mask_id] = 0.0  # a FLUID model never emits its mask token
     sd["lm_head.weight"] = lm_head
 
@@ -85,9 +98,9 @@ def make_state_dict(*, layers: int, hidden: int, heads: int, kv_heads: int, inte
     k_bias = randn(max_k, std=0.5)
     k_bias[: min(3, max_k)] -= 20.0  # K = 1..3 never proposed
     khead = {
-        "diffusion_k_head.0.weight": randn(inner, hidden, std=hidden ** -0.5),
+        "diffusion_k_head.0.weight": randn(inner, hidden, std=hidden**-0.5),
         "diffusion_k_head.0.bias": randn(inner, std=0.1),
-        "diffusion_k_head.2.weight": randn(max_k, inner, std=3.0 * inner ** -0.5),
+        "diffusion_k_head.2.weight": randn(max_k, inner, std=3.0 * inner**-0.5),
         "diffusion_k_head.2.bias": k_bias,
     }
     return sd, khead
@@ -114,7 +127,9 @@ def calibrate_khead(sd: dict, khead: dict, config: dict, seed: int, n_tokens: in
     ids = torch.randint(0, config["vocab_size"] - 1, (1, n_tokens), generator=g)
     with torch.no_grad():
         h = model.model(input_ids=ids).last_hidden_state[0]  # [T, H], final-normed
-        z = torch.nn.functional.gelu(h @ khead["diffusion_k_head.0.weight"].T + khead["diffusion_k_head.0.bias"])
+        z = torch.nn.functional.gelu(
+            h @ khead["diffusion_k_head.0.weight"].T + khead["diffusion_k_head.0.bias"]
+        )
         logits = z @ khead["diffusion_k_head.2.weight"].T  # [T, max_k]
         mean, std = logits.mean(0), logits.std(0).clamp_min(1e-6)
         khead["diffusion_k_head.2.weight"] = khead["diffusion_k_head.2.weight"] * (2.0 / std)[:, None]
@@ -124,15 +139,38 @@ def calibrate_khead(sd: dict, khead: dict, config: dict, seed: int, n_tokens: in
         khead["diffusion_k_head.2.bias"] = bias
 
 
-def write_model(out: str, *, layers=8, hidden=512, heads=8, kv_heads=2, intermediate=1536,
-                vocab=32000, max_k=16, seed=0, lm_head_scale=12.0, embed_scale=0.1, q_scale=0.1,
-                mask_embed_scale=1.0,
-                rope_theta=1.6e7) -> int:
+def write_model(
+    out: str,
+    *,
+    layers=8,
+    hidden=512,
+    heads=8,
+    kv_heads=2,
+    intermediate=1536,
+    vocab=32000,
+    max_k=16,
+    seed=0,
+    lm_head_scale=12.0,
+    embed_scale=0.1,
+    q_scale=0.1,
+    mask_embed_scale=1.0,
+    rope_theta=1.6e7,
+) -> int:
     """Write the model directory; returns its size in bytes."""
-    sd, khead = make_state_dict(layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads,
-                                intermediate=intermediate, vocab=vocab, max_k=max_k, seed=seed,
-                                lm_head_scale=lm_head_scale, mask_embed_scale=mask_embed_scale,
-                                embed_scale=embed_scale, q_scale=q_scale)
+    sd, khead = make_state_dict(
+        layers=layers,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=kv_heads,
+        intermediate=intermediate,
+        vocab=vocab,
+        max_k=max_k,
+        seed=seed,
+        lm_head_scale=lm_head_scale,
+        mask_embed_scale=mask_embed_scale,
+        embed_scale=embed_scale,
+        q_scale=q_scale,
+    )
     config = {
         "architectures": ["PanguEmbeddedForCausalLM"],
         "model_type": "PanguEmbedded",
@@ -159,8 +197,11 @@ def write_model(out: str, *, layers=8, hidden=512, heads=8, kv_heads=2, intermed
         json.dump(config, f, indent=2)
     with open(os.path.join(out, "fluid.json"), "w") as f:
         json.dump({"mask_token_id": vocab - 1, "max_k": max_k, "end_of_think_token_id": None}, f, indent=2)
-    save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(out, "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in sd.items()},
+        os.path.join(out, "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     torch.save(khead, os.path.join(out, "model_head.bin"))
     return sum(os.path.getsize(os.path.join(out, n)) for n in os.listdir(out))
 
@@ -176,25 +217,42 @@ def main(argv=None):
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--max-k", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--lm-head-scale", type=float, default=12.0,
-                    help="std of the logits (final hidden is unit RMS): higher = peakier")
+    ap.add_argument(
+        "--lm-head-scale",
+        type=float,
+        default=12.0,
+        help="std of the logits (final hidden is unit RMS): higher = peakier",
+    )
     ap.add_argument("--embed-scale", type=float, default=0.1, help="std of the token embeddings")
     ap.add_argument("--q-scale", type=float, default=0.1, help="scale of q_proj (low = flat attention)")
     ap.add_argument("--mask-embed-scale", type=float, default=1.0, help="extra factor on the mask embedding")
     ap.add_argument("--rope-theta", type=float, default=1.6e7)
     args = ap.parse_args(argv)
-    size = write_model(args.out, layers=args.layers, hidden=args.hidden, heads=args.heads,
-                       kv_heads=args.kv_heads, intermediate=args.intermediate or 3 * args.hidden,
-                       vocab=args.vocab, max_k=args.max_k, seed=args.seed,
-                       lm_head_scale=args.lm_head_scale, mask_embed_scale=args.mask_embed_scale,
-                       embed_scale=args.embed_scale, q_scale=args.q_scale,
-                       rope_theta=args.rope_theta)
+    size = write_model(
+        args.out,
+        layers=args.layers,
+        hidden=args.hidden,
+        heads=args.heads,
+        kv_heads=args.kv_heads,
+        intermediate=args.intermediate or 3 * args.hidden,
+        vocab=args.vocab,
+        max_k=args.max_k,
+        seed=args.seed,
+        lm_head_scale=args.lm_head_scale,
+        mask_embed_scale=args.mask_embed_scale,
+        embed_scale=args.embed_scale,
+        q_scale=args.q_scale,
+        rope_theta=args.rope_theta,
+    )
     n_params = args.vocab * args.hidden * 2 + args.layers * (
         2 * args.hidden * args.hidden * (1 + args.kv_heads / args.heads)
-        + 3 * args.hidden * (args.intermediate or 3 * args.hidden))
-    print(f"wrote {args.out}: {size / 2**20:.1f} MiB, ~{n_params / 1e6:.1f} M parameters "
-          f"(layers {args.layers}, hidden {args.hidden}, heads {args.heads}/{args.kv_heads}, "
-          f"vocab {args.vocab}, mask_token_id {args.vocab - 1}, seed {args.seed})")
+        + 3 * args.hidden * (args.intermediate or 3 * args.hidden)
+    )
+    print(
+        f"wrote {args.out}: {size / 2**20:.1f} MiB, ~{n_params / 1e6:.1f} M parameters "
+        f"(layers {args.layers}, hidden {args.hidden}, heads {args.heads}/{args.kv_heads}, "
+        f"vocab {args.vocab}, mask_token_id {args.vocab - 1}, seed {args.seed})"
+    )
 
 
 if __name__ == "__main__":

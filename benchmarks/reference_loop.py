@@ -96,7 +96,7 @@ def load_khead(model_dir: str, hidden_size: int, dtype: torch.dtype) -> torch.nn
         raw = torch.load(bin_path, map_location="cpu", weights_only=True)
     else:
         raise FileNotFoundError(f"{model_dir}: no model_head.bin / model_head.safetensors (the K-head)")
-    sd = {k[len(KHEAD_PREFIX):]: v for k, v in raw.items() if k.startswith(KHEAD_PREFIX)}
+    sd = {k[len(KHEAD_PREFIX) :]: v for k, v in raw.items() if k.startswith(KHEAD_PREFIX)}
     if set(sd) != {"0.weight", "0.bias", "2.weight", "2.bias"}:
         raise ValueError(f"K-head: expected keys {KHEAD_PREFIX}{{0,2}}.{{weight,bias}}, got {sorted(raw)}")
     inner, max_k = sd["0.weight"].shape[0], sd["2.weight"].shape[0]
@@ -109,8 +109,9 @@ def load_khead(model_dir: str, hidden_size: int, dtype: torch.dtype) -> torch.nn
     return khead.to(dtype).eval()
 
 
-def load_hf_fluid_model(model_dir: str, dtype: torch.dtype = torch.float32, device="cpu",
-                        attn_implementation: str = "sdpa"):
+def load_hf_fluid_model(
+    model_dir: str, dtype: torch.dtype = torch.float32, device="cpu", attn_implementation: str = "sdpa"
+):
     """A FLUID checkpoint directory (HF layout) -> (LlamaForCausalLM, K-head), both eval, on `device`.
 
     `config.json` with model_type "PanguEmbedded" is mapped to a LlamaConfig with
@@ -166,9 +167,19 @@ def _horizon(khead, h_last: torch.Tensor, min_block: int, block_size: int) -> in
 
 
 @torch.no_grad()
-def reference_generate(hf_model, khead, prompt_ids, *, mask_token_id: int, eos_token_id=None,
-                       threshold: float = 0.9, block_size: int = 16, min_block: int = 4,
-                       remask: bool = True, max_new_tokens: int = 64) -> dict:
+def reference_generate(
+    hf_model,
+    khead,
+    prompt_ids,
+    *,
+    mask_token_id: int,
+    eos_token_id=None,
+    threshold: float = 0.9,
+    block_size: int = 16,
+    min_block: int = 4,
+    remask: bool = True,
+    max_new_tokens: int = 64,
+) -> dict:
     """Decode one sequence with the FLUID reference loop (docs/spec/decoding.md, batch size 1).
 
     Returns dict(tokens=[new token ids, EOS included when hit; may exceed max_new_tokens like the
@@ -180,9 +191,14 @@ def reference_generate(hf_model, khead, prompt_ids, *, mask_token_id: int, eos_t
     if not prompt_ids:
         raise ValueError("prompt_ids: empty")
     if not 1 <= min_block <= block_size:
-        raise ValueError(f"min_block/block_size: need 1 <= min_block <= block_size, got {min_block}, {block_size}")
-    eos = set() if eos_token_id is None else (
-        {int(eos_token_id)} if isinstance(eos_token_id, int) else {int(e) for e in eos_token_id})
+        raise ValueError(
+            f"min_block/block_size: need 1 <= min_block <= block_size, got {min_block}, {block_size}"
+        )
+    eos = (
+        set()
+        if eos_token_id is None
+        else ({int(eos_token_id)} if isinstance(eos_token_id, int) else {int(e) for e in eos_token_id})
+    )
     run = _Counter(hf_model)
     cache = DynamicCache(config=hf_model.config)
 
@@ -273,16 +289,24 @@ def trace_stats(result: dict) -> dict:
 
 
 def _dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-            "float64": torch.float64}[name]
+    return {
+        "float32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+        "float64": torch.float64,
+    }[name]
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="checkpoint directory (HF layout + model_head.bin)")
     ap.add_argument("--prompt-ids", required=True, help="comma-separated token ids")
-    ap.add_argument("--mask-token-id", type=int, default=None,
-                    help="default: fluid.json's mask_token_id, else vocab_size - 1")
+    ap.add_argument(
+        "--mask-token-id",
+        type=int,
+        default=None,
+        help="default: fluid.json's mask_token_id, else vocab_size - 1",
+    )
     ap.add_argument("--eos-token-id", type=int, default=None)
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--block-size", type=int, default=16)
@@ -305,10 +329,18 @@ def main(argv=None):
             mask = model.config.vocab_size - 1
     prompt = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
     t0 = time.perf_counter()
-    res = reference_generate(model, khead, prompt, mask_token_id=mask, eos_token_id=args.eos_token_id,
-                             threshold=args.threshold, block_size=args.block_size,
-                             min_block=args.min_block, remask=not args.no_remask,
-                             max_new_tokens=args.max_new_tokens)
+    res = reference_generate(
+        model,
+        khead,
+        prompt,
+        mask_token_id=mask,
+        eos_token_id=args.eos_token_id,
+        threshold=args.threshold,
+        block_size=args.block_size,
+        min_block=args.min_block,
+        remask=not args.no_remask,
+        max_new_tokens=args.max_new_tokens,
+    )
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -323,7 +355,9 @@ def main(argv=None):
         mm = "-" if b["mismatch"] is None else b["mismatch"]
         print(f"  {i:>5} {b['K']:>3} {b['draft_passes']:>6} {b['committed']:>9} {mm:>8}")
     print("forwards:", res["forwards"])
-    print("stats:", ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
+    print(
+        "stats:", ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items())
+    )
     print(f"seconds: {seconds:.3f}")
 
 

@@ -1,6 +1,6 @@
 """Print the benchmark JSON documents (benchmarks/common.py emit_json) as one short table each.
 
-    python benchmarks/summarize.py out/bench_*.json
+python benchmarks/summarize.py out/bench_*.json
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ def main(paths: list[str]) -> None:
             rows = doc.get("rows") or doc.get("results") or doc.get("cases") or []
             print(f"-- {doc.get('benchmark', path)} on {doc.get('device', '?')}")
             for r in rows:
-                print("   " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                        for k, v in r.items()))
+                print(
+                    "   "
+                    + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items())
+                )
 
 
 if __name__ == "__main__":

@@ -16,18 +16,20 @@ namespace {
 
 // The rules across arguments that the table cannot say.
 void check_attention_rules(const at::Tensor& q, const at::Tensor& k_cache, const std::optional<at::Tensor>& k,
-                           const std::optional<at::Tensor>& v, const std::optional<at::Tensor>& cache_batch_idx) {
+                           const std::optional<at::Tensor>& v,
+                           const std::optional<at::Tensor>& cache_batch_idx) {
   const int64_t B = q.size(0), T = q.size(1), Hq = q.size(2), D = q.size(3);
   const int64_t Bc = k_cache.size(0), S_max = k_cache.size(1), Hkv = k_cache.size(2);
   FLUID_CHECK_VALUE(attention_head_dim_supported(D),
                     "q: head dim (dim 3) must be one of 16, 32, 64, 80, 96, 128, 256, got ", D);
-  FLUID_CHECK_VALUE(Hq % Hkv == 0, "q: the number of query heads (", Hq, ") must be a multiple of the kv heads of ",
-                    "k_cache (", Hkv, ")");
+  FLUID_CHECK_VALUE(Hq % Hkv == 0, "q: the number of query heads (", Hq,
+                    ") must be a multiple of the kv heads of ", "k_cache (", Hkv, ")");
   FLUID_CHECK_VALUE(k.has_value() == v.has_value(), k.has_value() ? "v" : "k",
                     ": k and v must be given together (both or neither)");
-  FLUID_CHECK_VALUE(T <= S_max, "q: ", T, " query tokens cannot fit a cache of length ", S_max, " (k_cache dim 1)");
-  FLUID_CHECK_VALUE(cache_batch_idx.has_value() || Bc >= B, "k_cache: has ", Bc, " rows (dim 0) but q has ", B,
-                    " (pass cache_batch_idx to map query rows to cache rows)");
+  FLUID_CHECK_VALUE(T <= S_max, "q: ", T, " query tokens cannot fit a cache of length ", S_max,
+                    " (k_cache dim 1)");
+  FLUID_CHECK_VALUE(cache_batch_idx.has_value() || Bc >= B, "k_cache: has ", Bc, " rows (dim 0) but q has ",
+                    B, " (pass cache_batch_idx to map query rows to cache rows)");
 }
 
 }  // namespace
@@ -93,15 +95,17 @@ void check_host_values(const CausalAttentionParams& p) {
   for (int64_t b = 0; b < p.batch; ++b) {
     const int64_t len = p.cache_seqlens[b];
     FLUID_CHECK_VALUE(len >= 0 && len + p.seqlen_q <= p.cache_len, "cache_seqlens: row ", b, " has ", len,
-                      " cached tokens; with ", p.seqlen_q, " query tokens it needs 0 <= cache_seqlens[b] <= ",
-                      p.cache_len - p.seqlen_q, " (k_cache dim 1 is ", p.cache_len, ")");
+                      " cached tokens; with ", p.seqlen_q,
+                      " query tokens it needs 0 <= cache_seqlens[b] <= ", p.cache_len - p.seqlen_q,
+                      " (k_cache dim 1 is ", p.cache_len, ")");
     if (!p.cache_batch_idx) continue;
     const int64_t row = p.cache_batch_idx[b];
     FLUID_CHECK_VALUE(row >= 0 && row < p.cache_batch, "cache_batch_idx: entry ", b, " is ", row,
                       ", out of range for ", p.cache_batch, " cache rows (k_cache dim 0)");
     if (writer.empty()) continue;
-    FLUID_CHECK_VALUE(writer[row] < 0, "cache_batch_idx: entries ", writer[row], " and ", b, " are both cache row ",
-                      row, ", and k/v are given: two query rows would write the same cache slots");
+    FLUID_CHECK_VALUE(writer[row] < 0, "cache_batch_idx: entries ", writer[row], " and ", b,
+                      " are both cache row ", row,
+                      ", and k/v are given: two query rows would write the same cache slots");
     writer[row] = b;
   }
 }

@@ -9,7 +9,8 @@
 namespace fluid_rt {
 
 inline constexpr char kCausalAttentionSchema[] =
-    "causal_attention(Tensor q, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor cache_seqlens, Tensor? k=None, "
+    "causal_attention(Tensor q, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor cache_seqlens, Tensor? "
+    "k=None, "
     "Tensor? v=None, Tensor? cache_batch_idx=None, float? softmax_scale=None) -> (Tensor out, Tensor lse)";
 
 inline constexpr ArgSpec kCausalAttentionArgs[] = {

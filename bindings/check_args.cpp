@@ -91,11 +91,12 @@ class DimBindings {
     const ShapeDims s = parse_shape(shape);
     const int64_t lead = t.dim() - s.count;
     if (s.leading) {
-      FLUID_CHECK_VALUE(lead >= 0, name, ": expected a tensor of shape ", shape_text(s), ", got shape ", t.sizes());
+      FLUID_CHECK_VALUE(lead >= 0, name, ": expected a tensor of shape ", shape_text(s), ", got shape ",
+                        t.sizes());
       check_leading(t, name, t.sizes().slice(0, lead));
     } else {
-      FLUID_CHECK_VALUE(lead == 0, name, ": expected a ", s.count, "-D tensor ", shape_text(s), ", got shape ",
-                        t.sizes());
+      FLUID_CHECK_VALUE(lead == 0, name, ": expected a ", s.count, "-D tensor ", shape_text(s),
+                        ", got shape ", t.sizes());
     }
     for (int i = 0; i < s.count; ++i) check_dim(t, name, lead + i, s.names[i], s.min[i]);
   }
@@ -112,8 +113,8 @@ class DimBindings {
       leading_ = sizes, leading_by_ = name;
       return;
     }
-    FLUID_CHECK_VALUE(sizes == leading_, name, ": expected the leading dims ", leading_, " (those of ", leading_by_,
-                      "), got shape ", t.sizes());
+    FLUID_CHECK_VALUE(sizes == leading_, name, ": expected the leading dims ", leading_, " (those of ",
+                      leading_by_, "), got shape ", t.sizes());
   }
 
   void check_dim(const at::Tensor& t, const char* name, int64_t d, std::string_view dim, int64_t min) {
@@ -158,8 +159,8 @@ std::optional<at::ScalarType> check_dtype_in(const at::Tensor& t, const char* na
   }
   const uint32_t allowed = set & ~kOpFloat;
   if (__builtin_popcount(allowed) == 1) {
-    FLUID_CHECK_VALUE(dtype_bit(type) & allowed, name, ": expected dtype ", kDtypeNames[__builtin_ctz(allowed)].type,
-                      ", got ", type);
+    FLUID_CHECK_VALUE(dtype_bit(type) & allowed, name, ": expected dtype ",
+                      kDtypeNames[__builtin_ctz(allowed)].type, ", got ", type);
   } else {
     FLUID_CHECK_VALUE(dtype_bit(type) & allowed, name, ": expected ", dtype_list(allowed), ", got ", type);
   }

@@ -4,9 +4,11 @@
 
 namespace fluid_rt {
 
-DraftCommitParams describe_draft_commit(const at::Tensor& block, const at::Tensor& step, const at::Tensor& drafting,
-                                        const at::Tensor& pred, const at::Tensor& score, const at::Tensor& horizon,
-                                        const at::Tensor& threshold, int64_t mask_token_id, bool score_is_entropy) {
+DraftCommitParams describe_draft_commit(const at::Tensor& block, const at::Tensor& step,
+                                        const at::Tensor& drafting, const at::Tensor& pred,
+                                        const at::Tensor& score, const at::Tensor& horizon,
+                                        const at::Tensor& threshold, int64_t mask_token_id,
+                                        bool score_is_entropy) {
   check_args(kDraftCommitSpec, {block, step, drafting, pred, score, horizon, threshold});
   DraftCommitParams p;
   p.block = block.data_ptr<int64_t>();
@@ -23,14 +25,15 @@ DraftCommitParams describe_draft_commit(const at::Tensor& block, const at::Tenso
   return p;
 }
 
-VerifyCommitParams describe_verify_commit(const at::Tensor& block, const at::Tensor& pred, const at::Tensor& horizon,
-                                          const at::Tensor& verifying, const at::Tensor& eos_ids,
-                                          const at::Tensor& remask, const at::Tensor& out_tokens,
-                                          const at::Tensor& out_len, const at::Tensor& budget, const at::Tensor& done,
+VerifyCommitParams describe_verify_commit(const at::Tensor& block, const at::Tensor& pred,
+                                          const at::Tensor& horizon, const at::Tensor& verifying,
+                                          const at::Tensor& eos_ids, const at::Tensor& remask,
+                                          const at::Tensor& out_tokens, const at::Tensor& out_len,
+                                          const at::Tensor& budget, const at::Tensor& done,
                                           const at::Tensor& pending, const at::Tensor& cache_seqlens,
                                           const at::Tensor& committed, const at::Tensor& mismatch) {
-  check_args(kVerifyCommitSpec, {block, pred, horizon, verifying, eos_ids, remask, out_tokens, out_len, budget, done,
-                                 pending, cache_seqlens, committed, mismatch});
+  check_args(kVerifyCommitSpec, {block, pred, horizon, verifying, eos_ids, remask, out_tokens, out_len,
+                                 budget, done, pending, cache_seqlens, committed, mismatch});
   VerifyCommitParams p;
   p.block = block.data_ptr<int64_t>();
   p.pred = pred.data_ptr<int64_t>();
@@ -61,9 +64,10 @@ void check_draft_values(const DraftCommitParams& p) {
   for (int64_t b = 0; b < p.batch; ++b) {
     if (!p.drafting[b]) continue;
     const int64_t K = p.horizon[b], s = p.step[b];
-    FLUID_CHECK_VALUE(K >= 1 && K <= p.kmax, "horizon: row ", b, " has K = ", K, ", outside [1, Kmax = ", p.kmax,
-                      "]");
-    FLUID_CHECK_VALUE(s >= 0 && s < K, "step: row ", b, " has step = ", s, ", outside [0, horizon = ", K, ")");
+    FLUID_CHECK_VALUE(K >= 1 && K <= p.kmax, "horizon: row ", b, " has K = ", K,
+                      ", outside [1, Kmax = ", p.kmax, "]");
+    FLUID_CHECK_VALUE(s >= 0 && s < K, "step: row ", b, " has step = ", s, ", outside [0, horizon = ", K,
+                      ")");
   }
 }
 
@@ -71,10 +75,10 @@ void check_verify_values(const VerifyCommitParams& p) {
   for (int64_t b = 0; b < p.batch; ++b) {
     if (!p.verifying[b] || p.done[b]) continue;
     const int64_t K = p.horizon[b], len = p.out_len[b], bud = p.budget[b];
-    FLUID_CHECK_VALUE(K >= 1 && K <= p.kmax, "horizon: row ", b, " has K = ", K, ", outside [1, Kmax = ", p.kmax,
-                      "]");
-    FLUID_CHECK_VALUE(len >= 0 && len <= bud, "out_len: row ", b, " has out_len = ", len, ", outside [0, budget = ",
-                      bud, "]");
+    FLUID_CHECK_VALUE(K >= 1 && K <= p.kmax, "horizon: row ", b, " has K = ", K,
+                      ", outside [1, Kmax = ", p.kmax, "]");
+    FLUID_CHECK_VALUE(len >= 0 && len <= bud, "out_len: row ", b, " has out_len = ", len,
+                      ", outside [0, budget = ", bud, "]");
     FLUID_CHECK_VALUE(bud <= p.out_stride, "budget: row ", b, " has budget = ", bud, " > N = ", p.out_stride,
                       " (out_tokens dim 1)");
   }
@@ -102,9 +106,9 @@ void verify_commit_impl(const at::Tensor& block, const at::Tensor& pred, const a
                         const at::Tensor& out_tokens, const at::Tensor& out_len, const at::Tensor& budget,
                         const at::Tensor& done, const at::Tensor& pending, const at::Tensor& cache_seqlens,
                         const at::Tensor& committed, const at::Tensor& mismatch) {
-  const VerifyCommitParams p = describe_verify_commit(block, pred, horizon, verifying, eos_ids, remask, out_tokens,
-                                                      out_len, budget, done, pending, cache_seqlens, committed,
-                                                      mismatch);
+  const VerifyCommitParams p =
+      describe_verify_commit(block, pred, horizon, verifying, eos_ids, remask, out_tokens, out_len, budget,
+                             done, pending, cache_seqlens, committed, mismatch);
   const DeviceScope scope(block);
   if (block.is_cpu()) {
     check_verify_values(p);

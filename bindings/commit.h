@@ -45,14 +45,17 @@ inline constexpr ArgSpec kVerifyCommitArgs[] = {
 inline constexpr OpSpec kVerifyCommitSpec{kVerifyCommitArgs};
 
 // Check every argument (never reading device memory) and describe the call.
-DraftCommitParams describe_draft_commit(const at::Tensor& block, const at::Tensor& step, const at::Tensor& drafting,
-                                        const at::Tensor& pred, const at::Tensor& score, const at::Tensor& horizon,
-                                        const at::Tensor& threshold, int64_t mask_token_id, bool score_is_entropy);
+DraftCommitParams describe_draft_commit(const at::Tensor& block, const at::Tensor& step,
+                                        const at::Tensor& drafting, const at::Tensor& pred,
+                                        const at::Tensor& score, const at::Tensor& horizon,
+                                        const at::Tensor& threshold, int64_t mask_token_id,
+                                        bool score_is_entropy);
 
-VerifyCommitParams describe_verify_commit(const at::Tensor& block, const at::Tensor& pred, const at::Tensor& horizon,
-                                          const at::Tensor& verifying, const at::Tensor& eos_ids,
-                                          const at::Tensor& remask, const at::Tensor& out_tokens,
-                                          const at::Tensor& out_len, const at::Tensor& budget, const at::Tensor& done,
+VerifyCommitParams describe_verify_commit(const at::Tensor& block, const at::Tensor& pred,
+                                          const at::Tensor& horizon, const at::Tensor& verifying,
+                                          const at::Tensor& eos_ids, const at::Tensor& remask,
+                                          const at::Tensor& out_tokens, const at::Tensor& out_len,
+                                          const at::Tensor& budget, const at::Tensor& done,
                                           const at::Tensor& pending, const at::Tensor& cache_seqlens,
                                           const at::Tensor& committed, const at::Tensor& mismatch);
 

@@ -96,8 +96,7 @@ inline DType float_dtype_of(const at::Tensor& t, const char* name) {
     case at::kFloat: return DType::kFloat32;
     case at::kBFloat16: return DType::kBFloat16;
     case at::kHalf: return DType::kFloat16;
-    default:
-      FLUID_CHECK_VALUE(false, name, ": expected float32, bfloat16 or float16, got ", t.scalar_type());
+    default: FLUID_CHECK_VALUE(false, name, ": expected float32, bfloat16 or float16, got ", t.scalar_type());
   }
   return DType::kFloat32;
 }
@@ -115,7 +114,8 @@ inline void check_size(const at::Tensor& t, int64_t dim, int64_t want, const cha
                     t.sizes());
 }
 
-inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name) {
+inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* name,
+                              const char* ref_name) {
   FLUID_CHECK(t.device() == ref.device(), name, ": expected device ", ref.device(), " (that of ", ref_name,
               "), got ", t.device());
 }
@@ -173,7 +173,8 @@ inline bool storage_overlaps(const at::Tensor& a, const at::Tensor& b) {
   return a0 < b1 && b0 < a1;
 }
 
-inline void check_no_overlap(const at::Tensor& a, const char* a_name, const at::Tensor& b, const char* b_name) {
+inline void check_no_overlap(const at::Tensor& a, const char* a_name, const at::Tensor& b,
+                             const char* b_name) {
   FLUID_CHECK_VALUE(!storage_overlaps(a, b), a_name, " and ", b_name, " must not share memory");
 }
 

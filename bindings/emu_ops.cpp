@@ -81,7 +81,8 @@ class EmuArgs {
   }
   // A poisoned workspace of `bytes` bytes.
   void* scratch(size_t bytes, const char* name) {
-    args_.push_back(GuardedArg{at::Tensor(), name, false, std::make_unique<emu::GuardedBuffer>(nullptr, bytes, 0)});
+    args_.push_back(
+        GuardedArg{at::Tensor(), name, false, std::make_unique<emu::GuardedBuffer>(nullptr, bytes, 0)});
     return args_.back().buf->data();
   }
 
@@ -94,7 +95,8 @@ class EmuArgs {
   std::string differs_from(const EmuArgs& o) const {
     for (size_t i = 0; i < args_.size(); ++i) {
       if (!args_[i].write_back && args_[i].tensor.defined()) continue;  // inputs are never written
-      if (std::memcmp(args_[i].buf->data(), o.args_[i].buf->data(), args_[i].buf->size()) != 0) return args_[i].name;
+      if (std::memcmp(args_[i].buf->data(), o.args_[i].buf->data(), args_[i].buf->size()) != 0)
+        return args_[i].name;
     }
     return "";
   }
@@ -150,9 +152,9 @@ void run_in_orders(const char* op, const std::function<void(EmuArgs&)>& launch) 
   emu::set_config(saved);
   for (size_t i = 1; i < runs.size(); ++i) {
     const std::string where = runs[i].differs_from(runs[0]);
-    FLUID_CHECK(where.empty(), op, ": the emulated CUDA kernels give different ", where, " when the threads of a ",
-                "block run in ", order_name(schedule().orders[0]), " and in ", order_name(schedule().orders[i]),
-                " order: a race on shared memory or a missing barrier");
+    FLUID_CHECK(where.empty(), op, ": the emulated CUDA kernels give different ", where,
+                " when the threads of a ", "block run in ", order_name(schedule().orders[0]), " and in ",
+                order_name(schedule().orders[i]), " order: a race on shared memory or a missing barrier");
   }
   if (!runs.empty()) runs[0].write_back();
 }
@@ -165,8 +167,8 @@ void check_cpu(const at::Tensor& t, const char* name) {
 
 // --- causal_attention -----------------------------------------------------------------------------
 
-std::tuple<at::Tensor, at::Tensor> causal_attention_emu(const at::Tensor& q, at::Tensor& k_cache, at::Tensor& v_cache,
-                                                        const at::Tensor& cache_seqlens,
+std::tuple<at::Tensor, at::Tensor> causal_attention_emu(const at::Tensor& q, at::Tensor& k_cache,
+                                                        at::Tensor& v_cache, const at::Tensor& cache_seqlens,
                                                         const std::optional<at::Tensor>& k,
                                                         const std::optional<at::Tensor>& v,
                                                         const std::optional<at::Tensor>& cache_batch_idx,
@@ -190,7 +192,8 @@ std::tuple<at::Tensor, at::Tensor> causal_attention_emu(const at::Tensor& q, at:
     p.num_splits = emu::causal_attention_num_splits(p);
     if (p.num_splits > 1) {
       const int64_t rows = p.batch * p.seqlen_q * p.heads_q;
-      p.partial_out = static_cast<float*>(a.scratch(sizeof(float) * p.num_splits * rows * p.head_dim, "partial_out"));
+      p.partial_out =
+          static_cast<float*>(a.scratch(sizeof(float) * p.num_splits * rows * p.head_dim, "partial_out"));
       p.partial_lse = static_cast<float*>(a.scratch(sizeof(float) * p.num_splits * rows, "partial_lse"));
     }
     emu::causal_attention(p);
@@ -213,7 +216,8 @@ TokenEntropyOutputs token_entropy_emu(const at::Tensor& logits, double temperatu
     a.output(p.argmax, std::get<2>(outputs), "argmax");
     a.output(p.logsumexp, std::get<3>(outputs), "logsumexp");
     const int splits = emu::token_entropy_splits(p.rows, p.vocab);
-    void* ws = splits > 1 ? a.scratch(emu::token_entropy_workspace_bytes(p.rows, splits), "workspace") : nullptr;
+    void* ws =
+        splits > 1 ? a.scratch(emu::token_entropy_workspace_bytes(p.rows, splits), "workspace") : nullptr;
     emu::token_entropy(p, splits, ws);
   });
   return outputs;
@@ -221,7 +225,8 @@ TokenEntropyOutputs token_entropy_emu(const at::Tensor& logits, double temperatu
 
 // --- rms_norm ---------------------------------------------------------------------------------------
 
-at::Tensor rms_norm_emu(const at::Tensor& x, const at::Tensor& weight, double eps, const std::optional<at::Tensor>& add) {
+at::Tensor rms_norm_emu(const at::Tensor& x, const at::Tensor& weight, double eps,
+                        const std::optional<at::Tensor>& add) {
   check_cpu(x, "x");
   RmsNormParams described = describe_rms_norm(x, weight, eps, add);
   at::Tensor out = at::empty_like(x);
@@ -240,12 +245,12 @@ at::Tensor rms_norm_emu(const at::Tensor& x, const at::Tensor& weight, double ep
 
 // --- draft_commit / verify_commit -------------------------------------------------------------------
 
-void draft_commit_emu(const at::Tensor& block, const at::Tensor& step, const at::Tensor& drafting, const at::Tensor& pred,
-                      const at::Tensor& score, const at::Tensor& horizon, const at::Tensor& threshold,
-                      int64_t mask_token_id, bool score_is_entropy) {
+void draft_commit_emu(const at::Tensor& block, const at::Tensor& step, const at::Tensor& drafting,
+                      const at::Tensor& pred, const at::Tensor& score, const at::Tensor& horizon,
+                      const at::Tensor& threshold, int64_t mask_token_id, bool score_is_entropy) {
   check_cpu(block, "block");
-  const DraftCommitParams described =
-      describe_draft_commit(block, step, drafting, pred, score, horizon, threshold, mask_token_id, score_is_entropy);
+  const DraftCommitParams described = describe_draft_commit(block, step, drafting, pred, score, horizon,
+                                                            threshold, mask_token_id, score_is_entropy);
   if (described.batch == 0) return;
   run_in_orders("draft_commit", [&](EmuArgs& a) {
     DraftCommitParams p = described;
@@ -300,10 +305,15 @@ void configure_emu(int64_t num_sms, int64_t seed, const std::string& orders) {
     size_t comma = orders.find(',', start);
     if (comma == std::string::npos) comma = orders.size();
     const std::string w = orders.substr(start, comma - start);
-    if (w == "forward") list.push_back(emu::Order::kForward);
-    else if (w == "reverse") list.push_back(emu::Order::kReverse);
-    else if (w == "random") list.push_back(emu::Order::kRandom);
-    else FLUID_CHECK_VALUE(false, "orders: expected a comma-separated list of forward, reverse, random, got '", orders, "'");
+    if (w == "forward")
+      list.push_back(emu::Order::kForward);
+    else if (w == "reverse")
+      list.push_back(emu::Order::kReverse);
+    else if (w == "random")
+      list.push_back(emu::Order::kRandom);
+    else
+      FLUID_CHECK_VALUE(false, "orders: expected a comma-separated list of forward, reverse, random, got '",
+                        orders, "'");
     start = comma + 1;
   }
   emu::Config c = emu::get_config();
@@ -320,7 +330,8 @@ constexpr OpSpec kSelftestSpec{kSelftestArgs, "the emulated CUDA ops (fluid_rt_e
 at::Tensor selftest_emu(const std::string& what, const at::Tensor& x, bool drop_barrier) {
   check_args(kSelftestSpec, {x});
   FLUID_CHECK_VALUE(x.numel() <= 256, "x: 1 to 256 elements, got ", x.numel());
-  FLUID_CHECK_VALUE(what != "warp_sum" || x.numel() % 32 == 0, "x: warp_sum takes whole warps (a multiple of 32)");
+  FLUID_CHECK_VALUE(what != "warp_sum" || x.numel() % 32 == 0,
+                    "x: warp_sum takes whole warps (a multiple of 32)");
   at::Tensor out = at::empty_like(x);
   run_in_orders(("selftest " + what).c_str(), [&](EmuArgs& a) {
     const float* xp = x.data_ptr<float>();
@@ -344,7 +355,8 @@ TORCH_LIBRARY(fluid_rt_emu, m) {
   m.def(fluid_rt::kVerifyCommitSchema);
   // Emulator knobs: the SM count the planners see, the random order's seed, and the thread orders
   // every launch runs in (comma-separated forward, reverse, random).
-  m.def("configure(int num_sms=4, int seed=1, str orders=\"forward,reverse,random\") -> ()", &fluid_rt::configure_emu);
+  m.def("configure(int num_sms=4, int seed=1, str orders=\"forward,reverse,random\") -> ()",
+        &fluid_rt::configure_emu);
   m.def("selftest(str what, Tensor x, bool drop_barrier=False) -> Tensor");
 }
 

@@ -13,8 +13,8 @@ TokenEntropyParams describe_token_entropy(const at::Tensor& logits, double tempe
   check_args(kTokenEntropySpec, {logits});
   const int64_t V = logits.size(-1);
   FLUID_CHECK_VALUE(V <= std::numeric_limits<int32_t>::max(), "logits: V must be < 2^31, got ", V);
-  FLUID_CHECK_VALUE(std::isfinite(temperature) && temperature > 0.0, "temperature: must be finite and > 0, got ",
-                    temperature);
+  FLUID_CHECK_VALUE(std::isfinite(temperature) && temperature > 0.0,
+                    "temperature: must be finite and > 0, got ", temperature);
   const float inv_t = static_cast<float>(1.0 / temperature);
   FLUID_CHECK_VALUE(std::isfinite(inv_t),
                     "temperature: 1/temperature must be finite in float32 (temperature >= ~2.9e-39), got ",

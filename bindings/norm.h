@@ -7,7 +7,8 @@
 
 namespace fluid_rt {
 
-inline constexpr char kRmsNormSchema[] = "rms_norm(Tensor(a!) x, Tensor weight, float eps, Tensor? add=None) -> Tensor";
+inline constexpr char kRmsNormSchema[] =
+    "rms_norm(Tensor(a!) x, Tensor weight, float eps, Tensor? add=None) -> Tensor";
 
 inline constexpr ArgSpec kRmsNormArgs[] = {
     {"x", kAnyFloat, "... hidden>=1", Layout::kContiguous, kWritten},  // += add in place

@@ -22,8 +22,8 @@ constexpr uint32_t kQuantFloat = kOpFloat | kF32 | kBF16;  // one dtype for x, b
 // sizes of packed, d and m): the op's rules below check those.
 constexpr ArgSpec kPackArgs[] = {
     {"q", kU8 | kI8, "out_features>=1 in_features>=1", Layout::kContiguous},  // uint8 (u4) or int8 (s8)
-    {"d", kF32, "out_features scales", Layout::kContiguous},                   // K / 32 * scales per block
-    {"m", kF32, "out_features blocks", Layout::kContiguous, kOptional},        // K / 32: u4 formats only
+    {"d", kF32, "out_features scales", Layout::kContiguous},                  // K / 32 * scales per block
+    {"m", kF32, "out_features blocks", Layout::kContiguous, kOptional},       // K / 32: u4 formats only
 };
 constexpr ArgSpec kDequantizeRowsArgs[] = {
     {"packed", kU8, "groups blocks>=1 block_bytes", Layout::kContiguous},
@@ -49,8 +49,8 @@ QuantFormat format_of(int64_t format) {
 int64_t packed_in_features(const at::Tensor& packed, QuantFormat f, int64_t out_features) {
   FLUID_CHECK_VALUE(out_features >= 1, "out_features: expected >= 1, got ", out_features);
   const int64_t groups = quant_num_groups(out_features), block_bytes = quant_block_bytes(f);
-  FLUID_CHECK_VALUE(packed.size(0) == groups && packed.size(2) == block_bytes, "packed: expected shape [", groups,
-                    ", K / 32, ", block_bytes, "] for out_features ", out_features, " and format ",
+  FLUID_CHECK_VALUE(packed.size(0) == groups && packed.size(2) == block_bytes, "packed: expected shape [",
+                    groups, ", K / 32, ", block_bytes, "] for out_features ", out_features, " and format ",
                     static_cast<int64_t>(f), ", got ", packed.sizes());
   return packed.size(1) * kQuantBlock;
 }
@@ -78,7 +78,8 @@ at::Tensor quant_pack_impl(const at::Tensor& q, const at::Tensor& d, const std::
   check_pack_rules(q, d, m, f, format);
   const int64_t N = q.size(0), K = q.size(1);
   const int64_t nd = d.size(1);
-  at::Tensor packed = at::empty({quant_num_groups(N), K / kQuantBlock, quant_block_bytes(f)}, q.options().dtype(at::kByte));
+  at::Tensor packed =
+      at::empty({quant_num_groups(N), K / kQuantBlock, quant_block_bytes(f)}, q.options().dtype(at::kByte));
   QuantPackParams p;
   p.q = static_cast<const uint8_t*>(q.data_ptr());
   p.d = d.data_ptr<float>();
@@ -118,8 +119,8 @@ at::Tensor quant_dequantize_rows_impl(const at::Tensor& packed, int64_t format, 
   return out;
 }
 
-at::Tensor quant_linear_impl(const at::Tensor& x, const at::Tensor& packed, int64_t format, int64_t out_features,
-                             const std::optional<at::Tensor>& bias, bool silu_and_mul) {
+at::Tensor quant_linear_impl(const at::Tensor& x, const at::Tensor& packed, int64_t format,
+                             int64_t out_features, const std::optional<at::Tensor>& bias, bool silu_and_mul) {
   const QuantFormat f = format_of(format);
   check_args(kLinearSpec, {x, packed, bias});
   const int64_t K = packed_in_features(packed, f, out_features);
@@ -153,8 +154,9 @@ at::Tensor quant_linear_impl(const at::Tensor& x, const at::Tensor& packed, int6
 TORCH_LIBRARY_FRAGMENT(fluid_rt, m) {
   m.def("quant_pack(Tensor q, Tensor d, Tensor? m, int format) -> Tensor");
   m.def("quant_dequantize_rows(Tensor packed, int format, int out_features, Tensor rows) -> Tensor");
-  m.def("quant_linear(Tensor x, Tensor packed, int format, int out_features, Tensor? bias=None, "
-        "bool silu_and_mul=False) -> Tensor");
+  m.def(
+      "quant_linear(Tensor x, Tensor packed, int format, int out_features, Tensor? bias=None, "
+      "bool silu_and_mul=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fluid_rt, CPU, m) {

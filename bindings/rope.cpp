@@ -24,8 +24,9 @@ int64_t check_rope_rows(const at::Tensor& x) {
                     "contiguous (strides [..., head_dim, 1]), got strides ", x.strides());
   const int64_t row_stride = collapsed_row_stride(x.flatten(-2), "x");
   const int64_t rows = x.numel() / (H * D);
-  FLUID_CHECK_VALUE(rows <= 1 || row_stride >= H * D, "x: its rows overlap in memory (row stride ", row_stride,
-                    " < heads * head_dim = ", H * D, "); rope_ writes x in place and needs distinct rows");
+  FLUID_CHECK_VALUE(rows <= 1 || row_stride >= H * D, "x: its rows overlap in memory (row stride ",
+                    row_stride, " < heads * head_dim = ", H * D,
+                    "); rope_ writes x in place and needs distinct rows");
   return row_stride;
 }
 

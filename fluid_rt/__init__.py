@@ -18,15 +18,19 @@ def _source_tree_message(err: Exception) -> str:
     root = _os.path.dirname(here)
     built = any(n.startswith("_C") and n.endswith((".so", ".pyd")) for n in _os.listdir(here))
     if not built and _os.path.isdir(_os.path.join(root, "csrc")):
-        return (f"fluid_rt is being imported from its source tree {here}, which has no compiled "
-                "extension (fluid_rt/_C*.so): Python puts the current directory (or the "
-                "script's) first on sys.path, so the source tree hides any installed fluid_rt. "
-                f"Run Python from another directory, or build in place in {root} (DEVELOPERS.md: "
-                "cmake -S . -B build/dev -G Ninja && ninja -C build/dev). "
-                f"Original error: {err}")
-    return ("fluid_rt._C is missing or does not load: build it with `pip install "
-            "--no-build-isolation .` (or see DEVELOPERS.md for an in-place build). "
-            f"Original error: {err}")
+        return (
+            f"fluid_rt is being imported from its source tree {here}, which has no compiled "
+            "extension (fluid_rt/_C*.so): Python puts the current directory (or the "
+            "script's) first on sys.path, so the source tree hides any installed fluid_rt. "
+            f"Run Python from another directory, or build in place in {root} (DEVELOPERS.md: "
+            "cmake -S . -B build/dev -G Ninja && ninja -C build/dev). "
+            f"Original error: {err}"
+        )
+    return (
+        "fluid_rt._C is missing or does not load: build it with `pip install "
+        "--no-build-isolation .` (or see DEVELOPERS.md for an in-place build). "
+        f"Original error: {err}"
+    )
 
 
 def _started_as_command() -> bool:
@@ -39,8 +43,8 @@ try:
     except ImportError as err:  # pragma: no cover - a broken install, or a source tree on the path
         raise ImportError(_source_tree_message(err)) from err
 
-    from fluid_rt.cpu_isa import cpu_isa, use_cpu_isa  # (validates FLUID_RT_CPU_ISA)
     from fluid_rt import ops
+    from fluid_rt.cpu_isa import cpu_isa, use_cpu_isa  # (validates FLUID_RT_CPU_ISA)
     from fluid_rt.decode import DecodeConfig, Decoder, Generation
     from fluid_rt.loader import LoadedModel, load_model
 except KeyboardInterrupt:  # Ctrl-C while torch loads: the command exits as it does later on
@@ -67,5 +71,15 @@ def build_info() -> dict:
     }
 
 
-__all__ = ["ops", "build_info", "cpu_isa", "use_cpu_isa", "load_model", "LoadedModel", "Decoder", "DecodeConfig",
-           "Generation", "__version__"]
+__all__ = [
+    "ops",
+    "build_info",
+    "cpu_isa",
+    "use_cpu_isa",
+    "load_model",
+    "LoadedModel",
+    "Decoder",
+    "DecodeConfig",
+    "Generation",
+    "__version__",
+]

@@ -31,8 +31,12 @@ WEIGHTS = "adapter.safetensors"
 CONFIG = "adapter.json"
 KHEAD_PREFIX = "diffusion_k_head."
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-_FUSED = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
-          "gate_up": ("gate_proj", "up_proj"), "down": ("down_proj",)}
+_FUSED = {
+    "qkv": ("q_proj", "k_proj", "v_proj"),
+    "o": ("o_proj",),
+    "gate_up": ("gate_proj", "up_proj"),
+    "down": ("down_proj",),
+}
 _WHOLE_FILE_LIMIT = 256 << 20
 _SAMPLE = 1 << 20
 
@@ -74,8 +78,9 @@ def base_identity(path: str) -> str:
 
 
 # -- reading and writing ---------------------------------------------------------------------------
-def save_adapter(directory: str, tensors: dict, meta: dict, khead: dict | None = None,
-                 dtype: torch.dtype = torch.bfloat16) -> None:
+def save_adapter(
+    directory: str, tensors: dict, meta: dict, khead: dict | None = None, dtype: torch.dtype = torch.bfloat16
+) -> None:
     """Write an adapter directory: LoRA factors in ``dtype``, the mask embedding and K-head in
     float32 (a few KB; kept exact)."""
     from safetensors.torch import save_file
@@ -106,10 +111,10 @@ def _read_meta(directory: str) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise AdapterError(f"{path}: not a {FORMAT} adapter config")
     if meta.get("version") != VERSION:
-        raise AdapterError(f"{path}: adapter format version {meta.get('version')!r}, this fluid_rt "
-                           f"reads version {VERSION}")
-    need = ("base", "rank", "alpha", "target_modules", "mask_token_id", "max_k", "hidden_size",
-            "num_layers")
+        raise AdapterError(
+            f"{path}: adapter format version {meta.get('version')!r}, this fluid_rt reads version {VERSION}"
+        )
+    need = ("base", "rank", "alpha", "target_modules", "mask_token_id", "max_k", "hidden_size", "num_layers")
     missing = [k for k in need if k not in meta]
     if missing:
         raise AdapterError(f"{path}: adapter config lacks {missing}")
@@ -149,8 +154,10 @@ def _check_tensors(path: str, meta: dict, tensors: dict) -> None:
             if a is None or b is None:
                 raise AdapterError(f"{path}: LoRA factors of layer {i} {t} missing")
             if a.dim() != 2 or b.dim() != 2 or a.shape[0] != r or b.shape[1] != r:
-                raise AdapterError(f"{path}: layer {i} {t}: lora_A {tuple(a.shape)} / lora_B "
-                                   f"{tuple(b.shape)} do not have rank {r}")
+                raise AdapterError(
+                    f"{path}: layer {i} {t}: lora_A {tuple(a.shape)} / lora_B "
+                    f"{tuple(b.shape)} do not have rank {r}"
+                )
     if meta.get("has_khead"):
         from fluid_rt.khead import KHead
 
@@ -248,25 +255,32 @@ class Adapter:
             if t in self.targets:
                 group = "self_attn" if t in _FUSED["qkv"] + _FUSED["o"] else "mlp"
                 p = f"model.layers.{layer}.{group}.{t}."
-                A[j * r:(j + 1) * r] = self.tensors[p + "lora_A"].float()
-                B[row:row + n, j * r:(j + 1) * r] = self.tensors[p + "lora_B"].float() * scale
+                A[j * r : (j + 1) * r] = self.tensors[p + "lora_A"].float()
+                B[row : row + n, j * r : (j + 1) * r] = self.tensors[p + "lora_B"].float() * scale
             row += n
-        return (A.to(device=model.device, dtype=model.dtype),
-                B.to(device=model.device, dtype=model.dtype))
+        return (A.to(device=model.device, dtype=model.dtype), B.to(device=model.device, dtype=model.dtype))
 
     def attach(self, model) -> None:
         """Wrap ``model``'s linears and hook its forward (checks the shapes against its config)."""
         cfg = model.cfg
         if cfg.hidden_size != int(self.meta["hidden_size"]) or cfg.num_layers != int(self.meta["num_layers"]):
-            raise AdapterError(f"{self.path}: adapter is for hidden {self.meta['hidden_size']} x "
-                               f"{self.meta['num_layers']} layers, the model is {cfg.hidden_size} x "
-                               f"{cfg.num_layers}")
+            raise AdapterError(
+                f"{self.path}: adapter is for hidden {self.meta['hidden_size']} x "
+                f"{self.meta['num_layers']} layers, the model is {cfg.hidden_size} x "
+                f"{cfg.num_layers}"
+            )
         if not 0 <= self.mask_token_id < cfg.vocab_size:
-            raise AdapterError(f"{self.path}: mask_token_id {self.mask_token_id} is outside the "
-                               f"vocabulary ({cfg.vocab_size})")
+            raise AdapterError(
+                f"{self.path}: mask_token_id {self.mask_token_id} is outside the "
+                f"vocabulary ({cfg.vocab_size})"
+            )
         H, inter = cfg.hidden_size, cfg.intermediate_size
-        outs = {"qkv": [cfg.q_size, cfg.kv_size, cfg.kv_size], "o": [H], "gate_up": [inter, inter],
-                "down": [H]}
+        outs = {
+            "qkv": [cfg.q_size, cfg.kv_size, cfg.kv_size],
+            "o": [H],
+            "gate_up": [inter, inter],
+            "down": [H],
+        }
         ins = {"qkv": H, "o": cfg.q_size, "gate_up": H, "down": inter}
         try:
             for li, layer in enumerate(model.layers):
@@ -301,9 +315,11 @@ def load_adapter(directory: str, model, base_path: str | None = None) -> Adapter
         want = meta["base"].get("sha256") if isinstance(meta["base"], dict) else None
         have = base_identity(base_path)
         if want != have:
-            raise AdapterError(f"{directory}: this adapter was trained on another base model "
-                               f"(sha256 {str(want)[:12]}..., {meta['base'].get('name', '?')}); "
-                               f"{base_path} has sha256 {have[:12]}...")
+            raise AdapterError(
+                f"{directory}: this adapter was trained on another base model "
+                f"(sha256 {str(want)[:12]}..., {meta['base'].get('name', '?')}); "
+                f"{base_path} has sha256 {have[:12]}..."
+            )
     adapter = Adapter(meta, tensors, directory)
     adapter.attach(model)
     return adapter

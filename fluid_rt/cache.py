@@ -16,8 +16,9 @@ class KVCache:
     """``k, v [num_layers, max_batch, max_seq, num_kv_heads, head_dim]`` in ``dtype``;
     ``seqlens [max_batch]`` int32 (committed tokens per row), all on ``device``."""
 
-    def __init__(self, cfg: ModelConfig, max_batch: int, max_seq: int,
-                 dtype: torch.dtype = torch.float32, device="cpu"):
+    def __init__(
+        self, cfg: ModelConfig, max_batch: int, max_seq: int, dtype: torch.dtype = torch.float32, device="cpu"
+    ):
         if max_batch < 1 or max_seq < 1:
             raise ValueError(f"max_batch, max_seq: must be positive, got {max_batch}, {max_seq}")
         shape = (cfg.num_layers, max_batch, max_seq, cfg.num_kv_heads, cfg.head_dim)
@@ -50,6 +51,8 @@ class KVCache:
             self.seqlens.index_fill_(0, rows, 0)
 
     def __repr__(self) -> str:
-        return (f"KVCache(layers={self.k.shape[0]}, max_batch={self.max_batch}, "
-                f"capacity={self.capacity}, kv_heads={self.k.shape[3]}, head_dim={self.k.shape[4]}, "
-                f"dtype={self.dtype}, device={self.device})")
+        return (
+            f"KVCache(layers={self.k.shape[0]}, max_batch={self.max_batch}, "
+            f"capacity={self.capacity}, kv_heads={self.k.shape[3]}, head_dim={self.k.shape[4]}, "
+            f"dtype={self.dtype}, device={self.device})"
+        )

@@ -24,11 +24,11 @@ import warnings
 
 import torch
 
+from fluid_rt.adapt import cli as adapt_cli
 from fluid_rt.decode import DecodeConfig, Decoder, Generation
 from fluid_rt.decode.config import FIELDS, MODES, default_of
 from fluid_rt.horizon_view import coloured, plot_horizon
 from fluid_rt.loader import DTYPES, WEIGHTS, load_model, resolve_dtype_device
-from fluid_rt.adapt import cli as adapt_cli
 from fluid_rt.policies import COMMITS, HORIZONS
 from fluid_rt.request_file import (
     PROMPT_KEYS,
@@ -55,12 +55,12 @@ class _Parser(argparse.ArgumentParser):
 
 # -- argument types (argparse names the flag in its error) ---------------------------------------
 
+
 def _int_list(text: str) -> list[int]:
     try:
         ids = [int(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if not ids:
         raise argparse.ArgumentTypeError("expected at least one integer")
     return ids
@@ -105,79 +105,132 @@ def _device(text: str) -> str:
 
 # -- the parser ----------------------------------------------------------------------------------
 
+
 def _add_decode_flags(g) -> None:
     """The flags that set ``DecodeConfig`` fields (None when not given: the config's default)."""
     d = default_of
-    g.add_argument("--mode", choices=MODES,
-                   help="default: elastic when the model has a K-head, else ar")
-    g.add_argument("--max-new-tokens", type=_positive_int,
-                   help=f"tokens to generate at most (default: {d('max_new_tokens')})")
-    g.add_argument("--block-size", type=_positive_int,
-                   help=f"the largest horizon K (default: the model adapter's, else {d('block_size')})")
-    g.add_argument("--min-block", type=_positive_int,
-                   help=f"the smallest horizon K (default: the model adapter's, else {d('min_block')})")
-    g.add_argument("--horizon", choices=HORIZONS,
-                   help="how K is chosen (default: khead when the model has a K-head, else "
-                   "entropy)")
-    g.add_argument("--entropy-low", type=_finite_float, help="entropy horizon: at or below this "
-                   f"entropy (nats) K is the block size (default: {d('entropy_low')})")
-    g.add_argument("--entropy-high", type=_finite_float, help="entropy horizon: at or above this "
-                   f"entropy (nats) K is the min block (default: {d('entropy_high')})")
-    g.add_argument("--commit", choices=COMMITS,
-                   help=f"which drafted tokens are kept (default: {d('commit')})")
-    g.add_argument("--threshold", type=_finite_float,
-                   help="commit threshold: a max-prob in [0, 1] (default: the model adapter's, else 0.9), "
-                   "or with --commit entropy an entropy in nats (default 0.3)")
+    g.add_argument("--mode", choices=MODES, help="default: elastic when the model has a K-head, else ar")
+    g.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        help=f"tokens to generate at most (default: {d('max_new_tokens')})",
+    )
+    g.add_argument(
+        "--block-size",
+        type=_positive_int,
+        help=f"the largest horizon K (default: the model adapter's, else {d('block_size')})",
+    )
+    g.add_argument(
+        "--min-block",
+        type=_positive_int,
+        help=f"the smallest horizon K (default: the model adapter's, else {d('min_block')})",
+    )
+    g.add_argument(
+        "--horizon",
+        choices=HORIZONS,
+        help="how K is chosen (default: khead when the model has a K-head, else entropy)",
+    )
+    g.add_argument(
+        "--entropy-low",
+        type=_finite_float,
+        help="entropy horizon: at or below this "
+        f"entropy (nats) K is the block size (default: {d('entropy_low')})",
+    )
+    g.add_argument(
+        "--entropy-high",
+        type=_finite_float,
+        help="entropy horizon: at or above this "
+        f"entropy (nats) K is the min block (default: {d('entropy_high')})",
+    )
+    g.add_argument(
+        "--commit", choices=COMMITS, help=f"which drafted tokens are kept (default: {d('commit')})"
+    )
+    g.add_argument(
+        "--threshold",
+        type=_finite_float,
+        help="commit threshold: a max-prob in [0, 1] (default: the model adapter's, else 0.9), "
+        "or with --commit entropy an entropy in nats (default 0.3)",
+    )
     g.add_argument("--no-remask", action="store_true", help="skip verification (lossy, faster)")
-    g.add_argument("--eos-token-id", type=_int_list, help="EOS id(s), comma-separated "
-                   "(default: the model's)")
-    g.add_argument("--ignore-eos", action="store_true",
-                   help="do not stop at EOS: always generate --max-new-tokens tokens")
-    g.add_argument("--stop-at-end-of-think", action="store_true",
-                   help="also stop at the FLUID end-of-think token (openPangu models, or one "
-                   "named in fluid.json)")
+    g.add_argument("--eos-token-id", type=_int_list, help="EOS id(s), comma-separated (default: the model's)")
+    g.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="do not stop at EOS: always generate --max-new-tokens tokens",
+    )
+    g.add_argument(
+        "--stop-at-end-of-think",
+        action="store_true",
+        help="also stop at the FLUID end-of-think token (openPangu models, or one named in fluid.json)",
+    )
 
 
 def _add_output_flags(g) -> None:
     g.add_argument("--stream", action="store_true", help="print text as blocks commit")
     g.add_argument("--json", action="store_true", help="print tokens, text and stats as JSON")
-    g.add_argument("--show-horizon", action="store_true",
-                   help="colour the text block by block by its horizon K: red (shortest), "
-                   "yellow, green, cyan (longest); elastic mode")
-    g.add_argument("--horizon-plot", metavar="FILE.png",
-                   help="plot K per block along the text (elastic mode; needs matplotlib)")
-    g.add_argument("--input", metavar="REQUESTS.jsonl", help="offline batch: one request a line "
-                   f"(keys: {', '.join(PROMPT_KEYS + FIELDS)}); the flags are their defaults")
-    g.add_argument("--output", metavar="RESULTS.jsonl", help="results of --input, in input order "
-                   "(default: stdout)")
-    g.add_argument("--batch-size", type=_positive_int, help="max sequences per batch (--input; "
-                   "default: 16)")
+    g.add_argument(
+        "--show-horizon",
+        action="store_true",
+        help="colour the text block by block by its horizon K: red (shortest), "
+        "yellow, green, cyan (longest); elastic mode",
+    )
+    g.add_argument(
+        "--horizon-plot",
+        metavar="FILE.png",
+        help="plot K per block along the text (elastic mode; needs matplotlib)",
+    )
+    g.add_argument(
+        "--input",
+        metavar="REQUESTS.jsonl",
+        help="offline batch: one request a line "
+        f"(keys: {', '.join(PROMPT_KEYS + FIELDS)}); the flags are their defaults",
+    )
+    g.add_argument(
+        "--output", metavar="RESULTS.jsonl", help="results of --input, in input order (default: stdout)"
+    )
+    g.add_argument("--batch-size", type=_positive_int, help="max sequences per batch (--input; default: 16)")
 
 
 def _add_generate(sub) -> None:
-    g = sub.add_parser("generate", help="generate a continuation (elastic-horizon or greedy AR)",
-                       epilog="Output: plain text, or one of --stream, --json, --show-horizon. "
-                              "With --input, prompts and parameters come from the request lines "
-                              "(the flags are their defaults) and results are JSON lines.")
+    g = sub.add_parser(
+        "generate",
+        help="generate a continuation (elastic-horizon or greedy AR)",
+        epilog="Output: plain text, or one of --stream, --json, --show-horizon. "
+        "With --input, prompts and parameters come from the request lines "
+        "(the flags are their defaults) and results are JSON lines.",
+    )
     g.add_argument("prompt", nargs="?", help="prompt text (needs a tokenizer); or use --prompt-ids")
-    g.add_argument("--prompt-ids", type=_int_list, help="prompt as token ids: 1,2,3 (instead of "
-                   "PROMPT)")
-    g.add_argument("--chat", action="store_true", help="apply the model's chat template to the "
-                   "prompt text (not to --prompt-ids)")
-    g.add_argument("--model", help="HF checkpoint directory or .gguf file (default: the embedded "
-                   "SmolLM2-135M-Instruct)")
+    g.add_argument("--prompt-ids", type=_int_list, help="prompt as token ids: 1,2,3 (instead of PROMPT)")
+    g.add_argument(
+        "--chat",
+        action="store_true",
+        help="apply the model's chat template to the prompt text (not to --prompt-ids)",
+    )
+    g.add_argument(
+        "--model", help="HF checkpoint directory or .gguf file (default: the embedded SmolLM2-135M-Instruct)"
+    )
     g.add_argument("--head", help="K-head file or directory (model_head.bin / .safetensors)")
-    g.add_argument("--mask-token-id", type=_non_negative_int,
-                   help="the FLUID mask token (default: fluid.json's, else openPangu's 144208 "
-                   "for a PanguEmbedded checkpoint whose vocabulary has it)")
+    g.add_argument(
+        "--mask-token-id",
+        type=_non_negative_int,
+        help="the FLUID mask token (default: fluid.json's, else openPangu's 144208 "
+        "for a PanguEmbedded checkpoint whose vocabulary has it)",
+    )
     _add_decode_flags(g)
-    g.add_argument("--dtype", choices=list(DTYPES), default="float32",
-                   help="(default: %(default)s)")
-    g.add_argument("--weights", choices=list(WEIGHTS), default="quantized",
-                   help="a quantized GGUF's matrices: kept in their 4-8 bit blocks on the CPU "
-                   "(quantized, the default) or dequantized to --dtype at load (float)")
-    g.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu or cuda[:N] (default: cuda when a GPU is usable)")
+    g.add_argument("--dtype", choices=list(DTYPES), default="float32", help="(default: %(default)s)")
+    g.add_argument(
+        "--weights",
+        choices=list(WEIGHTS),
+        default="quantized",
+        help="a quantized GGUF's matrices: kept in their 4-8 bit blocks on the CPU "
+        "(quantized, the default) or dequantized to --dtype at load (float)",
+    )
+    g.add_argument(
+        "--device",
+        type=_device,
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda[:N] (default: cuda when a GPU is usable)",
+    )
     g.add_argument("--threads", type=_positive_int, help="CPU threads (torch.set_num_threads)")
     _add_output_flags(g)
     g.set_defaults(run=cmd_generate)
@@ -191,16 +244,20 @@ def _bench_roots() -> list[str]:
 
 
 def bench_names() -> list[str]:
-    names = {os.path.basename(p)[len("bench_"):-len(".py")]
-             for root in _bench_roots() for p in glob.glob(os.path.join(root, "bench_*.py"))}
+    names = {
+        os.path.basename(p)[len("bench_") : -len(".py")]
+        for root in _bench_roots()
+        for p in glob.glob(os.path.join(root, "bench_*.py"))
+    }
     return sorted(names)
 
 
 def _add_bench(sub) -> None:
     names = bench_names()
     b = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (a source checkout)")
-    b.add_argument("name", help=" | ".join(names) if names else
-                   "the NAME of benchmarks/bench_NAME.py (none found here)")
+    b.add_argument(
+        "name", help=" | ".join(names) if names else "the NAME of benchmarks/bench_NAME.py (none found here)"
+    )
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
     b.set_defaults(run=cmd_bench)
 
@@ -215,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- checks before the model loads ---------------------------------------------------------------
+
 
 def _check_writable(path: str, flag: str) -> None:
     """Refuse an output path that cannot be written now, before any decoding is spent on it."""
@@ -237,8 +295,10 @@ def _check_plot_path(path: str) -> None:
 
         formats = FigureCanvasBase.get_supported_filetypes()
         if ext not in formats:
-            raise CLIError(f"--horizon-plot {path}: matplotlib cannot write .{ext} files "
-                           f"(it can: {', '.join(sorted(formats))})")
+            raise CLIError(
+                f"--horizon-plot {path}: matplotlib cannot write .{ext} files "
+                f"(it can: {', '.join(sorted(formats))})"
+            )
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -248,18 +308,26 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def _check_input_args(args) -> None:
-    unused = [flag for flag, given in (
-        ("PROMPT", args.prompt is not None), ("--prompt-ids", args.prompt_ids is not None),
-        ("--stream", args.stream), ("--show-horizon", args.show_horizon),
-        ("--horizon-plot", args.horizon_plot is not None)) if given]
+    unused = [
+        flag
+        for flag, given in (
+            ("PROMPT", args.prompt is not None),
+            ("--prompt-ids", args.prompt_ids is not None),
+            ("--stream", args.stream),
+            ("--show-horizon", args.show_horizon),
+            ("--horizon-plot", args.horizon_plot is not None),
+        )
+        if given
+    ]
     if unused:
-        raise CLIError(f"{', '.join(unused)}: {'does' if len(unused) == 1 else 'do'} not apply "
-                       "to --input (each request line gives its prompt, and results are JSON "
-                       "lines)")
+        raise CLIError(
+            f"{', '.join(unused)}: {'does' if len(unused) == 1 else 'do'} not apply "
+            "to --input (each request line gives its prompt, and results are JSON "
+            "lines)"
+        )
     if args.output is not None:
         if _same_file(args.input, args.output):
-            raise CLIError(f"--output {args.output} is the --input file: it would overwrite "
-                           "the requests")
+            raise CLIError(f"--output {args.output} is the --input file: it would overwrite the requests")
         _check_writable(args.output, "--output")
 
 
@@ -267,8 +335,15 @@ def _check_prompt_args(args) -> None:
     for flag, value in (("--output", args.output), ("--batch-size", args.batch_size)):
         if value is not None:
             raise CLIError(f"{flag} only applies to --input")
-    formats = [flag for flag, on in (("--stream", args.stream), ("--json", args.json),
-                                     ("--show-horizon", args.show_horizon)) if on]
+    formats = [
+        flag
+        for flag, on in (
+            ("--stream", args.stream),
+            ("--json", args.json),
+            ("--show-horizon", args.show_horizon),
+        )
+        if on
+    ]
     if len(formats) > 1:
         raise CLIError(f"{' and '.join(formats)}: choose one output format")
     if args.prompt is not None and args.prompt_ids is not None:
@@ -302,8 +377,17 @@ def _check_args(args) -> None:
 
 # -- decode configs ------------------------------------------------------------------------------
 
-_FLAGGED = ("mode", "max_new_tokens", "block_size", "min_block", "threshold", "horizon", "commit",
-            "entropy_low", "entropy_high")
+_FLAGGED = (
+    "mode",
+    "max_new_tokens",
+    "block_size",
+    "min_block",
+    "threshold",
+    "horizon",
+    "commit",
+    "entropy_low",
+    "entropy_high",
+)
 
 
 def _flag_fields(args) -> dict:
@@ -316,8 +400,7 @@ def _flag_fields(args) -> dict:
 
 def _flag_words(message: str) -> str:
     """A DecodeConfig message in flag words: ``min_block`` -> ``--min-block``."""
-    return re.sub(r"\b(" + "|".join(FIELDS) + r")\b",
-                  lambda m: "--" + m[1].replace("_", "-"), message)
+    return re.sub(r"\b(" + "|".join(FIELDS) + r")\b", lambda m: "--" + m[1].replace("_", "-"), message)
 
 
 def _decode_config(args, loaded, eot: int | None, req: dict | None = None) -> DecodeConfig:
@@ -341,15 +424,16 @@ def _decode_config(args, loaded, eot: int | None, req: dict | None = None) -> De
 
 # The Python API's words in messages that reach a CLI user, and the flags that say the same.
 # (A missing or out-of-vocabulary mask token never reaches them: _check_decode says it first.)
-_API_WORDS = [("horizon 'khead'", "--horizon khead"),
-              ("use horizon 'entropy' or 'fixed'", "use --horizon entropy or fixed")]
+_API_WORDS = [
+    ("horizon 'khead'", "--horizon khead"),
+    ("use horizon 'entropy' or 'fixed'", "use --horizon entropy or fixed"),
+]
 
 
 def _cli_words(message: str) -> str:
     for api, flag in _API_WORDS:
         message = message.replace(api, flag)
-    return re.sub(r"^(mask_token_id|device|dtype): ",
-                  lambda m: "--" + m[1].replace("_", "-") + ": ", message)
+    return re.sub(r"^(mask_token_id|device|dtype): ", lambda m: "--" + m[1].replace("_", "-") + ": ", message)
 
 
 def _status(text: str | None) -> None:
@@ -367,9 +451,14 @@ def _load(args):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)  # the loader's (not deprecation noise)
-            loaded = load_model(args.model, head=args.head, dtype=args.dtype,
-                                device=args.device, mask_token_id=args.mask_token_id,
-                                weights=args.weights)
+            loaded = load_model(
+                args.model,
+                head=args.head,
+                dtype=args.dtype,
+                device=args.device,
+                mask_token_id=args.mask_token_id,
+                weights=args.weights,
+            )
     finally:
         _status(None)
     for w in caught:
@@ -384,8 +473,10 @@ def _end_of_think_id(loaded) -> int:
     an ordinary token, as in SmolLM2)."""
     eot = loaded.fluid.end_of_think_token_id if loaded.fluid is not None else None
     if eot is None:
-        raise CLIError("--stop-at-end-of-think: this model has no end-of-think id (a FLUID "
-                       "checkpoint names it in fluid.json: end_of_think_token_id)")
+        raise CLIError(
+            "--stop-at-end-of-think: this model has no end-of-think id (a FLUID "
+            "checkpoint names it in fluid.json: end_of_think_token_id)"
+        )
     return eot
 
 
@@ -401,8 +492,10 @@ def _prompt_ids(loaded, text: str | None, ids: list[int] | None, chat: bool) -> 
         return list(ids)
     tok = loaded.tokenizer
     if tok is None:
-        raise CLIError("this model has no tokenizer: give the prompt as token ids (--prompt-ids, "
-                       "or prompt_ids in --input)")
+        raise CLIError(
+            "this model has no tokenizer: give the prompt as token ids (--prompt-ids, "
+            "or prompt_ids in --input)"
+        )
     if not chat:
         return tok.encode(text, add_special_tokens=True)
     if not tok.has_chat_template:
@@ -410,8 +503,7 @@ def _prompt_ids(loaded, text: str | None, ids: list[int] | None, chat: bool) -> 
     import jinja2
 
     try:
-        text = tok.apply_chat_template([{"role": "user", "content": text}],
-                                       add_generation_prompt=True)
+        text = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
     except jinja2.TemplateError as err:
         raise CLIError(f"chat: the model's chat template failed: {err}") from None
     return tok.encode(text, add_special_tokens=False)
@@ -427,10 +519,13 @@ def _check_decode(ids: list[int], cfg: DecodeConfig, loaded, decoder: Decoder) -
         if mask is None:  # none named, or the loader dropped one (a model without a K-head)
             why = "this model has none (none named, or one outside its vocabulary)"
         else:  # _decoder dropped it
-            why = (f"this model's mask id {mask} (default / fluid.json) is outside its "
-                   f"vocabulary of {loaded.config.vocab_size}")
-        raise CLIError(f"elastic decoding needs a FLUID mask token, and {why}: pass "
-                       "--mask-token-id ID, or --mode ar")
+            why = (
+                f"this model's mask id {mask} (default / fluid.json) is outside its "
+                f"vocabulary of {loaded.config.vocab_size}"
+            )
+        raise CLIError(
+            f"elastic decoding needs a FLUID mask token, and {why}: pass --mask-token-id ID, or --mode ar"
+        )
     try:
         decoder.check([ids], cfg)  # token ids, and the prompt's fit in the model's context
     except ValueError as err:
@@ -440,9 +535,15 @@ def _check_decode(ids: list[int], cfg: DecodeConfig, loaded, decoder: Decoder) -
 
 # -- generate ------------------------------------------------------------------------------------
 
+
 def _result_json(g: Generation, tokenizer) -> dict:
-    out = {"tokens": g.tokens, "stop_reason": g.stop_reason, "forwards": g.forwards,
-           "tokens_per_forward": round(g.tokens_per_forward, 4), "trace": g.trace}
+    out = {
+        "tokens": g.tokens,
+        "stop_reason": g.stop_reason,
+        "forwards": g.forwards,
+        "tokens_per_forward": round(g.tokens_per_forward, 4),
+        "trace": g.trace,
+    }
     if tokenizer is not None:
         out["text"] = tokenizer.decode(g.tokens)
     return out
@@ -454,8 +555,7 @@ def _streamer(tok):
 
     def on_commit(_row, new_ids):
         _status(None)
-        print(stream.push(new_ids) if stream else " ".join(map(str, new_ids)) + " ", end="",
-              flush=True)
+        print(stream.push(new_ids) if stream else " ".join(map(str, new_ids)) + " ", end="", flush=True)
 
     return on_commit, lambda: print(stream.flush() if stream else "")
 
@@ -463,8 +563,12 @@ def _streamer(tok):
 def _print_result(args, g: Generation, stats, cfg: DecodeConfig, tok, flush) -> None:
     if args.json:
         out = _result_json(g, tok)
-        out.update(wall_s=round(stats.wall_s, 4), prefill_s=round(stats.prefill_s, 4),
-                   tokens_per_s=round(stats.tokens_per_s, 2), mode=cfg.mode)
+        out.update(
+            wall_s=round(stats.wall_s, 4),
+            prefill_s=round(stats.prefill_s, 4),
+            tokens_per_s=round(stats.tokens_per_s, 2),
+            mode=cfg.mode,
+        )
         print(json.dumps(out))
         return
     if args.stream:
@@ -473,9 +577,12 @@ def _print_result(args, g: Generation, stats, cfg: DecodeConfig, tok, flush) -> 
         print(coloured(g, tok))
     else:
         print(tok.decode(g.tokens) if tok is not None else " ".join(map(str, g.tokens)))
-    print(f"[{len(g.tokens)} tokens, {g.forwards} forwards, "
-          f"{g.tokens_per_forward:.2f} tokens/forward, {stats.tokens_per_s:.1f} tokens/s, "
-          f"mode {cfg.mode}]", file=sys.stderr)
+    print(
+        f"[{len(g.tokens)} tokens, {g.forwards} forwards, "
+        f"{g.tokens_per_forward:.2f} tokens/forward, {stats.tokens_per_s:.1f} tokens/s, "
+        f"mode {cfg.mode}]",
+        file=sys.stderr,
+    )
 
 
 def _write_plot(args, g: Generation, tok) -> int:
@@ -483,8 +590,9 @@ def _write_plot(args, g: Generation, tok) -> int:
     try:
         plot_horizon(g, args.horizon_plot, tok)
     except (OSError, ValueError, RuntimeError) as err:
-        print(f"fluid-rt: error: --horizon-plot {args.horizon_plot}: cannot write it ({err})",
-              file=sys.stderr)
+        print(
+            f"fluid-rt: error: --horizon-plot {args.horizon_plot}: cannot write it ({err})", file=sys.stderr
+        )
         return 1
     return 0
 
@@ -545,19 +653,21 @@ def _run_batches(args, loaded, decoder: Decoder, requests, batches) -> list[dict
     from tqdm import tqdm
 
     results: list[dict | None] = [None] * len(requests)
-    with tqdm(total=len(requests), unit="request", desc="fluid-rt", file=sys.stderr,
-              disable=None, leave=False) as bar:
+    with tqdm(
+        total=len(requests), unit="request", desc="fluid-rt", file=sys.stderr, disable=None, leave=False
+    ) as bar:
         for chunk in batches:
             try:
-                gens, stats = decoder.generate([ids for _, ids, _ in chunk],
-                                               [cfg for _, _, cfg in chunk])
+                gens, stats = decoder.generate([ids for _, ids, _ in chunk], [cfg for _, _, cfg in chunk])
             except FloatingPointError as err:  # its "prompt i" counts within this batch
                 lines = ", ".join(str(requests[i][0]) for i, _, _ in chunk)
-                raise FloatingPointError(f"{args.input}, the batch of lines {lines}: "
-                                         f"{err}") from None
+                raise FloatingPointError(f"{args.input}, the batch of lines {lines}: {err}") from None
             for (i, _, _), g in zip(chunk, gens):
-                results[i] = {**_result_json(g, loaded.tokenizer),
-                              "batch_wall_s": round(stats.wall_s, 4), "batch_size": len(chunk)}
+                results[i] = {
+                    **_result_json(g, loaded.tokenizer),
+                    "batch_wall_s": round(stats.wall_s, 4),
+                    "batch_size": len(chunk),
+                }
             bar.update(len(chunk))
             bar.set_postfix(tokens_per_s=f"{stats.tokens_per_s:.1f}")
     return results
@@ -567,8 +677,7 @@ def _generate_batch(args, loaded, decoder: Decoder, requests, eot) -> int:
     """--input/--output: every request checked first, then decoded in batches of any parameters
     the decoder can run together, results in input order."""
     batches = _plan_batches(args, loaded, decoder, requests, eot)
-    lines = "".join(json.dumps(r) + "\n" for r in _run_batches(args, loaded, decoder, requests,
-                                                                 batches))
+    lines = "".join(json.dumps(r) + "\n" for r in _run_batches(args, loaded, decoder, requests, batches))
     if args.output is None:
         sys.stdout.write(lines)
         return 0
@@ -577,14 +686,18 @@ def _generate_batch(args, loaded, decoder: Decoder, requests, eot) -> int:
             out.write(lines)
     except OSError as err:
         # Checked before decoding, but it can still fail (disk full...): keep the results.
-        print(f"fluid-rt: error: --output {args.output}: cannot write it ({err.strerror or err}); "
-              "the results follow on stdout", file=sys.stderr)
+        print(
+            f"fluid-rt: error: --output {args.output}: cannot write it ({err.strerror or err}); "
+            "the results follow on stdout",
+            file=sys.stderr,
+        )
         sys.stdout.write(lines)
         return 1
     return 0
 
 
 # -- bench ---------------------------------------------------------------------------------------
+
 
 def cmd_bench(args) -> int:
     """Benchmarks are scripts in the source tree's benchmarks/ folder (not installed)."""
@@ -596,10 +709,10 @@ def cmd_bench(args) -> int:
             runpy.run_path(script, run_name="__main__")
             return 0
     names = bench_names()
-    valid = (f"valid names: {', '.join(names)}" if names else
-             "run it from a source checkout of fluid_rt")
-    raise CLIError(f"bench {args.name}: no {BENCH_DIR}/bench_{args.name}.py here or next to the "
-                   f"package ({valid})")
+    valid = f"valid names: {', '.join(names)}" if names else "run it from a source checkout of fluid_rt"
+    raise CLIError(
+        f"bench {args.name}: no {BENCH_DIR}/bench_{args.name}.py here or next to the package ({valid})"
+    )
 
 
 def _stdout_gone() -> int:

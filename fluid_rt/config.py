@@ -48,14 +48,23 @@ class ModelConfig:
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ValueError(f"family: {self.family!r} is not one of {FAMILIES}")
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                     "num_kv_heads", "head_dim", "max_position_embeddings"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "max_position_embeddings",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name}: must be a positive int, got {value!r}")
         if self.num_heads % self.num_kv_heads != 0:
-            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
-                             f"({self.num_kv_heads})")
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
+            )
         if self.head_dim % 2 != 0:
             raise ValueError(f"head_dim: RoPE needs an even head_dim, got {self.head_dim}")
         for name in ("rms_norm_eps", "rope_theta"):
@@ -80,8 +89,9 @@ class ModelConfig:
         """Build from an HF ``config.json`` dict (model_type PanguEmbedded, llama or qwen2)."""
         model_type = d.get("model_type")
         if model_type not in _MODEL_TYPES:
-            raise ValueError(f"model_type {model_type!r} is not supported "
-                             f"(supported: {sorted(_MODEL_TYPES)})")
+            raise ValueError(
+                f"model_type {model_type!r} is not supported (supported: {sorted(_MODEL_TYPES)})"
+            )
         family = _MODEL_TYPES[model_type]
         act = d.get("hidden_act", "silu")
         if act not in ("silu", "swish"):
@@ -90,8 +100,9 @@ class ModelConfig:
         heads = _positive_int(d, "num_attention_heads")
         kv_heads = _positive_int(d, "num_key_value_heads", heads)
         if d.get("head_dim") is None and hidden < heads:
-            raise ValueError(f"hidden_size {hidden} is smaller than num_attention_heads {heads} "
-                             "(and no head_dim is given)")
+            raise ValueError(
+                f"hidden_size {hidden} is smaller than num_attention_heads {heads} (and no head_dim is given)"
+            )
         head_dim = _positive_int(d, "head_dim", hidden // heads)
         qkv_bias, o_bias, mlp_bias = _hf_biases(family, d)
         eos = d.get("eos_token_id")
@@ -160,8 +171,11 @@ def _rope_type(scaling: dict) -> str:
 
 
 # The rope_scaling keys each supported type needs (fluid_rt.model.rope_inv_freq reads them).
-_ROPE_SCALING_KEYS = {"default": (), "linear": ("factor",),
-                      "llama3": ("factor", "original_max_position_embeddings")}
+_ROPE_SCALING_KEYS = {
+    "default": (),
+    "linear": ("factor",),
+    "llama3": ("factor", "original_max_position_embeddings"),
+}
 
 
 def _check_rope_scaling(scaling) -> None:
@@ -169,8 +183,10 @@ def _check_rope_scaling(scaling) -> None:
         raise ValueError(f"rope_scaling: expected an object, got {scaling!r}")
     kind = _rope_type(scaling)
     if kind not in _ROPE_SCALING_KEYS:
-        raise ValueError(f"rope_scaling: type {kind!r} is not supported "
-                         f"(supported: {', '.join(sorted(_ROPE_SCALING_KEYS))})")
+        raise ValueError(
+            f"rope_scaling: type {kind!r} is not supported "
+            f"(supported: {', '.join(sorted(_ROPE_SCALING_KEYS))})"
+        )
     for key in _ROPE_SCALING_KEYS[kind]:
         if key not in scaling:
             raise ValueError(f"rope_scaling: type {kind!r} needs {key!r}")
@@ -189,8 +205,7 @@ def is_int(value) -> bool:
 
 def _positive_finite(value) -> bool:
     """A real number (not a bool: JSON true is no number) in (0, inf)."""
-    return (not isinstance(value, bool) and isinstance(value, numbers.Real)
-            and 0 < value < math.inf)
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and 0 < value < math.inf
 
 
 def _positive_int(d: dict, key: str, default=None) -> int:
@@ -258,8 +273,9 @@ class FluidConfig:
     max_k: int = DEFAULT_MAX_K
 
     @classmethod
-    def load(cls, directory: str | None = None, *, pangu_vocabulary: bool = True,
-             **overrides: Any) -> FluidConfig:
+    def load(
+        cls, directory: str | None = None, *, pangu_vocabulary: bool = True, **overrides: Any
+    ) -> FluidConfig:
         """Defaults, then ``<directory>/fluid.json`` when present, then ``overrides`` that are not
         None (``end_of_think_token_id`` cannot be overridden to None this way: write it in
         fluid.json as null). The default token ids are openPangu's: with
@@ -282,15 +298,13 @@ class FluidConfig:
                     raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
                 unknown = set(data) - set(values)
                 if unknown:
-                    raise ValueError(f"{path}: unknown keys {sorted(unknown)} "
-                                     f"(known: {sorted(values)})")
+                    raise ValueError(f"{path}: unknown keys {sorted(unknown)} (known: {sorted(values)})")
                 values.update(data)
         values.update({k: v for k, v in overrides.items() if v is not None})
         for name in ("mask_token_id", "end_of_think_token_id"):
             value = values[name]
             if value is not None and (not is_int(value) or value < 0):
-                raise ValueError(f"{source}: {name} must be a non-negative int or null, got "
-                                 f"{value!r}")
+                raise ValueError(f"{source}: {name} must be a non-negative int or null, got {value!r}")
         fluid = cls(**values)
         if not is_int(fluid.max_k) or fluid.max_k < 1:
             raise ValueError(f"{source}: max_k must be a positive int, got {fluid.max_k!r}")

@@ -8,10 +8,12 @@ Both read only a ``Generation``'s tokens and trace.
 from __future__ import annotations
 
 # Four K bands, shortest to longest: the terminal colour and the plot colour of each.
-BANDS = (("\033[31m", "tab:red", "shortest K (downshift)"),
-         ("\033[33m", "goldenrod", "short K"),
-         ("\033[32m", "tab:green", "long K"),
-         ("\033[36m", "tab:cyan", "longest K (sprint)"))
+BANDS = (
+    ("\033[31m", "tab:red", "shortest K (downshift)"),
+    ("\033[33m", "goldenrod", "short K"),
+    ("\033[32m", "tab:green", "long K"),
+    ("\033[36m", "tab:cyan", "longest K (sprint)"),
+)
 RESET = "\033[0m"
 
 
@@ -70,15 +72,31 @@ def _draw_blocks(ax, g, spans, k_max) -> list:
     from matplotlib.patches import Patch
 
     bands = [k_band(b["K"], k_max) for _, _, b in spans]
-    ax.bar([s for s, _, _ in spans], [b["K"] for _, _, b in spans],
-           width=[max(w, 0.3) for _, w, _ in spans], align="edge",
-           color=[BANDS[i][1] for i in bands], edgecolor="black", linewidth=0.4)
+    ax.bar(
+        [s for s, _, _ in spans],
+        [b["K"] for _, _, b in spans],
+        width=[max(w, 0.3) for _, w, _ in spans],
+        align="edge",
+        color=[BANDS[i][1] for i in bands],
+        edgecolor="black",
+        linewidth=0.4,
+    )
     handles = [Patch(color=BANDS[i][1], label=BANDS[i][2]) for i in sorted(set(bands))]
-    miss = [(s + b["mismatch"] + 0.5, b["K"]) for s, _, b in spans
-            if b["mismatch"] is not None and b["mismatch"] < len(g.tokens) - s]
+    miss = [
+        (s + b["mismatch"] + 0.5, b["K"])
+        for s, _, b in spans
+        if b["mismatch"] is not None and b["mismatch"] < len(g.tokens) - s
+    ]
     if miss:
-        handles.append(ax.plot([x for x, _ in miss], [k + 0.35 for _, k in miss], "kx",
-                               markersize=5, label="first rejected draft")[0])
+        handles.append(
+            ax.plot(
+                [x for x, _ in miss],
+                [k + 0.35 for _, k in miss],
+                "kx",
+                markersize=5,
+                label="first rejected draft",
+            )[0]
+        )
     return handles
 
 
@@ -91,8 +109,9 @@ def _label_text(ax, spans, texts) -> None:
         label = " ".join(text.split())
         label = label if len(label) <= 4 * b["K"] else label[: 4 * b["K"] - 1] + "…"
         if label and width:
-            ax.text(start + width / 2, 0.1, label, rotation=90, ha="center", va="bottom",
-                    fontsize=6, clip_on=True)
+            ax.text(
+                start + width / 2, 0.1, label, rotation=90, ha="center", va="bottom", fontsize=6, clip_on=True
+            )
 
 
 def plot_horizon(g, path: str, tokenizer=None) -> None:
@@ -113,13 +132,15 @@ def plot_horizon(g, path: str, tokenizer=None) -> None:
     ax.set_ylim(0, k_max + 1)
     ax.set_xlabel("output token index")
     ax.set_ylabel("horizon K")
-    ax.set_title(f"elastic horizon: {len(g.tokens)} tokens in {g.forwards} forwards "
-                 f"({g.tokens_per_forward:.2f} tokens/forward)", fontsize=10)
+    ax.set_title(
+        f"elastic horizon: {len(g.tokens)} tokens in {g.forwards} forwards "
+        f"({g.tokens_per_forward:.2f} tokens/forward)",
+        fontsize=10,
+    )
     if tokenizer is not None:
         _label_text(ax, spans, texts)
     # Outside the axes: a legend never covers a bar.
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8,
-              frameon=False)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     fig.tight_layout()
     try:
         fig.savefig(path, dpi=120)

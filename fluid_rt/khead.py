@@ -15,18 +15,28 @@ class KHead:
     """Holds the K-head weights (``diffusion_k_head.{0,2}.{weight,bias}``, prefix optional)."""
 
     def __init__(self, state_dict: dict, dtype: torch.dtype = torch.float32, device="cpu"):
-        sd = {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in state_dict.items()}
+        sd = {k[len(PREFIX) :] if k.startswith(PREFIX) else k: v for k, v in state_dict.items()}
         want = {"0.weight", "0.bias", "2.weight", "2.bias"}
         if set(sd) != want:
-            raise ValueError(f"K-head state dict: keys {sorted(sd)}, expected "
-                             f"{sorted(PREFIX + k for k in want)}")
-        w1, b1, w2, b2 = (sd[k].to(dtype=dtype, device=device).contiguous()
-                          for k in ("0.weight", "0.bias", "2.weight", "2.bias"))
-        if (w1.dim() != 2 or b1.shape != (w1.shape[0],) or w2.dim() != 2
-                or w2.shape[1] != w1.shape[0] or b2.shape != (w2.shape[0],)):
-            raise ValueError(f"K-head state dict: inconsistent shapes 0.weight {tuple(w1.shape)}, "
-                             f"0.bias {tuple(b1.shape)}, 2.weight {tuple(w2.shape)}, "
-                             f"2.bias {tuple(b2.shape)}")
+            raise ValueError(
+                f"K-head state dict: keys {sorted(sd)}, expected {sorted(PREFIX + k for k in want)}"
+            )
+        w1, b1, w2, b2 = (
+            sd[k].to(dtype=dtype, device=device).contiguous()
+            for k in ("0.weight", "0.bias", "2.weight", "2.bias")
+        )
+        if (
+            w1.dim() != 2
+            or b1.shape != (w1.shape[0],)
+            or w2.dim() != 2
+            or w2.shape[1] != w1.shape[0]
+            or b2.shape != (w2.shape[0],)
+        ):
+            raise ValueError(
+                f"K-head state dict: inconsistent shapes 0.weight {tuple(w1.shape)}, "
+                f"0.bias {tuple(b1.shape)}, 2.weight {tuple(w2.shape)}, "
+                f"2.bias {tuple(b2.shape)}"
+            )
         self.w1, self.b1, self.w2, self.b2 = w1, b1, w2, b2
         self.hidden_size = w1.shape[1]
         self.max_k = w2.shape[0]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -22,7 +22,7 @@ class LoadedModel:
     model: Transformer
     config: ModelConfig
     fluid: FluidConfig
-    khead: Optional[KHead]
+    khead: KHead | None
     tokenizer: Any
     path: str
     adapter: Any = None  # fluid_rt.adapter.Adapter when a gated FLUID adapter is attached
@@ -57,8 +57,7 @@ def resolve_dtype_device(dtype, device) -> tuple[torch.dtype, torch.device]:
         raise ValueError(f"device: {device!r} is not a device ({err})") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device: {device}: no CUDA GPU is usable here (torch "
-                             f"{torch.__version__})")
+            raise ValueError(f"device: {device}: no CUDA GPU is usable here (torch {torch.__version__})")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"device: {device}: there are {torch.cuda.device_count()} CUDA devices")
     elif device.type != "cpu":
@@ -70,11 +69,17 @@ def resolve_dtype_device(dtype, device) -> tuple[torch.dtype, torch.device]:
 SHIPPED_ADAPTER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "smollm2-fluid")
 
 
-def load_model(path: Optional[str] = None, *, head: Optional[str] = None, adapter: Optional[str] = "auto",
-               dtype: torch.dtype | str = torch.float32, device="cpu",
-               mask_token_id: Optional[int] = None,
-               end_of_think_token_id: Optional[int] = None,
-               weights: str = "quantized") -> LoadedModel:
+def load_model(
+    path: str | None = None,
+    *,
+    head: str | None = None,
+    adapter: str | None = "auto",
+    dtype: torch.dtype | str = torch.float32,
+    device="cpu",
+    mask_token_id: int | None = None,
+    end_of_think_token_id: int | None = None,
+    weights: str = "quantized",
+) -> LoadedModel:
     """Load a model for decoding.
 
     path: None -> the embedded default GGUF model; ``*.gguf`` -> GGUF file; a directory -> HF
@@ -135,15 +140,20 @@ def load_model(path: Optional[str] = None, *, head: Optional[str] = None, adapte
     adapter_head = None
     if attached is not None:
         if mask_token_id is not None and mask_token_id != attached.mask_token_id:
-            raise ValueError(f"mask_token_id: {mask_token_id} differs from the adapter's "
-                             f"{attached.mask_token_id} ({adapter})")
+            raise ValueError(
+                f"mask_token_id: {mask_token_id} differs from the adapter's "
+                f"{attached.mask_token_id} ({adapter})"
+            )
         mask_token_id = attached.mask_token_id
         if head is None:  # the adapter's K-head was trained with its drafts: it wins
             adapter_head = attached.khead_state()
     khead = None
-    fluid = FluidConfig.load(ckpt_dir, pangu_vocabulary=cfg.family == "pangu",
-                             mask_token_id=mask_token_id,
-                             end_of_think_token_id=end_of_think_token_id)
+    fluid = FluidConfig.load(
+        ckpt_dir,
+        pangu_vocabulary=cfg.family == "pangu",
+        mask_token_id=mask_token_id,
+        end_of_think_token_id=end_of_think_token_id,
+    )
     if adapter_head is not None:
         khead = KHead(adapter_head, dtype=dtype, device=device)
         fluid.max_k = khead.max_k
@@ -164,14 +174,25 @@ def load_model(path: Optional[str] = None, *, head: Optional[str] = None, adapte
             # a token the model cannot emit never ends a think.
             setattr(fluid, name, None)
             continue
-        warnings.warn(f"{path}: {name} {value} (default / fluid.json) is outside the vocabulary "
-                      f"(size {cfg.vocab_size}); pass {name}= to load_model", stacklevel=2)
+        warnings.warn(
+            f"{path}: {name} {value} (default / fluid.json) is outside the vocabulary "
+            f"(size {cfg.vocab_size}); pass {name}= to load_model",
+            stacklevel=2,
+        )
     defaults = dict(attached.meta.get("decode", {})) if attached is not None else {}
-    return LoadedModel(model=model, config=cfg, fluid=fluid, khead=khead, tokenizer=tokenizer,
-                       path=path, adapter=attached, decode_defaults=defaults)
+    return LoadedModel(
+        model=model,
+        config=cfg,
+        fluid=fluid,
+        khead=khead,
+        tokenizer=tokenizer,
+        path=path,
+        adapter=attached,
+        decode_defaults=defaults,
+    )
 
 
-def _attach_adapter(adapter: Optional[str], model: Transformer, path: str, implicit: bool):
+def _attach_adapter(adapter: str | None, model: Transformer, path: str, implicit: bool):
     """Attach the adapter directory (None: nothing). A shipped adapter that does not fit the
     base (``implicit``) warns and leaves the plain model; an explicit one raises."""
     if adapter is None:
@@ -183,6 +204,8 @@ def _attach_adapter(adapter: Optional[str], model: Transformer, path: str, impli
     except AdapterError as err:
         if not implicit:
             raise
-        warnings.warn(f"the shipped FLUID adapter does not fit {path}, loading the plain base "
-                      f"model: {err}", stacklevel=3)
+        warnings.warn(
+            f"the shipped FLUID adapter does not fit {path}, loading the plain base model: {err}",
+            stacklevel=3,
+        )
         return None

@@ -102,8 +102,7 @@ class Linear:
 
     __slots__ = ("bias", "out_features", "packed", "w_t")
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                 pack: bool | None = None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, pack: bool | None = None):
         if pack is None:
             pack = weight.device.type == "cpu" and cpu_packs(weight.dtype)
         self.out_features = weight.shape[0]
@@ -133,12 +132,13 @@ class Linear:
 
 # ---- quantized weights (GGUF blocks kept on the CPU, fluid_rt.qlinear) ------------------------
 
+
 def is_quant(weight) -> bool:
     """Whether a state-dict entry is a quantized ``QuantWeight`` (see ``fluid_rt.weights.gguf``)."""
     return isinstance(weight, QuantWeight)
 
 
-def make_linear(weight, bias: Optional[torch.Tensor] = None):
+def make_linear(weight, bias: torch.Tensor | None = None):
     """``QuantLinear`` for a quantized weight, ``Linear`` for a float one."""
     return QuantLinear(weight, bias) if is_quant(weight) else Linear(weight, bias)
 
@@ -170,13 +170,13 @@ class RowPacking:
         B = len(widths)
         offsets = [sum(widths[:b]) for b in range(B)]
         self.segments = list(zip(range(B), offsets, widths))  # (row, offset, width)
-        self.row_of = torch.repeat_interleave(torch.arange(B, device=dev),
-                                              torch.tensor(widths, device=dev))
+        self.row_of = torch.repeat_interleave(torch.arange(B, device=dev), torch.tensor(widths, device=dev))
         self.slot_of = torch.cat([torch.arange(w, device=dev) for w in widths])
         self.positions = (seqlens.long()[self.row_of] + self.slot_of)[None]
         self.seqlens = seqlens
-        self.cache_rows = (batch_idx if batch_idx is not None
-                           else torch.arange(B, dtype=torch.int32, device=dev))
+        self.cache_rows = (
+            batch_idx if batch_idx is not None else torch.arange(B, dtype=torch.int32, device=dev)
+        )
 
     def pack(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[B, T]`` -> the packed ``[1, sum(widths)]``."""
@@ -190,10 +190,21 @@ class RowPacking:
 
     def attention(self, q, k, v, k_cache, v_cache) -> torch.Tensor:
         """``causal_attention`` of each row's slice of the packed q, k, v."""
-        return torch.cat([ops.causal_attention(
-            q[:, o:o + w], k_cache, v_cache, self.seqlens[b:b + 1], k[:, o:o + w], v[:, o:o + w],
-            cache_batch_idx=self.cache_rows[b:b + 1]) for b, o, w in self.segments], 1)
-
+        return torch.cat(
+            [
+                ops.causal_attention(
+                    q[:, o : o + w],
+                    k_cache,
+                    v_cache,
+                    self.seqlens[b : b + 1],
+                    k[:, o : o + w],
+                    v[:, o : o + w],
+                    cache_batch_idx=self.cache_rows[b : b + 1],
+                )
+                for b, o, w in self.segments
+            ],
+            1,
+        )
 
 
 class Transformer:
@@ -204,23 +215,31 @@ class Transformer:
     soon as it is used, so a large checkpoint is not held twice while q/k/v and gate/up are fused.
     """
 
-    def __init__(self, cfg: ModelConfig, state_dict: dict, dtype: torch.dtype = torch.float32,
-                 device="cpu", consume: bool = False):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        state_dict: dict,
+        dtype: torch.dtype = torch.float32,
+        device="cpu",
+        consume: bool = False,
+    ):
         if cfg.head_dim not in ops.SUPPORTED_HEAD_DIMS:  # attention always runs on our kernel
-            raise ValueError(f"head_dim {cfg.head_dim} is not supported by fluid_rt's attention "
-                             f"kernel (supported: {ops.SUPPORTED_HEAD_DIMS})")
+            raise ValueError(
+                f"head_dim {cfg.head_dim} is not supported by fluid_rt's attention "
+                f"kernel (supported: {ops.SUPPORTED_HEAD_DIMS})"
+            )
         self.cfg = cfg
         self.dtype = dtype
         self.device = torch.device(device)
         expected = expected_tensor_shapes(cfg)
         missing = [n for n in expected if n not in state_dict]
         if missing:
-            raise ValueError(f"state_dict: missing tensors {missing[:8]}"
-                             f"{' ...' if len(missing) > 8 else ''}")
+            raise ValueError(f"state_dict: missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''}")
         for name, shape in expected.items():
             if tuple(state_dict[name].shape) != shape:
-                raise ValueError(f"state_dict: {name} has shape {tuple(state_dict[name].shape)}, "
-                                 f"expected {shape}")
+                raise ValueError(
+                    f"state_dict: {name} has shape {tuple(state_dict[name].shape)}, expected {shape}"
+                )
 
         def get(name):
             t = state_dict.pop(name) if consume else state_dict[name]
@@ -272,14 +291,26 @@ class Transformer:
             self.cos, self.sin = rope_tables(self.cfg, num_positions, self.dtype, self.device)
             self._rope_len = num_positions
 
-    def __call__(self, tokens: torch.Tensor, cache: KVCache, rows: torch.Tensor | None = None,
-                 logits_slots: torch.Tensor | None = None, widths: list | None = None,
-                 float_logits: bool = True):
+    def __call__(
+        self,
+        tokens: torch.Tensor,
+        cache: KVCache,
+        rows: torch.Tensor | None = None,
+        logits_slots: torch.Tensor | None = None,
+        widths: list | None = None,
+        float_logits: bool = True,
+    ):
         return self.forward(tokens, cache, rows, logits_slots, widths, float_logits)
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache, rows: torch.Tensor | None = None,
-                logits_slots: torch.Tensor | None = None, widths: list | None = None,
-                float_logits: bool = True):
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        cache: KVCache,
+        rows: torch.Tensor | None = None,
+        logits_slots: torch.Tensor | None = None,
+        widths: list | None = None,
+        float_logits: bool = True,
+    ):
         """Run ``tokens [B, T]`` int64 at positions ``cache.seqlens[rows[b]] + t``.
 
         rows: optional ``[B]`` int32/int64 cache rows (default ``0 .. B-1``).
@@ -309,8 +340,7 @@ class Transformer:
         # Clamped only so that a row past the cache capacity cannot index the tables out of range
         # (a device assert on CUDA); the attention op itself rejects / NaN-fills such rows.
         positions = positions.clamp(0, self._rope_len - 1)
-        ctx = ForwardContext(cache, seqlens, batch_idx, self.cos[positions], self.sin[positions],
-                             packing)
+        ctx = ForwardContext(cache, seqlens, batch_idx, self.cos[positions], self.sin[positions], packing)
         # x is the residual stream; ``ops.rms_norm(x, w, eps, delta)`` adds each block's output
         # into it in place and normalizes the sum in one pass.
         x = self.embed_tokens(tokens)  # [B, T, H], a fresh tensor
@@ -329,28 +359,30 @@ class Transformer:
 
     def _check_call(self, tokens, cache: KVCache, rows, logits_slots, widths) -> None:
         B, T = tokens.shape
-        if widths is not None and (logits_slots is not None or len(widths) != B
-                                   or not all(1 <= int(w) <= T for w in widths)):
-            raise ValueError(f"widths: expected {B} ints in [1, {T}] and no logits_slots, got "
-                             f"{list(widths)}")
+        if widths is not None and (
+            logits_slots is not None or len(widths) != B or not all(1 <= int(w) <= T for w in widths)
+        ):
+            raise ValueError(f"widths: expected {B} ints in [1, {T}] and no logits_slots, got {list(widths)}")
         if cache.k.dtype != self.dtype or cache.k.device != self.device:
-            raise ValueError(f"cache: dtype/device {cache.k.dtype}/{cache.k.device} differ from the "
-                             f"model's {self.dtype}/{self.device}")
-        if rows is None and B > cache.max_batch:
+            raise ValueError(
+                f"cache: dtype/device {cache.k.dtype}/{cache.k.device} differ from the "
+                f"model's {self.dtype}/{self.device}"
+            )
+        if rows is None and cache.max_batch < B:
             raise ValueError(f"tokens: batch {B} exceeds the cache's max_batch {cache.max_batch}")
         if rows is not None and rows.shape != (B,):
             raise ValueError(f"rows: expected shape ({B},), got {tuple(rows.shape)}")
 
-    def _layer(self, li: int, layer: _Layer, x: torch.Tensor, delta: torch.Tensor | None,
-               ctx: ForwardContext) -> torch.Tensor:
+    def _layer(
+        self, li: int, layer: _Layer, x: torch.Tensor, delta: torch.Tensor | None, ctx: ForwardContext
+    ) -> torch.Tensor:
         """One decoder layer on the residual stream ``x`` (``delta``, the previous layer's
         output, is added into it first). Returns this layer's output, added by the next norm."""
         cfg = self.cfg
         h = ops.rms_norm(x, layer.ln_in, cfg.rms_norm_eps, delta)
         q, k, v = self._qkv(layer, h, ctx)
         attn = self._attention(li, q, k, v, ctx)
-        h = ops.rms_norm(x, layer.ln_post, cfg.rms_norm_eps,
-                         layer.o(attn.reshape(*x.shape[:2], cfg.q_size)))
+        h = ops.rms_norm(x, layer.ln_post, cfg.rms_norm_eps, layer.o(attn.reshape(*x.shape[:2], cfg.q_size)))
         return layer.down.silu_and_mul(layer.gate_up(h))
 
     def _qkv(self, layer: _Layer, h: torch.Tensor, ctx: ForwardContext):
@@ -372,8 +404,7 @@ class Transformer:
         k_cache, v_cache = ctx.cache.k[li], ctx.cache.v[li]
         if ctx.packing is not None:
             return ctx.packing.attention(q, k, v, k_cache, v_cache)
-        return ops.causal_attention(q, k_cache, v_cache, ctx.seqlens, k, v,
-                                    cache_batch_idx=ctx.batch_idx)
+        return ops.causal_attention(q, k_cache, v_cache, ctx.seqlens, k, v, cache_batch_idx=ctx.batch_idx)
 
     def _logits(self, hidden: torch.Tensor, logits_slots: torch.Tensor | None) -> torch.Tensor:
         if logits_slots is None:
@@ -393,6 +424,8 @@ class Transformer:
 
     def __repr__(self) -> str:
         c = self.cfg
-        return (f"Transformer({c.family}, layers={c.num_layers}, hidden={c.hidden_size}, "
-                f"heads={c.num_heads}/{c.num_kv_heads}x{c.head_dim}, vocab={c.vocab_size}, "
-                f"dtype={self.dtype}, device={self.device})")
+        return (
+            f"Transformer({c.family}, layers={c.num_layers}, hidden={c.hidden_size}, "
+            f"heads={c.num_heads}/{c.num_kv_heads}x{c.head_dim}, vocab={c.vocab_size}, "
+            f"dtype={self.dtype}, device={self.device})"
+        )

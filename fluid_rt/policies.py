@@ -41,8 +41,14 @@ class HorizonPolicy:
                 f"{self.entropy_low}, {self.entropy_high}"
             )
 
-    def choose(self, hidden: torch.Tensor, entropy: torch.Tensor, min_block: torch.Tensor,
-               block_size: torch.Tensor, khead=None) -> torch.Tensor:
+    def choose(
+        self,
+        hidden: torch.Tensor,
+        entropy: torch.Tensor,
+        min_block: torch.Tensor,
+        block_size: torch.Tensor,
+        khead=None,
+    ) -> torch.Tensor:
         """K per row (int32 [B]) from the normed hidden state [B, H] and the next-token entropy
         [B] at the last committed token; ``min_block``/``block_size`` are int32 [B]. Device ops
         only (no host sync), so a CUDA graph can capture it."""

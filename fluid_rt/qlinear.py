@@ -48,7 +48,7 @@ class QuantLinear:
             return ops.quant_linear(x, packed, fmt, n, self.bias, silu_and_mul)
         outs, start = [], 0
         for fmt, packed, n in self.parts:  # mixed types (fused q/k/v of a K-quant file)
-            bias = None if self.bias is None else self.bias[start:start + n]
+            bias = None if self.bias is None else self.bias[start : start + n]
             outs.append(ops.quant_linear(x, packed, fmt, n, bias, silu_and_mul))
             start += n
         return torch.cat(outs, dim=-1)

@@ -61,8 +61,11 @@ def check_request(req, defaults: dict) -> dict:
     """A request line's object, checked: its keys, its prompt, and its decode fields over
     ``defaults`` (the flags) as ``DecodeConfig`` checks them. Values keep their JSON type."""
     if not isinstance(req, dict):
-        kind = "null" if req is None else {list: "a list", str: "a string", bool: "a boolean"}.get(
-            type(req), "a number")
+        kind = (
+            "null"
+            if req is None
+            else {list: "a list", str: "a string", bool: "a boolean"}.get(type(req), "a number")
+        )
         raise ValueError(f"expected a JSON object, got {kind}")  # noqa: TRY004
     unknown = set(req) - set(REQUEST_KEYS)
     if unknown:
@@ -95,15 +98,13 @@ def _parse_line(raw: bytes, n: int):
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"not UTF-8 text (byte 0x{raw[err.start]:02x} at column "
-                         f"{err.start + 1})") from None
+        raise ValueError(f"not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1})") from None
     if n == 1:
         line = line.removeprefix("\ufeff")  # a byte-order mark some editors write
     if not line.strip():
         return _BLANK
     try:
-        return json.loads(line, parse_constant=_reject_constant,
-                          object_pairs_hook=_no_duplicate_keys)
+        return json.loads(line, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
     except _BadValue:
         raise
     except (ValueError, RecursionError) as err:

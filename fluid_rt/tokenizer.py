@@ -60,7 +60,9 @@ def _compile_chat_template(source: str):
 
     def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         # Jinja's own `tojson` HTML-escapes `<`, `>`, `&` and `'`; chat templates expect plain JSON.
-        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+        return json.dumps(
+            value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        )
 
     def strftime_now(fmt):
         return datetime.now().strftime(fmt)
@@ -117,7 +119,9 @@ class _SentencePieceBackend:
     `<|im_start|>`...) are matched first and map straight to their ids, like HF's slow
     `LlamaTokenizer` does; each chunk between them goes through sentencepiece as is."""
 
-    def __init__(self, sp, extra_special_tokens: Iterable[str] = (), add_bos: bool = True, add_eos: bool = False):
+    def __init__(
+        self, sp, extra_special_tokens: Iterable[str] = (), add_bos: bool = True, add_eos: bool = False
+    ):
         self.sp = sp
         self.add_bos = add_bos
         self.add_eos = add_eos
@@ -311,7 +315,9 @@ class Tokenizer:
         }
         special = {k: v for k, v in special.items() if v is not None}
         return _compile_chat_template(source).render(
-            messages=list(messages), add_generation_prompt=add_generation_prompt, **{**special, **template_kwargs}
+            messages=list(messages),
+            add_generation_prompt=add_generation_prompt,
+            **{**special, **template_kwargs},
         )
 
 
@@ -459,8 +465,9 @@ def tokenizer_from_gguf_metadata(meta: dict[str, Any]) -> Tokenizer:
         return tokens[int(index)] if index is not None and 0 <= int(index) < len(tokens) else None
 
     bos, eos = token_at(K.BOS_ID), token_at(K.EOS_ID)
-    _add_bos_eos(tok, vocab, bos if meta.get(K.ADD_BOS, False) else None,
-                 eos if meta.get(K.ADD_EOS, False) else None)
+    _add_bos_eos(
+        tok, vocab, bos if meta.get(K.ADD_BOS, False) else None, eos if meta.get(K.ADD_EOS, False) else None
+    )
     extra_eos = [meta.get(k) for k in (K.EOT_ID, K.EOM_ID)]
     return Tokenizer(
         _HFBackend(tok),
@@ -605,7 +612,11 @@ def load_tokenizer(directory: str) -> Tokenizer | None:
         except (OSError, RuntimeError) as err:
             raise ValueError(f"{sp_path}: cannot load sentencepiece model ({err})") from err
         # Defaults follow the sentencepiece model itself, as HF's LlamaTokenizer does.
-        for key, index in (("bos_token", sp.bos_id()), ("eos_token", sp.eos_id()), ("unk_token", sp.unk_id())):
+        for key, index in (
+            ("bos_token", sp.bos_id()),
+            ("eos_token", sp.eos_id()),
+            ("unk_token", sp.unk_id()),
+        ):
             if special[key] is None and index >= 0:
                 special[key] = sp.id_to_piece(index)
         if special["pad_token"] is None and sp.pad_id() >= 0:

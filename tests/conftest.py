@@ -33,8 +33,10 @@ def _poison_cuda_allocator(request):
         torch.cuda.synchronize()
         torch.cuda.empty_cache()  # the cached free blocks go; the ones below replace them
         # 1 MiB blocks fill 2 MiB small-pool segments; 20 MiB ones fill large-pool segments.
-        blocks = [torch.empty(n, dtype=torch.uint8, device="cuda").fill_(0xFF)
-                  for n in [1 << 20] * 16 + [20 << 20] * 4]
+        blocks = [
+            torch.empty(n, dtype=torch.uint8, device="cuda").fill_(0xFF)
+            for n in [1 << 20] * 16 + [20 << 20] * 4
+        ]
         del blocks
     yield
 

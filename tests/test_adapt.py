@@ -26,8 +26,17 @@ from fluid_rt.adapt.objectives import (
 from fluid_rt.config import ModelConfig, expected_tensor_shapes
 
 MASK = 3
-TINY = dict(family="llama", vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=2,
-            num_heads=2, num_kv_heads=1, head_dim=32, max_position_embeddings=128)
+TINY = dict(
+    family="llama",
+    vocab_size=97,
+    hidden_size=64,
+    intermediate_size=96,
+    num_layers=2,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=32,
+    max_position_embeddings=128,
+)
 
 
 def tiny_model(seed=0):
@@ -58,8 +67,9 @@ def tokens_of(n, seed=0):
 # -- layouts ---------------------------------------------------------------------------------------
 def test_inserted_masks_sit_at_their_slots_with_the_next_tokens_as_labels():
     tokens = tokens_of(30)
-    lay = insert_masks(tokens, 10, mask_id=MASK, max_k=3, select_prob=1.0,
-                       rng=random.Random(0), restore=False)
+    lay = insert_masks(
+        tokens, 10, mask_id=MASK, max_k=3, select_prob=1.0, rng=random.Random(0), restore=False
+    )
     assert len(lay) > 0 and set(lay.ids) == {MASK}
     # every response token but the last two triggers a block (the last prompt token too)
     assert sorted(set(lay.trigger)) == list(range(9, 28))
@@ -74,8 +84,9 @@ def test_inserted_masks_sit_at_their_slots_with_the_next_tokens_as_labels():
 
 def test_stage2_layout_has_exactly_max_k_masks_per_block():
     tokens = tokens_of(40)
-    lay = insert_masks(tokens, 5, mask_id=MASK, max_k=4, select_prob=0.5, rng=random.Random(3),
-                       restore=False, fixed_k=True)
+    lay = insert_masks(
+        tokens, 5, mask_id=MASK, max_k=4, select_prob=0.5, rng=random.Random(3), restore=False, fixed_k=True
+    )
     blocks = {}
     for r in range(len(lay)):
         blocks.setdefault(lay.block[r], []).append(lay.offset[r])
@@ -84,8 +95,17 @@ def test_stage2_layout_has_exactly_max_k_masks_per_block():
 
 def test_restoration_puts_true_tokens_mostly_and_keeps_labels():
     tokens = tokens_of(200, seed=2)
-    lay = insert_masks(tokens, 1, mask_id=MASK, max_k=4, select_prob=1.0, rng=random.Random(5),
-                       restore=True, vocab_size=97, special_ids=frozenset({0, 1, 2}))
+    lay = insert_masks(
+        tokens,
+        1,
+        mask_id=MASK,
+        max_k=4,
+        select_prob=1.0,
+        rng=random.Random(5),
+        restore=True,
+        vocab_size=97,
+        special_ids=frozenset({0, 1, 2}),
+    )
     restored = [r for r in range(len(lay)) if lay.ids[r] != MASK]
     true = [r for r in restored if lay.ids[r] == tokens[lay.positions[r]]]
     assert 0.2 < len(restored) / len(lay) < 0.8  # r ~ U(0,1) per block: about half
@@ -108,7 +128,7 @@ def brute_force_expanded(tokens_len, lay):
     n = len(order)
     allowed = [[False] * n for _ in range(n)]
     for a, (ka, ia) in enumerate(order):
-        for c, (kc, ic) in enumerate(order[:a + 1]):  # causal over the expanded sequence
+        for c, (kc, ic) in enumerate(order[: a + 1]):  # causal over the expanded sequence
             if ka == "main":
                 allowed[a][c] = kc == "main"  # a main token never sees a mask
             elif kc == "main":
@@ -120,10 +140,14 @@ def brute_force_expanded(tokens_len, lay):
 
 def test_draft_bias_equals_the_brute_force_expanded_mask():
     tokens = tokens_of(24, seed=4)
-    lay = insert_masks(tokens, 6, mask_id=MASK, max_k=4, select_prob=0.5, rng=random.Random(9),
-                       restore=True, vocab_size=97)
-    batch = collate([tokens, tokens[:20]], [lay, insert_masks(tokens[:20], 4, mask_id=MASK,
-                    max_k=2, select_prob=0.3, rng=random.Random(1))], pad_id=0)
+    lay = insert_masks(
+        tokens, 6, mask_id=MASK, max_k=4, select_prob=0.5, rng=random.Random(9), restore=True, vocab_size=97
+    )
+    batch = collate(
+        [tokens, tokens[:20]],
+        [lay, insert_masks(tokens[:20], 4, mask_id=MASK, max_k=2, select_prob=0.3, rng=random.Random(1))],
+        pad_id=0,
+    )
     L = batch.main_ids.shape[1]
     bias = draft_bias(batch.trigger, batch.block, batch.positions, batch.valid, L)
     order, allowed = brute_force_expanded(len(tokens), lay)
@@ -131,8 +155,7 @@ def test_draft_bias_equals_the_brute_force_expanded_mask():
     R = len(lay)
     for r in range(R):
         row = allowed[where[("draft", r)]]
-        want = [row[where[("main", i)]] for i in range(L)] + \
-               [row[where[("draft", q)]] for q in range(R)]
+        want = [row[where[("main", i)]] for i in range(L)] + [row[where[("draft", q)]] for q in range(R)]
         want += [False] * (bias.shape[-1] - L - R)
         got = (bias[0, 0, r] == 0).tolist()
         assert got == want, r
@@ -153,8 +176,9 @@ def test_split_forward_equals_hf_on_the_expanded_sequence():
     base = FrozenBase(cfg, state)
     ad = tiny_adapter(cfg, base)
     tokens = tokens_of(20, seed=6)
-    lay = insert_masks(tokens, 5, mask_id=MASK, max_k=3, select_prob=0.6, rng=random.Random(2),
-                       restore=True, vocab_size=97)
+    lay = insert_masks(
+        tokens, 5, mask_id=MASK, max_k=3, select_prob=0.6, rng=random.Random(2), restore=True, vocab_size=97
+    )
     batch = collate([tokens], [lay], pad_id=0)
     kv, _ = main_pass(base, batch.main_ids)
     bias = draft_bias(batch.trigger, batch.block, batch.positions, batch.valid, len(tokens))
@@ -162,9 +186,18 @@ def test_split_forward_equals_hf_on_the_expanded_sequence():
         ours = draft_logits(base, draft_hidden(base, ad, batch.ids, batch.positions, bias, kv))[0]
 
     hf_cfg = transformers.LlamaConfig(
-        vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=128,
-        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False)
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+    )
     hf = transformers.LlamaForCausalLM(hf_cfg).eval()
     hf.load_state_dict(state, strict=False)
     order, allowed = brute_force_expanded(len(tokens), lay)
@@ -210,8 +243,9 @@ def test_stage2_features_and_head_training():
     base = FrozenBase(cfg, state)
     ad = tiny_adapter(cfg, base)
     tokens = tokens_of(30)
-    lay = insert_masks(tokens, 5, mask_id=MASK, max_k=3, select_prob=0.5, rng=random.Random(0),
-                       restore=False, fixed_k=True)
+    lay = insert_masks(
+        tokens, 5, mask_id=MASK, max_k=3, select_prob=0.5, rng=random.Random(0), restore=False, fixed_k=True
+    )
     batch = collate([tokens], [lay], pad_id=0)
     h, ce = stage2_features(base, ad, batch, 3)
     blocks = len(set(lay.block))
@@ -237,8 +271,10 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch():
     base = FrozenBase(cfg, state)
     ad = tiny_adapter(cfg, base)
     seqs = [tokens_of(24, seed=s) for s in range(3)]
-    lays = [insert_masks(s, 6, mask_id=MASK, max_k=3, select_prob=0.5, rng=random.Random(n),
-                         vocab_size=97) for n, s in enumerate(seqs)]
+    lays = [
+        insert_masks(s, 6, mask_id=MASK, max_k=3, select_prob=0.5, rng=random.Random(n), vocab_size=97)
+        for n, s in enumerate(seqs)
+    ]
     batch = collate(seqs, lays, pad_id=0)
     opt = torch.optim.Adam(ad.parameters(), lr=3e-3)
     losses = []
@@ -268,10 +304,20 @@ def test_adapt_command_trains_checkpoints_resumes_and_reports(tmp_path, capsys):
     from fluid_rt.loader import load_model
 
     _, state = tiny_model(seed=2)
-    hf = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 96,
-          "num_attention_heads": 2, "num_key_value_heads": 1, "num_hidden_layers": 2,
-          "vocab_size": 97, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-          "max_position_embeddings": 128, "tie_word_embeddings": False, "eos_token_id": 2}
+    hf = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "num_hidden_layers": 2,
+        "vocab_size": 97,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "max_position_embeddings": 128,
+        "tie_word_embeddings": False,
+        "eos_token_id": 2,
+    }
     base = tmp_path / "base"
     base.mkdir()
     (base / "config.json").write_text(json.dumps(hf))
@@ -281,14 +327,35 @@ def test_adapt_command_trains_checkpoints_resumes_and_reports(tmp_path, capsys):
     gens, _ = Decoder(lm.model).generate(prompts, DecodeConfig(mode="ar", max_new_tokens=16))
     data = tmp_path / "out" / "data"
     data.mkdir(parents=True)
-    lines = [json.dumps({"kind": "k", "prompt": str(n), "prompt_ids": p, "answer_ids": g.tokens})
-             for n, (p, g) in enumerate(zip(prompts, gens))]
+    lines = [
+        json.dumps({"kind": "k", "prompt": str(n), "prompt_ids": p, "answer_ids": g.tokens})
+        for n, (p, g) in enumerate(zip(prompts, gens))
+    ]
     (data / "train.jsonl").write_text("\n".join(lines[:4]) + "\n")
     (data / "held_out.jsonl").write_text("\n".join(lines[4:]) + "\n")
-    args = ["adapt", "--model", str(base), "--out", str(tmp_path / "out"), "--skip-distill",
-            "--mask-token-id", str(MASK), "--max-k", "3", "--rank", "4", "--batch-size", "2",
-            "--stage2-samples", "4", "--report-prompts", "2", "--checkpoint-every", "0",
-            "--no-bf16"]
+    args = [
+        "adapt",
+        "--model",
+        str(base),
+        "--out",
+        str(tmp_path / "out"),
+        "--skip-distill",
+        "--mask-token-id",
+        str(MASK),
+        "--max-k",
+        "3",
+        "--rank",
+        "4",
+        "--batch-size",
+        "2",
+        "--stage2-samples",
+        "4",
+        "--report-prompts",
+        "2",
+        "--checkpoint-every",
+        "0",
+        "--no-bf16",
+    ]
     assert main(args + ["--steps", "3"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["steps"] == 3 and report["sequences_differing_from_ar"] == 0
@@ -299,7 +366,7 @@ def test_adapt_command_trains_checkpoints_resumes_and_reports(tmp_path, capsys):
     assert main(args + ["--steps", "5", "--resume"]) == 0
     out = capsys.readouterr().out
     assert "checkpoint of step 3 loaded" in out
-    assert json.loads(out[out.index("{"):])["steps"] == 5
+    assert json.loads(out[out.index("{") :])["steps"] == 5
     # an adapter directory without optimizer state (e.g. the shipped one) resumes at its step
     os.remove(tmp_path / "out" / "checkpoint" / "trainer.pt")
     assert main(args + ["--steps", "6", "--resume"]) == 0

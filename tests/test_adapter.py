@@ -24,11 +24,23 @@ from fluid_rt.decode import DecodeConfig, Decoder
 from fluid_rt.loader import SHIPPED_ADAPTER, load_model
 
 MASK = 3
-HF_CONFIG = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
-             "intermediate_size": 96, "num_attention_heads": 2, "num_key_value_heads": 1,
-             "num_hidden_layers": 2, "vocab_size": 97, "rms_norm_eps": 1e-5,
-             "rope_theta": 10000.0, "max_position_embeddings": 128, "tie_word_embeddings": False,
-             "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu"}
+HF_CONFIG = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "num_hidden_layers": 2,
+    "vocab_size": 97,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "max_position_embeddings": 128,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+}
 
 
 def tiny_checkpoint(tmp_path, seed=0):
@@ -60,10 +72,17 @@ def trained_like_adapter(cfg, state, seed=1, rank=4):
 
 
 def write_adapter(path, ad, base_path, max_k=4, sha=None):
-    meta = {"base": {"sha256": sha or base_identity(base_path), "name": "tiny"},
-            "rank": ad.rank, "alpha": ad.alpha, "target_modules": list(ad.targets),
-            "mask_token_id": MASK, "max_k": max_k, "hidden_size": ad.cfg.hidden_size,
-            "num_layers": ad.cfg.num_layers, "decode": {"block_size": max_k, "min_block": 1}}
+    meta = {
+        "base": {"sha256": sha or base_identity(base_path), "name": "tiny"},
+        "rank": ad.rank,
+        "alpha": ad.alpha,
+        "target_modules": list(ad.targets),
+        "mask_token_id": MASK,
+        "max_k": max_k,
+        "hidden_size": ad.cfg.hidden_size,
+        "num_layers": ad.cfg.num_layers,
+        "decode": {"block_size": max_k, "min_block": 1},
+    }
     head = new_khead(ad.cfg.hidden_size, max_k, seed=3).state_dict()
     save_adapter(str(path), ad.tensors(), meta, khead=head)
     return head
@@ -75,8 +94,7 @@ def tiny(tmp_path):
     base, ad = trained_like_adapter(cfg, state)
     adir = tmp_path / "adapter"
     head = write_adapter(adir, ad, base_path)
-    return dict(base_path=base_path, cfg=cfg, state=state, base=base, ad=ad, adir=str(adir),
-                head=head)
+    return dict(base_path=base_path, cfg=cfg, state=state, base=base, ad=ad, adir=str(adir), head=head)
 
 
 # -- the directory -------------------------------------------------------------------------------
@@ -174,15 +192,23 @@ def test_runtime_mask_rows_equal_the_training_model(tiny):
     with torch.no_grad():  # the runtime reads the bf16-stored factors
         for p in list(ad.A.values()) + list(ad.B.values()):
             p.copy_(p.to(torch.bfloat16).float())
-    lay = insert_masks(prefix + [5] * (k + 1), len(prefix), mask_id=MASK, max_k=k,
-                       select_prob=1.0, rng=random.Random(0), restore=False, fixed_k=True)
+    lay = insert_masks(
+        prefix + [5] * (k + 1),
+        len(prefix),
+        mask_id=MASK,
+        max_k=k,
+        select_prob=1.0,
+        rng=random.Random(0),
+        restore=False,
+        fixed_k=True,
+    )
     first = [r for r in range(len(lay)) if lay.trigger[r] == len(prefix) - 1]
     batch = collate([prefix], [lay], pad_id=0)
     kv, _ = main_pass(base, batch.main_ids)
     bias = draft_bias(batch.trigger, batch.block, batch.positions, batch.valid, len(prefix))
     with torch.no_grad():
         want = draft_logits(base, draft_hidden(base, ad, batch.ids, batch.positions, bias, kv))[0]
-    torch.testing.assert_close(logits[0, len(prefix):], want[first], atol=3e-4, rtol=3e-4)
+    torch.testing.assert_close(logits[0, len(prefix) :], want[first], atol=3e-4, rtol=3e-4)
 
 
 def test_elastic_equals_ar_with_a_tiny_adapter(tiny):
@@ -191,8 +217,7 @@ def test_elastic_equals_ar_with_a_tiny_adapter(tiny):
     gen = torch.Generator().manual_seed(4)
     prompts = [torch.randint(10, 97, (n,), generator=gen).tolist() for n in (3, 8, 5)]
     ar, _ = dec.generate(prompts, DecodeConfig(mode="ar", max_new_tokens=20))
-    el, _ = dec.generate(prompts, DecodeConfig(max_new_tokens=20, block_size=4, min_block=1,
-                                               threshold=0.3))
+    el, _ = dec.generate(prompts, DecodeConfig(max_new_tokens=20, block_size=4, min_block=1, threshold=0.3))
     assert [g.tokens for g in el] == [g.tokens for g in ar]
 
 
@@ -208,7 +233,11 @@ def test_default_model_loads_with_the_shipped_adapter():
     assert lm.fluid.mask_token_id == lm.adapter.mask_token_id
     assert lm.fluid.max_k == lm.khead.max_k == lm.adapter.max_k
     assert lm.tokenizer.id_to_token(lm.fluid.mask_token_id) in (
-        "<empty_output>", "<jupyter_script>", "<issue_closed>", "<gh_stars>")
+        "<empty_output>",
+        "<jupyter_script>",
+        "<issue_closed>",
+        "<gh_stars>",
+    )
 
 
 @shipped
@@ -223,7 +252,6 @@ def test_shipped_adapter_elastic_tokens_equal_ar_on_20_prompts():
     prompts = [chat_ids(lm.tokenizer, p.text) for p in held[:20]]
     dec = Decoder(lm.model, khead=lm.khead, mask_token_id=lm.fluid.mask_token_id)
     cfg = decode_config(lm, 12)
-    ar, _ = dec.generate(prompts, DecodeConfig(mode="ar", max_new_tokens=12,
-                                               eos_token_ids=cfg.eos_token_ids))
+    ar, _ = dec.generate(prompts, DecodeConfig(mode="ar", max_new_tokens=12, eos_token_ids=cfg.eos_token_ids))
     el, _ = dec.generate(prompts, cfg)
     assert [g.tokens for g in el] == [g.tokens for g in ar]

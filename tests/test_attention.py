@@ -10,10 +10,10 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import EMU
 
 import fluid_rt
 import fluid_rt.ops.attention as attention_op
-from conftest import EMU
 from fluid_rt.ops import causal_attention
 
 HAS_CUDA_KERNELS = bool(fluid_rt.build_info()["with_cuda"]) and torch.cuda.is_available()
@@ -28,6 +28,7 @@ def _our_kernel():
 
 
 # ---- reference ----------------------------------------------------------------------------------
+
 
 def reference(q, k_cache, v_cache, seqlens, cache_idx, scale):
     """float64 out [B, T, Hq, D] and lse [B, T, Hq] over the (already updated) caches."""
@@ -59,12 +60,15 @@ def sdpa_same_dtype(q, k_cache, v_cache, seqlens, cache_idx, scale):
         keys = k_cache[r, :L].repeat_interleave(G, dim=1).transpose(0, 1)[None]
         vals = v_cache[r, :L].repeat_interleave(G, dim=1).transpose(0, 1)[None]
         mask = torch.ones(T, L, dtype=torch.bool, device=q.device).tril(diagonal=L - T)
-        o = F.scaled_dot_product_attention(q[b].transpose(0, 1)[None], keys, vals, attn_mask=mask, scale=scale)
+        o = F.scaled_dot_product_attention(
+            q[b].transpose(0, 1)[None], keys, vals, attn_mask=mask, scale=scale
+        )
         out[b] = o[0].transpose(0, 1).cpu().double()
     return out
 
 
 # ---- inputs -------------------------------------------------------------------------------------
+
 
 def make_inputs(B, T, Hq, Hkv, D, S_max, dtype, device, with_kv, with_idx, fused, seed, seqlens=None):
     g = torch.Generator().manual_seed(seed)
@@ -74,7 +78,7 @@ def make_inputs(B, T, Hq, Hkv, D, S_max, dtype, device, with_kv, with_idx, fused
 
     if fused:  # q, k, v as slices of one fused projection: non-contiguous, last dim contiguous
         qkv = randn(B, T, Hq + 2 * Hkv, D)
-        q, k, v = qkv[:, :, :Hq], qkv[:, :, Hq:Hq + Hkv], qkv[:, :, Hq + Hkv:]
+        q, k, v = qkv[:, :, :Hq], qkv[:, :, Hq : Hq + Hkv], qkv[:, :, Hq + Hkv :]
     else:
         q, k, v = randn(B, T, Hq, D), randn(B, T, Hkv, D), randn(B, T, Hkv, D)
     Bc = B + 2 if with_idx else B
@@ -97,9 +101,15 @@ def make_inputs(B, T, Hq, Hkv, D, S_max, dtype, device, with_kv, with_idx, fused
         start = int(seqlens[b]) + (0 if with_kv else T)
         k_cache[r, start:] = float("nan")
         v_cache[r, start:] = float("nan")
-    return dict(q=q, k_cache=k_cache, v_cache=v_cache, seqlens=seqlens.to(device),
-                k=k if with_kv else None, v=v if with_kv else None,
-                cache_idx=cache_idx.to(device) if with_idx else None)
+    return dict(
+        q=q,
+        k_cache=k_cache,
+        v_cache=v_cache,
+        seqlens=seqlens.to(device),
+        k=k if with_kv else None,
+        v=v if with_kv else None,
+        cache_idx=cache_idx.to(device) if with_idx else None,
+    )
 
 
 def expected_caches(inp):
@@ -109,17 +119,28 @@ def expected_caches(inp):
         for b in range(inp["q"].shape[0]):
             r = int(inp["cache_idx"][b]) if inp["cache_idx"] is not None else b
             s = int(inp["seqlens"][b])
-            kc[r, s:s + T] = inp["k"][b]
-            vc[r, s:s + T] = inp["v"][b]
+            kc[r, s : s + T] = inp["k"][b]
+            vc[r, s : s + T] = inp["v"][b]
     return kc, vc
 
 
-def check_case(B, T, Hq, Hkv, D, S_max, dtype, device, with_kv, with_idx, fused, seed, seqlens=None, scale=None):
+def check_case(
+    B, T, Hq, Hkv, D, S_max, dtype, device, with_kv, with_idx, fused, seed, seqlens=None, scale=None
+):
     inp = make_inputs(B, T, Hq, Hkv, D, S_max, dtype, device, with_kv, with_idx, fused, seed, seqlens)
     kc_want, vc_want = expected_caches(inp)
     seqlens_before = inp["seqlens"].clone()
-    out, lse = causal_attention(inp["q"], inp["k_cache"], inp["v_cache"], inp["seqlens"], inp["k"], inp["v"],
-                                cache_batch_idx=inp["cache_idx"], softmax_scale=scale, return_lse=True)
+    out, lse = causal_attention(
+        inp["q"],
+        inp["k_cache"],
+        inp["v_cache"],
+        inp["seqlens"],
+        inp["k"],
+        inp["v"],
+        cache_batch_idx=inp["cache_idx"],
+        softmax_scale=scale,
+        return_lse=True,
+    )
     if device == "cuda":
         torch.cuda.synchronize()
     # The whole caches: written exactly at seqlens .. +T-1 of the mapped rows, nothing else changed.
@@ -129,7 +150,7 @@ def check_case(B, T, Hq, Hkv, D, S_max, dtype, device, with_kv, with_idx, fused,
     assert out.shape == (B, T, Hq, D) and out.dtype == dtype and out.device.type == device
     assert lse.shape == (B, T, Hq) and lse.dtype == torch.float32
 
-    sc = scale if scale is not None else D ** -0.5
+    sc = scale if scale is not None else D**-0.5
     ref_out, ref_lse = reference(inp["q"], kc_want, vc_want, inp["seqlens"], inp["cache_idx"], sc)
     got = out.cpu().double()
     assert torch.isfinite(got).all()
@@ -158,16 +179,21 @@ CASES = [
     (3, 5, 12, 3, 80, 64, True, True, False),
     (2, 2, 8, 1, 96, 130, True, False, True),
     (1, 1, 32, 8, 256, 777, False, True, False),
-    (2, 9, 6, 1, 16, 70, True, True, True),      # the tiny golden models' head dims
+    (2, 9, 6, 1, 16, 70, True, True, True),  # the tiny golden models' head dims
     (3, 4, 4, 2, 32, 129, True, False, False),
-    (1, 1, 9, 3, 64, 300, True, False, True),     # SmolLM2's group of 3: a 4-row item
-    (2, 2, 4, 2, 80, 90, True, True, False),      # 4 rows from 2 queries x 2 heads
+    (1, 1, 9, 3, 64, 300, True, False, True),  # SmolLM2's group of 3: a 4-row item
+    (2, 2, 4, 2, 80, 90, True, True, False),  # 4 rows from 2 queries x 2 heads
 ]
 LOW_PRECISION_CASES = [CASES[1], CASES[3], CASES[4], CASES[8], CASES[11]]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}T{}H{}/{}D{}S{}{}{}{}".format(
-    *c[:6], "_kv" if c[6] else "", "_idx" if c[7] else "", "_fused" if c[8] else ""))
+@pytest.mark.parametrize(
+    "case",
+    CASES,
+    ids=lambda c: "B{}T{}H{}/{}D{}S{}{}{}{}".format(
+        *c[:6], "_kv" if c[6] else "", "_idx" if c[7] else "", "_fused" if c[8] else ""
+    ),
+)
 def test_matches_reference_fp32_cpu(case, cpu_isa):
     check_case(*case[:6], torch.float32, "cpu", *case[6:], seed=hash(case) % 1000)
 
@@ -187,8 +213,9 @@ def test_softmax_scale_cpu(cpu_isa):
     check_case(2, 5, 8, 2, 64, 90, torch.float32, "cpu", True, False, False, seed=5, scale=0.37)
 
 
-def check_rows_bitwise_independent_of_width_and_batch(dtype, device, S_max=1200, seqlens=(0, 127, 255, 1000),
-                                                      rows=(0, 1, 2, 3)):
+def check_rows_bitwise_independent_of_width_and_batch(
+    dtype, device, S_max=1200, seqlens=(0, 127, 255, 1000), rows=(0, 1, 2, 3)
+):
     """A row's output is bitwise the same whatever else the call holds: a shorter block of the same
     queries (the decoder reuses outputs of forwards of other widths), or other sequences in the
     batch (more items: no split-KV; one short row: split-KV on CUDA). Seqlens put rows on both
@@ -201,8 +228,13 @@ def check_rows_bitwise_independent_of_width_and_batch(dtype, device, S_max=1200,
     full, full_lse = causal_attention(q, kc, vc, sl, return_lse=True)  # 4 x 17 rows: many items
     for b in rows:
         for width in (1, 5, 17):
-            one, one_lse = causal_attention(q[b : b + 1, :width].contiguous(), kc[b : b + 1],
-                                            vc[b : b + 1], sl[b : b + 1], return_lse=True)
+            one, one_lse = causal_attention(
+                q[b : b + 1, :width].contiguous(),
+                kc[b : b + 1],
+                vc[b : b + 1],
+                sl[b : b + 1],
+                return_lse=True,
+            )
             assert torch.equal(one[0], full[b, :width]), (b, width)
             assert torch.equal(one_lse[0], full_lse[b, :width]), (b, width)
 
@@ -227,8 +259,15 @@ def test_torch_fallback_cpu(monkeypatch):
             if a["q"].dim() != 4:
                 continue
             with pytest.raises(ValueError, match=name):
-                causal_attention(a["q"], a["k_cache"], a["v_cache"], a["cache_seqlens"], a["k"], a["v"],
-                                 cache_batch_idx=a["cache_batch_idx"])
+                causal_attention(
+                    a["q"],
+                    a["k_cache"],
+                    a["v_cache"],
+                    a["cache_seqlens"],
+                    a["k"],
+                    a["v"],
+                    cache_batch_idx=a["cache_batch_idx"],
+                )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -247,16 +286,30 @@ def test_empty_batch_and_no_kv_cpu():
 
 # ---- argument checks ----------------------------------------------------------------------------
 
+
 def good_args(B=2, T=3, Hq=4, Hkv=2, D=64, S=16, dtype=torch.float32):
-    return dict(q=torch.randn(B, T, Hq, D, dtype=dtype), k_cache=torch.randn(B, S, Hkv, D, dtype=dtype),
-                v_cache=torch.randn(B, S, Hkv, D, dtype=dtype), cache_seqlens=torch.tensor([0, 5], dtype=torch.int32),
-                k=torch.randn(B, T, Hkv, D, dtype=dtype), v=torch.randn(B, T, Hkv, D, dtype=dtype),
-                cache_batch_idx=None)
+    return dict(
+        q=torch.randn(B, T, Hq, D, dtype=dtype),
+        k_cache=torch.randn(B, S, Hkv, D, dtype=dtype),
+        v_cache=torch.randn(B, S, Hkv, D, dtype=dtype),
+        cache_seqlens=torch.tensor([0, 5], dtype=torch.int32),
+        k=torch.randn(B, T, Hkv, D, dtype=dtype),
+        v=torch.randn(B, T, Hkv, D, dtype=dtype),
+        cache_batch_idx=None,
+    )
 
 
 def call(a, softmax_scale=None):
-    return torch.ops.fluid_rt.causal_attention(a["q"], a["k_cache"], a["v_cache"], a["cache_seqlens"], a["k"], a["v"],
-                                               a["cache_batch_idx"], softmax_scale)
+    return torch.ops.fluid_rt.causal_attention(
+        a["q"],
+        a["k_cache"],
+        a["v_cache"],
+        a["cache_seqlens"],
+        a["k"],
+        a["v"],
+        a["cache_batch_idx"],
+        softmax_scale,
+    )
 
 
 def _shared_caches(a):
@@ -324,12 +377,20 @@ def test_argument_errors(name, mutate):
 def test_repeated_cache_rows_are_fine_without_new_kv():
     """Two query rows may read one cache row; only writing it twice (k/v given) is refused."""
     a = good_args()
-    a.update(k=None, v=None, cache_batch_idx=torch.tensor([1, 1], dtype=torch.int32),
-             cache_seqlens=torch.tensor([4, 4], dtype=torch.int32))
+    a.update(
+        k=None,
+        v=None,
+        cache_batch_idx=torch.tensor([1, 1], dtype=torch.int32),
+        cache_seqlens=torch.tensor([4, 4], dtype=torch.int32),
+    )
     out, _ = call(a)
     for b in range(2):  # each row alone, reading cache row 1
-        one = dict(a, q=a["q"][b : b + 1], cache_seqlens=a["cache_seqlens"][:1],
-                   cache_batch_idx=torch.tensor([1], dtype=torch.int32))
+        one = dict(
+            a,
+            q=a["q"][b : b + 1],
+            cache_seqlens=a["cache_seqlens"][:1],
+            cache_batch_idx=torch.tensor([1], dtype=torch.int32),
+        )
         torch.testing.assert_close(out[b : b + 1], call(one)[0], rtol=1e-6, atol=1e-6)
 
 
@@ -371,9 +432,15 @@ def test_random_malformed_calls_never_crash():
 
     other_devices = ["meta"] + (["cuda"] if torch.cuda.is_available() else [])
     raised = 0
-    for i in range(200):
-        a = good_args(B=rng.choice([1, 2]), T=rng.choice([1, 3]), Hq=rng.choice([2, 4]), Hkv=rng.choice([1, 2]),
-                      D=rng.choice([64, 80]), S=rng.choice([4, 16]))
+    for _ in range(200):
+        a = good_args(
+            B=rng.choice([1, 2]),
+            T=rng.choice([1, 3]),
+            Hq=rng.choice([2, 4]),
+            Hkv=rng.choice([1, 2]),
+            D=rng.choice([64, 80]),
+            S=rng.choice([4, 16]),
+        )
         a["cache_seqlens"] = torch.randint(-2, 20, (a["q"].shape[0],), dtype=torch.int32)
         for _ in range(rng.randint(1, 3)):
             key = rng.choice(list(a))
@@ -397,11 +464,21 @@ def test_random_malformed_calls_never_crash():
 
 # ---- torch.library / torch.compile --------------------------------------------------------------
 
+
 def opcheck_args(device):
     inp = make_inputs(2, 3, 8, 2, 64, 40, torch.float32, device, True, True, True, seed=11)
     for key in ("k_cache", "v_cache"):
         inp[key] = torch.nan_to_num(inp[key])
-    return (inp["q"], inp["k_cache"], inp["v_cache"], inp["seqlens"], inp["k"], inp["v"], inp["cache_idx"], None)
+    return (
+        inp["q"],
+        inp["k_cache"],
+        inp["v_cache"],
+        inp["seqlens"],
+        inp["k"],
+        inp["v"],
+        inp["cache_idx"],
+        None,
+    )
 
 
 def test_opcheck_cpu():
@@ -426,7 +503,8 @@ def compile_smoke(device):
     inp["v_cache"].copy_(vc0)
     torch._dynamo.reset()
     got = torch.compile(f, fullgraph=True, backend="aot_eager")(
-        inp["q"], inp["k_cache"], inp["v_cache"], inp["seqlens"], inp["k"], inp["v"])
+        inp["q"], inp["k_cache"], inp["v_cache"], inp["seqlens"], inp["k"], inp["v"]
+    )
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(inp["k_cache"], kc_want, equal_nan=True)
     torch.testing.assert_close(inp["v_cache"], vc_want, equal_nan=True)
@@ -442,6 +520,7 @@ def test_torch_compile_cuda():
 
 
 # ---- CUDA ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("case", CASES)
@@ -474,8 +553,16 @@ def test_out_of_range_rows_are_nan_cuda(long_cache, device):
     inp["seqlens"][0] = S - 3  # row 0: S - 3 + 4 tokens do not fit
     inp["cache_idx"][2] = 99  # row 2: no such cache row
     kc0, vc0 = inp["k_cache"].clone(), inp["v_cache"].clone()
-    out, lse = causal_attention(inp["q"], inp["k_cache"], inp["v_cache"], inp["seqlens"], inp["k"], inp["v"],
-                                cache_batch_idx=inp["cache_idx"], return_lse=True)
+    out, lse = causal_attention(
+        inp["q"],
+        inp["k_cache"],
+        inp["v_cache"],
+        inp["seqlens"],
+        inp["k"],
+        inp["v"],
+        cache_batch_idx=inp["cache_idx"],
+        return_lse=True,
+    )
     if device == "cuda":
         torch.cuda.synchronize()
     assert torch.isnan(out[0]).all() and torch.isnan(lse[0]).all()
@@ -491,7 +578,9 @@ def test_out_of_range_rows_are_nan_cuda(long_cache, device):
 @pytest.mark.cuda
 def test_cuda_graph_capture_replay():
     B, T, Hq, Hkv, D, S = 2, 5, 8, 2, 128, 2048
-    inp = make_inputs(B, T, Hq, Hkv, D, S, torch.bfloat16, "cuda", True, False, False, seed=61, seqlens=[0, 100])
+    inp = make_inputs(
+        B, T, Hq, Hkv, D, S, torch.bfloat16, "cuda", True, False, False, seed=61, seqlens=[0, 100]
+    )
     for key in ("k_cache", "v_cache"):
         inp[key] = torch.nan_to_num(inp[key])
     q, k, v, sl = inp["q"].clone(), inp["k"].clone(), inp["v"].clone(), inp["seqlens"].clone()
@@ -516,8 +605,8 @@ def test_cuda_graph_capture_replay():
     want_inp = dict(q=q, k_cache=kc_before, v_cache=vc_before, seqlens=sl, k=k, v=v, cache_idx=None)
     kc_want, vc_want = expected_caches(want_inp)
     assert torch.equal(kc, kc_want) and torch.equal(vc, vc_want)
-    ref_out, _ = reference(q, kc_want, vc_want, sl, None, D ** -0.5)
-    sdpa = sdpa_same_dtype(q, kc_want, vc_want, sl, None, D ** -0.5)
+    ref_out, _ = reference(q, kc_want, vc_want, sl, None, D**-0.5)
+    sdpa = sdpa_same_dtype(q, kc_want, vc_want, sl, None, D**-0.5)
     assert (out.cpu().double() - ref_out).abs().max().item() <= 3 * (sdpa - ref_out).abs().max().item() + 1e-5
 
 
@@ -531,13 +620,17 @@ def test_rows_bitwise_independent_of_width_and_batch_cuda(dtype):
 def check_masked_overflowed_values_stay_out(device):
     """fp16 V that overflowed to inf at a key only later queries see: earlier queries never touch
     it (a masked key's weight is 0, and 0 * inf is NaN), so their outputs match the reference."""
-    inp = make_inputs(2, 4, 4, 2, 64, 300, torch.float16, device, True, False, False, seed=71, seqlens=[0, 270])
+    inp = make_inputs(
+        2, 4, 4, 2, 64, 300, torch.float16, device, True, False, False, seed=71, seqlens=[0, 270]
+    )
     inp["v"][:, 3, 1, 5] = float("inf")  # the last query's own key, kv head 1
     kc_want, vc_want = expected_caches(inp)
     out = causal_attention(inp["q"], inp["k_cache"], inp["v_cache"], inp["seqlens"], inp["k"], inp["v"])
     # The queries before the last never see that key: their reference may take any finite value there
     # (the float64 einsum would also make 0 * inf).
-    ref_out, _ = reference(inp["q"], kc_want, torch.nan_to_num(vc_want, posinf=0.0), inp["seqlens"], None, 64 ** -0.5)
+    ref_out, _ = reference(
+        inp["q"], kc_want, torch.nan_to_num(vc_want, posinf=0.0), inp["seqlens"], None, 64**-0.5
+    )
     got = out.cpu().double()
     assert torch.isfinite(got[:, :3]).all() and torch.isfinite(got[:, 3, :2]).all()
     # (torch's SDPA makes the very NaN this guards against, so the bound is fp16's own rounding)
@@ -554,12 +647,12 @@ def test_masked_overflowed_values_stay_out_cuda():
 # emulated SMs the cases below cover both the one-pass and the split-KV + combine paths, every head
 # dim, GQA groups, several row tiles and several key chunks.
 EMU_CASES = [
-    (3, 1, 8, 8, 64, 100, True, False, False),     # 24 blocks: one pass
-    (2, 2, 8, 2, 80, 257, False, True, True),      # 4 blocks: split-KV, 2 chunks
-    (3, 5, 16, 2, 96, 300, True, True, True),      # split-KV
-    (2, 17, 8, 2, 128, 300, True, False, True),    # 2 row tiles, 8 blocks: one pass, 2 chunks
-    (1, 33, 8, 1, 256, 300, True, True, False),    # 9 row tiles of 32 rows, > 48 KiB shared memory
-    (1, 17, 8, 1, 128, 700, True, False, False),   # 3 row tiles, split-KV over 3 chunks
+    (3, 1, 8, 8, 64, 100, True, False, False),  # 24 blocks: one pass
+    (2, 2, 8, 2, 80, 257, False, True, True),  # 4 blocks: split-KV, 2 chunks
+    (3, 5, 16, 2, 96, 300, True, True, True),  # split-KV
+    (2, 17, 8, 2, 128, 300, True, False, True),  # 2 row tiles, 8 blocks: one pass, 2 chunks
+    (1, 33, 8, 1, 256, 300, True, True, False),  # 9 row tiles of 32 rows, > 48 KiB shared memory
+    (1, 17, 8, 1, 128, 700, True, False, False),  # 3 row tiles, split-KV over 3 chunks
     (3, 5, 12, 3, 80, 64, True, True, False),
     (2, 9, 6, 1, 16, 70, True, True, True),
     (3, 4, 4, 2, 32, 129, True, False, False),
@@ -598,8 +691,9 @@ def test_prefill_emu():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rows_bitwise_independent_of_width_and_batch_emu(dtype):
     # 4 x 17 rows: 16 blocks, one pass each; one row: 1-2 blocks, split-KV over its chunks.
-    check_rows_bitwise_independent_of_width_and_batch(dtype, "cpu", S_max=560, seqlens=(0, 255, 300, 530),
-                                                      rows=(1, 3))
+    check_rows_bitwise_independent_of_width_and_batch(
+        dtype, "cpu", S_max=560, seqlens=(0, 255, 300, 530), rows=(1, 3)
+    )
 
 
 @pytest.mark.emu

@@ -23,35 +23,59 @@ def _raises(exc, message, call):
 def _verify_args(B=3, kmax=5, N=12):
     """verify_commit arguments in schema order (block .. mismatch): one row to verify."""
     i32 = dict(dtype=torch.int32)
-    return [torch.zeros(B, kmax, dtype=torch.int64), torch.zeros(B, kmax, dtype=torch.int64),
-            torch.full((B,), kmax, **i32), torch.ones(B, dtype=torch.bool),
-            torch.full((B, 1), -1, dtype=torch.int64), torch.ones(B, dtype=torch.bool),
-            torch.zeros(B, N, dtype=torch.int64), torch.zeros(B, **i32), torch.full((B,), N, **i32),
-            torch.zeros(B, dtype=torch.bool), torch.zeros(B, dtype=torch.int64), torch.zeros(B, **i32),
-            torch.zeros(B, **i32), torch.zeros(B, **i32)]
+    return [
+        torch.zeros(B, kmax, dtype=torch.int64),
+        torch.zeros(B, kmax, dtype=torch.int64),
+        torch.full((B,), kmax, **i32),
+        torch.ones(B, dtype=torch.bool),
+        torch.full((B, 1), -1, dtype=torch.int64),
+        torch.ones(B, dtype=torch.bool),
+        torch.zeros(B, N, dtype=torch.int64),
+        torch.zeros(B, **i32),
+        torch.full((B,), N, **i32),
+        torch.zeros(B, dtype=torch.bool),
+        torch.zeros(B, dtype=torch.int64),
+        torch.zeros(B, **i32),
+        torch.zeros(B, **i32),
+        torch.zeros(B, **i32),
+    ]
 
 
 def test_a_symbolic_dim_is_bound_by_the_first_argument_and_named_on_the_others():
     args = _verify_args()
     args[1] = torch.zeros(3, 4, dtype=torch.int64)  # pred: Kmax 4, block says 5
-    _raises(ValueError, "pred: dim 1 (Kmax, as block) must be 5, got shape [3, 4]",
-            lambda: ops.verify_commit(*args))
+    _raises(
+        ValueError,
+        "pred: dim 1 (Kmax, as block) must be 5, got shape [3, 4]",
+        lambda: ops.verify_commit(*args),
+    )
     args = _verify_args()
     args[13] = torch.zeros(2, dtype=torch.int32)  # mismatch: batch 2, block says 3
-    _raises(ValueError, "mismatch: dim 0 (batch, as block) must be 3, got shape [2]",
-            lambda: ops.verify_commit(*args))
+    _raises(
+        ValueError,
+        "mismatch: dim 0 (batch, as block) must be 3, got shape [2]",
+        lambda: ops.verify_commit(*args),
+    )
 
 
 def test_minimum_sizes_and_ranks():
     args = _verify_args(kmax=1)
     args[0] = args[1] = torch.zeros(3, 0, dtype=torch.int64)
-    _raises(ValueError, "block: dim 1 (Kmax) must be >= 1, got shape [3, 0]", lambda: ops.verify_commit(*args))
+    _raises(
+        ValueError, "block: dim 1 (Kmax) must be >= 1, got shape [3, 0]", lambda: ops.verify_commit(*args)
+    )
     args = _verify_args()
     args[2] = torch.zeros(3, 1, dtype=torch.int32)
-    _raises(ValueError, "horizon: expected a 1-D tensor [batch], got shape [3, 1]",
-            lambda: ops.verify_commit(*args))
-    _raises(ValueError, "x: expected a tensor of shape [..., hidden], got shape []",
-            lambda: rms_norm(torch.tensor(1.0), torch.ones(1), 1e-5))
+    _raises(
+        ValueError,
+        "horizon: expected a 1-D tensor [batch], got shape [3, 1]",
+        lambda: ops.verify_commit(*args),
+    )
+    _raises(
+        ValueError,
+        "x: expected a tensor of shape [..., hidden], got shape []",
+        lambda: rms_norm(torch.tensor(1.0), torch.ones(1), 1e-5),
+    )
 
 
 def test_zero_heads_is_an_error_not_a_division_by_zero():
@@ -60,32 +84,56 @@ def test_zero_heads_is_an_error_not_a_division_by_zero():
 
 
 def test_leading_dims_are_shared():
-    _raises(ValueError, "add: expected the leading dims [2] (those of x), got shape [3, 4]",
-            lambda: rms_norm(torch.ones(2, 4), torch.ones(4), 1e-5, torch.ones(3, 4)))
-    _raises(ValueError, "cos: expected the leading dims [2] (those of x), got shape [3, 4]",
-            lambda: rope_(torch.ones(2, 3, 4), torch.ones(3, 4), torch.ones(2, 4)))
+    _raises(
+        ValueError,
+        "add: expected the leading dims [2] (those of x), got shape [3, 4]",
+        lambda: rms_norm(torch.ones(2, 4), torch.ones(4), 1e-5, torch.ones(3, 4)),
+    )
+    _raises(
+        ValueError,
+        "cos: expected the leading dims [2] (those of x), got shape [3, 4]",
+        lambda: rope_(torch.ones(2, 3, 4), torch.ones(3, 4), torch.ones(2, 4)),
+    )
 
 
 def test_dtype_sets_and_the_ops_one_float_dtype():
-    _raises(ValueError, "logits: expected float32, bfloat16 or float16, got Int",
-            lambda: token_entropy(torch.zeros(2, 5, dtype=torch.int32)))
-    _raises(ValueError, "weight: expected float32 or bfloat16, got Half",
-            lambda: pack_linear_weight(torch.ones(3, 4, dtype=torch.float16)))
+    _raises(
+        ValueError,
+        "logits: expected float32, bfloat16 or float16, got Int",
+        lambda: token_entropy(torch.zeros(2, 5, dtype=torch.int32)),
+    )
+    _raises(
+        ValueError,
+        "weight: expected float32 or bfloat16, got Half",
+        lambda: pack_linear_weight(torch.ones(3, 4, dtype=torch.float16)),
+    )
     # The first float argument picks the dtype; later ones must match it exactly.
-    _raises(ValueError, "weight: expected dtype BFloat16, got Float",
-            lambda: rms_norm(torch.ones(2, 4, dtype=torch.bfloat16), torch.ones(4), 1e-5))
+    _raises(
+        ValueError,
+        "weight: expected dtype BFloat16, got Float",
+        lambda: rms_norm(torch.ones(2, 4, dtype=torch.bfloat16), torch.ones(4), 1e-5),
+    )
     args = _verify_args()
     args[7] = args[7].long()  # out_len: one fixed dtype
     _raises(ValueError, "out_len: expected dtype Int, got Long", lambda: ops.verify_commit(*args))
 
 
 def test_layouts():
-    _raises(ValueError, "x: expected a contiguous tensor, got strides [8, 2]",
-            lambda: rms_norm(torch.ones(4, 8)[:, ::2], torch.ones(4), 1e-5))
-    _raises(ValueError, "logits: the last dimension must be contiguous (stride 1), got strides [10, 2]",
-            lambda: token_entropy(torch.ones(3, 10)[:, ::2]))
-    _raises(ValueError, "logits: the leading dims must collapse to one row stride",
-            lambda: token_entropy(torch.ones(2, 3, 5).transpose(0, 1)))
+    _raises(
+        ValueError,
+        "x: expected a contiguous tensor, got strides [8, 2]",
+        lambda: rms_norm(torch.ones(4, 8)[:, ::2], torch.ones(4), 1e-5),
+    )
+    _raises(
+        ValueError,
+        "logits: the last dimension must be contiguous (stride 1), got strides [10, 2]",
+        lambda: token_entropy(torch.ones(3, 10)[:, ::2]),
+    )
+    _raises(
+        ValueError,
+        "logits: the leading dims must collapse to one row stride",
+        lambda: token_entropy(torch.ones(2, 3, 5).transpose(0, 1)),
+    )
     # Rows at one stride (a column slice of a wider matrix) are fine where the table says so.
     wide = torch.randn(3, 12)
     torch.testing.assert_close(token_entropy(wide[:, 2:7]).argmax, wide[:, 2:7].argmax(-1))
@@ -113,6 +161,13 @@ def test_cpu_only_ops_say_so_and_the_others_follow_the_build():
     for name in ("causal_attention", "token_entropy", "rms_norm", "draft_commit", "verify_commit"):
         assert has(f"fluid_rt::{name}", "CPU")
         assert has(f"fluid_rt::{name}", "CUDA") == fluid_rt.build_info()["with_cuda"], name
-    for name in ("rope_", "packed_linear", "pack_linear_weight", "unpack_linear_weight", "quant_pack", "quant_linear",
-                 "quant_dequantize_rows"):
+    for name in (
+        "rope_",
+        "packed_linear",
+        "pack_linear_weight",
+        "unpack_linear_weight",
+        "quant_pack",
+        "quant_linear",
+        "quant_dequantize_rows",
+    ):
         assert has(f"fluid_rt::{name}", "CPU") and not has(f"fluid_rt::{name}", "CUDA"), name

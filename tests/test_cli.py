@@ -17,11 +17,23 @@ PANGU = os.path.join(GOLDEN_DIR, "pangu-tiny")
 
 
 def case_args(case, *extra):
-    args = ["generate", "--model", os.path.join(GOLDEN_DIR, case["model"]),
-            "--mask-token-id", str(case["mask_token_id"]),
-            "--prompt-ids", ",".join(map(str, case["prompt"])),
-            "--threshold", str(case["threshold"]), "--block-size", str(case["block_size"]),
-            "--min-block", str(case["min_block"]), "--max-new-tokens", str(case["max_new_tokens"])]
+    args = [
+        "generate",
+        "--model",
+        os.path.join(GOLDEN_DIR, case["model"]),
+        "--mask-token-id",
+        str(case["mask_token_id"]),
+        "--prompt-ids",
+        ",".join(map(str, case["prompt"])),
+        "--threshold",
+        str(case["threshold"]),
+        "--block-size",
+        str(case["block_size"]),
+        "--min-block",
+        str(case["min_block"]),
+        "--max-new-tokens",
+        str(case["max_new_tokens"]),
+    ]
     if case["eos_token_id"] is not None:
         args += ["--eos-token-id", str(case["eos_token_id"])]
     if not case["remask"]:
@@ -135,15 +147,34 @@ def test_batch_jsonl_in_input_order(capsys, tmp_path):
     req = tmp_path / "requests.jsonl"
     with open(req, "w") as f:
         for c in chosen:
-            r = {"prompt_ids": c["prompt"], "threshold": c["threshold"], "block_size": c["block_size"],
-                 "min_block": c["min_block"], "remask": c["remask"],
-                 "max_new_tokens": c["max_new_tokens"]}
+            r = {
+                "prompt_ids": c["prompt"],
+                "threshold": c["threshold"],
+                "block_size": c["block_size"],
+                "min_block": c["min_block"],
+                "remask": c["remask"],
+                "max_new_tokens": c["max_new_tokens"],
+            }
             if c["eos_token_id"] is not None:
                 r["eos_token_ids"] = [c["eos_token_id"]]
             f.write(json.dumps(r) + "\n")
     res_path = tmp_path / "results.jsonl"
-    rc, _, _ = run(capsys, ["generate", "--model", PANGU, "--mask-token-id", "511",
-                            "--input", str(req), "--output", str(res_path), "--batch-size", "3"])
+    rc, _, _ = run(
+        capsys,
+        [
+            "generate",
+            "--model",
+            PANGU,
+            "--mask-token-id",
+            "511",
+            "--input",
+            str(req),
+            "--output",
+            str(res_path),
+            "--batch-size",
+            "3",
+        ],
+    )
     assert rc == 0
     results = [json.loads(line) for line in res_path.read_text().splitlines()]
     assert len(results) == len(chosen)
@@ -157,11 +188,13 @@ def test_batch_jsonl_in_input_order(capsys, tmp_path):
 
 def test_bad_arguments_exit_cleanly(capsys, tmp_path):
     assert "expected comma-separated integers" in usage_error_of(
-        capsys, ["generate", "--model", PANGU, "--prompt-ids", "1,x"])
+        capsys, ["generate", "--model", PANGU, "--prompt-ids", "1,x"]
+    )
     assert "fluid-rt: error: give a PROMPT or --prompt-ids" in error_of(capsys, PANGU_ARGS)
     assert "no tokenizer" in error_of(capsys, PANGU_ARGS + ["hello"])
-    assert "error" in error_of(capsys, ["generate", "--model", str(tmp_path / "nowhere"),
-                                        "--prompt-ids", "1"])
+    assert "error" in error_of(
+        capsys, ["generate", "--model", str(tmp_path / "nowhere"), "--prompt-ids", "1"]
+    )
     assert "outside" in error_of(capsys, PANGU_ARGS + ["--prompt-ids", "1,99999"])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt_ids": [1], "temperature": 3}\n')
@@ -172,8 +205,18 @@ def test_default_model_chat_answers_paris(capsys):
     pytest.importorskip("gguf")
     # float weights: the first token is a near-tie ("The" vs "L", 0.08 logits apart in float32),
     # which the quantized default (int8 activations, as llama.cpp's) may flip (tests/test_quant.py)
-    rc, out, err = run(capsys, ["generate", "--chat", "What is the capital of France?",
-                                "--max-new-tokens", "12", "--weights", "float"])
+    rc, out, err = run(
+        capsys,
+        [
+            "generate",
+            "--chat",
+            "What is the capital of France?",
+            "--max-new-tokens",
+            "12",
+            "--weights",
+            "float",
+        ],
+    )
     assert rc == 0, err
     assert "Paris" in out
 
@@ -200,43 +243,55 @@ def test_console_script_is_installed():
     exe = shutil.which("fluid-rt")
     if exe is None:
         pytest.skip("fluid-rt is not on PATH (an in-place development build)")
-    res = subprocess.run([exe, "generate", "--help"], capture_output=True, text=True, timeout=120,
-                         check=False)
+    res = subprocess.run(
+        [exe, "generate", "--help"], capture_output=True, text=True, timeout=120, check=False
+    )
     assert res.returncode == 0 and "--horizon-plot" in res.stdout
 
 
 # -- robustness: every mistake is a one-line error before any decoding ---------------------------
 
-@pytest.mark.parametrize("flag,value,message", [
-    ("--batch-size", "-1", "must be >= 1"), ("--batch-size", "0", "must be >= 1"),
-    ("--threads", "-1", "must be >= 1"), ("--threads", "0", "must be >= 1"),
-    ("--max-new-tokens", "0", "must be >= 1"), ("--threshold", "nan", "must be finite"),
-    ("--mask-token-id", "-3", "must be >= 0")])
+
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("--batch-size", "-1", "must be >= 1"),
+        ("--batch-size", "0", "must be >= 1"),
+        ("--threads", "-1", "must be >= 1"),
+        ("--threads", "0", "must be >= 1"),
+        ("--max-new-tokens", "0", "must be >= 1"),
+        ("--threshold", "nan", "must be finite"),
+        ("--mask-token-id", "-3", "must be >= 0"),
+    ],
+)
 def test_counts_and_numbers_are_checked_by_argparse(capsys, flag, value, message):
     err = usage_error_of(capsys, PANGU_ARGS + ["--prompt-ids", "1", flag, value])
     assert err == f"fluid-rt: error: argument {flag}: {message}, got {value!r}".replace(
-        f"got {value!r}", f"got {value}" if message != "must be finite" else f"got {value!r}")
+        f"got {value!r}", f"got {value}" if message != "must be finite" else f"got {value!r}"
+    )
 
 
 def write_lines(path, *lines):
-    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n"
-                            for line in lines))
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
     return str(path)
 
 
-@pytest.mark.parametrize("line,key", [
-    ('{"prompt_ids": [1], "remask": "false"}', "remask: expected true or false"),
-    ('{"prompt": "x", "chat": "false"}', "chat: expected true or false"),
-    ('{"prompt_ids": [1], "eos_token_ids": "486"}', "eos_token_ids: expected an integer or a list"),
-    ('{"prompt_ids": [1], "eos_token_ids": [4.0]}', "eos_token_ids: expected an integer or a list"),
-    ('{"prompt_ids": [5.7]}', "prompt_ids: expected a non-empty list of integers"),
-    ('{"prompt_ids": [true, false]}', "prompt_ids: expected a non-empty list of integers"),
-    ('{"prompt_ids": []}', "prompt_ids: expected a non-empty list of integers"),
-    ('{"prompt_ids": [1], "max_new_tokens": 2.9}', "max_new_tokens: expected an integer >= 1"),
-    ('{"prompt_ids": [1], "block_size": true}', "block_size: expected an integer >= 1"),
-    ('{"prompt_ids": [1], "threshold": "0.5"}', "threshold: expected a finite number"),
-    ('{"prompt_ids": [1], "mode": "fast"}', "mode: expected one of elastic, ar"),
-])
+@pytest.mark.parametrize(
+    "line,key",
+    [
+        ('{"prompt_ids": [1], "remask": "false"}', "remask: expected true or false"),
+        ('{"prompt": "x", "chat": "false"}', "chat: expected true or false"),
+        ('{"prompt_ids": [1], "eos_token_ids": "486"}', "eos_token_ids: expected an integer or a list"),
+        ('{"prompt_ids": [1], "eos_token_ids": [4.0]}', "eos_token_ids: expected an integer or a list"),
+        ('{"prompt_ids": [5.7]}', "prompt_ids: expected a non-empty list of integers"),
+        ('{"prompt_ids": [true, false]}', "prompt_ids: expected a non-empty list of integers"),
+        ('{"prompt_ids": []}', "prompt_ids: expected a non-empty list of integers"),
+        ('{"prompt_ids": [1], "max_new_tokens": 2.9}', "max_new_tokens: expected an integer >= 1"),
+        ('{"prompt_ids": [1], "block_size": true}', "block_size: expected an integer >= 1"),
+        ('{"prompt_ids": [1], "threshold": "0.5"}', "threshold: expected a finite number"),
+        ('{"prompt_ids": [1], "mode": "fast"}', "mode: expected one of elastic, ar"),
+    ],
+)
 def test_request_values_are_not_coerced(capsys, monkeypatch, tmp_path, line, key):
     calls = no_decoding(monkeypatch)
     req = write_lines(tmp_path / "r.jsonl", {"prompt_ids": [1]}, line)
@@ -249,8 +304,9 @@ def test_request_eos_ids_are_honoured_even_when_empty(capsys, tmp_path):
     # --eos-token-id flag), so that line runs to max_new_tokens like case 0
     c0, c1 = CASES[0], CASES[1]
     base = {"prompt_ids": c0["prompt"], "max_new_tokens": c0["max_new_tokens"]}
-    req = write_lines(tmp_path / "r.jsonl", {**base, "eos_token_ids": []},
-                      {**base, "eos_token_ids": 480}, base)
+    req = write_lines(
+        tmp_path / "r.jsonl", {**base, "eos_token_ids": []}, {**base, "eos_token_ids": 480}, base
+    )
     rc, out, err = run(capsys, PANGU_ARGS + ["--input", req, "--eos-token-id", "480"])
     assert rc == 0, err
     res = [json.loads(line) for line in out.splitlines()]
@@ -258,40 +314,52 @@ def test_request_eos_ids_are_honoured_even_when_empty(capsys, tmp_path):
     assert res[1]["tokens"] == res[2]["tokens"] == c1["expected_tokens"]
     assert res[1]["stop_reason"] == "eos"
     # --ignore-eos: the same as a request's [], from the command line
-    rc, out, err = run(capsys, PANGU_ARGS + [
-        "--prompt-ids", ",".join(map(str, c0["prompt"])), "--max-new-tokens",
-        str(c0["max_new_tokens"]), "--ignore-eos", "--json"])
+    rc, out, err = run(
+        capsys,
+        PANGU_ARGS
+        + [
+            "--prompt-ids",
+            ",".join(map(str, c0["prompt"])),
+            "--max-new-tokens",
+            str(c0["max_new_tokens"]),
+            "--ignore-eos",
+            "--json",
+        ],
+    )
     assert rc == 0, err
     assert json.loads(out)["tokens"] == res[0]["tokens"]
 
 
-@pytest.mark.parametrize("line,message", [
-    ("null", "expected a JSON object, got null"), ("42", "expected a JSON object, got a number"),
-    ("[1]", "expected a JSON object, got a list"), ('"x"', "expected a JSON object, got a string"),
-    ('{"prompt_ids": [[5]]}', "prompt_ids: expected a non-empty list of integers"),
-    ('{"prompt_ids": [1], "threshold": Infinity}', "Infinity is not a JSON number"),
-    ('{"prompt_ids": [1], "threshold": 1e400}', "threshold: expected a finite number"),
-    ('{"prompt_ids": [1e400]}', "prompt_ids: expected a non-empty list of integers"),
-    ('{"prompt_ids": [1], "prompt_ids": [2]}', "key 'prompt_ids' appears twice"),
-    ("{}", "a request needs prompt (text) or prompt_ids"),
-    ('{"prompt": "hi", "prompt_ids": [1]}', "give prompt or prompt_ids, not both"),
-    ('{"prompt_ids": [1], "chat": true}', "chat: the chat template applies to prompt text"),
-    ('{"prompt": "hi"}', "this model has no tokenizer"),
-    ('{"prompt_ids": [1, 512]}', "prompt token id 512 is outside the vocabulary [0, 512)"),
-    ('{"prompt_ids": [1], "eos_token_ids": [-1]}', "EOS token id -1 is outside the vocabulary"),
-    ('{"prompt_ids": [1], "max_new_tokens": 100000}', "exceed the model context of"),
-    ('{"prompt_ids": [1], "max_new_tokens": 1' + "0" * 400 + '}', "exceed the model context of"),
-    ('{"prompt_ids": [1], "min_block": 9, "block_size": 8}', "need 1 <= min_block <= block_size"),
-    ('{"prompt_ids": [1], "threshold": 2}', "threshold: with commit confidence it is a max prob"),
-    ('{"prompt_ids": [1], "entropy_low": 3, "entropy_high": 1}', "entropy_low < entropy_high"),
-    ('{"prompt_ids": [1], "horizon": "khead", "mode": "elastic"} x', "not JSON"),
-])
-def test_bad_request_lines_are_named_before_any_decoding(capsys, monkeypatch, tmp_path, line,
-                                                         message):
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("null", "expected a JSON object, got null"),
+        ("42", "expected a JSON object, got a number"),
+        ("[1]", "expected a JSON object, got a list"),
+        ('"x"', "expected a JSON object, got a string"),
+        ('{"prompt_ids": [[5]]}', "prompt_ids: expected a non-empty list of integers"),
+        ('{"prompt_ids": [1], "threshold": Infinity}', "Infinity is not a JSON number"),
+        ('{"prompt_ids": [1], "threshold": 1e400}', "threshold: expected a finite number"),
+        ('{"prompt_ids": [1e400]}', "prompt_ids: expected a non-empty list of integers"),
+        ('{"prompt_ids": [1], "prompt_ids": [2]}', "key 'prompt_ids' appears twice"),
+        ("{}", "a request needs prompt (text) or prompt_ids"),
+        ('{"prompt": "hi", "prompt_ids": [1]}', "give prompt or prompt_ids, not both"),
+        ('{"prompt_ids": [1], "chat": true}', "chat: the chat template applies to prompt text"),
+        ('{"prompt": "hi"}', "this model has no tokenizer"),
+        ('{"prompt_ids": [1, 512]}', "prompt token id 512 is outside the vocabulary [0, 512)"),
+        ('{"prompt_ids": [1], "eos_token_ids": [-1]}', "EOS token id -1 is outside the vocabulary"),
+        ('{"prompt_ids": [1], "max_new_tokens": 100000}', "exceed the model context of"),
+        ('{"prompt_ids": [1], "max_new_tokens": 1' + "0" * 400 + "}", "exceed the model context of"),
+        ('{"prompt_ids": [1], "min_block": 9, "block_size": 8}', "need 1 <= min_block <= block_size"),
+        ('{"prompt_ids": [1], "threshold": 2}', "threshold: with commit confidence it is a max prob"),
+        ('{"prompt_ids": [1], "entropy_low": 3, "entropy_high": 1}', "entropy_low < entropy_high"),
+        ('{"prompt_ids": [1], "horizon": "khead", "mode": "elastic"} x', "not JSON"),
+    ],
+)
+def test_bad_request_lines_are_named_before_any_decoding(capsys, monkeypatch, tmp_path, line, message):
     # line 1 decodes fine in a group of its own; line 2 is blank (skipped, but counted)
     calls = no_decoding(monkeypatch)
-    req = write_lines(tmp_path / "r.jsonl", {"prompt_ids": [1], "block_size": 4, "min_block": 2},
-                      "  ", line)
+    req = write_lines(tmp_path / "r.jsonl", {"prompt_ids": [1], "block_size": 4, "min_block": 2}, "  ", line)
     err = error_of(capsys, PANGU_ARGS + ["--input", req])
     assert f"{req}:3: " in err and message in err and calls == []
 
@@ -301,8 +369,7 @@ def test_unreadable_input_files(capsys, tmp_path):
     assert f"--input {tmp_path}: cannot read it (Is a directory)" in err
     latin1 = tmp_path / "latin1.jsonl"
     latin1.write_bytes(b'{"prompt_ids": [1]}\n{"prompt": "caf\xe9"}\n')
-    assert f"{latin1}:2: not UTF-8 text (byte 0xe9" in error_of(capsys, PANGU_ARGS + ["--input",
-                                                                                     str(latin1)])
+    assert f"{latin1}:2: not UTF-8 text (byte 0xe9" in error_of(capsys, PANGU_ARGS + ["--input", str(latin1)])
     assert "cannot read it" in error_of(capsys, PANGU_ARGS + ["--input", str(tmp_path / "no")])
 
 
@@ -312,13 +379,12 @@ def test_output_paths_are_checked_before_decoding(capsys, monkeypatch, tmp_path)
     same = os.path.join(str(tmp_path), ".", "r.jsonl")
     err = error_of(capsys, PANGU_ARGS + ["--input", req, "--output", same])
     assert "is the --input file" in err and json.loads(Path(req).read_text()) == {"prompt_ids": [1]}
-    for path, why in ((tmp_path / "no" / "o.jsonl", "no such directory"),
-                      (tmp_path, "is a directory")):
+    for path, why in ((tmp_path / "no" / "o.jsonl", "no such directory"), (tmp_path, "is a directory")):
         assert why in error_of(capsys, PANGU_ARGS + ["--input", req, "--output", str(path)])
-        assert why in error_of(capsys, PANGU_ARGS + ["--prompt-ids", "1", "--horizon-plot",
-                                                     str(path)])
+        assert why in error_of(capsys, PANGU_ARGS + ["--prompt-ids", "1", "--horizon-plot", str(path)])
     assert "matplotlib cannot write .xyz" in error_of(
-        capsys, PANGU_ARGS + ["--prompt-ids", "1", "--horizon-plot", str(tmp_path / "k.xyz")])
+        capsys, PANGU_ARGS + ["--prompt-ids", "1", "--horizon-plot", str(tmp_path / "k.xyz")]
+    )
     assert calls == []
 
 
@@ -327,35 +393,51 @@ def test_a_failing_plot_keeps_the_text(capsys, monkeypatch, tmp_path):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(cli, "plot_horizon", fail)
-    rc, out, err = run(capsys, PANGU_ARGS + ["--prompt-ids", "1", "--max-new-tokens", "3",
-                                             "--horizon-plot", str(tmp_path / "k.png"), "--json"])
+    rc, out, err = run(
+        capsys,
+        PANGU_ARGS
+        + ["--prompt-ids", "1", "--max-new-tokens", "3", "--horizon-plot", str(tmp_path / "k.png"), "--json"],
+    )
     assert rc == 1 and len(json.loads(out)["tokens"]) == 3
     assert "--horizon-plot" in err and "No space left on device" in err
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--output", "o.jsonl"], "--output only applies to --input"),
-    (["--batch-size", "4"], "--batch-size only applies to --input"),
-    (["--stream", "--json"], "--stream and --json: choose one output format"),
-    (["--show-horizon", "--json"], "--json and --show-horizon: choose one output format"),
-    (["--stream", "--show-horizon"], "--stream and --show-horizon: choose one output format"),
-    (["--chat"], "--chat applies the chat template to PROMPT text, not to --prompt-ids"),
-    (["hello"], "give a PROMPT or --prompt-ids, not both"),
-    (["--min-block", "9", "--block-size", "8"],
-     "need 1 <= --min-block <= --block-size, got --min-block=9, --block-size=8"),
-    (["--threshold", "2"], ("--threshold: with --commit confidence it is a max probability, in "
-                            "[0, 1]; got 2.0 (use --commit entropy for a --threshold in nats)")),
-    (["--commit", "entropy", "--threshold", "-1"],
-     "--threshold: with --commit entropy it is an entropy in nats, >= 0; got -1.0"),
-    (["--entropy-low", "3", "--entropy-high", "1"], "--entropy-low < --entropy-high"),
-    (["--ignore-eos", "--eos-token-id", "3"], "--ignore-eos and --eos-token-id: choose one"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--output", "o.jsonl"], "--output only applies to --input"),
+        (["--batch-size", "4"], "--batch-size only applies to --input"),
+        (["--stream", "--json"], "--stream and --json: choose one output format"),
+        (["--show-horizon", "--json"], "--json and --show-horizon: choose one output format"),
+        (["--stream", "--show-horizon"], "--stream and --show-horizon: choose one output format"),
+        (["--chat"], "--chat applies the chat template to PROMPT text, not to --prompt-ids"),
+        (["hello"], "give a PROMPT or --prompt-ids, not both"),
+        (
+            ["--min-block", "9", "--block-size", "8"],
+            "need 1 <= --min-block <= --block-size, got --min-block=9, --block-size=8",
+        ),
+        (
+            ["--threshold", "2"],
+            (
+                "--threshold: with --commit confidence it is a max probability, in "
+                "[0, 1]; got 2.0 (use --commit entropy for a --threshold in nats)"
+            ),
+        ),
+        (
+            ["--commit", "entropy", "--threshold", "-1"],
+            "--threshold: with --commit entropy it is an entropy in nats, >= 0; got -1.0",
+        ),
+        (["--entropy-low", "3", "--entropy-high", "1"], "--entropy-low < --entropy-high"),
+        (["--ignore-eos", "--eos-token-id", "3"], "--ignore-eos and --eos-token-id: choose one"),
+    ],
+)
 def test_flags_that_cannot_go_together(capsys, extra, message):
     assert message in error_of(capsys, PANGU_ARGS + ["--prompt-ids", "1"] + extra)
 
 
-@pytest.mark.parametrize("extra", [["--stream"], ["--show-horizon"], ["--prompt-ids", "1"],
-                                   ["hello"], ["--horizon-plot", "k.png"]])
+@pytest.mark.parametrize(
+    "extra", [["--stream"], ["--show-horizon"], ["--prompt-ids", "1"], ["hello"], ["--horizon-plot", "k.png"]]
+)
 def test_flags_that_do_not_apply_to_input(capsys, tmp_path, extra):
     req = write_lines(tmp_path / "r.jsonl", {"prompt_ids": [1]})
     assert "does not apply to --input" in error_of(capsys, PANGU_ARGS + ["--input", req] + extra)
@@ -366,9 +448,14 @@ def test_horizon_output_needs_elastic_mode(capsys):
     assert "--show-horizon: mode ar has no horizons" in err
 
 
-@pytest.mark.parametrize("device,message", [
-    ("banana", "'banana' is not a device"), ("meta", "meta: fluid_rt runs on cpu or cuda"),
-    ("cuda:99", "cuda:99: ")])
+@pytest.mark.parametrize(
+    "device,message",
+    [
+        ("banana", "'banana' is not a device"),
+        ("meta", "meta: fluid_rt runs on cpu or cuda"),
+        ("cuda:99", "cuda:99: "),
+    ],
+)
 def test_devices_are_checked_up_front(capsys, device, message):
     import torch
 
@@ -402,8 +489,13 @@ def test_stream_into_a_closed_pipe_exits_quietly(tmp_path):
     os.close(r)  # nobody will ever read: the first write fails (`fluid-rt ... | head -c0`)
     proc = subprocess.run(
         [sys.executable, "-m", "fluid_rt.cli", *PANGU_ARGS, "--prompt-ids", "1", "--stream"],
-        stdout=w, stderr=subprocess.PIPE, text=True, timeout=300, check=False,
-        cwd=os.path.dirname(os.path.dirname(fluid_rt.__file__)))
+        stdout=w,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=os.path.dirname(os.path.dirname(fluid_rt.__file__)),
+    )
     os.close(w)
     assert proc.returncode == 141 and proc.stderr == "", proc.stderr
 
@@ -416,8 +508,10 @@ def test_show_horizon_keeps_characters_whole_across_blocks(tmp_path):
     tok = load_tokenizer(model_copy(tmp_path, **{"tokenizer.json": byte_tokenizer()}))
     ids = tok.encode("a🦙b")  # the emoji is 4 byte tokens: blocks of 3 and 3 split it
     assert len(ids) == 6
-    trace = [{"K": 4, "committed": 3, "draft_passes": 1, "mismatch": None},
-             {"K": 2, "committed": 3, "draft_passes": 1, "mismatch": None}]
+    trace = [
+        {"K": 4, "committed": 3, "draft_passes": 1, "mismatch": None},
+        {"K": 2, "committed": 3, "draft_passes": 1, "mismatch": None},
+    ]
     out = coloured(Generation(ids, "length", 2, trace), tok)
     assert "\ufffd" not in out
     assert out == "\033[36ma\033[0m\033[33m🦙b\033[0m"
@@ -441,10 +535,23 @@ def test_tokenizer_smaller_than_the_vocabulary(capsys, tmp_path):
 def test_stop_at_end_of_think_needs_a_real_end_of_think_id(capsys, tmp_path):
     # llama-tiny with fluid.json naming 216 (a token case 40 emits) as its end of think
     case = CASES[41]
-    model = model_copy(tmp_path, "llama-tiny", **{"fluid.json": json.dumps(
-        {"mask_token_id": 383, "end_of_think_token_id": 216})})
-    rc, out, err = run(capsys, ["generate", "--model", model, "--stop-at-end-of-think", "--json",
-                                "--prompt-ids", ",".join(map(str, case["prompt"]))])
+    model = model_copy(
+        tmp_path,
+        "llama-tiny",
+        **{"fluid.json": json.dumps({"mask_token_id": 383, "end_of_think_token_id": 216})},
+    )
+    rc, out, err = run(
+        capsys,
+        [
+            "generate",
+            "--model",
+            model,
+            "--stop-at-end-of-think",
+            "--json",
+            "--prompt-ids",
+            ",".join(map(str, case["prompt"])),
+        ],
+    )
     assert rc == 0, err
     res = json.loads(out)
     assert res["tokens"] == case["expected_tokens"] and res["stop_reason"] == "eos"
@@ -461,12 +568,14 @@ def test_mode_default_follows_the_k_head(capsys, tmp_path):
     assert "--mode {elastic,ar} default: elastic when the model has a K-head, else ar" in text
     # a mask token (fluid.json) without a K-head: AR, as --help and the README say
     model = model_copy(tmp_path, head=False, **{"fluid.json": '{"mask_token_id": 511}'})
-    rc, out, _ = run(capsys, ["generate", "--model", model, "--prompt-ids", "1", "--json",
-                              "--max-new-tokens", "2"])
+    rc, out, _ = run(
+        capsys, ["generate", "--model", model, "--prompt-ids", "1", "--json", "--max-new-tokens", "2"]
+    )
     assert rc == 0 and json.loads(out)["mode"] == "ar"
     # ... and asking for the K-head horizon there is refused in flag words
-    err = error_of(capsys, ["generate", "--model", model, "--prompt-ids", "1", "--mode", "elastic",
-                            "--horizon", "khead"])
+    err = error_of(
+        capsys, ["generate", "--model", model, "--prompt-ids", "1", "--mode", "elastic", "--horizon", "khead"]
+    )
     assert "--horizon khead needs a K-head (--head)" in err and "--horizon entropy" in err
 
 
@@ -475,11 +584,14 @@ def test_errors_speak_in_flags(capsys):
     err = error_of(capsys, ["generate", "--model", PANGU, "--prompt-ids", "1"])
     assert "--mask-token-id" in err and "--mode ar" in err and "144208" in err
     assert "load_model" not in err and "mode='ar'" not in err
-    rc, _, err = run(capsys, ["generate", "--model", PANGU, "--prompt-ids", "1", "--mode", "ar",
-                              "--max-new-tokens", "2"])
+    rc, _, err = run(
+        capsys, ["generate", "--model", PANGU, "--prompt-ids", "1", "--mode", "ar", "--max-new-tokens", "2"]
+    )
     assert rc == 0 and "warning" not in err and "mask" not in err
-    err = error_of(capsys, PANGU_ARGS + ["--prompt-ids", "1", "--horizon", "khead", "--head",
-                                         os.path.join(GOLDEN_DIR, "nope")])
+    err = error_of(
+        capsys,
+        PANGU_ARGS + ["--prompt-ids", "1", "--horizon", "khead", "--head", os.path.join(GOLDEN_DIR, "nope")],
+    )
     assert "nope" in err
 
 
@@ -491,8 +603,13 @@ def test_help_shows_defaults_without_markup(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for flag, default in (("--max-new-tokens", 64), ("--block-size", 16), ("--min-block", 4),
-                          ("--commit", "confidence"), ("--dtype", "float32")):
+    for flag, default in (
+        ("--max-new-tokens", 64),
+        ("--block-size", "the model adapter's, else 16"),
+        ("--min-block", "the model adapter's, else 4"),
+        ("--commit", "confidence"),
+        ("--dtype", "float32"),
+    ):
         assert f"{flag}" in text and f"default: {default})" in text, flag
     assert "cyan (longest)" in text and "green: long K" not in text
     assert "entropy_low" in text and "--ignore-eos" in text
@@ -509,8 +626,14 @@ def test_python_in_a_source_tree_without_a_build_says_so(tmp_path):
     src = os.path.dirname(fluid_rt.__file__)
     shutil.copytree(src, tmp_path / "fluid_rt", ignore=shutil.ignore_patterns("_C*", "__pycache__"))
     (tmp_path / "csrc").mkdir()
-    proc = subprocess.run([sys.executable, "-c", "import fluid_rt"], cwd=tmp_path, text=True,
-                          capture_output=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import fluid_rt"],
+        cwd=tmp_path,
+        text=True,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 1
     assert "is being imported from its source tree" in proc.stderr
     assert "Run Python from another directory" in proc.stderr
@@ -526,15 +649,22 @@ def test_readme_python_snippet_runs_as_a_file_from_anywhere(tmp_path):
     pytest.importorskip("gguf")
     root = str(Path(GOLDEN_DIR).parents[2])
     readme = Path(root, "README.md").read_text()
-    api = readme[readme.index("## Python API"):]
+    api = readme[readme.index("## Python API") :]
     code = re.search(r"```python\n(.*?)```", api, re.DOTALL)[1]
     (tmp_path / "snippet.py").write_text(code)
     env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "2"}
-    proc = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, env=env, text=True,
-                          capture_output=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [sys.executable, "snippet.py"],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) >= 2 and re.match(r"mode ar: \d+ tokens, \d+ forwards, ", lines[-1])
+    assert len(lines) >= 2 and re.match(r"mode elastic: \d+ tokens, \d+ forwards, ", lines[-1])
 
 
 def test_ctrl_c_while_torch_imports_exits_130_without_a_traceback(tmp_path):
@@ -552,8 +682,16 @@ def test_ctrl_c_while_torch_imports_exits_130_without_a_traceback(tmp_path):
         "        raise KeyboardInterrupt\n"
         "    return real(name, *args, **kwargs)\n"
         "builtins.__import__ = hook\n"
-        "from fluid_rt.cli import main\n")
+        "from fluid_rt.cli import main\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(GOLDEN_DIR).parents[2])}
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, text=True,
-                          capture_output=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
     assert (proc.returncode, proc.stderr) == (130, "")

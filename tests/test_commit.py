@@ -10,9 +10,9 @@ import random
 
 import pytest
 import torch
+from conftest import EMU
 
 import fluid_rt  # noqa: F401  (loads torch.ops.fluid_rt)
-from conftest import EMU
 from fluid_rt.ops import draft_commit, verify_commit
 
 MASK = 5  # inside the small random vocabulary on purpose: models may predict it
@@ -63,7 +63,7 @@ def ref_verify(st: dict, eos: list, remask: bool) -> dict:
         blk, prd = st["block"][b], st["pred"][b]
         row_eos = eos[b] if eos and isinstance(eos[0], list) else eos  # per row or shared
         f = None
-        if (remask[b] if isinstance(remask, list) else remask):
+        if remask[b] if isinstance(remask, list) else remask:
             for j in range(K):
                 if blk[j] != prd[j]:
                     f = j
@@ -92,17 +92,40 @@ def ref_verify(st: dict, eos: list, remask: bool) -> dict:
     return out
 
 
-VERIFY_MUTATED = ["verifying", "out_tokens", "out_len", "done", "pending", "cache_seqlens", "committed", "mismatch"]
+VERIFY_MUTATED = [
+    "verifying",
+    "out_tokens",
+    "out_len",
+    "done",
+    "pending",
+    "cache_seqlens",
+    "committed",
+    "mismatch",
+]
 DTYPES = {
-    "block": torch.int64, "pred": torch.int64, "score": torch.float32, "step": torch.int32,
-    "horizon": torch.int32, "drafting": torch.bool, "verifying": torch.bool, "eos_ids": torch.int64,
-    "out_tokens": torch.int64, "out_len": torch.int32, "budget": torch.int32, "done": torch.bool,
-    "pending": torch.int64, "cache_seqlens": torch.int32, "committed": torch.int32, "mismatch": torch.int32,
+    "block": torch.int64,
+    "pred": torch.int64,
+    "score": torch.float32,
+    "step": torch.int32,
+    "horizon": torch.int32,
+    "drafting": torch.bool,
+    "verifying": torch.bool,
+    "eos_ids": torch.int64,
+    "out_tokens": torch.int64,
+    "out_len": torch.int32,
+    "budget": torch.int32,
+    "done": torch.bool,
+    "pending": torch.int64,
+    "cache_seqlens": torch.int32,
+    "committed": torch.int32,
+    "mismatch": torch.int32,
 }
 
 
 def to_tensors(st: dict, device) -> dict:
-    return {k: torch.tensor(v, dtype=DTYPES[k], device=device).reshape(st_shape(st, k)) for k, v in st.items()}
+    return {
+        k: torch.tensor(v, dtype=DTYPES[k], device=device).reshape(st_shape(st, k)) for k, v in st.items()
+    }
 
 
 def st_shape(st, k):
@@ -197,7 +220,9 @@ def run_draft(st, thr, is_entropy, device):
     t = to_tensors(st, device)
     if isinstance(thr, list):
         thr = torch.tensor(thr, dtype=torch.float32, device=device)
-    draft_commit(t["block"], t["step"], t["drafting"], t["pred"], t["score"], t["horizon"], thr, MASK, is_entropy)
+    draft_commit(
+        t["block"], t["step"], t["drafting"], t["pred"], t["score"], t["horizon"], thr, MASK, is_entropy
+    )
     return t
 
 
@@ -210,9 +235,22 @@ def run_verify(st, eos, remask, device):
         eos_t = torch.tensor(eos, dtype=torch.int64, device=device)
     if isinstance(remask, list):
         remask = torch.tensor(remask, dtype=torch.bool, device=device)
-    verify_commit(t["block"], t["pred"], t["horizon"], t["verifying"], eos_t, remask, t["out_tokens"],
-                  t["out_len"], t["budget"], t["done"], t["pending"], t["cache_seqlens"], t["committed"],
-                  t["mismatch"])
+    verify_commit(
+        t["block"],
+        t["pred"],
+        t["horizon"],
+        t["verifying"],
+        eos_t,
+        remask,
+        t["out_tokens"],
+        t["out_len"],
+        t["budget"],
+        t["done"],
+        t["pending"],
+        t["cache_seqlens"],
+        t["committed"],
+        t["mismatch"],
+    )
     return t
 
 
@@ -307,12 +345,28 @@ def test_verify_commit_doc_example():
     seqlens = torch.tensor([10, 20], dtype=torch.int32)
     committed = torch.full((2,), -7, dtype=torch.int32)
     mismatch = torch.full((2,), -7, dtype=torch.int32)
-    verify_commit(block, pred, horizon, verifying, torch.tensor([], dtype=torch.int64), True, out, out_len,
-                  budget, done, pending, seqlens, committed, mismatch)
+    verify_commit(
+        block,
+        pred,
+        horizon,
+        verifying,
+        torch.tensor([], dtype=torch.int64),
+        True,
+        out,
+        out_len,
+        budget,
+        done,
+        pending,
+        seqlens,
+        committed,
+        mismatch,
+    )
     assert out.tolist() == [[1, 2, 9, -1, -1, -1, -1, -1], [-1] * 6 + [1, 2]]
     assert out_len.tolist() == [3, 8] and done.tolist() == [False, True]
     assert pending.tolist() == [9, 9] and seqlens.tolist() == [13, 20]
-    assert committed.tolist() == [3, 3] and mismatch.tolist() == [2, 2] and verifying.tolist() == [False, False]
+    assert (
+        committed.tolist() == [3, 3] and mismatch.tolist() == [2, 2] and verifying.tolist() == [False, False]
+    )
 
 
 def test_chained_draft_passes_reach_a_full_block():
@@ -323,9 +377,12 @@ def test_chained_draft_passes_reach_a_full_block():
         is_entropy = case % 2 == 1
         thr = rng.random() * (2.0 if is_entropy else 1.0)
         K = [rng.randint(1, kmax) for _ in range(B)]
-        pred = torch.tensor([[rng.choice([t for t in range(VOCAB) if t != MASK]) for _ in range(kmax)]
-                             for _ in range(B)])
-        score = torch.rand(B, kmax, generator=torch.Generator().manual_seed(case)) * (2.0 if is_entropy else 1.0)
+        pred = torch.tensor(
+            [[rng.choice([t for t in range(VOCAB) if t != MASK]) for _ in range(kmax)] for _ in range(B)]
+        )
+        score = torch.rand(B, kmax, generator=torch.Generator().manual_seed(case)) * (
+            2.0 if is_entropy else 1.0
+        )
         block = torch.full((B, kmax), MASK, dtype=torch.int64)
         for b in range(B):
             if K[b] < kmax:
@@ -334,8 +391,14 @@ def test_chained_draft_passes_reach_a_full_block():
         step = torch.zeros(B, dtype=torch.int32)
         drafting = torch.ones(B, dtype=torch.bool)
         passes = [0] * B
-        st = {"block": block.tolist(), "step": step.tolist(), "drafting": drafting.tolist(),
-              "pred": pred.tolist(), "score": score.tolist(), "horizon": K}
+        st = {
+            "block": block.tolist(),
+            "step": step.tolist(),
+            "drafting": drafting.tolist(),
+            "pred": pred.tolist(),
+            "score": score.tolist(),
+            "horizon": K,
+        }
         for _ in range(kmax + 1):
             if not drafting.any():
                 break
@@ -354,8 +417,8 @@ def test_chained_draft_passes_reach_a_full_block():
         assert not drafting.any()
         for b in range(B):
             assert passes[b] <= K[b]
-            assert not (block[b, :K[b]] == MASK).any()
-            assert block[b, :K[b]].tolist() == pred[b, :K[b]].tolist()
+            assert not (block[b, : K[b]] == MASK).any()
+            assert block[b, : K[b]].tolist() == pred[b, : K[b]].tolist()
             if K[b] < kmax:
                 assert block[b, -1] == 123
 
@@ -375,13 +438,22 @@ def _verify_args(device="cpu", B=3, kmax=5, N=12):
     block = torch.randint(0, VOCAB, (B, kmax), device=device)
     pred = block.clone()
     pred[0, kmax // 2] = (pred[0, kmax // 2] + 1) % VOCAB
-    return [block, pred, torch.full((B,), kmax, dtype=torch.int32, device=device),
-            torch.ones(B, dtype=torch.bool, device=device), torch.full((B, 1), 3, device=device),
-            torch.ones(B, dtype=torch.bool, device=device),
-            torch.zeros(B, N, dtype=torch.int64, device=device), torch.zeros(B, dtype=torch.int32, device=device),
-            torch.full((B,), N, dtype=torch.int32, device=device), torch.zeros(B, dtype=torch.bool, device=device),
-            torch.zeros(B, dtype=torch.int64, device=device), torch.zeros(B, dtype=torch.int32, device=device),
-            torch.zeros(B, dtype=torch.int32, device=device), torch.zeros(B, dtype=torch.int32, device=device)]
+    return [
+        block,
+        pred,
+        torch.full((B,), kmax, dtype=torch.int32, device=device),
+        torch.ones(B, dtype=torch.bool, device=device),
+        torch.full((B, 1), 3, device=device),
+        torch.ones(B, dtype=torch.bool, device=device),
+        torch.zeros(B, N, dtype=torch.int64, device=device),
+        torch.zeros(B, dtype=torch.int32, device=device),
+        torch.full((B,), N, dtype=torch.int32, device=device),
+        torch.zeros(B, dtype=torch.bool, device=device),
+        torch.zeros(B, dtype=torch.int64, device=device),
+        torch.zeros(B, dtype=torch.int32, device=device),
+        torch.zeros(B, dtype=torch.int32, device=device),
+        torch.zeros(B, dtype=torch.int32, device=device),
+    ]
 
 
 def test_opcheck():
@@ -392,12 +464,42 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.fluid_rt.verify_commit.default, args)
 
 
-def _draft_then_verify(block, step, drafting, pred, score, horizon, verifying, eos, out, out_len, budget, done,
-                       pending, seqlens, committed, mismatch):
+def _draft_then_verify(
+    block,
+    step,
+    drafting,
+    pred,
+    score,
+    horizon,
+    verifying,
+    eos,
+    out,
+    out_len,
+    budget,
+    done,
+    pending,
+    seqlens,
+    committed,
+    mismatch,
+):
     draft_commit(block, step, drafting, pred, score, horizon, 0.5, MASK, False)
     verifying.copy_(~drafting)
-    verify_commit(block, pred, horizon, verifying, eos, True, out, out_len, budget, done, pending, seqlens,
-                  committed, mismatch)
+    verify_commit(
+        block,
+        pred,
+        horizon,
+        verifying,
+        eos,
+        True,
+        out,
+        out_len,
+        budget,
+        done,
+        pending,
+        seqlens,
+        committed,
+        mismatch,
+    )
     return block.sum() + out.sum()
 
 
@@ -421,8 +523,22 @@ def test_torch_compile_smoke():
 # ----------------------------------------------------------------------------------------------
 
 DRAFT_NAMES = ["block", "step", "drafting", "pred", "score", "horizon"]
-VERIFY_NAMES = ["block", "pred", "horizon", "verifying", "eos_ids", None, "out_tokens", "out_len", "budget",
-                "done", "pending", "cache_seqlens", "committed", "mismatch"]
+VERIFY_NAMES = [
+    "block",
+    "pred",
+    "horizon",
+    "verifying",
+    "eos_ids",
+    None,
+    "out_tokens",
+    "out_len",
+    "budget",
+    "done",
+    "pending",
+    "cache_seqlens",
+    "committed",
+    "mismatch",
+]
 
 
 @pytest.mark.parametrize("i", range(6))
@@ -431,17 +547,17 @@ def test_draft_errors_name_the_argument(i):
     args = _draft_args()
     bad = args[i].to(torch.float64 if args[i].dtype != torch.float64 else torch.int32)
     with pytest.raises(ValueError, match=name):
-        draft_commit(*args[:i], bad, *args[i + 1:])
+        draft_commit(*args[:i], bad, *args[i + 1 :])
     args = _draft_args()
     bad = args[i][..., :1] if args[i].dim() == 2 else args[i][:2]
     with pytest.raises(ValueError, match=name if i else "pred|step|drafting"):
-        draft_commit(*args[:i], bad.contiguous(), *args[i + 1:])
+        draft_commit(*args[:i], bad.contiguous(), *args[i + 1 :])
     if args[i].dim() == 2:
         args = _draft_args()
         nc = torch.empty(args[i].shape[1], args[i].shape[0], dtype=args[i].dtype).t()
         nc.copy_(args[i])
         with pytest.raises(ValueError, match=name):
-            draft_commit(*args[:i], nc, *args[i + 1:])
+            draft_commit(*args[:i], nc, *args[i + 1 :])
 
 
 @pytest.mark.parametrize("i", [i for i in range(14) if VERIFY_NAMES[i]])
@@ -450,12 +566,12 @@ def test_verify_errors_name_the_argument(i):
     args = _verify_args()
     bad = args[i].to(torch.float32)
     with pytest.raises(ValueError, match=name):
-        verify_commit(*args[:i], bad, *args[i + 1:])
+        verify_commit(*args[:i], bad, *args[i + 1 :])
     if name != "eos_ids":
         args = _verify_args()
         bad = args[i][:2].contiguous()
         with pytest.raises(ValueError, match=name if i else "pred"):
-            verify_commit(*args[:i], bad, *args[i + 1:])
+            verify_commit(*args[:i], bad, *args[i + 1 :])
 
 
 def test_overlap_errors():
@@ -544,8 +660,11 @@ def test_fuzz_malformed_calls_never_crash():
 
     for trial in range(300):
         is_draft = trial % 2 == 0
-        base = _draft_args(B=rng.randint(1, 4), kmax=rng.randint(1, 6)) if is_draft else \
-            _verify_args(B=rng.randint(1, 4), kmax=rng.randint(1, 6), N=rng.randint(0, 9))
+        base = (
+            _draft_args(B=rng.randint(1, 4), kmax=rng.randint(1, 6))
+            if is_draft
+            else _verify_args(B=rng.randint(1, 4), kmax=rng.randint(1, 6), N=rng.randint(0, 9))
+        )
         args = [mangle(a) for a in base]
         if rng.random() < 0.1:  # aliasing
             i, j = rng.sample(range(len(args)), 2)
@@ -636,10 +755,25 @@ def test_cuda_graph_capture_and_replay():
     eos_t = torch.tensor(eos, dtype=torch.int64, device="cuda")
 
     def step_fn():
-        draft_commit(d["block"], d["step"], d["drafting"], d["pred"], d["score"], d["horizon"], thr, MASK, False)
-        verify_commit(v["block"], v["pred"], v["horizon"], v["verifying"], eos_t, True, v["out_tokens"],
-                      v["out_len"], v["budget"], v["done"], v["pending"], v["cache_seqlens"], v["committed"],
-                      v["mismatch"])
+        draft_commit(
+            d["block"], d["step"], d["drafting"], d["pred"], d["score"], d["horizon"], thr, MASK, False
+        )
+        verify_commit(
+            v["block"],
+            v["pred"],
+            v["horizon"],
+            v["verifying"],
+            eos_t,
+            True,
+            v["out_tokens"],
+            v["out_len"],
+            v["budget"],
+            v["done"],
+            v["pending"],
+            v["cache_seqlens"],
+            v["committed"],
+            v["mismatch"],
+        )
 
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())

@@ -81,8 +81,12 @@ def test_emulated_ops_check_their_arguments():
     with pytest.raises(ValueError, match="weight"):
         torch.ops.fluid_rt_emu.rms_norm(torch.randn(2, 8), torch.randn(7), 1e-5, None)
     with pytest.raises(ValueError, match="q"):
-        torch.ops.fluid_rt_emu.causal_attention(torch.randn(1, 1, 2, 48), torch.randn(1, 4, 1, 48),
-                                                torch.randn(1, 4, 1, 48), torch.zeros(1, dtype=torch.int32))
+        torch.ops.fluid_rt_emu.causal_attention(
+            torch.randn(1, 1, 2, 48),
+            torch.randn(1, 4, 1, 48),
+            torch.randn(1, 4, 1, 48),
+            torch.zeros(1, dtype=torch.int32),
+        )
 
 
 def _bad_calls():
@@ -90,14 +94,33 @@ def _bad_calls():
     of its describe_<op>()."""
     i32, i64 = torch.int32, torch.int64
     B, kmax = 2, 3
-    verify = [torch.zeros(B, kmax, dtype=i64), torch.zeros(B, kmax, dtype=i64), torch.full((B,), kmax, dtype=i32),
-              torch.ones(B, dtype=torch.bool), torch.full((B, 1), -1, dtype=i64), torch.ones(B, dtype=torch.bool),
-              torch.zeros(B, 8, dtype=i64), torch.zeros(B, dtype=i32), torch.full((B,), 8, dtype=i32),
-              torch.zeros(B, dtype=torch.bool), torch.zeros(B, dtype=i64), torch.zeros(B, dtype=i32),
-              torch.zeros(B, dtype=i32), torch.zeros(B, dtype=i64)]  # mismatch: int64, not int32
-    draft = [torch.zeros(B, kmax, dtype=i64), torch.zeros(B, dtype=i32), torch.ones(B, dtype=torch.bool),
-             torch.zeros(B, kmax + 1, dtype=i64), torch.zeros(B, kmax), torch.ones(B, dtype=i32),
-             torch.zeros(B), 0, False]  # pred: Kmax + 1
+    verify = [
+        torch.zeros(B, kmax, dtype=i64),
+        torch.zeros(B, kmax, dtype=i64),
+        torch.full((B,), kmax, dtype=i32),
+        torch.ones(B, dtype=torch.bool),
+        torch.full((B, 1), -1, dtype=i64),
+        torch.ones(B, dtype=torch.bool),
+        torch.zeros(B, 8, dtype=i64),
+        torch.zeros(B, dtype=i32),
+        torch.full((B,), 8, dtype=i32),
+        torch.zeros(B, dtype=torch.bool),
+        torch.zeros(B, dtype=i64),
+        torch.zeros(B, dtype=i32),
+        torch.zeros(B, dtype=i32),
+        torch.zeros(B, dtype=i64),
+    ]  # mismatch: int64, not int32
+    draft = [
+        torch.zeros(B, kmax, dtype=i64),
+        torch.zeros(B, dtype=i32),
+        torch.ones(B, dtype=torch.bool),
+        torch.zeros(B, kmax + 1, dtype=i64),
+        torch.zeros(B, kmax),
+        torch.ones(B, dtype=i32),
+        torch.zeros(B),
+        0,
+        False,
+    ]  # pred: Kmax + 1
     q = torch.randn(1, 2, 4, 64)
     cache = torch.zeros(1, 8, 3, 64)  # 4 query heads over 3 kv heads
     return [
@@ -106,8 +129,10 @@ def _bad_calls():
         ("token_entropy", (torch.randn(2, 3, 5).transpose(0, 1), 1.0)),
         ("token_entropy", (torch.randn(2, 5), 0.0)),
         ("causal_attention", (q, cache, cache.clone(), torch.zeros(1, dtype=i32), None, None, None, None)),
-        ("causal_attention", (q, cache[:, :, :2], cache[:, :, :2].clone(), torch.zeros(1, dtype=i64), None, None,
-                              None, None)),
+        (
+            "causal_attention",
+            (q, cache[:, :, :2], cache[:, :, :2].clone(), torch.zeros(1, dtype=i64), None, None, None, None),
+        ),
         ("draft_commit", tuple(draft)),
         ("verify_commit", tuple(verify)),
     ]

@@ -20,16 +20,21 @@ MODELS = sorted({c["model"] for c in CASES})
 @pytest.fixture(scope="module")
 def golden():
     masks = {c["model"]: c["mask_token_id"] for c in CASES}
-    return {name: load_model(os.path.join(GOLDEN_DIR, name), mask_token_id=masks[name])
-            for name in MODELS}
+    return {name: load_model(os.path.join(GOLDEN_DIR, name), mask_token_id=masks[name]) for name in MODELS}
 
 
 def case_config(case, **overrides) -> DecodeConfig:
     eos = case["eos_token_id"]
-    args = {"mode": "elastic", "max_new_tokens": case["max_new_tokens"],
-            "block_size": case["block_size"], "min_block": case["min_block"],
-            "threshold": case["threshold"], "remask": case["remask"], "horizon": "khead",
-            "eos_token_ids": () if eos is None else (eos,)}
+    args = {
+        "mode": "elastic",
+        "max_new_tokens": case["max_new_tokens"],
+        "block_size": case["block_size"],
+        "min_block": case["min_block"],
+        "threshold": case["threshold"],
+        "remask": case["remask"],
+        "horizon": "khead",
+        "eos_token_ids": () if eos is None else (eos,),
+    }
     args.update(overrides)
     return DecodeConfig(**args)
 
@@ -47,8 +52,7 @@ def alone(golden):
     """Every golden case decoded as a batch of one (computed once, checked case by case below)."""
     out = []
     for case in CASES:
-        (g,), _ = decoder_for(golden[case["model"]], case).generate([case["prompt"]],
-                                                                     case_config(case))
+        (g,), _ = decoder_for(golden[case["model"]], case).generate([case["prompt"]], case_config(case))
         out.append(g)
     return out
 
@@ -88,8 +92,7 @@ def hf64_fluid():
     """The golden models in float64 transformers with their K-heads: (model, khead) per name."""
     from benchmarks.reference_loop import load_hf_fluid_model
 
-    return {m: load_hf_fluid_model(os.path.join(GOLDEN_DIR, m), dtype=torch.float64)
-            for m in MODELS}
+    return {m: load_hf_fluid_model(os.path.join(GOLDEN_DIR, m), dtype=torch.float64) for m in MODELS}
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +115,9 @@ def expected_forwards(reference: dict, case: dict) -> int:
         f, last = b["mismatch"], i == len(trace) - 1
         for p, s in enumerate(passes, 1):
             take = f + 1 if remask and f is not None and f <= s else s + 1
-            if last and (produced + take >= case["max_new_tokens"]
-                         or eos in tokens[produced : produced + take]):
+            if last and (
+                produced + take >= case["max_new_tokens"] or eos in tokens[produced : produced + take]
+            ):
                 return n + p - 1
         n += len(passes) - 1
         n += 0 if remask and f is not None and f <= passes[-1] else 1
@@ -127,11 +131,17 @@ def test_forward_count_follows_the_fusion_rules(hf64_fluid, alone, idx):
     from benchmarks.reference_loop import reference_generate
 
     case = CASES[idx]
-    ref = reference_generate(*hf64_fluid[case["model"]], case["prompt"],
-                             mask_token_id=case["mask_token_id"], eos_token_id=case["eos_token_id"],
-                             threshold=case["threshold"], block_size=case["block_size"],
-                             min_block=case["min_block"], remask=case["remask"],
-                             max_new_tokens=case["max_new_tokens"])
+    ref = reference_generate(
+        *hf64_fluid[case["model"]],
+        case["prompt"],
+        mask_token_id=case["mask_token_id"],
+        eos_token_id=case["eos_token_id"],
+        threshold=case["threshold"],
+        block_size=case["block_size"],
+        min_block=case["min_block"],
+        remask=case["remask"],
+        max_new_tokens=case["max_new_tokens"],
+    )
     assert ref["trace"][:-1] == case["trace"][: len(ref["trace"]) - 1]
     assert len(ref["steps"]) == len(ref["trace"])
     assert [len(p) for p in ref["steps"]] == [b["draft_passes"] for b in ref["trace"]]
@@ -150,21 +160,27 @@ def assert_same_up_to_ties(hf, prompt, want, got, margin=1e-4):
 
 
 @pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("horizon,commit,threshold", [
-    ("khead", "confidence", 0.9), ("entropy", "confidence", 0.5), ("fixed", "confidence", 0.2),
-    ("fixed", "entropy", 0.5), ("entropy", "entropy", 2.0),
-])
+@pytest.mark.parametrize(
+    "horizon,commit,threshold",
+    [
+        ("khead", "confidence", 0.9),
+        ("entropy", "confidence", 0.5),
+        ("fixed", "confidence", 0.2),
+        ("fixed", "entropy", 0.5),
+        ("entropy", "entropy", 2.0),
+    ],
+)
 def test_remask_is_lossless_against_greedy_ar(golden, hf64, model, horizon, commit, threshold):
     loaded = golden[model]
     vocab = loaded.config.vocab_size
     dec = Decoder(loaded.model, khead=loaded.khead, mask_token_id=vocab - 1)
     seed = zlib.crc32(f"{model}/{horizon}/{commit}".encode())
     gen = torch.Generator().manual_seed(seed)
-    prompts = [torch.randint(0, vocab - 1, (n,), generator=gen).tolist()
-               for n in (1, 4, 19, 2, 7, 30)]
+    prompts = [torch.randint(0, vocab - 1, (n,), generator=gen).tolist() for n in (1, 4, 19, 2, 7, 30)]
     ar, _ = dec.generate(prompts, DecodeConfig(mode="ar", max_new_tokens=40))
-    cfg = DecodeConfig(max_new_tokens=40, block_size=12, min_block=2, horizon=horizon,
-                       commit=commit, threshold=threshold)
+    cfg = DecodeConfig(
+        max_new_tokens=40, block_size=12, min_block=2, horizon=horizon, commit=commit, threshold=threshold
+    )
     elastic, _ = dec.generate(prompts, cfg)
     for p, a, e in zip(prompts, ar, elastic):
         assert a.forwards == len(a.tokens) == 40
@@ -175,11 +191,13 @@ def test_remask_is_lossless_against_greedy_ar(golden, hf64, model, horizon, comm
 def test_ar_mode_equals_transformers_greedy(golden):
     transformers = pytest.importorskip("transformers")
     loaded = golden["llama-tiny"]
-    hf = transformers.LlamaForCausalLM.from_pretrained(os.path.join(GOLDEN_DIR, "llama-tiny"),
-                                                       torch_dtype=torch.float32).eval()
+    hf = transformers.LlamaForCausalLM.from_pretrained(
+        os.path.join(GOLDEN_DIR, "llama-tiny"), torch_dtype=torch.float32
+    ).eval()
     prompt = [5, 17, 99, 3, 250]
-    want = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False,
-                       eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+    want = hf.generate(
+        torch.tensor([prompt]), max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0
+    )[0, len(prompt) :].tolist()
     (g,), _ = Decoder(loaded.model).generate([prompt], DecodeConfig(mode="ar", max_new_tokens=24))
     assert g.tokens == want
     assert g.forwards == 24 and g.trace == []
@@ -196,8 +214,7 @@ def test_stops_eos_set_and_exact_budget(golden):
     first = min(free.tokens.index(t) for t in stop)
     assert g.tokens == free.tokens[: first + 1] and g.stop_reason == "eos"
     for budget in (1, 2, 7, 16, 17):
-        (g,), _ = dec.generate([case["prompt"]], case_config(case, eos_token_ids=(),
-                                                             max_new_tokens=budget))
+        (g,), _ = dec.generate([case["prompt"]], case_config(case, eos_token_ids=(), max_new_tokens=budget))
         assert g.tokens == free.tokens[:budget] and g.stop_reason == "length"
 
 
@@ -205,8 +222,9 @@ def test_streaming_yields_every_token_once(golden):
     case = CASES[0]
     dec = decoder_for(golden[case["model"]], case)
     seen = []
-    (g,), _ = dec.generate([case["prompt"]], case_config(case),
-                           on_commit=lambda i, ids: seen.append((i, ids)))
+    (g,), _ = dec.generate(
+        [case["prompt"]], case_config(case), on_commit=lambda i, ids: seen.append((i, ids))
+    )
     assert all(i == 0 and ids for i, ids in seen)
     assert [t for _, ids in seen for t in ids] == g.tokens
     assert len(seen) > 1
@@ -228,8 +246,9 @@ def test_bad_requests_raise_clear_errors(golden):
     with pytest.raises(ValueError, match="empty"):
         dec.generate([[]], DecodeConfig(max_new_tokens=4))
     with pytest.raises(ValueError, match="must agree"):
-        dec.generate([[1], [2]], [DecodeConfig(max_new_tokens=4),
-                                  DecodeConfig(max_new_tokens=4, horizon="fixed")])
+        dec.generate(
+            [[1], [2]], [DecodeConfig(max_new_tokens=4), DecodeConfig(max_new_tokens=4, horizon="fixed")]
+        )
     with pytest.raises(ValueError, match="min_block"):
         DecodeConfig(block_size=4, min_block=5)
     with pytest.raises(ValueError, match="horizon"):
@@ -253,12 +272,10 @@ def test_static_width_steps_equal_trimmed_steps(golden, alone, model):
     idx = [i for i, c in enumerate(CASES) if c["model"] == model]
     case = CASES[idx[0]]
     loaded = golden[model]
-    dec = Decoder(loaded.model, khead=loaded.khead, mask_token_id=case["mask_token_id"],
-                  steps="static")
+    dec = Decoder(loaded.model, khead=loaded.khead, mask_token_id=case["mask_token_id"], steps="static")
     gens, _ = dec.generate([CASES[i]["prompt"] for i in idx], [case_config(CASES[i]) for i in idx])
     for i, g in zip(idx, gens):
-        assert (g.tokens, g.trace, g.forwards) == (alone[i].tokens, alone[i].trace,
-                                                   alone[i].forwards)
+        assert (g.tokens, g.trace, g.forwards) == (alone[i].tokens, alone[i].trace, alone[i].forwards)
 
 
 @pytest.mark.cuda
@@ -270,14 +287,16 @@ def test_cuda_graph_decode_matches_golden(model):
     on cuda:0 and, where there is one, on cuda:1 (the capture stream on the model's device). AR
     steps are replayed as graphs too."""
     cases = [c for c in CASES if c["model"] == model]
-    loaded = load_model(os.path.join(GOLDEN_DIR, model), mask_token_id=cases[0]["mask_token_id"],
-                        device="cuda")
+    loaded = load_model(
+        os.path.join(GOLDEN_DIR, model), mask_token_id=cases[0]["mask_token_id"], device="cuda"
+    )
     cfgs = [case_config(c) for c in cases]
     prompts = [c["prompt"] for c in cases]
     runs = {}
     for graphs in (True, False):
-        dec = Decoder(loaded.model, khead=loaded.khead, mask_token_id=cases[0]["mask_token_id"],
-                      cuda_graphs=graphs)
+        dec = Decoder(
+            loaded.model, khead=loaded.khead, mask_token_id=cases[0]["mask_token_id"], cuda_graphs=graphs
+        )
         runs[graphs], _ = dec.generate(prompts, cfgs)
         runs["ar", graphs], _ = dec.generate(prompts, [case_config(c, mode="ar") for c in cases])
     for case, g, e in zip(cases, runs[True], runs[False]):
@@ -285,8 +304,9 @@ def test_cuda_graph_decode_matches_golden(model):
         assert g.trace == e.trace and g.trace[:-1] == case["trace"][: len(g.trace) - 1]
     assert [g.tokens for g in runs["ar", True]] == [g.tokens for g in runs["ar", False]]
     if torch.cuda.device_count() > 1:
-        other = load_model(os.path.join(GOLDEN_DIR, model),
-                           mask_token_id=cases[0]["mask_token_id"], device="cuda:1")
+        other = load_model(
+            os.path.join(GOLDEN_DIR, model), mask_token_id=cases[0]["mask_token_id"], device="cuda:1"
+        )
         dec = Decoder(other.model, khead=other.khead, mask_token_id=cases[0]["mask_token_id"])
         on_1, _ = dec.generate(prompts, cfgs)
         assert [g.tokens for g in on_1] == [g.tokens for g in runs[True]]
@@ -394,14 +414,18 @@ def test_stream_text_with_the_default_model():
     pytest.importorskip("gguf")
     loaded = load_model(None)
     tok = loaded.tokenizer
-    ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": "Name three colours."}],
-                                             add_generation_prompt=True))
+    ids = tok.encode(
+        tok.apply_chat_template(
+            [{"role": "user", "content": "Name three colours."}], add_generation_prompt=True
+        )
+    )
     it = Decoder(loaded.model).stream(ids, DecodeConfig(mode="ar", max_new_tokens=16), tok)
     pieces, g = drain(it)
     assert len(pieces) > 1 and "".join(pieces) == g.text == tok.decode(g.tokens)
 
 
 # -- the step runner: CUDA graph logic and device/stream selection, checked on the CPU -----------
+
 
 class FakeCuda:
     """Stands in for ``torch.cuda`` and records what the graph code asks of it, in order."""
@@ -461,8 +485,13 @@ def test_graph_capture_and_replay_run_on_the_model_device_and_its_stream():
 
     cuda, dev = FakeCuda(), torch.device("cuda", 1)
     calls = []
-    step = lambda: calls.append(("step", cuda.current))
-    undo = lambda: calls.append(("undo", cuda.current))
+
+    def step():
+        calls.append(("step", cuda.current))
+
+    def undo():
+        calls.append(("undo", cuda.current))
+
     capture_graph(step, dev, undo, cuda)
     stream = ("stream", dev)
     assert cuda.events[0] == ("enter", "device", dev) and cuda.events[-1] == ("exit", "device", dev)
@@ -508,14 +537,14 @@ def test_graph_steps_capture_once_per_batch_shape(golden, alone, monkeypatch, mo
     model = "pangu-tiny"
     idx = [i for i, c in enumerate(CASES) if c["model"] == model]
     loaded = golden[model]
-    dec = Decoder(loaded.model, khead=loaded.khead, mask_token_id=CASES[idx[0]]["mask_token_id"],
-                  steps="graph")
+    dec = Decoder(
+        loaded.model, khead=loaded.khead, mask_token_id=CASES[idx[0]]["mask_token_id"], steps="graph"
+    )
     cfgs = [case_config(CASES[i], mode=mode) for i in idx]
     gens, stats = dec.generate([CASES[i]["prompt"] for i in idx], cfgs)
     if mode == "elastic":
         for i, g in zip(idx, gens):
-            assert (g.tokens, g.trace, g.forwards) == (alone[i].tokens, alone[i].trace,
-                                                       alone[i].forwards)
+            assert (g.tokens, g.trace, g.forwards) == (alone[i].tokens, alone[i].trace, alone[i].forwards)
     else:
         eager = Decoder(loaded.model, mask_token_id=CASES[idx[0]]["mask_token_id"])
         want, _ = eager.generate([CASES[i]["prompt"] for i in idx], cfgs)
@@ -534,13 +563,17 @@ def test_config_defaults_follow_the_commit_policy_and_the_model(golden):
     assert DecodeConfig(commit="entropy").commit_threshold == 0.3
     assert DecodeConfig(commit="entropy", threshold=2.0).commit_threshold == 2.0
     assert DecodeConfig(eos_token_ids=7).eos_token_ids == (7,)
-    for bad, match in (({"threshold": 1.5}, "max probability"), ({"threshold": -0.1}, "max prob"),
-                       ({"commit": "entropy", "threshold": -1.0}, "nats"),
-                       ({"threshold": float("nan")}, "finite"),
-                       ({"max_new_tokens": 2.5}, "max_new_tokens"), ({"remask": "no"}, "remask"),
-                       ({"eos_token_ids": [1.0]}, "eos_token_ids"),
-                       ({"entropy_low": 2.0, "entropy_high": 1.0}, "entropy_low < entropy_high"),
-                       ({"mode": "fast"}, "mode")):
+    for bad, match in (
+        ({"threshold": 1.5}, "max probability"),
+        ({"threshold": -0.1}, "max prob"),
+        ({"commit": "entropy", "threshold": -1.0}, "nats"),
+        ({"threshold": float("nan")}, "finite"),
+        ({"max_new_tokens": 2.5}, "max_new_tokens"),
+        ({"remask": "no"}, "remask"),
+        ({"eos_token_ids": [1.0]}, "eos_token_ids"),
+        ({"entropy_low": 2.0, "entropy_high": 1.0}, "entropy_low < entropy_high"),
+        ({"mode": "fast"}, "mode"),
+    ):
         with pytest.raises(ValueError, match=match):
             DecodeConfig(**bad)
     loaded = golden["pangu-tiny"]

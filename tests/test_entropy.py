@@ -10,9 +10,9 @@ import random
 
 import pytest
 import torch
+from conftest import EMU
 
 import fluid_rt
-from conftest import EMU
 from fluid_rt.ops import TokenStats, token_entropy
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda), EMU]  # EMU: the CUDA kernels, emulated
@@ -42,8 +42,12 @@ def check_close(out: TokenStats, logits: torch.Tensor, temperature: float = 1.0,
     ent, mp, am, lse = reference(logits, temperature)
     lead = logits.shape[:-1]
     assert isinstance(out, TokenStats)
-    for name, t, dt in (("entropy", out.entropy, torch.float32), ("max_prob", out.max_prob, torch.float32),
-                        ("argmax", out.argmax, torch.int64), ("logsumexp", out.logsumexp, torch.float32)):
+    for name, t, dt in (
+        ("entropy", out.entropy, torch.float32),
+        ("max_prob", out.max_prob, torch.float32),
+        ("argmax", out.argmax, torch.int64),
+        ("logsumexp", out.logsumexp, torch.float32),
+    ):
         assert t.shape == lead, (name, t.shape, lead)
         assert t.dtype == dt, (name, t.dtype)
         assert t.device == logits.device, name
@@ -151,13 +155,13 @@ def test_peaky_rows(device, cpu_path):
     cpu_only_variant(device, cpu_path)
     g = gen(9)
     x = torch.randn(5, 50257, generator=g)
-    x[0, 123] = 40.0   # entropy ~ 1e-12: atol decides
+    x[0, 123] = 40.0  # entropy ~ 1e-12: atol decides
     x[1, 50000] = 15.0
     x[2, 7] = 8.0
     x[3] = -100.0
-    x[3, 0] = 100.0    # exactly one-hot in fp32
+    x[3, 0] = 100.0  # exactly one-hot in fp32
     x[4, 40000] = 20.0
-    x[4, 10] = 20.0    # two equal peaks: argmax must be the first
+    x[4, 10] = 20.0  # two equal peaks: argmax must be the first
     x = x.to(device)
     out = token_entropy(x)
     check_close(out, x)
@@ -227,10 +231,10 @@ def _nonfinite_case(dtype, device, V):
     x[2, :] = -INF
     x[3, : V // 2] = -INF  # masked vocabulary: -inf entries weigh 0
     x[4, V - 1] = INF
-    x[4, 3] = NAN      # NaN wins over +inf
+    x[4, 3] = NAN  # NaN wins over +inf
     x[5, 5] = -INF
     x[5, V - 3] = INF  # a single +inf: one-hot
-    x[6, :] = INF      # all +inf: uniform
+    x[6, :] = INF  # all +inf: uniform
     # row 7 stays finite
     return x.to(device)
 
@@ -251,7 +255,7 @@ def test_nonfinite_rules(device, dtype, V, cpu_path, threads2):
     # row 2: all -inf
     assert math.isnan(ent[2]) and math.isnan(mp[2]) and lse[2].item() == -INF and am[2] == 0
     # row 3: half -inf -> statistics of the finite half
-    ref = reference(x[3, V // 2:], 0.6) if V > 1 else None
+    ref = reference(x[3, V // 2 :], 0.6) if V > 1 else None
     torch.testing.assert_close(ent[3].double(), ref[0], rtol=1e-5, atol=2e-6)
     torch.testing.assert_close(mp[3].double(), ref[1], rtol=1e-5, atol=1e-7)
     assert am[3] == ref[2] + V // 2
@@ -360,8 +364,17 @@ def test_fuzz_malformed_calls():
     """Random (often invalid) calls: never a crash, only ValueError/RuntimeError/TypeError, and a
     call that succeeds matches the reference."""
     rng = random.Random(1234)
-    dtypes = [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int32, torch.int64,
-              torch.bool, torch.uint8, torch.complex64]
+    dtypes = [
+        torch.float32,
+        torch.bfloat16,
+        torch.float16,
+        torch.float64,
+        torch.int32,
+        torch.int64,
+        torch.bool,
+        torch.uint8,
+        torch.complex64,
+    ]
     temps = [1.0, 0.5, 2.0, 0.0, -0.3, NAN, INF, 1e-45, 1e300, "x", None, 3]
     ok = 0
     for _ in range(300):

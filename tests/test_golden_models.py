@@ -94,9 +94,10 @@ def test_greedy_matches_transformers_and_reference(case, loaded, hf_models):
     n = min(case["max_new_tokens"], 32)
     ours = _greedy(loaded[case["model"]].model, case["prompt"], n)
     with torch.no_grad():
-        ref = hf_models[case["model"]].generate(torch.tensor([case["prompt"]]), max_new_tokens=n,
-                                                do_sample=False)
-    assert ours == ref[0, len(case["prompt"]):].tolist()
+        ref = hf_models[case["model"]].generate(
+            torch.tensor([case["prompt"]]), max_new_tokens=n, do_sample=False
+        )
+    assert ours == ref[0, len(case["prompt"]) :].tolist()
     assert ours == case["expected_tokens"][:n]
 
 
@@ -106,7 +107,7 @@ def test_khead_matches_sequential_on_model_hidden(name, loaded):
     sd, max_k = load_khead(os.path.join(GOLDEN, name), lm.config.hidden_size)
     H = lm.config.hidden_size
     ref = torch.nn.Sequential(torch.nn.Linear(H, H // 4), torch.nn.GELU(), torch.nn.Linear(H // 4, max_k))
-    ref.load_state_dict({k[len("diffusion_k_head."):]: v for k, v in sd.items()})
+    ref.load_state_dict({k[len("diffusion_k_head.") :]: v for k, v in sd.items()})
     cache = KVCache(lm.config, 1, 16)
     _, hidden = lm.model(torch.arange(3, 14)[None], cache)
     with torch.no_grad():

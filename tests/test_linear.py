@@ -36,21 +36,26 @@ def check_close(got, x, weight, bias=None, silu_and_mul=False):
     want = reference(x, weight, bias, silu_and_mul)
     assert got.shape == want.shape and got.dtype == x.dtype
     a = activated(x, silu_and_mul).double()
-    K, u = a.shape[-1], 2.0 ** -24
+    K, u = a.shape[-1], 2.0**-24
     abs_terms = F.linear(a.abs(), weight.double().abs())
     bound = (K + 2) * u * abs_terms
     if bias is not None:
         bound = bound + 2 * u * bias.double().abs()
     if x.dtype == torch.bfloat16:
-        bound = bound + 2.0 ** -8 * want.abs() * (1 + 1e-6) + (2.0 ** -7 * abs_terms if silu_and_mul else 0)
+        bound = bound + 2.0**-8 * want.abs() * (1 + 1e-6) + (2.0**-7 * abs_terms if silu_and_mul else 0)
     err = (got.double() - want).abs()
-    assert (err <= bound + 1e-30).all(), f"max error {err.max():.3g}, bound there {bound.flatten()[err.argmax()]:.3g}"
+    assert (err <= bound + 1e-30).all(), (
+        f"max error {err.max():.3g}, bound there {bound.flatten()[err.argmax()]:.3g}"
+    )
 
 
 # bfloat16 packs k in pairs, so its in_features are even (odd ones: test_bad_arguments_raise).
-SIZES = [(dtype, K, N) for dtype in DTYPES
-         for K, N in [(1, 1), (7, 5), (2, 3), (64, 32), (33, 65), (100, 96), (512, 1000)]
-         if dtype == torch.float32 or K % 2 == 0]
+SIZES = [
+    (dtype, K, N)
+    for dtype in DTYPES
+    for K, N in [(1, 1), (7, 5), (2, 3), (64, 32), (33, 65), (100, 96), (512, 1000)]
+    if dtype == torch.float32 or K % 2 == 0
+]
 
 
 @pytest.mark.parametrize("M", [1, 2, 5, 6, 7, 12, 13, 17, 24, 25, 33, 70])
@@ -156,8 +161,8 @@ def test_rows_bitwise_independent_of_the_call(cpu_isa, dtype):
     check_close(full, x, weight, bias)
     for M in (1, 2, 3, 4, 6, 7, 12, 13, 17, 25, 33):
         assert torch.equal(packed_linear(x[:M], packed, bias), full[:M])
-        assert torch.equal(packed_linear(x[M:M + 1], packed, bias), full[M:M + 1])
-        assert torch.equal(packed_linear(x[M:2 * M + 1], packed, bias), full[M:2 * M + 1])
+        assert torch.equal(packed_linear(x[M : M + 1], packed, bias), full[M : M + 1])
+        assert torch.equal(packed_linear(x[M : 2 * M + 1], packed, bias), full[M : 2 * M + 1])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -178,19 +183,19 @@ def test_paths_agree(dtype):
             if dtype == torch.float32:
                 torch.testing.assert_close(out, first, rtol=1e-5, atol=1e-5)
             else:
-                torch.testing.assert_close(out, first, rtol=2 ** -7, atol=1e-5)
+                torch.testing.assert_close(out, first, rtol=2**-7, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_opcheck_and_compile(dtype):
-    weight, bias, x = (torch.randn(40, 24).to(dtype), torch.randn(40).to(dtype),
-                       torch.randn(5, 24).to(dtype))
+    weight, bias, x = (torch.randn(40, 24).to(dtype), torch.randn(40).to(dtype), torch.randn(5, 24).to(dtype))
     torch.library.opcheck(torch.ops.fluid_rt.pack_linear_weight.default, (weight,))
     packed = pack_linear_weight(weight)
     torch.library.opcheck(torch.ops.fluid_rt.unpack_linear_weight.default, (packed,))
     torch.library.opcheck(torch.ops.fluid_rt.packed_linear.default, (x, packed, bias, False))
-    torch.library.opcheck(torch.ops.fluid_rt.packed_linear.default,
-                          (torch.randn(5, 48).to(dtype), packed, None, True))
+    torch.library.opcheck(
+        torch.ops.fluid_rt.packed_linear.default, (torch.randn(5, 48).to(dtype), packed, None, True)
+    )
 
     @torch.compile(backend="aot_eager", fullgraph=True)
     def f(x, packed, bias):
@@ -230,32 +235,37 @@ def _packed(n=10, k=4):
 BAD = [
     ("weight dtype", lambda: pack_linear_weight(torch.ones(3, 4, dtype=torch.float64)), "weight"),
     ("weight fp16", lambda: pack_linear_weight(torch.ones(3, 4, dtype=torch.float16)), "weight"),
-    ("weight bf16 odd K", lambda: pack_linear_weight(torch.ones(3, 5, dtype=torch.bfloat16)),
-     "even"),
+    ("weight bf16 odd K", lambda: pack_linear_weight(torch.ones(3, 5, dtype=torch.bfloat16)), "even"),
     ("unpack rank", lambda: unpack_linear_weight(torch.ones(2, 3, 4)), "packed"),
-    ("unpack bf16 odd K", lambda: unpack_linear_weight(torch.ones(3, 5, dtype=torch.bfloat16)),
-     "even"),
+    ("unpack bf16 odd K", lambda: unpack_linear_weight(torch.ones(3, 5, dtype=torch.bfloat16)), "even"),
     ("unpack dtype", lambda: unpack_linear_weight(torch.ones(3, 4, dtype=torch.float64)), "packed"),
-    ("x dtype differs", lambda: packed_linear(torch.ones(2, 4, dtype=torch.bfloat16), _packed()),
-     "packed"),
+    ("x dtype differs", lambda: packed_linear(torch.ones(2, 4, dtype=torch.bfloat16), _packed()), "packed"),
     ("weight rank", lambda: pack_linear_weight(torch.ones(3)), "weight"),
     ("weight empty", lambda: pack_linear_weight(torch.ones(0, 4)), "weight"),
     ("x dtype", lambda: packed_linear(torch.ones(2, 4, dtype=torch.float64), _packed()), "x"),
     ("x in_features", lambda: packed_linear(torch.ones(2, 5), _packed()), "x"),
-    ("x silu in_features", lambda: packed_linear(torch.ones(2, 4), _packed(), silu_and_mul=True),
-     "2 \\* in_features"),
+    (
+        "x silu in_features",
+        lambda: packed_linear(torch.ones(2, 4), _packed(), silu_and_mul=True),
+        "2 \\* in_features",
+    ),
     ("x strided", lambda: packed_linear(torch.ones(2, 8)[:, ::2], _packed()), "x"),
     ("x 0-d", lambda: packed_linear(torch.tensor(1.0), _packed()), "x"),
     ("packed rank", lambda: packed_linear(torch.ones(2, 4), torch.ones(1, 4, 32)), "packed"),
     ("packed strided", lambda: packed_linear(torch.ones(2, 4), torch.ones(4, 10).t()), "packed"),
     ("packed dtype", lambda: packed_linear(torch.ones(2, 4), _packed().double()), "packed"),
     ("bias shape", lambda: packed_linear(torch.ones(2, 4), _packed(), torch.ones(9)), "bias"),
-    ("bias dtype", lambda: packed_linear(torch.ones(2, 4), _packed(),
-                                         torch.ones(10, dtype=torch.float64)), "bias"),
-    ("bias bf16", lambda: packed_linear(torch.ones(2, 4), _packed(),
-                                        torch.ones(10, dtype=torch.bfloat16)), "bias"),
-    ("bias strided", lambda: packed_linear(torch.ones(2, 4), _packed(), torch.ones(20)[::2]),
-     "bias"),
+    (
+        "bias dtype",
+        lambda: packed_linear(torch.ones(2, 4), _packed(), torch.ones(10, dtype=torch.float64)),
+        "bias",
+    ),
+    (
+        "bias bf16",
+        lambda: packed_linear(torch.ones(2, 4), _packed(), torch.ones(10, dtype=torch.bfloat16)),
+        "bias",
+    ),
+    ("bias strided", lambda: packed_linear(torch.ones(2, 4), _packed(), torch.ones(20)[::2]), "bias"),
 ]
 
 
@@ -287,8 +297,9 @@ def test_fuzz_malformed_calls_never_crash(cpu_isa):
         x = torch.randn(rng.choice([0, 1, 4, 13]), xk).to(same)
         if rng.random() < 0.2 and x.dim() == 2:
             x = x.t()
-        bias = rng.choice([None, None, torch.randn(n).to(same), torch.randn(n + 1).to(same),
-                           torch.randn(n).double()])
+        bias = rng.choice(
+            [None, None, torch.randn(n).to(same), torch.randn(n + 1).to(same), torch.randn(n).double()]
+        )
         try:
             y = packed_linear(x, packed, bias, silu_and_mul=silu)
         except (ValueError, RuntimeError):

@@ -14,11 +14,22 @@ from fluid_rt.loader import load_model
 from fluid_rt.weights import find_khead, load_hf_checkpoint, load_khead
 
 HF_CONFIG = {
-    "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 128,
-    "intermediate_size": 96, "num_attention_heads": 2, "num_key_value_heads": 1,
-    "num_hidden_layers": 2, "vocab_size": 97, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-    "max_position_embeddings": 64, "tie_word_embeddings": False, "bos_token_id": 1,
-    "eos_token_id": [2, 5], "pad_token_id": 0, "hidden_act": "silu",
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 128,
+    "intermediate_size": 96,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "num_hidden_layers": 2,
+    "vocab_size": 97,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "max_position_embeddings": 64,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": [2, 5],
+    "pad_token_id": 0,
+    "hidden_act": "silu",
 }
 
 
@@ -51,10 +62,10 @@ def _rewrite_header(file, edit):
     """Rewrite a safetensors header through ``edit(header_dict)``, keeping the data bytes."""
     raw = file.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
     edit(header)
     new = json.dumps(header).encode()
-    file.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n:])
+    file.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n :])
 
 
 def test_roundtrip_single_and_sharded(tmp_path):
@@ -169,20 +180,23 @@ def test_unknown_model_type(tmp_path):
         load_hf_checkpoint(tmp_path)
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda d: [d], "expected a JSON object"),
-    (lambda d: dict(d, num_attention_heads=0), "num_attention_heads: must be a positive int"),
-    (lambda d: dict(d, hidden_size="128"), "hidden_size: must be a positive int"),
-    (lambda d: dict(d, num_key_value_heads=1.5), "num_key_value_heads: must be a positive int"),
-    (lambda d: {k: v for k, v in d.items() if k != "vocab_size"}, "missing field 'vocab_size'"),
-    (lambda d: dict(d, rope_theta=0), "rope_theta: must be a positive finite number"),
-    (lambda d: dict(d, rms_norm_eps=-1e-5), "rms_norm_eps: must be a positive finite number"),
-    (lambda d: dict(d, rope_scaling={"rope_type": "llama3"}), "llama3.*needs 'factor'"),
-    (lambda d: dict(d, rope_scaling={"type": "linear"}), "linear.*needs 'factor'"),
-    (lambda d: dict(d, rope_scaling={"type": "linear", "factor": -2}), "factor must be a positive"),
-    (lambda d: dict(d, rope_scaling=[1]), "rope_scaling: expected an object"),
-    (lambda d: dict(d, rope_parameters=5), "rope_parameters: expected an object"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda d: [d], "expected a JSON object"),
+        (lambda d: dict(d, num_attention_heads=0), "num_attention_heads: must be a positive int"),
+        (lambda d: dict(d, hidden_size="128"), "hidden_size: must be a positive int"),
+        (lambda d: dict(d, num_key_value_heads=1.5), "num_key_value_heads: must be a positive int"),
+        (lambda d: {k: v for k, v in d.items() if k != "vocab_size"}, "missing field 'vocab_size'"),
+        (lambda d: dict(d, rope_theta=0), "rope_theta: must be a positive finite number"),
+        (lambda d: dict(d, rms_norm_eps=-1e-5), "rms_norm_eps: must be a positive finite number"),
+        (lambda d: dict(d, rope_scaling={"rope_type": "llama3"}), "llama3.*needs 'factor'"),
+        (lambda d: dict(d, rope_scaling={"type": "linear"}), "linear.*needs 'factor'"),
+        (lambda d: dict(d, rope_scaling={"type": "linear", "factor": -2}), "factor must be a positive"),
+        (lambda d: dict(d, rope_scaling=[1]), "rope_scaling: expected an object"),
+        (lambda d: dict(d, rope_parameters=5), "rope_parameters: expected an object"),
+    ],
+)
 def test_malformed_config_json(tmp_path, change, match):
     """A config.json that would divide by zero, produce NaN RoPE tables or crash deep in the
     model is refused at load, naming the file and the field."""
@@ -206,28 +220,41 @@ def test_config_families():
     llama = ModelConfig.from_hf_dict(dict(HF_CONFIG, attention_bias=True, mlp_bias=True, head_dim=80))
     assert (llama.attention_bias, llama.o_bias, llama.mlp_bias, llama.head_dim) == (True, True, True, 80)
     qwen = ModelConfig.from_hf_dict(dict(HF_CONFIG, model_type="qwen2", tie_word_embeddings=True))
-    assert (qwen.attention_bias, qwen.o_bias, qwen.mlp_bias, qwen.tie_word_embeddings) == (True, False, False, True)
+    assert (qwen.attention_bias, qwen.o_bias, qwen.mlp_bias, qwen.tie_word_embeddings) == (
+        True,
+        False,
+        False,
+        True,
+    )
     with pytest.raises(ValueError, match="rope_scaling"):
         ModelConfig.from_hf_dict(dict(HF_CONFIG, rope_scaling={"rope_type": "yarn", "factor": 2.0}))
     # transformers 5 writes rope_parameters instead of rope_theta / rope_scaling
     v5 = dict(HF_CONFIG)
     del v5["rope_theta"]
-    v5["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0,
-                             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                             "original_max_position_embeddings": 32}
+    v5["rope_parameters"] = {
+        "rope_type": "llama3",
+        "rope_theta": 5e5,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32,
+    }
     c = ModelConfig.from_hf_dict(v5)
     assert c.rope_theta == 5e5 and c.rope_scaling["rope_type"] == "llama3"
 
 
 # ---------------------------------------------------------------- K-head
 
+
 def _khead_state(hidden=128, max_k=16, seed=0):
     gen = torch.Generator().manual_seed(seed)
     q = hidden // 4
-    return {"diffusion_k_head.0.weight": torch.randn(q, hidden, generator=gen),
-            "diffusion_k_head.0.bias": torch.randn(q, generator=gen),
-            "diffusion_k_head.2.weight": torch.randn(max_k, q, generator=gen),
-            "diffusion_k_head.2.bias": torch.randn(max_k, generator=gen)}
+    return {
+        "diffusion_k_head.0.weight": torch.randn(q, hidden, generator=gen),
+        "diffusion_k_head.0.bias": torch.randn(q, generator=gen),
+        "diffusion_k_head.2.weight": torch.randn(max_k, q, generator=gen),
+        "diffusion_k_head.2.bias": torch.randn(max_k, generator=gen),
+    }
 
 
 def test_khead_bin_and_safetensors(tmp_path):
@@ -296,7 +323,7 @@ def test_khead_forward_matches_sequential():
     sd = _khead_state(hidden=128, max_k=16, seed=3)
     head = KHead(sd)
     ref = torch.nn.Sequential(torch.nn.Linear(128, 32), torch.nn.GELU(), torch.nn.Linear(32, 16))
-    ref.load_state_dict({k[len("diffusion_k_head."):]: v for k, v in sd.items()})
+    ref.load_state_dict({k[len("diffusion_k_head.") :]: v for k, v in sd.items()})
     x = torch.randn(7, 128)
     with torch.no_grad():
         want = ref(x)
@@ -306,6 +333,7 @@ def test_khead_forward_matches_sequential():
 
 
 # ---------------------------------------------------------------- FluidConfig / load_model
+
 
 def test_fluid_config(tmp_path):
     f = FluidConfig.load(tmp_path)
@@ -353,12 +381,15 @@ def test_load_model_directory(tmp_path):
     assert lm4.fluid.end_of_think_token_id is None
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(dtype=torch.int64), "dtype: expected one of float32, bfloat16, float16"),
-    (dict(dtype="float64"), "dtype: expected one of"),
-    (dict(device="banana"), "device: 'banana' is not a device"),
-    (dict(device="meta"), "device: meta: fluid_rt runs on cpu or cuda"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(dtype=torch.int64), "dtype: expected one of float32, bfloat16, float16"),
+        (dict(dtype="float64"), "dtype: expected one of"),
+        (dict(device="banana"), "device: 'banana' is not a device"),
+        (dict(device="meta"), "device: meta: fluid_rt runs on cpu or cuda"),
+    ],
+)
 def test_load_model_rejects_dtype_and_device_up_front(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         load_model(tmp_path / "does-not-matter", **kwargs)

@@ -23,31 +23,78 @@ from fluid_rt.weights import load_hf_checkpoint  # noqa: E402
 
 # name -> (HF class name, config kwargs, extra: pangu / sharded)
 CASES = {
-    "pangu_gqa2": ("llama", dict(hidden_size=256, num_attention_heads=4, num_key_value_heads=2,
-                                 attention_bias=True, rope_theta=1.6e7), {"pangu": True}),
-    "llama_mha_tied": ("llama", dict(hidden_size=256, num_attention_heads=4, num_key_value_heads=4,
-                                     tie_word_embeddings=True), {}),
-    "llama_bias_mlpbias_gqa4_headdim": ("llama", dict(
-        hidden_size=192, num_attention_heads=8, num_key_value_heads=2, head_dim=64,
-        attention_bias=True, mlp_bias=True), {"shard": True}),
-    "llama_headdim80": ("llama", dict(hidden_size=256, num_attention_heads=4, num_key_value_heads=2,
-                                      head_dim=80), {}),
-    "llama3_rope_gqa8": ("llama", dict(
-        hidden_size=128, num_attention_heads=8, num_key_value_heads=1, head_dim=64,
-        rope_theta=500000.0,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16}), {}),
-    "qwen2_gqa2_tied": ("qwen2", dict(hidden_size=256, num_attention_heads=4, num_key_value_heads=2,
-                                      tie_word_embeddings=True), {}),
+    "pangu_gqa2": (
+        "llama",
+        dict(
+            hidden_size=256,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            attention_bias=True,
+            rope_theta=1.6e7,
+        ),
+        {"pangu": True},
+    ),
+    "llama_mha_tied": (
+        "llama",
+        dict(hidden_size=256, num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True),
+        {},
+    ),
+    "llama_bias_mlpbias_gqa4_headdim": (
+        "llama",
+        dict(
+            hidden_size=192,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            head_dim=64,
+            attention_bias=True,
+            mlp_bias=True,
+        ),
+        {"shard": True},
+    ),
+    "llama_headdim80": (
+        "llama",
+        dict(hidden_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=80),
+        {},
+    ),
+    "llama3_rope_gqa8": (
+        "llama",
+        dict(
+            hidden_size=128,
+            num_attention_heads=8,
+            num_key_value_heads=1,
+            head_dim=64,
+            rope_theta=500000.0,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            },
+        ),
+        {},
+    ),
+    "qwen2_gqa2_tied": (
+        "qwen2",
+        dict(hidden_size=256, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
+        {},
+    ),
 }
 
 VOCAB = 211
 
 
 def _make_hf(kind, kwargs, seed):
-    common = dict(vocab_size=VOCAB, intermediate_size=176, num_hidden_layers=2,
-                  max_position_embeddings=128, rms_norm_eps=1e-5, bos_token_id=1,
-                  eos_token_id=2, pad_token_id=0)
+    common = dict(
+        vocab_size=VOCAB,
+        intermediate_size=176,
+        num_hidden_layers=2,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     common.update(kwargs)
     if kind == "llama":
         hf_cfg = transformers.LlamaConfig(**common)
@@ -102,8 +149,9 @@ def _close(ours, ref, rtol=1e-4):
 def test_config_flags(pair):
     name, hf, model, cfg = pair
     c = hf.config
-    assert cfg.attention_bias == (name.startswith("qwen2") or c.to_dict().get("attention_bias", False)
-                                  or name.startswith("pangu"))
+    assert cfg.attention_bias == (
+        name.startswith("qwen2") or c.to_dict().get("attention_bias", False) or name.startswith("pangu")
+    )
     assert cfg.o_bias == (name.startswith("pangu") or c.to_dict().get("attention_bias", False))
     assert cfg.head_dim == hf.model.layers[0].self_attn.head_dim
     assert cfg.tie_word_embeddings == bool(c.tie_word_embeddings)
@@ -135,10 +183,10 @@ def test_block_decode_over_growing_cache(pair):
         # A draft block written past seqlens first (what the decoder does): must leave no trace.
         junk = torch.randint(0, VOCAB, (1, 9), generator=gen)
         model(junk, cache)
-        block = torch.tensor([seq[start:start + T]])
+        block = torch.tensor([seq[start : start + T]])
         logits, hidden = model(block, cache)
-        _close(logits[0], ref_logits[start:start + T])
-        _close(hidden[0], ref_hidden[start:start + T])
+        _close(logits[0], ref_logits[start : start + T])
+        _close(hidden[0], ref_hidden[start : start + T])
         start += T
         cache.seqlens += T  # commit by hand
 
@@ -153,8 +201,10 @@ def _two_prefilled_rows(hf, model, cfg, gen, a_len, b_len, cache_rows):
     cache = KVCache(cfg, 3, 32)
     cache.k.fill_(float("nan"))
     cache.v.fill_(float("nan"))
-    for seq, n, row, dtype in ((a, a_len[0], cache_rows[0], torch.int32),  # both index dtypes
-                               (b, b_len[0], cache_rows[1], torch.int64)):
+    for seq, n, row, dtype in (
+        (a, a_len[0], cache_rows[0], torch.int32),  # both index dtypes
+        (b, b_len[0], cache_rows[1], torch.int64),
+    ):
         model(torch.tensor([seq[:n]]), cache, rows=torch.tensor([row], dtype=dtype))
     cache.seqlens[cache_rows[0]], cache.seqlens[cache_rows[1]] = a_len[0], b_len[0]
     return a, b, _hf_full(hf, a), _hf_full(hf, b), cache
@@ -163,8 +213,7 @@ def _two_prefilled_rows(hf, model, cfg, gen, a_len, b_len, cache_rows):
 def test_two_rows_different_lengths(pair):
     _, hf, model, cfg = pair
     gen = torch.Generator().manual_seed(3)
-    a, b, (ref_a, _), (ref_b, _), cache = _two_prefilled_rows(hf, model, cfg, gen, (5, 4), (11, 4),
-                                                              (2, 0))
+    a, b, (ref_a, _), (ref_b, _), cache = _two_prefilled_rows(hf, model, cfg, gen, (5, 4), (11, 4), (2, 0))
     rows = torch.tensor([2, 0], dtype=torch.int32)
     block = torch.tensor([a[5:], b[11:]])
     logits, hidden = model(block, cache, rows=rows)
@@ -174,8 +223,9 @@ def test_two_rows_different_lengths(pair):
     slots = torch.tensor([[3, 0], [1, 2]])
     sliced, hidden2 = model(block, cache, rows=rows, logits_slots=slots)
     assert sliced.shape == (2, 2, VOCAB)
-    torch.testing.assert_close(sliced, logits.gather(1, slots[..., None].expand(-1, -1, VOCAB)),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        sliced, logits.gather(1, slots[..., None].expand(-1, -1, VOCAB)), rtol=1e-5, atol=1e-5
+    )
     torch.testing.assert_close(hidden2, hidden, rtol=1e-5, atol=1e-6)
     assert cache.seqlens.tolist() == [11, 0, 5]
 
@@ -185,8 +235,9 @@ def test_ragged_widths_match_hf(pair):
     matmuls; the outputs there equal HF's, the slots past a row's width are zeros."""
     _, hf, model, cfg = pair
     gen = torch.Generator().manual_seed(4)
-    a, b, (ref_a, ref_ha), (ref_b, ref_hb), cache = _two_prefilled_rows(hf, model, cfg, gen, (6, 3),
-                                                                        (9, 7), (1, 0))
+    a, b, (ref_a, ref_ha), (ref_b, ref_hb), cache = _two_prefilled_rows(
+        hf, model, cfg, gen, (6, 3), (9, 7), (1, 0)
+    )
     junk = torch.randint(0, VOCAB, (4,), generator=gen).tolist()
     block = torch.tensor([a[6:] + junk, b[9:]])  # row 0 is 3 tokens wide, padded to 7
     rows = torch.tensor([1, 0], dtype=torch.int32)
@@ -258,15 +309,31 @@ def test_attention_goes_through_the_kernel(pair, monkeypatch):
 
 
 def test_unsupported_head_dim_is_refused():
-    cfg = ModelConfig(family="llama", vocab_size=10, hidden_size=48, intermediate_size=32,
-                      num_layers=1, num_heads=1, num_kv_heads=1, head_dim=48)
+    cfg = ModelConfig(
+        family="llama",
+        vocab_size=10,
+        hidden_size=48,
+        intermediate_size=32,
+        num_layers=1,
+        num_heads=1,
+        num_kv_heads=1,
+        head_dim=48,
+    )
     with pytest.raises(ValueError, match="head_dim 48"):
         Transformer(cfg, {}, dtype=torch.float32)
 
 
 def test_cache_reset_and_capacity():
-    cfg = ModelConfig(family="llama", vocab_size=10, hidden_size=128, intermediate_size=32,
-                      num_layers=3, num_heads=2, num_kv_heads=1, head_dim=64)
+    cfg = ModelConfig(
+        family="llama",
+        vocab_size=10,
+        hidden_size=128,
+        intermediate_size=32,
+        num_layers=3,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=64,
+    )
     cache = KVCache(cfg, 4, 17)
     assert cache.k.shape == (3, 4, 17, 1, 64) and cache.v.shape == cache.k.shape
     assert cache.seqlens.dtype == torch.int32 and cache.capacity == 17
@@ -278,8 +345,17 @@ def test_cache_reset_and_capacity():
 
 
 def test_state_dict_checks():
-    cfg = ModelConfig(family="qwen2", vocab_size=10, hidden_size=128, intermediate_size=32,
-                      num_layers=1, num_heads=2, num_kv_heads=1, head_dim=64, attention_bias=True)
+    cfg = ModelConfig(
+        family="qwen2",
+        vocab_size=10,
+        hidden_size=128,
+        intermediate_size=32,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=64,
+        attention_bias=True,
+    )
     from fluid_rt.config import expected_tensor_shapes
 
     sd = {n: torch.zeros(s) for n, s in expected_tensor_shapes(cfg).items()}
@@ -296,6 +372,7 @@ def test_state_dict_checks():
 
 # ---------------------------------------------------------------- CUDA (run on a lent GPU)
 
+
 def _hf_state(hf):
     return {k: v.detach().clone() for k, v in hf.state_dict().items()}
 
@@ -311,9 +388,9 @@ def test_cuda_float32_matches_hf(pair):
     cache = KVCache(cfg, 1, 48, device="cuda")
     start = 0
     for T in blocks:
-        logits, hidden = model(torch.tensor([seq[start:start + T]], device="cuda"), cache)
-        _close(logits[0].cpu(), ref_logits[start:start + T])
-        _close(hidden[0].cpu(), ref_hidden[start:start + T])
+        logits, hidden = model(torch.tensor([seq[start : start + T]], device="cuda"), cache)
+        _close(logits[0].cpu(), ref_logits[start : start + T])
+        _close(hidden[0].cpu(), ref_hidden[start : start + T])
         start += T
         cache.seqlens += T
 
@@ -363,9 +440,9 @@ def test_cuda_graph_capture_block_decode(pair):
         logits, hidden = model(tokens, cache, rows=rows, logits_slots=slots)
     for s in range(steps):
         pa, pb = 3 + T * s, 8 + T * s
-        tokens.copy_(torch.tensor([a[pa:pa + T], b[pb:pb + T]]))
+        tokens.copy_(torch.tensor([a[pa : pa + T], b[pb : pb + T]]))
         graph.replay()
         got = logits.cpu()
-        _close(got[0], ref_a[pa:pa + T][slots[0].cpu()])
-        _close(got[1], ref_b[pb:pb + T][slots[1].cpu()])
+        _close(got[0], ref_a[pa : pa + T][slots[0].cpu()])
+        _close(got[1], ref_b[pb : pb + T][slots[1].cpu()])
         cache.seqlens += T  # commit on the device, no host round trip

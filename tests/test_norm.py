@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import EMU
 
 import fluid_rt
-from conftest import EMU
 from fluid_rt.ops import rms_norm
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
@@ -55,8 +55,9 @@ def test_float32_equals_hf_llama_rmsnorm():
     with torch.no_grad():
         norm.weight.copy_(torch.randn(576))
     x = torch.randn(9, 576)
-    torch.testing.assert_close(rms_norm(x.clone(), norm.weight.detach(), 1e-5), norm(x).detach(),
-                               rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(
+        rms_norm(x.clone(), norm.weight.detach(), 1e-5), norm(x).detach(), rtol=2e-6, atol=2e-6
+    )
     assert transformers  # the import is the reference's
 
 
@@ -64,8 +65,11 @@ def test_float32_equals_hf_llama_rmsnorm():
 def test_cpu_paths_agree(dtype):
     """Every CPU path against the widest one: odd H (vector tails), the residual sum exact."""
     gen = torch.Generator().manual_seed(5)
-    x, w, add = (torch.randn(5, 203, generator=gen).to(dtype), torch.randn(203, generator=gen).to(dtype),
-                 torch.randn(5, 203, generator=gen).to(dtype))
+    x, w, add = (
+        torch.randn(5, 203, generator=gen).to(dtype),
+        torch.randn(203, generator=gen).to(dtype),
+        torch.randn(5, 203, generator=gen).to(dtype),
+    )
     results = {}
     for isa in ISAS:
         with fluid_rt.use_cpu_isa(isa):
@@ -75,15 +79,18 @@ def test_cpu_paths_agree(dtype):
     for isa, (xi, out) in results.items():
         # float32: the square sums differ in order only; 16-bit types may then round an output to
         # the neighbouring value
-        tol = 1e-6 if dtype == torch.float32 else 2 ** -7
+        tol = 1e-6 if dtype == torch.float32 else 2**-7
         torch.testing.assert_close(out, best, rtol=tol, atol=tol, msg=isa)
         assert torch.equal(xi, best_x), isa  # the residual sum is exact on every path
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_and_compile(device):
-    x, w, add = (torch.randn(3, 64, device=device), torch.randn(64, device=device),
-                 torch.randn(3, 64, device=device))
+    x, w, add = (
+        torch.randn(3, 64, device=device),
+        torch.randn(64, device=device),
+        torch.randn(3, 64, device=device),
+    )
     torch.library.opcheck(torch.ops.fluid_rt.rms_norm.default, (x.clone(), w, 1e-5, add))
     torch.library.opcheck(torch.ops.fluid_rt.rms_norm.default, (x.clone(), w, 1e-5, None))
 
@@ -103,14 +110,19 @@ BAD = [
     ("x 0-d", lambda: rms_norm(torch.tensor(1.0), torch.ones(1), 1e-5), "x"),
     ("x strided", lambda: rms_norm(torch.ones(4, 8)[:, ::2], torch.ones(4), 1e-5), "x"),
     ("weight shape", lambda: rms_norm(torch.ones(2, 4), torch.ones(5), 1e-5), "weight"),
-    ("weight dtype", lambda: rms_norm(torch.ones(2, 4), torch.ones(4, dtype=torch.float64), 1e-5),
-     "weight"),
+    ("weight dtype", lambda: rms_norm(torch.ones(2, 4), torch.ones(4, dtype=torch.float64), 1e-5), "weight"),
     ("eps", lambda: rms_norm(torch.ones(2, 4), torch.ones(4), float("nan")), "eps"),
     ("add shape", lambda: rms_norm(torch.ones(2, 4), torch.ones(4), 1e-5, torch.ones(3, 4)), "add"),
-    ("add dtype", lambda: rms_norm(torch.ones(2, 4), torch.ones(4), 1e-5,
-                                   torch.ones(2, 4, dtype=torch.bfloat16)), "add"),
-    ("add aliases x", lambda: (lambda t: rms_norm(t, torch.ones(4), 1e-5, t))(torch.ones(2, 4)),
-     "share memory"),
+    (
+        "add dtype",
+        lambda: rms_norm(torch.ones(2, 4), torch.ones(4), 1e-5, torch.ones(2, 4, dtype=torch.bfloat16)),
+        "add",
+    ),
+    (
+        "add aliases x",
+        lambda: (lambda t: rms_norm(t, torch.ones(4), 1e-5, t))(torch.ones(2, 4)),
+        "share memory",
+    ),
 ]
 
 

@@ -32,7 +32,7 @@ from fluid_rt.qlinear import QuantLinear
 from fluid_rt.weights.gguf_quant import QUANT_TYPES, QuantWeight
 
 gguf = pytest.importorskip("gguf")
-from gguf.quants import dequantize, quantize
+from gguf.quants import dequantize, quantize  # noqa: E402  (after the importorskip)
 
 TYPES = list(QUANT_TYPES)
 # in_features per type: an odd number of blocks (13 x 32), or of K-quant super-blocks (3 x 256).
@@ -52,13 +52,13 @@ def quantized_weight(qtype: str, n: int, k: int, seed: int) -> QuantWeight:
         offsets = {"Q4_K": (0, 2), "Q6_K": (208,)}[qtype]
         for off in offsets:
             scale = rng.uniform(1e-4, 2e-3, size=(n, k // per)).astype(np.float16)
-            raw[:, :, off:off + 2] = scale.view(np.uint8).reshape(n, k // per, 2)
+            raw[:, :, off : off + 2] = scale.view(np.uint8).reshape(n, k // per, 2)
         raw = raw.reshape(n, -1)
     return QuantWeight.from_gguf(qtype, raw, (n, k))
 
 
 def reference_weight(w: QuantWeight) -> torch.Tensor:
-    (qtype, raw), = w.segments
+    ((qtype, raw),) = w.segments
     values = dequantize(raw, gguf.GGMLQuantizationType[qtype]).reshape(w.shape)
     return torch.from_numpy(values.astype(np.float64))
 
@@ -142,7 +142,7 @@ def test_bias_silu_and_mul_and_leading_dims(cpu_isa, qtype):
     assert ((y.reshape(6, N).double() - exact).abs() <= quant * 1.001 + slack).all()
     # a column slice of a wider matrix (rows at one stride) is read in place
     wide = torch.randn(4, K + 8)
-    xs = wide[:, 3:3 + K]
+    xs = wide[:, 3 : 3 + K]
     assert torch.equal(ql(xs), ql(xs.contiguous()))
 
 
@@ -164,7 +164,9 @@ def test_nan_input_gives_nan_not_garbage():
 
 def test_q4_0_with_huge_scale_keeps_exact_mins():
     """Q4_0's m = -8 d overflows float16 for |d| > 8188: such a tensor goes to float32 scales."""
-    raw = quantize(np.random.default_rng(8).standard_normal((8, 32)).astype(np.float32), gguf.GGMLQuantizationType.Q4_0)
+    raw = quantize(
+        np.random.default_rng(8).standard_normal((8, 32)).astype(np.float32), gguf.GGMLQuantizationType.Q4_0
+    )
     raw[3, 0:2] = np.array([30000.0], np.float16).view(np.uint8)
     w = QuantWeight.from_gguf("Q4_0", raw, (8, 32))
     ql = QuantLinear(w)
@@ -225,17 +227,27 @@ def test_argument_table_rules():
         ops.quant_pack(torch.zeros(8, 32, dtype=torch.uint8), torch.ones(8, 1), torch.ones(8, 2), 0)
     # A column slice of a wider x is rows at one stride: taken as is, same result as a copy.
     wide = torch.randn(3, 80)
-    torch.testing.assert_close(ops.quant_linear(wide[:, 8:72], packed, fmt, n),
-                               ops.quant_linear(wide[:, 8:72].contiguous(), packed, fmt, n), rtol=0, atol=0)
+    torch.testing.assert_close(
+        ops.quant_linear(wide[:, 8:72], packed, fmt, n),
+        ops.quant_linear(wide[:, 8:72].contiguous(), packed, fmt, n),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_opcheck():
     w = quantized_weight("Q8_0", 12, 64, seed=10)
     fmt, packed, n = QuantLinear(w).parts[0]
-    torch.library.opcheck(torch.ops.fluid_rt.quant_linear.default, (torch.randn(3, 64), packed, fmt, n),
-                          test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(torch.ops.fluid_rt.quant_dequantize_rows.default, (packed, fmt, n, torch.tensor([1, 2])),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.fluid_rt.quant_linear.default,
+        (torch.randn(3, 64), packed, fmt, n),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+    torch.library.opcheck(
+        torch.ops.fluid_rt.quant_dequantize_rows.default,
+        (packed, fmt, n, torch.tensor([1, 2])),
+        test_utils=("test_schema", "test_faketensor"),
+    )
 
 
 def test_mixed_types_fuse_by_rows():
@@ -286,7 +298,9 @@ def test_other_quant_types_dequantize_with_a_warning(tmp_path):
     Q = gguf.GGMLQuantizationType
     sd = tiny_hf_weights(len(tiny_tokenizer_fields()[0]), np.random.default_rng(14), tied=True)
     name = "model.layers.0.mlp.gate_proj.weight"
-    path = write_tiny_gguf(tmp_path / "q5.gguf", sd, quant={name: Q.Q5_0, "model.layers.0.mlp.up_proj.weight": Q.Q8_0})
+    path = write_tiny_gguf(
+        tmp_path / "q5.gguf", sd, quant={name: Q.Q5_0, "model.layers.0.mlp.up_proj.weight": Q.Q8_0}
+    )
     with pytest.warns(UserWarning, match=r"blk\.0\.ffn_gate\.weight has type Q5_0.*dequantized"):
         _, state, _ = fg.load_gguf(str(path), quantized=True)
     _, floats, _ = fg.load_gguf(str(path))
@@ -316,10 +330,12 @@ def smol_pair():
     return load_model(path, weights="quantized", mask_token_id=0), load_model(path, weights="float")
 
 
-TEXT = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
-        "combined movable metal type, oil-based inks and a wooden press adapted from wine making. "
-        "Within fifty years, presses were operating in more than two hundred cities across Europe, and "
-        "the price of books fell so far that reading spread well beyond monasteries and universities.")
+TEXT = (
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
+    "combined movable metal type, oil-based inks and a wooden press adapted from wine making. "
+    "Within fifty years, presses were operating in more than two hundred cities across Europe, and "
+    "the price of books fell so far that reading spread well beyond monasteries and universities."
+)
 
 
 @pytest.mark.slow
@@ -354,8 +370,14 @@ def test_smollm2_quantized_elastic_equals_quantized_ar(smol_pair):
     prompts = [ids[:40], ids[:7]]
     ar, _ = dec.generate(prompts, DecodeConfig(mode="ar", max_new_tokens=24))
     for horizon, threshold in (("fixed", 0.2), ("entropy", 0.5)):
-        cfg = DecodeConfig(max_new_tokens=24, block_size=8, min_block=2, horizon=horizon,
-                           commit="confidence", threshold=threshold)
+        cfg = DecodeConfig(
+            max_new_tokens=24,
+            block_size=8,
+            min_block=2,
+            horizon=horizon,
+            commit="confidence",
+            threshold=threshold,
+        )
         elastic, _ = dec.generate(prompts, cfg)
         for a, e in zip(ar, elastic):
             assert a.tokens == e.tokens, horizon

@@ -36,18 +36,27 @@ def models():
 
 
 def _case_id(c):
-    return (f"{c['model']}-p{len(c['prompt'])}-t{c['threshold']}-b{c['block_size']}"
-            f"-{'remask' if c['remask'] else 'noremask'}-eos{c['eos_token_id']}")
+    return (
+        f"{c['model']}-p{len(c['prompt'])}-t{c['threshold']}-b{c['block_size']}"
+        f"-{'remask' if c['remask'] else 'noremask'}-eos{c['eos_token_id']}"
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
 def test_golden_case(models, case):
     model, khead = models[case["model"]]
     res = reference_generate(
-        model, khead, case["prompt"], mask_token_id=case["mask_token_id"],
-        eos_token_id=case["eos_token_id"], threshold=case["threshold"],
-        block_size=case["block_size"], min_block=case["min_block"], remask=case["remask"],
-        max_new_tokens=case["max_new_tokens"])
+        model,
+        khead,
+        case["prompt"],
+        mask_token_id=case["mask_token_id"],
+        eos_token_id=case["eos_token_id"],
+        threshold=case["threshold"],
+        block_size=case["block_size"],
+        min_block=case["min_block"],
+        remask=case["remask"],
+        max_new_tokens=case["max_new_tokens"],
+    )
     assert res["tokens"] == case["expected_tokens"]
     assert res["trace"] == case["trace"]
     assert res["forwards"] == case["reference_forwards"]
@@ -66,7 +75,7 @@ def _greedy(model, prompt, n):
         for _ in range(n):
             logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1]
             ids.append(int(logits.argmax()))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 @pytest.mark.parametrize("model_name", MODELS)
@@ -83,9 +92,16 @@ def test_remask_equals_greedy(models, model_name):
             if tuple(c["prompt"]) != prompt:
                 continue
             res = reference_generate(
-                model, khead, c["prompt"], mask_token_id=c["mask_token_id"], threshold=c["threshold"],
-                block_size=c["block_size"], min_block=c["min_block"], remask=True,
-                max_new_tokens=c["max_new_tokens"])
+                model,
+                khead,
+                c["prompt"],
+                mask_token_id=c["mask_token_id"],
+                threshold=c["threshold"],
+                block_size=c["block_size"],
+                min_block=c["min_block"],
+                remask=True,
+                max_new_tokens=c["max_new_tokens"],
+            )
             m = c["max_new_tokens"]
             assert res["tokens"][:m] == greedy[:m]
 

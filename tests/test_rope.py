@@ -22,9 +22,18 @@ def hf_rope(x, cos, sin):
 
 def tables(T, D, dtype):
     """cos, fluid_rt's half-negated sin and HF's plain sin for positions 3 .. 3 + T - 1."""
-    cfg = ModelConfig(family="llama", vocab_size=8, hidden_size=4 * D, intermediate_size=8,
-                      num_layers=1, num_heads=4, num_kv_heads=4, head_dim=D,
-                      rms_norm_eps=1e-5, rope_theta=10000.0)
+    cfg = ModelConfig(
+        family="llama",
+        vocab_size=8,
+        hidden_size=4 * D,
+        intermediate_size=8,
+        num_layers=1,
+        num_heads=4,
+        num_kv_heads=4,
+        head_dim=D,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+    )
     cos, sin = rope_tables(cfg, 3 + T, dtype, "cpu")
     half = D // 2
     hf_sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
@@ -32,8 +41,9 @@ def tables(T, D, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("B,T,H,D", [(1, 1, 1, 2), (2, 5, 3, 16), (1, 17, 12, 64), (3, 2, 4, 128), (2, 3, 2, 20),
-                                     (20, 30, 2, 128)])
+@pytest.mark.parametrize(
+    "B,T,H,D", [(1, 1, 1, 2), (2, 5, 3, 16), (1, 17, 12, 64), (3, 2, 4, 128), (2, 3, 2, 20), (20, 30, 2, 128)]
+)
 def test_matches_hf_exactly(dtype, B, T, H, D, cpu_isa):
     """The q/k heads of a fused projection (a strided view), rotated in place; the v part and the
     rest of the buffer untouched."""
@@ -88,20 +98,30 @@ def test_opcheck_and_compile():
 
 
 BAD = [
-    ("x dtype", lambda: rope_(torch.ones(2, 3, 4, dtype=torch.float64), torch.ones(2, 4),
-                              torch.ones(2, 4)), "x"),
+    (
+        "x dtype",
+        lambda: rope_(torch.ones(2, 3, 4, dtype=torch.float64), torch.ones(2, 4), torch.ones(2, 4)),
+        "x",
+    ),
     ("x rank", lambda: rope_(torch.ones(4), torch.ones(4), torch.ones(4)), "x"),
-    ("odd head_dim", lambda: rope_(torch.ones(2, 3, 5), torch.ones(2, 5), torch.ones(2, 5)),
-     "even"),
-    ("heads strided", lambda: rope_(torch.ones(2, 4, 3).transpose(1, 2), torch.ones(2, 4),
-                                    torch.ones(2, 4)), "x"),
+    ("odd head_dim", lambda: rope_(torch.ones(2, 3, 5), torch.ones(2, 5), torch.ones(2, 5)), "even"),
+    (
+        "heads strided",
+        lambda: rope_(torch.ones(2, 4, 3).transpose(1, 2), torch.ones(2, 4), torch.ones(2, 4)),
+        "x",
+    ),
     ("cos shape", lambda: rope_(torch.ones(2, 3, 4), torch.ones(3, 4), torch.ones(2, 4)), "cos"),
-    ("sin dtype", lambda: rope_(torch.ones(2, 3, 4), torch.ones(2, 4),
-                                torch.ones(2, 4, dtype=torch.bfloat16)), "sin"),
-    ("cos strided", lambda: rope_(torch.ones(2, 3, 4), torch.ones(4, 2).t(), torch.ones(2, 4)),
-     "cos"),
-    ("cos aliases x", lambda: (lambda t: rope_(t, t.view(2, 4), torch.ones(2, 4)))(
-        torch.ones(2, 1, 4)), "share memory"),
+    (
+        "sin dtype",
+        lambda: rope_(torch.ones(2, 3, 4), torch.ones(2, 4), torch.ones(2, 4, dtype=torch.bfloat16)),
+        "sin",
+    ),
+    ("cos strided", lambda: rope_(torch.ones(2, 3, 4), torch.ones(4, 2).t(), torch.ones(2, 4)), "cos"),
+    (
+        "cos aliases x",
+        lambda: (lambda t: rope_(t, t.view(2, 4), torch.ones(2, 4)))(torch.ones(2, 1, 4)),
+        "share memory",
+    ),
 ]
 
 

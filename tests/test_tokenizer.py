@@ -115,13 +115,16 @@ def test_gguf_decode_matches_transformers(smol_tok, hf_smol_tok):
         rng.shuffle(ids)
         for skip in (True, False):
             assert smol_tok.decode(ids, skip_special_tokens=skip) == hf_smol_tok.decode(
-                ids, skip_special_tokens=skip), ids
+                ids, skip_special_tokens=skip
+            ), ids
 
 
 def test_gguf_chat_template_matches_transformers(smol_tok, hf_smol_tok):
     conversations = [
-        [{"role": "user", "content": "What is the capital of France?"},
-         {"role": "assistant", "content": "Paris."}],
+        [
+            {"role": "user", "content": "What is the capital of France?"},
+            {"role": "assistant", "content": "Paris."},
+        ],
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi 👋"}],
     ]
     for messages in conversations:
@@ -155,7 +158,7 @@ def _check_stream(tok: Tokenizer, ids, rng, skip=True):
     pieces, i = [], 0
     while i < len(ids):
         n = rng.choice([1, 1, 1, 2, 3])
-        piece = stream.push(ids[i:i + n])
+        piece = stream.push(ids[i : i + n])
         assert "\ufffd" not in piece or "\ufffd" in tok.decode(ids, skip)
         pieces.append(piece)
         i += n
@@ -196,16 +199,23 @@ def sp_dir(tmp_path_factory):
     spm = pytest.importorskip("sentencepiece")
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(SP_LINES), model_writer=model, vocab_size=330, model_type="bpe",
-        character_coverage=1.0, byte_fallback=True, user_defined_symbols=["<|im_start|>", "<|im_end|>"],
+        sentence_iterator=iter(SP_LINES),
+        model_writer=model,
+        vocab_size=330,
+        model_type="bpe",
+        character_coverage=1.0,
+        byte_fallback=True,
+        user_defined_symbols=["<|im_start|>", "<|im_end|>"],
         minloglevel=2,
     )
     d = tmp_path_factory.mktemp("sp")
     (d / "tokenizer.model").write_bytes(model.getvalue())
     config = {
-        "bos_token": "<s>", "eos_token": {"content": "</s>", "special": True}, "add_bos_token": True,
+        "bos_token": "<s>",
+        "eos_token": {"content": "</s>", "special": True},
+        "add_bos_token": True,
         "chat_template": "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m.role }} {{ m.content }}"
-                         "<|im_end|>{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant {% endif %}",
+        "<|im_end|>{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant {% endif %}",
     }
     (d / "tokenizer_config.json").write_text(json.dumps(config))
     (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 4]}))
@@ -277,15 +287,20 @@ def json_dir(tmp_path_factory):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(SP_LINES, trainer)
     d = tmp_path_factory.mktemp("json")
     tok.save(str(d / "tokenizer.json"))
     config = {
-        "bos_token": "<|endoftext|>", "eos_token": "<|im_end|>", "pad_token": None,
-        "chat_template": JSON_TEMPLATE, "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<|endoftext|>",
+        "eos_token": "<|im_end|>",
+        "pad_token": None,
+        "chat_template": JSON_TEMPLATE,
+        "tokenizer_class": "PreTrainedTokenizerFast",
     }
     (d / "tokenizer_config.json").write_text(json.dumps(config))
     return d
@@ -313,8 +328,10 @@ def test_chat_template_matches_transformers(json_dir, json_ref):
     tok = load_tokenizer(str(json_dir))
     conversations = [
         [{"role": "user", "content": "Hi <b>&</b>"}, {"role": "assistant", "content": "Hello!"}],
-        [{"role": "system", "content": "Be brief."},
-         {"role": "user", "content": "x", "meta": {"k": "<é>", "n": [1, 2]}}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "x", "meta": {"k": "<é>", "n": [1, 2]}},
+        ],
     ]
     for messages in conversations:
         for gen in (True, False):
@@ -327,8 +344,9 @@ def test_chat_template_matches_transformers(json_dir, json_ref):
         tok.apply_chat_template([{"role": "tool", "content": "x"}])
     # the template runs sandboxed
     with pytest.raises(jinja2.exceptions.SecurityError):
-        tok.apply_chat_template([{"role": "user", "content": "x"}],
-                                chat_template="{{ messages.__class__.__mro__ }}")
+        tok.apply_chat_template(
+            [{"role": "user", "content": "x"}], chat_template="{{ messages.__class__.__mro__ }}"
+        )
 
 
 def test_chat_template_lookup(tmp_path, json_dir):
@@ -365,8 +383,14 @@ def test_gguf_unsupported_tokenizer_kinds():
     with pytest.raises(ValueError, match="'llama'"):
         tokenizer_from_gguf_metadata({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["a"]})
     with pytest.raises(ValueError, match="pre='weird'"):
-        tokenizer_from_gguf_metadata({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a"],
-                                      "tokenizer.ggml.merges": [], "tokenizer.ggml.pre": "weird"})
+        tokenizer_from_gguf_metadata(
+            {
+                "tokenizer.ggml.model": "gpt2",
+                "tokenizer.ggml.tokens": ["a"],
+                "tokenizer.ggml.merges": [],
+                "tokenizer.ggml.pre": "weird",
+            }
+        )
 
 
 def test_decode_skips_ids_past_the_vocabulary(sp_dir, json_dir):

@@ -31,13 +31,13 @@ namespace fluid_rt {
 namespace FLUID_RT_ISA_NS {
 namespace {
 
-constexpr int kKeyTile = 32;              // keys per tile; a multiple of kKeyBlock
-constexpr int kKeyBlock = 2 * kLanes;     // keys per score micro-kernel step (two vectors)
+constexpr int kKeyTile = 32;           // keys per tile; a multiple of kKeyBlock
+constexpr int kKeyBlock = 2 * kLanes;  // keys per score micro-kernel step (two vectors)
 // Rows per micro-kernel step (kSmallRowBlock for small items): 2 R accumulators + 2 key vectors +
 // a broadcast must fit the register file (32 zmm on avx512, 16 ymm / xmm otherwise).
 constexpr int kRowBlock = kLanes == 16 ? 8 : 4;
-constexpr int kSmallRowBlock = 4;         // an item of <= 4 rows (GQA group <= 4 while decoding one token)
-constexpr int64_t kMaxRows = 128;         // rows (query x head) per work item
+constexpr int kSmallRowBlock = 4;  // an item of <= 4 rows (GQA group <= 4 while decoding one token)
+constexpr int64_t kMaxRows = 128;  // rows (query x head) per work item
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kMinExp2 = -126.f;  // exp2 below this is flushed to 2^-126 (negligible, never denormal)
@@ -140,7 +140,8 @@ inline void softmax_row(float* s, int valid, int n, float* m, float* l, float* o
     return;
   }
   VecF vm = vset1(kNegInf);
-  for (int c = 0; c < chunks; ++c) vm = select(first_lanes(valid - c * kLanes), vmax(vload(s + c * kLanes), vm), vm);
+  for (int c = 0; c < chunks; ++c)
+    vm = select(first_lanes(valid - c * kLanes), vmax(vload(s + c * kLanes), vm), vm);
   const float m_new = std::max(*m, reduce_max(vm));
   // 0 on the first tile (m = -inf; kMinExp2 makes it 2^-126 times an o that is still 0).
   const float alpha = m_new == *m ? 1.f : first_lane(exp2_vec(vset1(std::max(*m - m_new, kMinExp2))));
@@ -161,7 +162,8 @@ inline void softmax_row(float* s, int valid, int n, float* m, float* l, float* o
 
 // softmax_row over the R rows of a micro-kernel block (row i: limit lim[i], s + i * kKeyTile,
 // m[i], l[i], o + i * D).
-void softmax_rows(float* s, const int64_t* lim, int64_t j0, int n, int R, float* m, float* l, float* o, int64_t D) {
+void softmax_rows(float* s, const int64_t* lim, int64_t j0, int n, int R, float* m, float* l, float* o,
+                  int64_t D) {
   for (int i = 0; i < R; ++i)
     softmax_row(s + i * kKeyTile, valid_keys(lim[i], j0, n), n, m + i, l + i, o + i * D, D);
 }
@@ -285,7 +287,8 @@ void load_rows(const CausalAttentionParams& p, const RowRange& rr, Scratch& w) {
     float* qi = w.q.data() + i * D;
     if (i < rows) {
       const int64_t t = (rr.r0 + i) / G, hq = rr.h * G + (rr.r0 + i) % G;
-      const char* src = static_cast<const char*>(p.q) + (rr.b * p.q_stride_b + t * p.q_stride_t + hq * p.q_stride_h) * esize;
+      const char* src = static_cast<const char*>(p.q) +
+                        (rr.b * p.q_stride_b + t * p.q_stride_t + hq * p.q_stride_h) * esize;
       load_row(src, D, p.dtype, q_scale, qi);
       w.lim[i] = seqlen + t + 1;  // keys 0 .. seqlen + t
     } else {
@@ -297,8 +300,8 @@ void load_rows(const CausalAttentionParams& p, const RowRange& rr, Scratch& w) {
 
 // Folds keys [k_begin, k_end) (k_begin a multiple of kKeyTile) into fresh o, m, l. Keys up to
 // prefetch_end (the item's end) are worth prefetching: the next chunk follows on this thread.
-void attend_keys(const CausalAttentionParams& p, const RowRange& rr, int64_t k_begin,
-                 int64_t k_end, int64_t prefetch_end, Scratch& w) {
+void attend_keys(const CausalAttentionParams& p, const RowRange& rr, int64_t k_begin, int64_t k_end,
+                 int64_t prefetch_end, Scratch& w) {
   const int64_t D = p.head_dim, rows_pad = rr.rows_pad(), block = rr.block();
   const ScoresFn scores_fn = block == kRowBlock ? scores<kRowBlock> : scores<kSmallRowBlock>;
   const PvFn pv_fn = block == kRowBlock ? pv<kRowBlock> : pv<kSmallRowBlock>;
@@ -331,12 +334,13 @@ void attend_keys(const CausalAttentionParams& p, const RowRange& rr, int64_t k_b
 
     // K tile, transposed to [D][kKeyTile] so scores are vector FMAs without horizontal sums.
     load_k_tile(static_cast<const char*>(p.k_cache) + p.cache_offset(cache_row, j0, rr.h) * esize,
-                   cache_stride * esize, n, nkb * kKeyBlock, D, p.dtype, w.krow.data(), w.kt.data());
+                cache_stride * esize, n, nkb * kKeyBlock, D, p.dtype, w.krow.data(), w.kt.data());
 
     // V tile, copied (and converted) into a dense buffer: read in place, its rows would sit
     // heads_kv * D elements apart, often a multiple of 4 KiB, all in the same L1 sets.
     const char* vsrc = static_cast<const char*>(p.v_cache) + p.cache_offset(cache_row, j0, rr.h) * esize;
-    for (int j = 0; j < n; ++j) load_row(vsrc + j * cache_stride * esize, D, p.dtype, 1.f, w.v.data() + j * D);
+    for (int j = 0; j < n; ++j)
+      load_row(vsrc + j * cache_stride * esize, D, p.dtype, 1.f, w.v.data() + j * D);
     const float* vt = w.v.data();
     const int64_t vs = D;
 
@@ -347,7 +351,7 @@ void attend_keys(const CausalAttentionParams& p, const RowRange& rr, int64_t k_b
       float* s = w.s.data() + rb * kKeyTile;
       scores_fn(w.q.data() + rb * D, D, w.kt.data(), s, nkb);
       softmax_rows(s, w.lim.data() + rb, j0, n, static_cast<int>(block), &w.m[rb], &w.l[rb],
-                      w.o.data() + rb * D, D);
+                   w.o.data() + rb * D, D);
       pv_fn(s, vt, vs, w.o.data() + rb * D, D, n);
     }
   }
@@ -371,8 +375,7 @@ void merge_chunk(float& m, float& l, float* o, float m_c, float l_c, const float
 }
 
 // Folds keys [0, k_end) chunk by chunk into acc_m, acc_l, acc_o.
-void fold_keys(const CausalAttentionParams& p, const RowRange& rr, int64_t k_end,
-               Scratch& w) {
+void fold_keys(const CausalAttentionParams& p, const RowRange& rr, int64_t k_end, Scratch& w) {
   const int64_t D = p.head_dim;
   std::fill(w.acc_l.begin(), w.acc_l.begin() + rr.rows(), 0.f);
   for (int64_t c0 = 0; c0 < k_end; c0 += kChunkKeys) {
@@ -398,11 +401,14 @@ void append_new_kv(const CausalAttentionParams& p) {
   const int64_t n = p.batch * p.seqlen_q * p.heads_kv;
 #pragma omp parallel for schedule(static)
   for (int64_t idx = 0; idx < n; ++idx) {
-    const int64_t h = idx % p.heads_kv, t = (idx / p.heads_kv) % p.seqlen_q, b = idx / (p.heads_kv * p.seqlen_q);
+    const int64_t h = idx % p.heads_kv, t = (idx / p.heads_kv) % p.seqlen_q,
+                  b = idx / (p.heads_kv * p.seqlen_q);
     const int64_t cache_row = p.cache_batch_idx ? p.cache_batch_idx[b] : b;
     const int64_t dst = p.cache_offset(cache_row, p.cache_seqlens[b] + t, h) * esize;
-    const char* ks = static_cast<const char*>(p.k_new) + (b * p.k_new_stride_b + t * p.k_new_stride_t + h * p.k_new_stride_h) * esize;
-    const char* vsrc = static_cast<const char*>(p.v_new) + (b * p.v_new_stride_b + t * p.v_new_stride_t + h * p.v_new_stride_h) * esize;
+    const char* ks = static_cast<const char*>(p.k_new) +
+                     (b * p.k_new_stride_b + t * p.k_new_stride_t + h * p.k_new_stride_h) * esize;
+    const char* vsrc = static_cast<const char*>(p.v_new) +
+                       (b * p.v_new_stride_b + t * p.v_new_stride_t + h * p.v_new_stride_h) * esize;
     std::memcpy(static_cast<char*>(p.k_cache) + dst, ks, D * esize);
     std::memcpy(static_cast<char*>(p.v_cache) + dst, vsrc, D * esize);
   }
@@ -430,7 +436,8 @@ void causal_attention_run(const CausalAttentionParams& p) {
   // keep every thread busy. Then the chunks of each item are attended in parallel and merged
   // afterwards (flash-decoding's split-KV), so a single sequence's attention uses every core.
   int64_t max_keys = 0;
-  for (int64_t b = 0; b < p.batch; ++b) max_keys = std::max<int64_t>(max_keys, p.cache_seqlens[b] + p.seqlen_q);
+  for (int64_t b = 0; b < p.batch; ++b)
+    max_keys = std::max<int64_t>(max_keys, p.cache_seqlens[b] + p.seqlen_q);
   const int64_t chunks = (max_keys + kChunkKeys - 1) / kChunkKeys;
   const int64_t threads = cpu_max_threads();
 

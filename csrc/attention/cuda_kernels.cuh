@@ -49,7 +49,8 @@ __device__ __forceinline__ float warp_sum(float x) {
 }
 
 // The cache row of query row b, or -1 when its length or index is out of range.
-__device__ __forceinline__ int64_t checked_cache_row(const CausalAttentionParams& p, int64_t b, int64_t* seqlen) {
+__device__ __forceinline__ int64_t checked_cache_row(const CausalAttentionParams& p, int64_t b,
+                                                     int64_t* seqlen) {
   const int64_t len = p.cache_seqlens[b];
   const int64_t row = p.cache_batch_idx ? static_cast<int64_t>(p.cache_batch_idx[b]) : b;
   *seqlen = len;
@@ -68,7 +69,9 @@ __device__ __forceinline__ ChunkResult finish_chunk(float m, float l) {
   if (!(l > 0.f)) return ChunkResult{neg_inf_f(), 0.f};
   return ChunkResult{__fadd_rn(m, log2f(l)), __fdiv_rn(1.f, l)};
 }
-__device__ __forceinline__ float chunk_output(float acc, const ChunkResult& c) { return __fmul_rn(acc, c.inv); }
+__device__ __forceinline__ float chunk_output(float acc, const ChunkResult& c) {
+  return __fmul_rn(acc, c.inv);
+}
 
 struct MergeWeights {
   float run, chunk, lse2;
@@ -98,10 +101,10 @@ __global__ void append_kv_kernel(CausalAttentionParams p) {
     const int64_t row = checked_cache_row(p, b, &seqlen);
     if (row < 0) continue;
     const int64_t dst = p.cache_offset(row, seqlen + t, h) + d;
-    static_cast<T*>(p.k_cache)[dst] =
-        static_cast<const T*>(p.k_new)[b * p.k_new_stride_b + t * p.k_new_stride_t + h * p.k_new_stride_h + d];
-    static_cast<T*>(p.v_cache)[dst] =
-        static_cast<const T*>(p.v_new)[b * p.v_new_stride_b + t * p.v_new_stride_t + h * p.v_new_stride_h + d];
+    static_cast<T*>(p.k_cache)[dst] = static_cast<const T*>(
+        p.k_new)[b * p.k_new_stride_b + t * p.k_new_stride_t + h * p.k_new_stride_h + d];
+    static_cast<T*>(p.v_cache)[dst] = static_cast<const T*>(
+        p.v_new)[b * p.v_new_stride_b + t * p.v_new_stride_t + h * p.v_new_stride_h + d];
   }
 }
 
@@ -113,15 +116,16 @@ constexpr size_t attention_smem_bytes() {
 }
 
 // Index of (row r of the (b, h) group) in the [B, T, Hq] outputs.
-__device__ __forceinline__ int64_t output_row(const CausalAttentionParams& p, int64_t b, int64_t h, int64_t r) {
+__device__ __forceinline__ int64_t output_row(const CausalAttentionParams& p, int64_t b, int64_t h,
+                                              int64_t r) {
   const int64_t G = p.group();
   return (b * p.seqlen_q + r / G) * p.heads_q + h * G + r % G;
 }
 
 // Loads key/value tile [j0, j0 + n) of (cache_row, h) into shared memory, zeros past n.
 template <typename T, int D>
-__device__ __forceinline__ void load_kv_tile(const CausalAttentionParams& p, int64_t cache_row, int64_t h, int64_t j0,
-                                             int n, float* Ks, float* Vs) {
+__device__ __forceinline__ void load_kv_tile(const CausalAttentionParams& p, int64_t cache_row, int64_t h,
+                                             int64_t j0, int n, float* Ks, float* Vs) {
   const T* kc = static_cast<const T*>(p.k_cache);
   const T* vc = static_cast<const T*>(p.v_cache);
   for (int e = threadIdx.x; e < kCudaKeyTile * D; e += kThreads) {
@@ -140,8 +144,9 @@ __device__ __forceinline__ void load_kv_tile(const CausalAttentionParams& p, int
 // One row's online-softmax step over a loaded tile of n keys at j0, of which keys < lim are visible
 // (lim > j0). Runs on the whole warp (lane = key in the score step, lane = dims in P @ V).
 template <int D, int DPL>
-__device__ __forceinline__ void row_tile_step(const float* qrow, const float* Ks, const float* Vs, int64_t j0, int n,
-                                              int64_t lim, int lane, float& m, float& l, float (&acc)[DPL]) {
+__device__ __forceinline__ void row_tile_step(const float* qrow, const float* Ks, const float* Vs, int64_t j0,
+                                              int n, int64_t lim, int lane, float& m, float& l,
+                                              float (&acc)[DPL]) {
   float s = neg_inf_f();
   if (lane < n && j0 + lane < lim) {
     const float* krow = Ks + lane * (D + 1);
@@ -180,11 +185,11 @@ __device__ void write_nan_rows(const CausalAttentionParams& p, int64_t b, int64_
 }
 
 template <typename T, int D, int ROWS>
-__global__ void __launch_bounds__(kThreads) attention_kernel(CausalAttentionParams p, int64_t row_tile,
-                                                             int64_t row_tiles) {
+__global__ void __launch_bounds__(kThreads)
+    attention_kernel(CausalAttentionParams p, int64_t row_tile, int64_t row_tiles) {
   constexpr int KT = kCudaKeyTile;
-  constexpr int RPW = ROWS / kWarps;     // rows per warp
-  constexpr int DPL = (D + 31) / 32;     // dims per lane
+  constexpr int RPW = ROWS / kWarps;  // rows per warp
+  constexpr int DPL = (D + 31) / 32;  // dims per lane
   FLUID_RT_DYNAMIC_SHARED(float, smem);
   float* Qs = smem;
   float* Ks = Qs + ROWS * D;
@@ -215,7 +220,8 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(CausalAttentionPara
   for (int e = threadIdx.x; e < rows * D; e += kThreads) {
     const int i = e / D, d = e % D;
     const int64_t r = r0 + i;
-    const T* src = static_cast<const T*>(p.q) + b * p.q_stride_b + (r / G) * p.q_stride_t + (h * G + r % G) * p.q_stride_h;
+    const T* src = static_cast<const T*>(p.q) + b * p.q_stride_b + (r / G) * p.q_stride_t +
+                   (h * G + r % G) * p.q_stride_h;
     Qs[i * D + d] = to_float(src[d]) * q_scale;
   }
 
@@ -246,7 +252,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(CausalAttentionPara
 #pragma unroll
       for (int rr = 0; rr < RPW; ++rr) {
         const int i = warp + rr * kWarps;
-        if (i >= rows) continue;  // warp-uniform
+        if (i >= rows) continue;                        // warp-uniform
         const int64_t lim = seqlen + (r0 + i) / G + 1;  // keys < lim are visible to this row
         if (lim <= j0) continue;
         row_tile_step<D, DPL>(Qs + i * D, Ks, Vs, j0, n, lim, lane, m[rr], l[rr], acc[rr]);
@@ -270,7 +276,8 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(CausalAttentionPara
       } else if (cr.lse2 != neg_inf_f()) {
         const MergeWeights w = merge_weights(run_lse[rr], cr.lse2);
 #pragma unroll
-        for (int c = 0; c < DPL; ++c) run_out[rr][c] = merge_chunk(run_out[rr][c], chunk_output(acc[rr][c], cr), w);
+        for (int c = 0; c < DPL; ++c)
+          run_out[rr][c] = merge_chunk(run_out[rr][c], chunk_output(acc[rr][c], cr), w);
         run_lse[rr] = w.lse2;
       }
     }
@@ -303,7 +310,8 @@ __global__ void combine_kernel(CausalAttentionParams p) {
   const int64_t rows_all = p.batch * p.seqlen_q * p.heads_q;
   int64_t seqlen;
   if (checked_cache_row(p, b, &seqlen) < 0) {
-    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) static_cast<T*>(p.out)[row * D + d] = from_float<T>(nan_f());
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
+      static_cast<T*>(p.out)[row * D + d] = from_float<T>(nan_f());
     if (threadIdx.x == 0) p.lse[row] = nan_f();
     return;
   }
@@ -336,9 +344,11 @@ cudaError_t launch_attention_for(const CausalAttentionParams& p, cudaStream_t st
   const int64_t row_tiles = (total_rows + row_tile - 1) / row_tile;
   constexpr size_t smem = attention_smem_bytes<D, ROWS>();
   auto kernel = attention_kernel<T, D, ROWS>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
-  const dim3 grid(static_cast<unsigned>(p.batch * p.heads_kv * row_tiles), 1, static_cast<unsigned>(p.num_splits));
+  const dim3 grid(static_cast<unsigned>(p.batch * p.heads_kv * row_tiles), 1,
+                  static_cast<unsigned>(p.num_splits));
   FLUID_RT_LAUNCH(grid, kThreads, smem, stream, kernel)(p, row_tile, row_tiles);
   if (p.num_splits > 1) {
     const int64_t rows_all = p.batch * p.seqlen_q * p.heads_q;

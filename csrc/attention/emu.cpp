@@ -10,7 +10,8 @@ int causal_attention_num_splits(const CausalAttentionParams& p) {
 }
 
 void causal_attention(const CausalAttentionParams& p) {
-  if (causal_attention_launch(p, nullptr) != cudaSuccess) throw EmuError("emu: causal_attention: launch refused");
+  if (causal_attention_launch(p, nullptr) != cudaSuccess)
+    throw EmuError("emu: causal_attention: launch refused");
 }
 
 }  // namespace emu

@@ -28,13 +28,13 @@ struct CausalAttentionParams {
   void* out = nullptr;
   float* lse = nullptr;
 
-  int64_t batch = 0;       // B
-  int64_t seqlen_q = 0;    // T
-  int64_t heads_q = 0;     // Hq
-  int64_t heads_kv = 0;    // Hkv
-  int64_t head_dim = 0;    // D
-  int64_t cache_batch = 0; // Bc
-  int64_t cache_len = 0;   // S_max
+  int64_t batch = 0;        // B
+  int64_t seqlen_q = 0;     // T
+  int64_t heads_q = 0;      // Hq
+  int64_t heads_kv = 0;     // Hkv
+  int64_t head_dim = 0;     // D
+  int64_t cache_batch = 0;  // Bc
+  int64_t cache_len = 0;    // S_max
   float softmax_scale = 0.f;
   DType dtype = DType::kFloat32;
 

@@ -20,7 +20,7 @@ void draft_row(const DraftCommitParams& p, int64_t b) {
   const int64_t* pred = p.pred + b * p.kmax;
   const float* score = p.score + b * p.kmax;
 
-  block[s] = pred[s];  // the left-most open position is always committed
+  block[s] = pred[s];   // the left-most open position is always committed
   int64_t run_end = K;  // first j > s that is not confident: the new step (= s + 1 + jump)
   for (int64_t j = s + 1; j < K; ++j) {
     if (draft_confident(score[j], p.threshold[b], p.score_is_entropy)) {

@@ -6,6 +6,8 @@ namespace fluid_rt {
 
 void launch_draft_commit(const DraftCommitParams& p, cudaStream_t stream) { draft_commit_launch(p, stream); }
 
-void launch_verify_commit(const VerifyCommitParams& p, cudaStream_t stream) { verify_commit_launch(p, stream); }
+void launch_verify_commit(const VerifyCommitParams& p, cudaStream_t stream) {
+  verify_commit_launch(p, stream);
+}
 
 }  // namespace fluid_rt

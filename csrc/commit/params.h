@@ -30,7 +30,7 @@ struct DraftCommitParams {
   int64_t kmax;            // Kmax
   const float* threshold;  // [B] per-row threshold; the comparison is float32, as torch's
   int64_t mask_token_id;
-  bool score_is_entropy;   // confident = score < threshold instead of score > threshold
+  bool score_is_entropy;  // confident = score < threshold instead of score > threshold
 };
 
 struct VerifyCommitParams {
@@ -76,7 +76,6 @@ FLUID_RT_HD inline bool draft_confident(float score, float threshold, bool score
 
 void draft_commit_cpu(const DraftCommitParams& p);
 void verify_commit_cpu(const VerifyCommitParams& p);
-
 
 }  // namespace fluid_rt
 

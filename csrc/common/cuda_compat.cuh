@@ -14,5 +14,6 @@
 #else
 #include "emu/cuda_emu.h"
 #define FLUID_RT_DYNAMIC_SHARED(T, name) FLUID_RT_EMU_DYNAMIC_SHARED(T, name)
-#define FLUID_RT_LAUNCH(grid, block, smem, stream, ...) FLUID_RT_EMU_LAUNCH(grid, block, smem, stream, __VA_ARGS__)
+#define FLUID_RT_LAUNCH(grid, block, smem, stream, ...) \
+  FLUID_RT_EMU_LAUNCH(grid, block, smem, stream, __VA_ARGS__)
 #endif

@@ -57,8 +57,7 @@ inline Fn pick_isa(Fn portable, [[maybe_unused]] Fn avx2, [[maybe_unused]] Fn av
 }  // namespace fluid_rt
 
 #if defined(__x86_64__)
-#define FLUID_RT_ISA_PICK(name) \
-  ::fluid_rt::pick_isa(&isa_portable::name, &isa_avx2::name, &isa_avx512::name)
+#define FLUID_RT_ISA_PICK(name) ::fluid_rt::pick_isa(&isa_portable::name, &isa_avx2::name, &isa_avx512::name)
 #else
 #define FLUID_RT_ISA_PICK(name) (&isa_portable::name)
 #endif

@@ -26,9 +26,15 @@ namespace FLUID_RT_ISA_NS {
 #if FLUID_RT_ISA == 2
 // ---------------------------------------------------------------------------------------- avx512
 constexpr int kLanes = 16;
-struct VecF { __m512 v; };
-struct VecI { __m512i v; };
-struct MaskF { __mmask16 m; };
+struct VecF {
+  __m512 v;
+};
+struct VecI {
+  __m512i v;
+};
+struct MaskF {
+  __mmask16 m;
+};
 
 inline VecF vzero() { return {_mm512_setzero_ps()}; }
 inline VecF vset1(float x) { return {_mm512_set1_ps(x)}; }
@@ -42,7 +48,7 @@ inline void vstore_first(float* p, VecF a, int64_t n) { _mm512_mask_storeu_ps(p,
 inline VecF operator+(VecF a, VecF b) { return {_mm512_add_ps(a.v, b.v)}; }
 inline VecF operator-(VecF a, VecF b) { return {_mm512_sub_ps(a.v, b.v)}; }
 inline VecF operator*(VecF a, VecF b) { return {_mm512_mul_ps(a.v, b.v)}; }
-inline VecF fma(VecF a, VecF b, VecF c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }  // a * b + c
+inline VecF fma(VecF a, VecF b, VecF c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }    // a * b + c
 inline VecF fnma(VecF a, VecF b, VecF c) { return {_mm512_fnmadd_ps(a.v, b.v, c.v)}; }  // c - a * b
 inline VecF vmax(VecF a, VecF b) { return {_mm512_max_ps(a.v, b.v)}; }
 inline MaskF operator>(VecF a, VecF b) { return {_mm512_cmp_ps_mask(a.v, b.v, _CMP_GT_OQ)}; }
@@ -55,7 +61,9 @@ inline MaskF no_lanes() { return {0}; }
 inline VecF select(MaskF m, VecF a, VecF b) { return {_mm512_mask_mov_ps(b.v, m.m, a.v)}; }  // m ? a : b
 inline float reduce_add(VecF a) { return _mm512_reduce_add_ps(a.v); }
 inline float reduce_max(VecF a) { return _mm512_reduce_max_ps(a.v); }
-inline VecF round_nearest(VecF a) { return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+inline VecF round_nearest(VecF a) {
+  return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
+}
 inline VecF scale_pow2(VecF p, VecF n) { return {_mm512_scalef_ps(p.v, n.v)}; }
 inline float first_lane(VecF a) { return _mm512_cvtss_f32(a.v); }
 
@@ -66,9 +74,15 @@ inline VecI select(MaskF m, VecI a, VecI b) { return {_mm512_mask_mov_epi32(b.v,
 inline void istore(int32_t* p, VecI a) { _mm512_storeu_si512(p, a.v); }
 
 // 16-bit rows: bf16 is the top half of a float32; fp16 by vcvtph2ps.
-inline VecF widen_bf16(__m256i h) { return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))}; }
-inline VecF load_bf16(const uint16_t* p) { return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
-inline VecF load_fp16(const uint16_t* p) { return {_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))}; }
+inline VecF widen_bf16(__m256i h) {
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))};
+}
+inline VecF load_bf16(const uint16_t* p) {
+  return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline VecF load_fp16(const uint16_t* p) {
+  return {_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))};
+}
 inline __m256i narrow_bf16(VecF a) {  // round to nearest even; NaN stays a (quiet) NaN
   const __m512i bits = _mm512_castps_si512(a.v);
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
@@ -77,7 +91,9 @@ inline __m256i narrow_bf16(VecF a) {  // round to nearest even; NaN stays a (qui
   r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(bits, _mm512_set1_epi32(0x400000)));
   return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
 }
-inline void store_bf16(uint16_t* p, VecF a) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow_bf16(a)); }
+inline void store_bf16(uint16_t* p, VecF a) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow_bf16(a));
+}
 inline void store_fp16(uint16_t* p, VecF a) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(a.v, _MM_FROUND_TO_NEAREST_INT));
 }
@@ -113,16 +129,24 @@ inline void transpose(VecF* r) {
 #elif FLUID_RT_ISA == 1
 // ------------------------------------------------------------------------------------------ avx2
 constexpr int kLanes = 8;
-struct VecF { __m256 v; };
-struct VecI { __m256i v; };
-struct MaskF { __m256 m; };
+struct VecF {
+  __m256 v;
+};
+struct VecI {
+  __m256i v;
+};
+struct MaskF {
+  __m256 m;
+};
 
 inline VecF vzero() { return {_mm256_setzero_ps()}; }
 inline VecF vset1(float x) { return {_mm256_set1_ps(x)}; }
 inline VecF vload(const float* p) { return {_mm256_loadu_ps(p)}; }
 inline void vstore(float* p, VecF a) { _mm256_storeu_ps(p, a.v); }
 inline __m256i first_lanes_i(int64_t n) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n < 0 ? 0 : n > 8 ? 8 : n)),
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n < 0   ? 0
+                                                               : n > 8 ? 8
+                                                                       : n)),
                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 inline MaskF first_lanes(int64_t n) { return {_mm256_castsi256_ps(first_lanes_i(n))}; }
@@ -152,7 +176,9 @@ inline float reduce_max(VecF a) {
   s = _mm_max_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
 }
-inline VecF round_nearest(VecF a) { return {_mm256_round_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+inline VecF round_nearest(VecF a) {
+  return {_mm256_round_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
+}
 inline VecF scale_pow2(VecF p, VecF n) {  // 2^n built in the exponent field; n = -127 gives +0
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127)), 23);
   return {_mm256_mul_ps(p.v, _mm256_castsi256_ps(e))};
@@ -167,22 +193,30 @@ inline VecI select(MaskF m, VecI a, VecI b) {
 }
 inline void istore(int32_t* p, VecI a) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), a.v); }
 
-inline VecF widen_bf16(__m128i h) { return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))}; }
-inline VecF load_bf16(const uint16_t* p) { return widen_bf16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-inline VecF load_fp16(const uint16_t* p) { return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))}; }
+inline VecF widen_bf16(__m128i h) {
+  return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))};
+}
+inline VecF load_bf16(const uint16_t* p) {
+  return widen_bf16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline VecF load_fp16(const uint16_t* p) {
+  return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))};
+}
 inline __m128i narrow_bf16(VecF a) {
   const __m256i bits = _mm256_castps_si256(a.v);
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
   __m256i r = _mm256_add_epi32(bits, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb));
   const __m256 nan = _mm256_cmp_ps(a.v, a.v, _CMP_UNORD_Q);
-  r = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(r),
-                                           _mm256_castsi256_ps(_mm256_or_si256(bits, _mm256_set1_epi32(0x400000))), nan));
+  r = _mm256_castps_si256(_mm256_blendv_ps(
+      _mm256_castsi256_ps(r), _mm256_castsi256_ps(_mm256_or_si256(bits, _mm256_set1_epi32(0x400000))), nan));
   r = _mm256_srli_epi32(r, 16);
   // pack the 8 u32 (each < 2^16) to u16: packus works per 128-bit half, then gather the halves.
   const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
   return _mm256_castsi256_si128(packed);
 }
-inline void store_bf16(uint16_t* p, VecF a) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), narrow_bf16(a)); }
+inline void store_bf16(uint16_t* p, VecF a) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), narrow_bf16(a));
+}
 inline void store_fp16(uint16_t* p, VecF a) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(a.v, _MM_FROUND_TO_NEAREST_INT));
 }
@@ -214,9 +248,15 @@ constexpr int kLanes = 4;
 typedef float NativeF __attribute__((vector_size(16)));
 typedef int32_t NativeI __attribute__((vector_size(16)));
 typedef uint32_t NativeU __attribute__((vector_size(16)));
-struct VecF { NativeF v; };
-struct VecI { NativeI v; };
-struct MaskF { NativeI m; };  // -1 (true) or 0 per lane
+struct VecF {
+  NativeF v;
+};
+struct VecI {
+  NativeI v;
+};
+struct MaskF {
+  NativeI m;
+};  // -1 (true) or 0 per lane
 
 inline VecF vzero() { return {NativeF{0.f, 0.f, 0.f, 0.f}}; }
 inline VecF vset1(float x) { return {NativeF{x, x, x, x}}; }
@@ -315,16 +355,22 @@ inline void transpose(VecF* r) {
 // nearest even; NaN stays NaN).
 template <DType D>
 inline VecF load_as(const void* base, int64_t i) {
-  if constexpr (D == DType::kFloat32) return vload(static_cast<const float*>(base) + i);
-  else if constexpr (D == DType::kBFloat16) return load_bf16(static_cast<const uint16_t*>(base) + i);
-  else return load_fp16(static_cast<const uint16_t*>(base) + i);
+  if constexpr (D == DType::kFloat32)
+    return vload(static_cast<const float*>(base) + i);
+  else if constexpr (D == DType::kBFloat16)
+    return load_bf16(static_cast<const uint16_t*>(base) + i);
+  else
+    return load_fp16(static_cast<const uint16_t*>(base) + i);
 }
 
 template <DType D>
 inline void store_as(void* base, int64_t i, VecF a) {
-  if constexpr (D == DType::kFloat32) vstore(static_cast<float*>(base) + i, a);
-  else if constexpr (D == DType::kBFloat16) store_bf16(static_cast<uint16_t*>(base) + i, a);
-  else store_fp16(static_cast<uint16_t*>(base) + i, a);
+  if constexpr (D == DType::kFloat32)
+    vstore(static_cast<float*>(base) + i, a);
+  else if constexpr (D == DType::kBFloat16)
+    store_bf16(static_cast<uint16_t*>(base) + i, a);
+  else
+    store_fp16(static_cast<uint16_t*>(base) + i, a);
 }
 
 // The first n (< kLanes) elements; the other lanes are 0. Tails only: goes through a small buffer.
@@ -353,9 +399,12 @@ inline void store_first_as(void* base, int64_t i, VecF a, int64_t n) {
 // x rounded to dtype D and back (the rounding torch applies between two ops in that dtype).
 template <DType D>
 inline VecF round_as(VecF a) {
-  if constexpr (D == DType::kFloat32) return a;
-  else if constexpr (D == DType::kBFloat16) return round_bf16(a);
-  else return round_fp16(a);
+  if constexpr (D == DType::kFloat32)
+    return a;
+  else if constexpr (D == DType::kBFloat16)
+    return round_bf16(a);
+  else
+    return round_fp16(a);
 }
 
 }  // namespace FLUID_RT_ISA_NS

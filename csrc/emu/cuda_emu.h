@@ -87,10 +87,13 @@ struct Launch {
     const int limit = max_dynamic_smem(reinterpret_cast<const void*>(kernel));
     if (smem > static_cast<size_t>(limit > 48 * 1024 ? limit : 48 * 1024))
       fail_launch("dynamic shared memory above 48 KiB without cudaFuncSetAttribute, or above its value");
-    run_grid(grid, block, smem, [](void* c) {
-      Ctx* x = static_cast<Ctx*>(c);
-      std::apply(x->kernel, x->args);  // each thread gets its own copies of the by-value parameters
-    }, &ctx);
+    run_grid(
+        grid, block, smem,
+        [](void* c) {
+          Ctx* x = static_cast<Ctx*>(c);
+          std::apply(x->kernel, x->args);  // each thread gets its own copies of the by-value parameters
+        },
+        &ctx);
   }
   [[noreturn]] static void fail_launch(const char* what) { throw EmuError(what); }
 };
@@ -122,7 +125,9 @@ inline cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attr, int v
   }
   return cudaSuccess;
 }
-inline const char* cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "invalid value"; }
+inline const char* cudaGetErrorString(cudaError_t e) {
+  return e == cudaSuccess ? "no error" : "invalid value";
+}
 
 inline void __syncthreads() { emu::syncthreads(); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) { emu::syncwarp(mask); }
@@ -141,7 +146,8 @@ template <typename T>
 inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
   const int lane = emu::lane_id();
   const int src = lane + static_cast<int>(delta);
-  return emu::shfl_from(mask, v, (src & (width - 1)) >= (lane & (width - 1)) && (src / width) == (lane / width) ? src : lane);
+  return emu::shfl_from(
+      mask, v, (src & (width - 1)) >= (lane & (width - 1)) && (src / width) == (lane / width) ? src : lane);
 }
 template <typename T>
 inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
@@ -184,7 +190,9 @@ inline int __ffs(unsigned x) { return x == 0 ? 0 : __builtin_ctz(x) + 1; }
 inline int __ffs(int x) { return __ffs(static_cast<unsigned>(x)); }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 template <typename T>
-inline T __ldg(const T* p) { return *p; }
+inline T __ldg(const T* p) {
+  return *p;
+}
 
 // CUDA's device min/max overloads (mixed integer widths promote, as there).
 template <typename A, typename B>
@@ -201,4 +209,5 @@ inline std::common_type_t<A, B> max(A a, B b) {
 // <<<grid, block, smem, stream>>> has no C++ spelling: launchers write
 // FLUID_RT_LAUNCH(grid, block, smem, stream, kernel)(args...) (common/cuda_compat.cuh).
 #define FLUID_RT_EMU_LAUNCH(grid, block, smem, stream, ...) \
-  ((void)(stream), ::fluid_rt::emu::make_launch(__VA_ARGS__, ::fluid_rt::dim3(grid), ::fluid_rt::dim3(block), (smem)))
+  ((void)(stream),                                          \
+   ::fluid_rt::emu::make_launch(__VA_ARGS__, ::fluid_rt::dim3(grid), ::fluid_rt::dim3(block), (smem)))

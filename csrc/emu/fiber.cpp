@@ -66,7 +66,7 @@ void fiber_init(FiberContext* ctx, void* stack, size_t size, FiberEntry entry, v
   s[-5] = reinterpret_cast<uint64_t>(arg);                    // r13
   s[-6] = 0;                                                  // r14
   s[-7] = 0;                                                  // r15
-  const uint32_t control[2] = {0x1F80u, 0x037Fu};            // default MXCSR, x87 control word
+  const uint32_t control[2] = {0x1F80u, 0x037Fu};             // default MXCSR, x87 control word
   s[-8] = static_cast<uint64_t>(control[0]) | (static_cast<uint64_t>(control[1]) << 32);
   ctx->sp = &s[-8];
 }

@@ -15,7 +15,7 @@ namespace fluid_rt {
 namespace emu {
 
 int causal_attention_num_splits(const CausalAttentionParams& p);  // cuda_plan.h's choice
-void causal_attention(const CausalAttentionParams& p);             // needs partials when split
+void causal_attention(const CausalAttentionParams& p);            // needs partials when split
 
 int token_entropy_splits(int64_t rows, int64_t vocab);
 size_t token_entropy_workspace_bytes(int64_t rows, int splits);

@@ -137,15 +137,17 @@ void release_warp(int warp) {
     const Fiber& f = g_run->fibers[first + l];
     if (f.state != State::kAtWarp) continue;
     if (op == WarpOp::kNone) op = f.op, mask = f.op_mask;
-    if (f.op != op || f.op_mask != mask) fail("divergent warp: lanes meet at different warp operations or masks");
+    if (f.op != op || f.op_mask != mask)
+      fail("divergent warp: lanes meet at different warp operations or masks");
   }
   for (int l = 0; l < w.size; ++l) {
     const Fiber& f = g_run->fibers[first + l];
     if ((mask >> l & 1u) && f.state == State::kDone)
       fail("warp operation whose mask names a lane that has returned");
   }
-  for (int l = 0; l < w.size; ++l) g_run->fibers[first + l].state =
-      g_run->fibers[first + l].state == State::kAtWarp ? State::kReady : g_run->fibers[first + l].state;
+  for (int l = 0; l < w.size; ++l)
+    g_run->fibers[first + l].state =
+        g_run->fibers[first + l].state == State::kAtWarp ? State::kReady : g_run->fibers[first + l].state;
   w.arrived = 0;
 }
 
@@ -171,7 +173,8 @@ std::vector<int> round_order(int n, Order order, std::mt19937_64& rng) {
 }
 
 void poison_shared(size_t dynamic_bytes, std::vector<unsigned char>& dynamic) {
-  std::memset(__start_fluid_emu_shared, 0xFF, static_cast<size_t>(__stop_fluid_emu_shared - __start_fluid_emu_shared));
+  std::memset(__start_fluid_emu_shared, 0xFF,
+              static_cast<size_t>(__stop_fluid_emu_shared - __start_fluid_emu_shared));
   std::memset(dynamic.data(), 0xFF, dynamic_bytes);
 }
 
@@ -197,7 +200,8 @@ void run_block(BlockRun& run, std::mt19937_64& rng, Order order) {
       progressed = true;
       if (!run.error.empty()) throw EmuError("emu: " + run.error);
     }
-    if (!progressed) throw EmuError("emu: deadlock: threads wait at barriers or warp operations that can never complete");
+    if (!progressed)
+      throw EmuError("emu: deadlock: threads wait at barriers or warp operations that can never complete");
   }
 }
 
@@ -298,7 +302,8 @@ void run_grid(Dim3 grid, Dim3 block, size_t dynamic_smem_bytes, ThreadBody body,
         poison_shared(dynamic_smem_bytes, dynamic);
         run.fibers.assign(n, Fiber{});
         run.warps.assign((n + 31) / 32, Warp{});
-        for (int w = 0; w < static_cast<int>(run.warps.size()); ++w) run.warps[w].size = std::min(32, n - 32 * w);
+        for (int w = 0; w < static_cast<int>(run.warps.size()); ++w)
+          run.warps[w].size = std::min(32, n - 32 * w);
         run.at_barrier = run.done = 0;
         for (int t = 0; t < n; ++t) {
           Fiber& f = run.fibers[t];

@@ -93,7 +93,7 @@ RowOut nonfinite_row(const void* row, DType dt, int64_t V, float k) {
     return {std::log(c), 1.0f / c, kInf, first_pos_inf};
   }
   const Partial p = range_scalar(row, dt, 0, V, k);  // skips the -inf entries (probability 0)
-  if (p.s == 0.0f) return {kNaN, kNaN, -kInf, 0};      // every entry is -inf
+  if (p.s == 0.0f) return {kNaN, kNaN, -kInf, 0};    // every entry is -inf
   return finalize(p, k);
 }
 

@@ -126,11 +126,17 @@ struct Acc {
 template <typename T>
 __device__ __forceinline__ float to_float(T v);
 template <>
-__device__ __forceinline__ float to_float<float>(float v) { return v; }
+__device__ __forceinline__ float to_float<float>(float v) {
+  return v;
+}
 template <>
-__device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float<__half>(__half v) {
+  return __half2float(v);
+}
 template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
 
 __device__ __forceinline__ void finalize(const Stats& st, float k, int64_t r, const TokenEntropyParams& p) {
   float entropy, max_prob, lse;
@@ -239,7 +245,8 @@ __global__ void token_entropy_combine_kernel(TokenEntropyParams p, int splits, c
 }
 
 // The kernels on `stream` (params.h: launch_token_entropy).
-inline int token_entropy_launch(const TokenEntropyParams& p, int splits, void* workspace, cudaStream_t stream) {
+inline int token_entropy_launch(const TokenEntropyParams& p, int splits, void* workspace,
+                                cudaStream_t stream) {
   if (p.rows <= 0) return 0;
   splits = std::max(splits, 1);
   const int64_t piece = token_entropy_piece(p.vocab, splits);
@@ -251,7 +258,8 @@ inline int token_entropy_launch(const TokenEntropyParams& p, int splits, void* w
       FLUID_RT_LAUNCH(grid, threads, 0, stream, token_entropy_kernel<float>)(p, splits, piece, partials);
       break;
     case DType::kBFloat16:
-      FLUID_RT_LAUNCH(grid, threads, 0, stream, token_entropy_kernel<__nv_bfloat16>)(p, splits, piece, partials);
+      FLUID_RT_LAUNCH(grid, threads, 0, stream, token_entropy_kernel<__nv_bfloat16>)(p, splits, piece,
+                                                                                     partials);
       break;
     default:
       FLUID_RT_LAUNCH(grid, threads, 0, stream, token_entropy_kernel<__half>)(p, splits, piece, partials);

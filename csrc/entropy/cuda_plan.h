@@ -9,7 +9,7 @@ namespace fluid_rt {
 
 constexpr int64_t kEntropyMinPiece = 4096;  // logits per CTA below which splitting a row does not pay
 constexpr int kEntropyMaxSplits = 64;
-constexpr size_t kEntropyStatsBytes = 32;   // one partial tuple (cuda_kernels.cuh: Stats)
+constexpr size_t kEntropyStatsBytes = 32;  // one partial tuple (cuda_kernels.cuh: Stats)
 
 // CTAs per row for `rows` rows of `vocab` logits on a device with num_sms SMs.
 inline int token_entropy_splits_for_sms(int64_t rows, int64_t vocab, int num_sms) {

@@ -14,7 +14,8 @@ size_t token_entropy_workspace_bytes(int64_t rows, int splits) {
 }
 
 void token_entropy(const TokenEntropyParams& p, int splits, void* workspace) {
-  if (token_entropy_launch(p, splits, workspace, nullptr) != 0) throw EmuError("emu: token_entropy: launch refused");
+  if (token_entropy_launch(p, splits, workspace, nullptr) != 0)
+    throw EmuError("emu: token_entropy: launch refused");
 }
 
 }  // namespace emu

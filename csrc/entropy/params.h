@@ -22,10 +22,10 @@ struct TokenEntropyParams {
   const void* logits = nullptr;  // row r starts at logits + r * row_stride (elements); stride 1 within
   DType dtype = DType::kFloat32;
   int64_t rows = 0;
-  int64_t vocab = 0;        // V >= 1, < 2^31
-  int64_t row_stride = 0;   // in elements
+  int64_t vocab = 0;             // V >= 1, < 2^31
+  int64_t row_stride = 0;        // in elements
   float inv_temperature = 1.0f;  // 1 / T, finite and > 0
-  int num_threads = 1;      // CPU only: OpenMP threads to use
+  int num_threads = 1;           // CPU only: OpenMP threads to use
 
   float* entropy = nullptr;    // [rows]
   float* max_prob = nullptr;   // [rows]

@@ -46,6 +46,7 @@ inline void merge_into(EntropyPartial& a, const EntropyPartial& b, float k) {
 }
 
 // The statistics of logits [lo, hi) of one row (1 / temperature = k), one copy per CPU path.
-FLUID_RT_DECLARE_ISA(EntropyPartial, entropy_range, (const void* row, DType dt, int64_t lo, int64_t hi, float k))
+FLUID_RT_DECLARE_ISA(EntropyPartial, entropy_range,
+                     (const void* row, DType dt, int64_t lo, int64_t hi, float k))
 
 }  // namespace fluid_rt

@@ -31,7 +31,7 @@ int64_t esize(DType t) { return t == DType::kFloat32 ? 4 : 2; }
 inline int64_t packed_index(DType dt, int64_t K, int64_t panel, int64_t w, int64_t k, int64_t c) {
   const int64_t base = panel * kLinearPanel * K;
   return dt == DType::kBFloat16 ? base + (k / 2) * w * 2 + c * 2 + k % 2  // [K / 2][w][2]
-                                : base + k * w + c;                      // [K][w]
+                                : base + k * w + c;                       // [K][w]
 }
 
 // Both directions walk one panel at a time (a few tens of KiB, cache-resident) so that the
@@ -44,7 +44,7 @@ void copy_panels_units(const PackLinearParams& p) {
   const int64_t steps = p.K / pair;
   uint32_t* packed = static_cast<uint32_t*>(p.packed);
   uint32_t* w_ptr = const_cast<uint32_t*>(static_cast<const uint32_t*>(p.w));  // written when unpacking
-  const int64_t row = p.stride_n / pair;  // in units
+  const int64_t row = p.stride_n / pair;                                       // in units
 #pragma omp parallel for schedule(static) if (p.K * p.N >= (1 << 16))
   for (int64_t panel = 0; panel < panels; ++panel) {
     const int64_t n0 = panel * kLinearPanel, w = linear_panel_width(p.N, panel);
@@ -55,8 +55,10 @@ void copy_panels_units(const PackLinearParams& p) {
       for (int64_t c = 0; c < w; ++c) {
         uint32_t* wr = w_ptr + (n0 + c) * row;
         for (int64_t s = s0; s < s1; ++s) {
-          if (kPack) pan[s * w + c] = wr[s];
-          else wr[s] = pan[s * w + c];
+          if (kPack)
+            pan[s * w + c] = wr[s];
+          else
+            wr[s] = pan[s * w + c];
         }
       }
     }
@@ -93,8 +95,10 @@ void copy_panels_kmajor(const PackLinearParams& p) {
     if (!bf16) {
       for (int64_t k = 0; k < p.K; ++k) {
         char* row = w_ptr + (k * p.stride_k + n0) * es;
-        if (kPack) std::memcpy(pan + k * w * es, row, w * es);
-        else std::memcpy(row, pan + k * w * es, w * es);
+        if (kPack)
+          std::memcpy(pan + k * w * es, row, w * es);
+        else
+          std::memcpy(row, pan + k * w * es, w * es);
       }
       continue;
     }
@@ -111,8 +115,10 @@ void copy_panels_kmajor(const PackLinearParams& p) {
       }
 #endif
       for (int64_t c = 0; c < w; ++c) {
-        if (kPack) step[2 * c] = even[c], step[2 * c + 1] = odd[c];
-        else even[c] = step[2 * c], odd[c] = step[2 * c + 1];
+        if (kPack)
+          step[2 * c] = even[c], step[2 * c + 1] = odd[c];
+        else
+          even[c] = step[2 * c], odd[c] = step[2 * c + 1];
       }
     }
   }
@@ -131,8 +137,10 @@ void copy_panels_strided(const PackLinearParams& p) {
       for (int64_t k = 0; k < p.K; ++k) {
         T& a = packed[packed_index(p.dtype, p.K, panel, w, k, c)];
         T& b = w_ptr[k * p.stride_k + (n0 + c) * p.stride_n];
-        if (kPack) a = b;
-        else b = a;
+        if (kPack)
+          a = b;
+        else
+          b = a;
       }
     }
   }

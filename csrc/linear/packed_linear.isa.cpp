@@ -98,7 +98,9 @@ struct Columns {
   }
   // Step s of vector v (kFull: every panel of the call is 32 wide, a step is 128 bytes).
   template <bool kFull>
-  const char* at(int v, int64_t s) const { return w[v] + s * (kFull ? 128 : step_bytes[v]); }
+  const char* at(int v, int64_t s) const {
+    return w[v] + s * (kFull ? 128 : step_bytes[v]);
+  }
 };
 
 // Each also sets its tile shapes: kMaxRows rows per tile, vectors(rows) per call, at most
@@ -177,9 +179,12 @@ inline void finish_tile(const PackedLinearParams& p, const Columns<V>& col, int6
 #pragma GCC unroll 32
     for (int r = 0; r < R; ++r) {
       const int64_t at = (m0 + r) * p.y_row_stride + n;
-      if (bf16) vstore_bf16_first(static_cast<uint16_t*>(p.y) + at, vadd(acc[r][v], b), lanes);
-      else if (kFull) vstore(static_cast<float*>(p.y) + at, vadd(acc[r][v], b));
-      else vstore_first(static_cast<float*>(p.y) + at, vadd(acc[r][v], b), lanes);
+      if (bf16)
+        vstore_bf16_first(static_cast<uint16_t*>(p.y) + at, vadd(acc[r][v], b), lanes);
+      else if (kFull)
+        vstore(static_cast<float*>(p.y) + at, vadd(acc[r][v], b));
+      else
+        vstore_first(static_cast<float*>(p.y) + at, vadd(acc[r][v], b), lanes);
     }
   }
 }
@@ -251,7 +256,8 @@ constexpr TileFn tile_fn() {
     return nullptr;  // never asked for: a tile's V comes from its call's tallest tile
   } else {
 #ifdef FLUID_RT_LINEAR_DPBF16
-    if constexpr (std::is_same_v<Step, StepBf16Dot>) return &tile_dpbf16<R, V, kFull>;
+    if constexpr (std::is_same_v<Step, StepBf16Dot>)
+      return &tile_dpbf16<R, V, kFull>;
     else
 #endif
       return &tile<Step, R, V, kFull>;
@@ -280,7 +286,8 @@ void pack_rows(const PackedLinearParams& p, uint32_t* a, int64_t s0, int64_t s1)
     const int64_t m0 = tile_start(p.M, Step::kMaxRows, t), R = tile_start(p.M, Step::kMaxRows, t + 1) - m0;
     uint32_t* dst = a + m0 * steps * u;
     for (int64_t r = 0; r < R; ++r) {
-      const char* row = static_cast<const char*>(p.x) + (m0 + r) * p.x_row_stride * (p.dtype == DType::kFloat32 ? 4 : 2);
+      const char* row =
+          static_cast<const char*>(p.x) + (m0 + r) * p.x_row_stride * (p.dtype == DType::kFloat32 ? 4 : 2);
       if (u == 1) {  // a float32, or a bfloat16 pair as one word
         for (int64_t s = s0; s < s1; ++s) std::memcpy(dst + s * R + r, row + 4 * s, 4);
       } else {  // a bfloat16 pair widened to two float32
@@ -362,7 +369,7 @@ void run(const PackedLinearParams& p, bool parallel) {
 // degree-6 Taylor polynomial: about 1 ulp. Plain arithmetic and bit casts, so the row loop below
 // vectorizes on every path (std::exp would be a scalar call per element).
 inline float exp_approx(float x) {
-  x = std::min(std::max(x, -87.f), 88.f);  // 2^n stays a normal float (a NaN stays NaN)
+  x = std::min(std::max(x, -87.f), 88.f);                       // 2^n stays a normal float (a NaN stays NaN)
   const float n = (x * 1.44269504f + 12582912.f) - 12582912.f;  // round to nearest
   const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
   float e = 1.f / 720;

@@ -37,13 +37,13 @@ inline int64_t linear_panel_width(int64_t n, int64_t panel) {
 struct PackLinearParams {
   const void* w = nullptr;  // W[k, n] at w[k * stride_k + n * stride_n] (any 2-D strides)
   int64_t stride_k = 0, stride_n = 0;
-  void* packed = nullptr;   // N * K elements
+  void* packed = nullptr;         // N * K elements
   DType dtype = DType::kFloat32;  // float32 or bfloat16 (w and packed alike)
   int64_t K = 0, N = 0;
 };
 
 struct PackedLinearParams {
-  const void* x = nullptr;       // [M, K], row m at x + m * x_row_stride, columns contiguous
+  const void* x = nullptr;  // [M, K], row m at x + m * x_row_stride, columns contiguous
   int64_t x_row_stride = 0;
   // SwiGLU's input: x is [M, 2K] = [gate, up] and the rows multiplied are silu(gate) * up
   // (float32 math, torch's order: silu(g) = g / (1 + exp(-g)), then the product; for bfloat16 each

@@ -34,8 +34,9 @@ inline Vf vfma(Vf a, Vf b, Vf c) { return _mm512_fmadd_ps(a, b, c); }
 inline Vf vadd(Vf a, Vf b) { return _mm512_add_ps(a, b); }
 
 inline Vf widen_half(__m512i w, int half) {
-  return _mm512_castsi512_ps(half == 0 ? _mm512_slli_epi32(w, 16)
-                                       : _mm512_and_si512(w, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+  return _mm512_castsi512_ps(half == 0
+                                 ? _mm512_slli_epi32(w, 16)
+                                 : _mm512_and_si512(w, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
 }
 inline Vf load_half(const uint32_t* p, int half) { return widen_half(_mm512_loadu_si512(p), half); }
 inline Vf load_half_first(const uint32_t* p, int64_t n, int half) {
@@ -75,8 +76,9 @@ inline Vf vfma(Vf a, Vf b, Vf c) { return _mm256_fmadd_ps(a, b, c); }
 inline Vf vadd(Vf a, Vf b) { return _mm256_add_ps(a, b); }
 
 inline Vf widen_half(__m256i w, int half) {
-  return _mm256_castsi256_ps(half == 0 ? _mm256_slli_epi32(w, 16)
-                                       : _mm256_and_si256(w, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+  return _mm256_castsi256_ps(half == 0
+                                 ? _mm256_slli_epi32(w, 16)
+                                 : _mm256_and_si256(w, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
 }
 inline Vf load_half(const uint32_t* p, int half) {
   return widen_half(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), half);

@@ -18,8 +18,10 @@ inline VecF load_n(const void* base, int64_t i, int64_t n) {
 
 template <DType D>
 inline void store_n(void* base, int64_t i, VecF v, int64_t n) {
-  if (n == kLanes) store_as<D>(base, i, v);
-  else store_first_as<D>(base, i, v, n);
+  if (n == kLanes)
+    store_as<D>(base, i, v);
+  else
+    store_first_as<D>(base, i, v, n);
 }
 
 template <DType D>

@@ -15,11 +15,11 @@ struct CUstream_st;
 namespace fluid_rt {
 
 struct RmsNormParams {
-  void* x = nullptr;            // [rows, H] (updated to x + add when add is given)
-  const void* add = nullptr;    // [rows, H] or null; row r at add + r * add_row_stride
-  int64_t add_row_stride = 0;   // in elements
-  const void* weight = nullptr; // [H]
-  void* out = nullptr;          // [rows, H]
+  void* x = nullptr;             // [rows, H] (updated to x + add when add is given)
+  const void* add = nullptr;     // [rows, H] or null; row r at add + r * add_row_stride
+  int64_t add_row_stride = 0;    // in elements
+  const void* weight = nullptr;  // [H]
+  void* out = nullptr;           // [rows, H]
   DType dtype = DType::kFloat32;
   int64_t rows = 0;
   int64_t hidden = 0;

@@ -32,8 +32,10 @@ inline void load_input_row(const QuantLinearParams& p, int64_t m, float* out) {
     const float g = load_as_float(p.x, base + k, p.dtype), u = load_as_float(p.x, base + p.K + k, p.dtype);
     float a = g / (1.f + std::exp(-g));
     // bfloat16 models: torch rounds silu's output and the product to bfloat16, and so do we.
-    if (p.dtype == DType::kBFloat16) a = bf16_to_float(float_to_bf16(bf16_to_float(float_to_bf16(a)) * u));
-    else a = a * u;
+    if (p.dtype == DType::kBFloat16)
+      a = bf16_to_float(float_to_bf16(bf16_to_float(float_to_bf16(a)) * u));
+    else
+      a = a * u;
     out[k] = a;
   }
 }

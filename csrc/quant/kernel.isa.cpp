@@ -162,8 +162,10 @@ void tile_s8_avx2(const uint8_t* group, int64_t nb, const QuantizedRows& xq, int
         for (int r = 0; r < R; ++r) {
           const __m256i x = _mm256_loadu_si256(
               reinterpret_cast<const __m256i*>(x0 + r * xstride + b * kExpandedBlockBytes + 32 * c));
-          ilo[r] = _mm256_add_epi32(ilo[r], _mm256_madd_epi16(_mm256_maddubs_epi16(alo, _mm256_sign_epi8(x, wlo)), ones));
-          ihi[r] = _mm256_add_epi32(ihi[r], _mm256_madd_epi16(_mm256_maddubs_epi16(ahi, _mm256_sign_epi8(x, whi)), ones));
+          ilo[r] = _mm256_add_epi32(
+              ilo[r], _mm256_madd_epi16(_mm256_maddubs_epi16(alo, _mm256_sign_epi8(x, wlo)), ones));
+          ihi[r] = _mm256_add_epi32(
+              ihi[r], _mm256_madd_epi16(_mm256_maddubs_epi16(ahi, _mm256_sign_epi8(x, whi)), ones));
         }
       }
       const __m256 dw = load_scales8(blk + 256 + (halves == 2 ? 32 * h : 0), F == QuantFormat::kS8F16);
@@ -262,18 +264,22 @@ VNNI_FN void tile_s8_vnni(const uint8_t* group, int64_t nb, const QuantizedRows&
 
 // One tile of `rows` (1..kMaxRows) rows for one column group, written to out[rows][8] in column order.
 template <QuantFormat F, int R>
-void tile_fixed(const uint8_t* group, int64_t nb, const QuantizedRows& xq, int64_t row0, float (*out)[kQuantGroup],
-                [[maybe_unused]] bool vnni) {
+void tile_fixed(const uint8_t* group, int64_t nb, const QuantizedRows& xq, int64_t row0,
+                float (*out)[kQuantGroup], [[maybe_unused]] bool vnni) {
 #if FLUID_RT_ISA_AVX512
   if (vnni) {
-    if constexpr (quant_is_u4(F)) tile_u4_vnni<F, R>(group, nb, xq, row0, out);
-    else tile_s8_vnni<F, R>(group, nb, xq, row0, out);
+    if constexpr (quant_is_u4(F))
+      tile_u4_vnni<F, R>(group, nb, xq, row0, out);
+    else
+      tile_s8_vnni<F, R>(group, nb, xq, row0, out);
     return;
   }
 #endif
 #if FLUID_RT_ISA_AVX2
-  if constexpr (quant_is_u4(F)) tile_u4_avx2<F, R>(group, nb, xq, row0, out);
-  else tile_s8_avx2<F, R>(group, nb, xq, row0, out);
+  if constexpr (quant_is_u4(F))
+    tile_u4_avx2<F, R>(group, nb, xq, row0, out);
+  else
+    tile_s8_avx2<F, R>(group, nb, xq, row0, out);
 #else
   tile_portable<F>(group, nb, xq, row0, R, out);
 #endif
@@ -297,7 +303,8 @@ void run_tile(const uint8_t* group, int64_t nb, const QuantizedRows& xq, int64_t
 }
 
 // y[rows, group's columns] = tile (+ bias), rounded to y's dtype.
-void store_rows(const QuantLinearParams& p, int64_t g, int64_t row0, int rows, const float (*out)[kQuantGroup]) {
+void store_rows(const QuantLinearParams& p, int64_t g, int64_t row0, int rows,
+                const float (*out)[kQuantGroup]) {
   const int64_t n0 = g * kQuantGroup, cols = std::min<int64_t>(kQuantGroup, p.N - n0);
   for (int r = 0; r < rows; ++r)
     for (int64_t j = 0; j < cols; ++j) {

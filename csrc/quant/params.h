@@ -38,8 +38,8 @@ namespace fluid_rt {
 enum class QuantFormat : int { kU4F16 = 0, kU4F32 = 1, kS8F16 = 2, kS8F32x2 = 3 };
 constexpr int kNumQuantFormats = 4;
 
-constexpr int64_t kQuantBlock = 32;  // k per block
-constexpr int64_t kQuantGroup = 8;   // output columns per group
+constexpr int64_t kQuantBlock = 32;                       // k per block
+constexpr int64_t kQuantGroup = 8;                        // output columns per group
 constexpr int kScaleOrder[8] = {0, 1, 4, 5, 2, 3, 6, 7};  // its own inverse
 
 constexpr bool quant_is_u4(QuantFormat f) { return f == QuantFormat::kU4F16 || f == QuantFormat::kU4F32; }
@@ -66,7 +66,7 @@ struct QuantPackParams {
   const float* m = nullptr;    // [N, K / 32] (U4 formats) or null
   uint8_t* packed = nullptr;   // groups * K / 32 * block bytes
   QuantFormat format = QuantFormat::kU4F16;
-  int64_t N = 0, K = 0;        // K % 32 == 0
+  int64_t N = 0, K = 0;  // K % 32 == 0
 };
 
 // Returns -1, or the flat index into d (m: d's size + index) of the first scale that float16
@@ -80,16 +80,16 @@ struct QuantDequantParams {
   int64_t N = 0, K = 0;
   const int64_t* rows = nullptr;  // [n], each in [0, N)
   int64_t n = 0;
-  void* out = nullptr;            // [n, K]
+  void* out = nullptr;  // [n, K]
   DType out_dtype = DType::kFloat32;
 };
 
 void quant_dequantize_rows_cpu(const QuantDequantParams& p);
 
 struct QuantLinearParams {
-  const void* x = nullptr;   // [M, K] (or [M, 2K] = [gate, up] with silu_and_mul), rows at x_row_stride
+  const void* x = nullptr;  // [M, K] (or [M, 2K] = [gate, up] with silu_and_mul), rows at x_row_stride
   int64_t x_row_stride = 0;
-  bool silu_and_mul = false;  // rows multiplied are silu(gate) * up, float32 math
+  bool silu_and_mul = false;      // rows multiplied are silu(gate) * up, float32 math
   DType dtype = DType::kFloat32;  // of x, bias and y: float32 or bfloat16
   const uint8_t* packed = nullptr;
   QuantFormat format = QuantFormat::kU4F16;

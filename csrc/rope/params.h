@@ -13,10 +13,10 @@
 namespace fluid_rt {
 
 struct RopeParams {
-  void* x = nullptr;           // row r, head h, element d at x[r * row_stride + h * head_dim + d]
-  int64_t row_stride = 0;      // in elements
-  const void* cos = nullptr;   // [rows, head_dim], contiguous
-  const void* sin = nullptr;   // [rows, head_dim], contiguous
+  void* x = nullptr;              // row r, head h, element d at x[r * row_stride + h * head_dim + d]
+  int64_t row_stride = 0;         // in elements
+  const void* cos = nullptr;      // [rows, head_dim], contiguous
+  const void* sin = nullptr;      // [rows, head_dim], contiguous
   DType dtype = DType::kFloat32;  // of x, cos and sin
   int64_t rows = 0, heads = 0, head_dim = 0;  // head_dim even
 };

@@ -15,7 +15,9 @@ namespace {
 // written, so the rotation is in place without a copy of the head.
 template <DType D>
 inline void rotate(void* x, const void* cos, const void* sin, int64_t half, int64_t d, int64_t n) {
-  auto load = [n](const void* base, int64_t i) { return n == kLanes ? load_as<D>(base, i) : load_first_as<D>(base, i, n); };
+  auto load = [n](const void* base, int64_t i) {
+    return n == kLanes ? load_as<D>(base, i) : load_first_as<D>(base, i, n);
+  };
   const VecF lo = load(x, d), hi = load(x, d + half);
   const VecF new_lo = round_as<D>(lo * load(cos, d)) + round_as<D>(hi * load(sin, d));
   const VecF new_hi = round_as<D>(hi * load(cos, d + half)) + round_as<D>(lo * load(sin, d + half));
@@ -36,7 +38,8 @@ void rope_row(const RopeParams& p, int64_t r) {
   const T* sin = static_cast<const T*>(p.sin) + r * hd;
   for (int64_t h = 0; h < p.heads; ++h) {
     T* x = static_cast<T*>(p.x) + r * p.row_stride + h * hd;
-    for (int64_t d = 0; d < half; d += kLanes) rotate<D>(x, cos, sin, half, d, std::min<int64_t>(kLanes, half - d));
+    for (int64_t d = 0; d < half; d += kLanes)
+      rotate<D>(x, cos, sin, half, d, std::min<int64_t>(kLanes, half - d));
   }
 }
 

@@ -19,8 +19,7 @@ from fluid_rt.adapt.prompts import Prompt
 def chat_ids(tokenizer, text: str) -> list[int]:
     """The prompt ids of a one-turn chat (the model's template, generation prompt added), as the
     CLI's ``--chat`` builds them."""
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                             add_generation_prompt=True)
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
     return tokenizer.encode(rendered, add_special_tokens=False)
 
 
@@ -41,8 +40,15 @@ def read_samples(path: str) -> list[dict]:
     return out
 
 
-def generate_samples(loaded, prompts: Sequence[Prompt], out_path: str, *, max_new_tokens: int = 96,
-                     batch_size: int = 16, progress: bool = True) -> list[dict]:
+def generate_samples(
+    loaded,
+    prompts: Sequence[Prompt],
+    out_path: str,
+    *,
+    max_new_tokens: int = 96,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[dict]:
     """Greedy answers of ``loaded`` (a ``fluid_rt.LoadedModel``) to ``prompts``, appended to
     ``out_path``; prompts already there (by text) are skipped, so a stopped run resumes."""
     from tqdm import tqdm
@@ -58,11 +64,14 @@ def generate_samples(loaded, prompts: Sequence[Prompt], out_path: str, *, max_ne
     bar = tqdm(total=len(todo), desc="distill", unit="prompt", disable=not progress)
     with open(out_path, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
+            batch = todo[start : start + batch_size]
             ids = [chat_ids(tok, p.text) for p in batch]
             gens, stats = decoder.generate(ids, cfg)
-            f.writelines(json.dumps({"kind": p.kind, "prompt": p.text, "prompt_ids": pid,
-                                    "answer_ids": g.tokens}) + "\n" for p, pid, g in zip(batch, ids, gens))
+            f.writelines(
+                json.dumps({"kind": p.kind, "prompt": p.text, "prompt_ids": pid, "answer_ids": g.tokens})
+                + "\n"
+                for p, pid, g in zip(batch, ids, gens)
+            )
             f.flush()
             bar.update(len(batch))
             bar.set_postfix(tok_s=f"{stats.tokens_per_s:.0f}")
@@ -94,15 +103,25 @@ def main(argv=None) -> None:
     os.makedirs(args.out, exist_ok=True)
     train, held = build_prompts()
     if args.limit:
-        train = train[:args.limit]
+        train = train[: args.limit]
     if args.held_out is not None:
-        held = held[:args.held_out]
+        held = held[: args.held_out]
     loaded = fluid_rt.load_model(args.model, adapter=None)
     write_prompts(held, os.path.join(args.out, "held_out_prompts.jsonl"))
-    generate_samples(loaded, held, os.path.join(args.out, "held_out.jsonl"),
-                     max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    generate_samples(loaded, train, os.path.join(args.out, "train.jsonl"),
-                     max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    generate_samples(
+        loaded,
+        held,
+        os.path.join(args.out, "held_out.jsonl"),
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+    )
+    generate_samples(
+        loaded,
+        train,
+        os.path.join(args.out, "train.jsonl"),
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+    )
 
 
 if __name__ == "__main__":

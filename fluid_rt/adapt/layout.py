@@ -43,10 +43,19 @@ class DraftLayout:
         return len(self.ids)
 
 
-def insert_masks(tokens: list[int], response_start: int, *, mask_id: int, max_k: int,
-                 select_prob: float, rng: random.Random, restore: bool = True,
-                 fixed_k: bool = False, vocab_size: int | None = None,
-                 special_ids: frozenset[int] = frozenset()) -> DraftLayout:
+def insert_masks(
+    tokens: list[int],
+    response_start: int,
+    *,
+    mask_id: int,
+    max_k: int,
+    select_prob: float,
+    rng: random.Random,
+    restore: bool = True,
+    fixed_k: bool = False,
+    vocab_size: int | None = None,
+    special_ids: frozenset[int] = frozenset(),
+) -> DraftLayout:
     """Stage I (``fixed_k=False``, ``restore=True``) or Stage II (``fixed_k=True``,
     ``restore=False``) draft rows for ``tokens`` = prompt + response.
 
@@ -91,8 +100,9 @@ def _random_token(rng: random.Random, vocab_size: int, exclude: set) -> int:
             return t
 
 
-def draft_bias(trigger: torch.Tensor, block: torch.Tensor, positions: torch.Tensor,
-               valid: torch.Tensor, main_len: int) -> torch.Tensor:
+def draft_bias(
+    trigger: torch.Tensor, block: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, main_len: int
+) -> torch.Tensor:
     """Additive attention bias ``[B, 1, R, main_len + R]`` float32 of the draft rows over
     [main keys, draft keys]: 0 where a row may look, -inf elsewhere.
 
@@ -135,12 +145,14 @@ def collate(samples: list[list[int]], layouts: list[DraftLayout], pad_id: int) -
     L = max(len(s) for s in samples)
     R = max(1, max(len(lay) for lay in layouts))
     main = torch.full((B, L), pad_id, dtype=torch.int64)
-    z = {name: torch.zeros((B, R), dtype=torch.int64) for name in
-         ("ids", "positions", "trigger", "block", "offset")}
+    z = {
+        name: torch.zeros((B, R), dtype=torch.int64)
+        for name in ("ids", "positions", "trigger", "block", "offset")
+    }
     labels = torch.full((B, R), -100, dtype=torch.int64)
     valid = torch.zeros((B, R), dtype=torch.bool)
     for b, (s, lay) in enumerate(zip(samples, layouts)):
-        main[b, :len(s)] = torch.tensor(s)
+        main[b, : len(s)] = torch.tensor(s)
         n = len(lay)
         if n == 0:
             continue
@@ -149,5 +161,14 @@ def collate(samples: list[list[int]], layouts: list[DraftLayout], pad_id: int) -
         labels[b, :n] = torch.tensor(lay.labels)
         valid[b, :n] = True
     z["block"] = torch.where(valid, z["block"], -1)
-    return Batch(main, torch.tensor([len(s) for s in samples]), z["ids"], z["positions"],
-                 z["trigger"], z["block"], z["offset"], labels, valid)
+    return Batch(
+        main,
+        torch.tensor([len(s) for s in samples]),
+        z["ids"],
+        z["positions"],
+        z["trigger"],
+        z["block"],
+        z["offset"],
+        labels,
+        valid,
+    )

@@ -20,9 +20,15 @@ _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 def target_shape(cfg: ModelConfig, target: str) -> tuple[int, int]:
     """(out_features, in_features) of a target linear."""
     H, inter = cfg.hidden_size, cfg.intermediate_size
-    return {"q_proj": (cfg.q_size, H), "k_proj": (cfg.kv_size, H), "v_proj": (cfg.kv_size, H),
-            "o_proj": (H, cfg.q_size), "gate_proj": (inter, H), "up_proj": (inter, H),
-            "down_proj": (H, inter)}[target]
+    return {
+        "q_proj": (cfg.q_size, H),
+        "k_proj": (cfg.kv_size, H),
+        "v_proj": (cfg.kv_size, H),
+        "o_proj": (H, cfg.q_size),
+        "gate_proj": (inter, H),
+        "up_proj": (inter, H),
+        "down_proj": (H, inter),
+    }[target]
 
 
 def tensor_name(layer: int, target: str, which: str) -> str:
@@ -38,15 +44,20 @@ class FrozenBase:
         from fluid_rt.model import rope_tables
 
         self.cfg = cfg
-        get = lambda n: state[n].detach().to(dtype)
+
+        def get(name):
+            return state[name].detach().to(dtype)
+
         self.embed = get("model.embed_tokens.weight")
         self.lm_head = self.embed if cfg.tie_word_embeddings else get("lm_head.weight")
         self.norm = get("model.norm.weight")
         self.layers = []
         for i in range(cfg.num_layers):
             p = f"model.layers.{i}."
-            w = {"ln_in": get(p + "input_layernorm.weight"),
-                 "ln_post": get(p + "post_attention_layernorm.weight")}
+            w = {
+                "ln_in": get(p + "input_layernorm.weight"),
+                "ln_post": get(p + "post_attention_layernorm.weight"),
+            }
             for t in TARGETS:
                 group = "self_attn" if t in _ATTN else "mlp"
                 w[t] = get(f"{p}{group}.{t}.weight")
@@ -70,8 +81,16 @@ class GatedAdapter(nn.Module):
     """LoRA factors ``A [r, in]`` (small random) and ``B [out, r]`` (zero: training starts from the
     base model) per (layer, target), scale ``alpha / r``, and the mask embedding ``[H]``."""
 
-    def __init__(self, cfg: ModelConfig, rank: int, alpha: float, mask_token_id: int,
-                 mask_init: torch.Tensor, targets=TARGETS, seed: int = 0):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        rank: int,
+        alpha: float,
+        mask_token_id: int,
+        mask_init: torch.Tensor,
+        targets=TARGETS,
+        seed: int = 0,
+    ):
         super().__init__()
         self.mask_token_id = int(mask_token_id)
         gen = torch.Generator().manual_seed(seed)
@@ -132,15 +151,16 @@ def _block(base, adapter, li, x, positions, gate, past_kv, bias, is_causal):
     q = base.rope(q.transpose(1, 2), positions)
     k = base.rope(k.transpose(1, 2), positions)
     v = v.transpose(1, 2)
-    keys, values = (k, v) if past_kv is None else (torch.cat([past_kv[0], k], 2),
-                                                   torch.cat([past_kv[1], v], 2))
-    a = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, is_causal=is_causal,
-                                       enable_gqa=True)
+    keys, values = (
+        (k, v) if past_kv is None else (torch.cat([past_kv[0], k], 2), torch.cat([past_kv[1], v], 2))
+    )
+    a = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, is_causal=is_causal, enable_gqa=True)
     a = a.transpose(1, 2).reshape(B, T, cfg.q_size)
     x = x + _linear(base, adapter, li, "o_proj", a, gate)
     h = base.rms(x, w["ln_post"])
-    act = F.silu(_linear(base, adapter, li, "gate_proj", h, gate)) * \
-        _linear(base, adapter, li, "up_proj", h, gate)
+    act = F.silu(_linear(base, adapter, li, "gate_proj", h, gate)) * _linear(
+        base, adapter, li, "up_proj", h, gate
+    )
     return x + _linear(base, adapter, li, "down_proj", act, gate), (k, v)
 
 

@@ -22,8 +22,7 @@ def stage1_loss(base: FrozenBase, adapter: GatedAdapter, batch: Batch) -> torch.
     tokens are left out: the gate keeps every trainable weight off their forward, so their CE has
     zero gradient."""
     main_kv, _ = main_pass(base, batch.main_ids)
-    bias = draft_bias(batch.trigger, batch.block, batch.positions, batch.valid,
-                      batch.main_ids.shape[1])
+    bias = draft_bias(batch.trigger, batch.block, batch.positions, batch.valid, batch.main_ids.shape[1])
     hidden = draft_hidden(base, adapter, batch.ids, batch.positions, bias, main_kv)
     logits = draft_logits(base, hidden[batch.valid])
     return F.cross_entropy(logits.float(), batch.labels[batch.valid])
@@ -54,8 +53,9 @@ def new_khead(hidden_size: int, max_k: int, seed: int = 0) -> nn.Sequential:
     """``Linear(H, H/4) -> GELU -> Linear(H/4, max_k)``: its state dict keys ``0.*`` / ``2.*`` are
     the reference's ``diffusion_k_head.*`` without the prefix."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(hidden_size, hidden_size // 4), nn.GELU(),
-                         nn.Linear(hidden_size // 4, max_k))
+    return nn.Sequential(
+        nn.Linear(hidden_size, hidden_size // 4), nn.GELU(), nn.Linear(hidden_size // 4, max_k)
+    )
 
 
 @torch.no_grad()
@@ -65,8 +65,7 @@ def stage2_features(base: FrozenBase, adapter: GatedAdapter, batch: Batch, max_k
     (the base's final normed hidden at x_i: what the decoder feeds the K-head) and the per-mask
     CE ``[N, max_k]``."""
     main_kv, main_h = main_pass(base, batch.main_ids)
-    bias = draft_bias(batch.trigger, batch.block, batch.positions, batch.valid,
-                      batch.main_ids.shape[1])
+    bias = draft_bias(batch.trigger, batch.block, batch.positions, batch.valid, batch.main_ids.shape[1])
     hidden = draft_hidden(base, adapter, batch.ids, batch.positions, bias, main_kv)
     v = batch.valid
     ce = F.cross_entropy(draft_logits(base, hidden[v]).float(), batch.labels[v], reduction="none")

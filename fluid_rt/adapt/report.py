@@ -13,19 +13,27 @@ def decode_config(loaded, max_new_tokens: int, **overrides):
 
     d = dict(loaded.decode_defaults)
     tok = loaded.tokenizer
-    eos = (tok.eos_token_id,) if tok is not None and tok.eos_token_id is not None else \
-        tuple(loaded.config.eos_token_ids)
-    kw = dict(mode="elastic", max_new_tokens=max_new_tokens,
-              block_size=int(d.get("block_size", loaded.fluid.max_k)),
-              min_block=int(d.get("min_block", 1)), threshold=float(d.get("threshold", 0.9)),
-              eos_token_ids=eos)
+    eos = (
+        (tok.eos_token_id,)
+        if tok is not None and tok.eos_token_id is not None
+        else tuple(loaded.config.eos_token_ids)
+    )
+    kw = dict(
+        mode="elastic",
+        max_new_tokens=max_new_tokens,
+        block_size=int(d.get("block_size", loaded.fluid.max_k)),
+        min_block=int(d.get("min_block", 1)),
+        threshold=float(d.get("threshold", 0.9)),
+        eos_token_ids=eos,
+    )
     kw.update(overrides)
     kw["min_block"] = min(kw["min_block"], kw["block_size"])
     return DecodeConfig(**kw)
 
 
-def tokens_per_forward(path: str, adapter_dir: str, samples: list[dict], batch_size: int = 8,
-                       progress: bool = True) -> dict:
+def tokens_per_forward(
+    path: str, adapter_dir: str, samples: list[dict], batch_size: int = 8, progress: bool = True
+) -> dict:
     """Decode ``samples``' prompts elastically (batched) with base + adapter; their
     ``answer_ids`` are the base model's greedy answers (same budget), so equality is checked
     against them. Returns tokens/forward overall and per kind, and the mismatch count."""
@@ -41,7 +49,7 @@ def tokens_per_forward(path: str, adapter_dir: str, samples: list[dict], batch_s
     toks, fwds = defaultdict(int), defaultdict(int)
     mismatches = 0
     for start in tqdm(range(0, len(samples), batch_size), desc="report", disable=not progress):
-        chunk = samples[start:start + batch_size]
+        chunk = samples[start : start + batch_size]
         gens, _ = dec.generate([s["prompt_ids"] for s in chunk], cfg)
         for s, g in zip(chunk, gens):
             ref = s["answer_ids"]
@@ -50,8 +58,10 @@ def tokens_per_forward(path: str, adapter_dir: str, samples: list[dict], batch_s
             toks[s.get("kind", "?")] += len(g.tokens)
             fwds[s.get("kind", "?")] += g.forwards
     per_kind = {k: round(toks[k] / max(fwds[k], 1), 3) for k in sorted(toks)}
-    return {"tokens_per_forward": round(sum(toks.values()) / max(sum(fwds.values()), 1), 3),
-            "tokens_per_forward_by_kind": per_kind, "prompts": len(samples),
-            "sequences_differing_from_ar": mismatches, "decode": {
-                "block_size": cfg.block_size, "min_block": cfg.min_block,
-                "threshold": cfg.threshold}}
+    return {
+        "tokens_per_forward": round(sum(toks.values()) / max(sum(fwds.values()), 1), 3),
+        "tokens_per_forward_by_kind": per_kind,
+        "prompts": len(samples),
+        "sequences_differing_from_ar": mismatches,
+        "decode": {"block_size": cfg.block_size, "min_block": cfg.min_block, "threshold": cfg.threshold},
+    }

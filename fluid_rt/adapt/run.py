@@ -22,8 +22,10 @@ def pick_mask_token(tokenizer) -> int:
         tid = tokenizer.token_to_id(name)
         if tid is not None:
             return tid
-    raise ValueError(f"no mask token candidate {MASK_CANDIDATES} in this vocabulary: pass "
-                     "--mask-token-id (an id the base model never emits)")
+    raise ValueError(
+        f"no mask token candidate {MASK_CANDIDATES} in this vocabulary: pass "
+        "--mask-token-id (an id the base model never emits)"
+    )
 
 
 def load_training_base(path: str | None, need_tokenizer: bool = True):
@@ -40,8 +42,10 @@ def load_training_base(path: str | None, need_tokenizer: bool = True):
         cfg, state = load_hf_checkpoint(path, torch.float32)
         tok = _load_dir_tokenizer(path)
     if tok is None and need_tokenizer:
-        raise ValueError(f"{path}: distilling data needs the model's tokenizer and chat template "
-                         "(or give the data: --skip-distill, and --mask-token-id)")
+        raise ValueError(
+            f"{path}: distilling data needs the model's tokenizer and chat template "
+            "(or give the data: --skip-distill, and --mask-token-id)"
+        )
     return path, cfg, state, tok
 
 
@@ -54,13 +58,15 @@ def distill(path: str, data_dir: str, args) -> tuple[list[dict], list[dict]]:
     os.makedirs(data_dir, exist_ok=True)
     train, held = build_prompts(seed=args.seed)
     if args.prompts:
-        train = train[:args.prompts]
+        train = train[: args.prompts]
     loaded = fluid_rt.load_model(path, adapter=None)
     write_prompts(held, os.path.join(data_dir, "held_out_prompts.jsonl"))
-    held_s = generate_samples(loaded, held, os.path.join(data_dir, "held_out.jsonl"),
-                              max_new_tokens=args.max_new_tokens)
-    train_s = generate_samples(loaded, train, os.path.join(data_dir, "train.jsonl"),
-                               max_new_tokens=args.max_new_tokens)
+    held_s = generate_samples(
+        loaded, held, os.path.join(data_dir, "held_out.jsonl"), max_new_tokens=args.max_new_tokens
+    )
+    train_s = generate_samples(
+        loaded, train, os.path.join(data_dir, "train.jsonl"), max_new_tokens=args.max_new_tokens
+    )
     return train_s, held_s
 
 
@@ -89,10 +95,19 @@ def adapt(args) -> dict:
         train_s, held_s = _read_data(data_dir)
     else:
         train_s, held_s = distill(path, data_dir, args)
-    tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, max_k=args.max_k,
-                       rank=args.rank, alpha=args.alpha, lr=args.lr, select_prob=args.select_prob,
-                       seed=args.seed, checkpoint_every_s=args.checkpoint_every,
-                       stage2_samples=args.stage2_samples, bf16=not args.no_bf16)
+    tcfg = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        max_k=args.max_k,
+        rank=args.rank,
+        alpha=args.alpha,
+        lr=args.lr,
+        select_prob=args.select_prob,
+        seed=args.seed,
+        checkpoint_every_s=args.checkpoint_every,
+        stage2_samples=args.stage2_samples,
+        bf16=not args.no_bf16,
+    )
     identity = {"sha256": base_identity(path), "name": os.path.basename(path)}
     trainer = Trainer(tcfg, cfg, state, train_s, mask_id, special, identity)
     del state
@@ -108,10 +123,14 @@ def adapt(args) -> dict:
     meta["training"]["k_star_histogram"] = hist
     adapter_dir = os.path.join(args.out, "adapter")
     save_adapter(adapter_dir, trainer.adapter.tensors(), meta, khead=head.state_dict())
-    report = {"adapter": adapter_dir, "train_s": round(time.perf_counter() - t0, 1),
-              "steps": trainer.step, "k_star_histogram": hist}
+    report = {
+        "adapter": adapter_dir,
+        "train_s": round(time.perf_counter() - t0, 1),
+        "steps": trainer.step,
+        "k_star_histogram": hist,
+    }
     if args.report_prompts:
         from fluid_rt.adapt.report import tokens_per_forward
 
-        report.update(tokens_per_forward(path, adapter_dir, held_s[:args.report_prompts]))
+        report.update(tokens_per_forward(path, adapter_dir, held_s[: args.report_prompts]))
     return report

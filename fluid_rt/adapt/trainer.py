@@ -65,15 +65,24 @@ class Trainer:
     """Holds the base, the adapter, the optimizer and the data order; ``run`` trains to
     ``cfg.steps``, checkpointing to ``out/checkpoint``."""
 
-    def __init__(self, cfg: TrainConfig, model_cfg, state: dict, samples: list[dict],
-                 mask_token_id: int, special_ids=frozenset(), base_identity: dict | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model_cfg,
+        state: dict,
+        samples: list[dict],
+        mask_token_id: int,
+        special_ids=frozenset(),
+        base_identity: dict | None = None,
+    ):
         self.cfg, self.model_cfg, self.samples = cfg, model_cfg, samples
         self.mask_token_id, self.special_ids = mask_token_id, frozenset(special_ids)
         self.base_identity = base_identity or {}
         self.base = FrozenBase(model_cfg, state)
         mask_init = self.base.embed.mean(0)  # a neutral start: the average token
-        self.adapter = GatedAdapter(model_cfg, cfg.rank, cfg.alpha, mask_token_id, mask_init,
-                                    cfg.targets, cfg.seed)
+        self.adapter = GatedAdapter(
+            model_cfg, cfg.rank, cfg.alpha, mask_token_id, mask_init, cfg.targets, cfg.seed
+        )
         self.opt = torch.optim.AdamW(self.adapter.parameters(), lr=cfg.lr, weight_decay=0.0)
         self.step = 0
         self.processed = 0  # main + draft rows run so far (the tokens/s of the bar)
@@ -94,10 +103,20 @@ class Trainer:
         seqs, lays = [], []
         for s in picks:
             tokens, start = sample_tokens(s, cfg.max_len)
-            lays.append(insert_masks(tokens, start, mask_id=self.mask_token_id, max_k=cfg.max_k,
-                                     select_prob=cfg.select_prob, rng=rng, restore=not stage2,
-                                     fixed_k=stage2, vocab_size=self.model_cfg.vocab_size,
-                                     special_ids=self.special_ids))
+            lays.append(
+                insert_masks(
+                    tokens,
+                    start,
+                    mask_id=self.mask_token_id,
+                    max_k=cfg.max_k,
+                    select_prob=cfg.select_prob,
+                    rng=rng,
+                    restore=not stage2,
+                    fixed_k=stage2,
+                    vocab_size=self.model_cfg.vocab_size,
+                    special_ids=self.special_ids,
+                )
+            )
             seqs.append(tokens)
         return collate(seqs, lays, pad_id=0)
 
@@ -123,8 +142,14 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.cfg
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="stage I", unit="step",
-                   disable=not progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            desc="stage I",
+            unit="step",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
         t0, p0, last_ckpt = time.perf_counter(), self.processed, time.perf_counter()
         ema = None
         while self.step < cfg.steps:
@@ -181,8 +206,15 @@ class Trainer:
         ckpt = os.path.join(out_dir, "checkpoint")
         tmp = ckpt + ".tmp"
         save_adapter(tmp, self.adapter.tensors(), self.describe(), khead=None)
-        torch.save({"opt": self.opt.state_dict(), "step": self.step, "processed": self.processed,
-                    "losses": torch.tensor(self.losses)}, os.path.join(tmp, "trainer.pt"))
+        torch.save(
+            {
+                "opt": self.opt.state_dict(),
+                "step": self.step,
+                "processed": self.processed,
+                "losses": torch.tensor(self.losses),
+            },
+            os.path.join(tmp, "trainer.pt"),
+        )
         if os.path.isdir(ckpt):
             old = ckpt + ".old"
             os.rename(ckpt, old)
@@ -202,9 +234,11 @@ class Trainer:
         ckpt = os.path.join(out_dir, "checkpoint")
         meta, tensors = read_adapter(ckpt)
         if int(meta["rank"]) != self.cfg.rank or int(meta["max_k"]) != self.cfg.max_k:
-            raise ValueError(f"{ckpt}: checkpoint has rank {meta['rank']} / max_k "
-                             f"{meta['max_k']}, this run --rank {self.cfg.rank} / --max-k "
-                             f"{self.cfg.max_k}")
+            raise ValueError(
+                f"{ckpt}: checkpoint has rank {meta['rank']} / max_k "
+                f"{meta['max_k']}, this run --rank {self.cfg.rank} / --max-k "
+                f"{self.cfg.max_k}"
+            )
         self.adapter.load_tensors({k: v.float() for k, v in tensors.items()})
         state_path = os.path.join(ckpt, "trainer.pt")
         if not os.path.isfile(state_path):
@@ -217,11 +251,19 @@ class Trainer:
 
     def describe(self) -> dict:
         cfg = self.cfg
-        return {"base": self.base_identity, "rank": cfg.rank, "alpha": cfg.alpha,
-                "target_modules": list(cfg.targets), "mask_token_id": self.mask_token_id,
-                "max_k": cfg.max_k, "hidden_size": self.model_cfg.hidden_size,
-                "num_layers": self.model_cfg.num_layers,
-                "training": {"config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
-                             "steps_done": self.step, "processed_tokens": self.processed,
-                             "final_loss": (sum(self.losses[-50:]) / len(self.losses[-50:])
-                                            if self.losses else None)}}
+        return {
+            "base": self.base_identity,
+            "rank": cfg.rank,
+            "alpha": cfg.alpha,
+            "target_modules": list(cfg.targets),
+            "mask_token_id": self.mask_token_id,
+            "max_k": cfg.max_k,
+            "hidden_size": self.model_cfg.hidden_size,
+            "num_layers": self.model_cfg.num_layers,
+            "training": {
+                "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+                "steps_done": self.step,
+                "processed_tokens": self.processed,
+                "final_loss": (sum(self.losses[-50:]) / len(self.losses[-50:]) if self.losses else None),
+            },
+        }

@@ -68,8 +68,9 @@ class Batch:
             return torch.tensor(values, dtype=dtype, device=device)
 
         def full(shape, value, dtype):
-            return torch.full(shape if isinstance(shape, tuple) else (shape,), value, dtype=dtype,
-                              device=device)
+            return torch.full(
+                shape if isinstance(shape, tuple) else (shape,), value, dtype=dtype, device=device
+            )
 
         self.budget = per_row([c.max_new_tokens for c in cfgs], i32)
         self.block_size = per_row([c.block_size for c in cfgs], i32)
@@ -77,8 +78,7 @@ class Batch:
         self.threshold = per_row([c.commit_threshold for c in cfgs], torch.float32)
         self.remask = per_row([c.remask for c in cfgs], torch.bool)
         n_eos = max(1, max(len(c.eos_token_ids) for c in cfgs))
-        self.eos = per_row([list(c.eos_token_ids) + [-1] * (n_eos - len(c.eos_token_ids))
-                            for c in cfgs], i64)
+        self.eos = per_row([list(c.eos_token_ids) + [-1] * (n_eos - len(c.eos_token_ids)) for c in cfgs], i64)
         self.cache_rows = torch.arange(n, dtype=i32, device=device)
         self.tokens = full((n, 1 + 2 * bs), mask_id, i64)
         self.out = full((n, max(c.max_new_tokens for c in cfgs)), -1, i64)
@@ -109,8 +109,7 @@ class Batch:
 
     def snapshot(self) -> dict:
         """A copy of the device state (a CUDA graph's warm-up step is undone with it)."""
-        return {k: v.clone() for k, v in self._tensors().items()} | {
-            "trace": self.trace.data.clone()}
+        return {k: v.clone() for k, v in self._tensors().items()} | {"trace": self.trace.data.clone()}
 
     def restore(self, state: dict) -> None:
         for k, v in self._tensors().items():
@@ -159,22 +158,38 @@ def read_host(b: Batch, trim: bool) -> list[HostRow]:
     need = b.slots_needed() if trim else torch.ones_like(b.out_len)
     trace = b.trace.data.flatten(1)
     n_trace = trace.shape[1]
-    rows = torch.cat([trace, b.out_len[:, None], b.done[:, None].to(torch.int32), need[:, None],
-                      b.lse_sum.view(torch.int32)[:, None]], 1).tolist()
-    return [HostRow(StepTraces.records(r[:n_trace]), r[n_trace], bool(r[n_trace + 1]),
-                    r[n_trace + 2], r[n_trace + 3]) for r in rows]
+    rows = torch.cat(
+        [
+            trace,
+            b.out_len[:, None],
+            b.done[:, None].to(torch.int32),
+            need[:, None],
+            b.lse_sum.view(torch.int32)[:, None],
+        ],
+        1,
+    ).tolist()
+    return [
+        HostRow(
+            StepTraces.records(r[:n_trace]), r[n_trace], bool(r[n_trace + 1]), r[n_trace + 2], r[n_trace + 3]
+        )
+        for r in rows
+    ]
 
 
 def check_finite(b: Batch, i: int, row: HostRow, dtype: torch.dtype) -> None:
     if (row.lse_bits & _F32_EXPONENT) == _F32_EXPONENT:  # its float32 bits: inf or NaN
-        cause = ("float16 overflowed? (try bfloat16 or float32)" if dtype == torch.float16
-                 else "broken weights or config?")
-        raise FloatingPointError(f"prompt {b.seq[i]}: the model produced non-finite logits (NaN "
-                                 f"or inf) after {row.out_len} new tokens: {cause}")
+        cause = (
+            "float16 overflowed? (try bfloat16 or float32)"
+            if dtype == torch.float16
+            else "broken weights or config?"
+        )
+        raise FloatingPointError(
+            f"prompt {b.seq[i]}: the model produced non-finite logits (NaN "
+            f"or inf) after {row.out_len} new tokens: {cause}"
+        )
 
 
-def collect(b: Batch, host: list[HostRow], on_commit: OnCommit | None,
-            dtype: torch.dtype) -> list[int]:
+def collect(b: Batch, host: list[HostRow], on_commit: OnCommit | None, dtype: torch.dtype) -> list[int]:
     """Record each live row's settled blocks and new tokens, stream them, and retire the rows
     that finished (a row with non-finite logits raises ``FloatingPointError``). Returns the
     indices of the rows still running."""
@@ -192,8 +207,7 @@ def collect(b: Batch, host: list[HostRow], on_commit: OnCommit | None,
         if row.done:
             tokens = b.out[i, : row.out_len].tolist()
             eos = bool(tokens) and tokens[-1] in b.cfgs[s].eos_token_ids
-            b.results[s] = Generation(tokens, "eos" if eos else "length", b.forwards[s],
-                                      b.traces[s])
+            b.results[s] = Generation(tokens, "eos" if eos else "length", b.forwards[s], b.traces[s])
             b.retired[i] = True
         else:
             running.append(i)

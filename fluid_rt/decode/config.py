@@ -69,23 +69,23 @@ class DecodeConfig:
             if value is not None and value not in choices:
                 raise ValueError(f"{name}: expected one of {', '.join(choices)}, got {_show(value)}")
         if self.commit not in COMMITS:
-            raise ValueError(f"commit: expected one of {', '.join(COMMITS)}, got "
-                             f"{_show(self.commit)}")
+            raise ValueError(f"commit: expected one of {', '.join(COMMITS)}, got {_show(self.commit)}")
         for name in ("max_new_tokens", "block_size", "min_block"):
             value = getattr(self, name)
             if not is_int(value) or value < 1:
                 raise ValueError(f"{name}: expected an integer >= 1, got {_show(value)}")
         if self.min_block > self.block_size:
-            raise ValueError(f"need 1 <= min_block <= block_size, got min_block={self.min_block}, "
-                             f"block_size={self.block_size}")
+            raise ValueError(
+                f"need 1 <= min_block <= block_size, got min_block={self.min_block}, "
+                f"block_size={self.block_size}"
+            )
         if not isinstance(self.remask, bool):
             raise ValueError(f"remask: expected true or false, got {_show(self.remask)}")  # noqa: TRY004
         object.__setattr__(self, "eos_token_ids", self._eos_tuple(self.eos_token_ids))
         self._check_threshold()
         for name in ("entropy_low", "entropy_high"):
             if not _is_number(getattr(self, name)):
-                raise ValueError(f"{name}: expected a finite number, got "
-                                 f"{_show(getattr(self, name))}")
+                raise ValueError(f"{name}: expected a finite number, got {_show(getattr(self, name))}")
         self.horizon_policy()  # checks 0 <= entropy_low < entropy_high
 
     @staticmethod
@@ -94,8 +94,7 @@ class DecodeConfig:
             return (value,)
         if isinstance(value, (list, tuple)) and all(map(is_int, value)):
             return tuple(value)
-        raise ValueError(f"eos_token_ids: expected an integer or a list of integers, got "
-                         f"{_show(value)}")
+        raise ValueError(f"eos_token_ids: expected an integer or a list of integers, got {_show(value)}")
 
     def _check_threshold(self) -> None:
         t = self.threshold
@@ -104,11 +103,12 @@ class DecodeConfig:
         if not _is_number(t):
             raise ValueError(f"threshold: expected a finite number, got {_show(t)}")
         if self.commit == "confidence" and not 0 <= t <= 1:
-            raise ValueError(f"threshold: with commit confidence it is a max probability, in "
-                             f"[0, 1]; got {t} (use commit entropy for a threshold in nats)")
+            raise ValueError(
+                f"threshold: with commit confidence it is a max probability, in "
+                f"[0, 1]; got {t} (use commit entropy for a threshold in nats)"
+            )
         if self.commit == "entropy" and t < 0:
-            raise ValueError(f"threshold: with commit entropy it is an entropy in nats, >= 0; "
-                             f"got {t}")
+            raise ValueError(f"threshold: with commit entropy it is an entropy in nats, >= 0; got {t}")
 
     @property
     def commit_threshold(self) -> float:

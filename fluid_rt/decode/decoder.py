@@ -62,9 +62,16 @@ class Decoder:
     static-width step logic on the CPU with it).
     """
 
-    def __init__(self, model, *, khead=None, mask_token_id: int | None = None,
-                 max_seq: int | None = None, cuda_graphs: bool = True,
-                 steps: str | None = None) -> None:
+    def __init__(
+        self,
+        model,
+        *,
+        khead=None,
+        mask_token_id: int | None = None,
+        max_seq: int | None = None,
+        cuda_graphs: bool = True,
+        steps: str | None = None,
+    ) -> None:
         if steps not in (None, "eager", "static", "graph"):
             raise ValueError(f"steps: expected eager, static, graph or None, got {steps!r}")
         self.model = model
@@ -90,9 +97,12 @@ class Decoder:
         return "graph" if self.cuda_graphs and self.device.type == "cuda" else "eager"
 
     # -- public API ------------------------------------------------------------------------------
-    def generate(self, prompts: Sequence[Sequence[int]],
-                 cfg: DecodeConfig | Sequence[DecodeConfig] | None = None,
-                 on_commit: OnCommit | None = None) -> tuple[list[Generation], BatchStats]:
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        cfg: DecodeConfig | Sequence[DecodeConfig] | None = None,
+        on_commit: OnCommit | None = None,
+    ) -> tuple[list[Generation], BatchStats]:
         """Decode every prompt (a list of token ids) in one batch, with one ``DecodeConfig`` for
         all or one per prompt (default: ``DecodeConfig()``). Each row has its own K, step and stop; its tokens and trace equal
         those of its batch-of-one run. ``on_commit(i, ids)`` streams prompt i's new tokens.
@@ -108,15 +118,17 @@ class Decoder:
         elastic and the K-head when it has a K-head, else AR (and the entropy horizon)."""
         return cfg.resolved(self.khead is not None)
 
-    def check(self, prompts: Sequence[Sequence[int]],
-              cfg: DecodeConfig | Sequence[DecodeConfig] | None = None) -> None:
+    def check(
+        self, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | Sequence[DecodeConfig] | None = None
+    ) -> None:
         """Raise the ValueError ``generate`` would raise for these requests (empty prompts, token
         ids outside the vocabulary, no mask token or K-head where the policy needs one, more
         positions than the cache can hold), without decoding anything."""
         self._positions(*self._requests(prompts, cfg))
 
-    def stream(self, prompt: Sequence[int], cfg: DecodeConfig | None = None,
-               tokenizer=None) -> Iterator[str | list[int]]:
+    def stream(
+        self, prompt: Sequence[int], cfg: DecodeConfig | None = None, tokenizer=None
+    ) -> Iterator[str | list[int]]:
         """Decode one prompt and yield what each step commits as it commits: text when a
         ``tokenizer`` (``fluid_rt.tokenizer.Tokenizer``) is given, token ids otherwise. The
         generator's return value (``StopIteration.value``) is the ``Generation``. Closing the
@@ -129,7 +141,8 @@ class Decoder:
         def work():
             try:
                 (outcome["generation"],), _ = self._generate(
-                    [prompt], cfg, lambda _i, ids: chunks.put(ids), cancel)
+                    [prompt], cfg, lambda _i, ids: chunks.put(ids), cancel
+                )
             except _Cancelled:
                 pass
             except BaseException as err:  # noqa: BLE001  (re-raised in the caller's thread)
@@ -161,9 +174,11 @@ class Decoder:
     # -- one call ----------------------------------------------------------------------------------
     def _claim(self) -> None:
         if not self._busy.acquire(blocking=False):
-            raise RuntimeError("this Decoder is already decoding (a generate() in another thread, "
-                               "or a stream() not yet exhausted or closed): it has one KV cache; "
-                               "finish or close that call first, or use a second Decoder")
+            raise RuntimeError(
+                "this Decoder is already decoding (a generate() in another thread, "
+                "or a stream() not yet exhausted or closed): it has one KV cache; "
+                "finish or close that call first, or use a second Decoder"
+            )
 
     def _generate(self, prompts, cfg, on_commit, cancel: threading.Event | None = None):
         prompts, cfgs = self._requests(prompts, cfg)
@@ -185,8 +200,7 @@ class Decoder:
                 b.count_forward()
                 forwards += 1
         wall = time.perf_counter() - start
-        return b.results, BatchStats(forwards, sum(len(g.tokens) for g in b.results), wall,
-                                     prefill_s)
+        return b.results, BatchStats(forwards, sum(len(g.tokens) for g in b.results), wall, prefill_s)
 
     def _prompt_tensor(self, prompts, width: int, fill: int) -> torch.Tensor:
         tokens = torch.full((len(prompts), width), fill, dtype=torch.int64)
@@ -239,15 +253,18 @@ class Decoder:
             raise ValueError(f"got {len(cfgs)} decode configs for {len(prompts)} prompts")
         cfgs = [self.resolve(c) for c in cfgs]
         if len({c.batch_key() for c in cfgs}) > 1:
-            raise ValueError("prompts of one batch must agree on mode, horizon, commit and the "
-                             "entropy bounds; decode the others in another batch")
+            raise ValueError(
+                "prompts of one batch must agree on mode, horizon, commit and the "
+                "entropy bounds; decode the others in another batch"
+            )
         vocab = self.model.cfg.vocab_size
         for i, p in enumerate(prompts):
             if not p:
                 raise ValueError(f"prompts[{i}] is empty: a prompt needs at least one token")
             if (bad := next((t for t in p if not 0 <= t < vocab), None)) is not None:
-                raise ValueError(f"prompt token id {bad} is outside the vocabulary [0, {vocab}) "
-                                 f"(prompts[{i}])")
+                raise ValueError(
+                    f"prompt token id {bad} is outside the vocabulary [0, {vocab}) (prompts[{i}])"
+                )
         for c in cfgs:
             if (bad := next((t for t in c.eos_token_ids if not 0 <= t < vocab), None)) is not None:
                 raise ValueError(f"EOS token id {bad} is outside the vocabulary [0, {vocab})")
@@ -259,11 +276,15 @@ class Decoder:
         if cfg.mode != "elastic":
             return
         if self.mask_token_id is None or not 0 <= self.mask_token_id < vocab:
-            raise ValueError(f"elastic decoding needs a mask token id in [0, {vocab}), got "
-                             f"{self.mask_token_id} (set mask_token_id or use mode='ar')")
+            raise ValueError(
+                f"elastic decoding needs a mask token id in [0, {vocab}), got "
+                f"{self.mask_token_id} (set mask_token_id or use mode='ar')"
+            )
         if cfg.horizon == "khead" and self.khead is None:
-            raise ValueError("horizon 'khead' needs a K-head (--head); use horizon 'entropy' "
-                             "or 'fixed' for a model without one")
+            raise ValueError(
+                "horizon 'khead' needs a K-head (--head); use horizon 'entropy' "
+                "or 'fixed' for a model without one"
+            )
 
     def _positions(self, prompts, cfgs: list[DecodeConfig]) -> int:
         """Cache positions per row the batch needs: the longest prompt + max_new_tokens, plus in
@@ -279,7 +300,8 @@ class Decoder:
             raise ValueError(
                 f"prompt + max_new_tokens = {tokens}{scratch} positions exceed the "
                 f"{'cache capacity' if self.max_seq else 'model context'} of {limit}: shorten the "
-                "prompt or lower max_new_tokens")
+                "prompt or lower max_new_tokens"
+            )
         return tokens + margin
 
     def _ensure_cache(self, batch: int, positions: int) -> None:

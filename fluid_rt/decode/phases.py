@@ -55,8 +55,22 @@ def read_outputs(b: Batch, logits: torch.Tensor, hidden: torch.Tensor) -> Output
 
 def _commit(b: Batch, pred: torch.Tensor, rows: torch.Tensor) -> None:
     """``verify_commit`` of ``rows`` (cleared) against ``pred [rows, bs]``."""
-    ops.verify_commit(b.block, pred, b.horizon, rows, b.eos, b.remask, b.out, b.out_len, b.budget,
-                      b.done, b.pending, b.seqlens, b.committed, b.mismatch)
+    ops.verify_commit(
+        b.block,
+        pred,
+        b.horizon,
+        rows,
+        b.eos,
+        b.remask,
+        b.out,
+        b.out_len,
+        b.budget,
+        b.done,
+        b.pending,
+        b.seqlens,
+        b.committed,
+        b.mismatch,
+    )
 
 
 def verify(b: Batch, out: Outputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,8 +86,7 @@ def verify(b: Batch, out: Outputs) -> tuple[torch.Tensor, torch.Tensor]:
     return accepted, rejected
 
 
-def start_blocks(b: Batch, out: Outputs, accepted: torch.Tensor) -> tuple[torch.Tensor,
-                                                                          torch.Tensor]:
+def start_blocks(b: Batch, out: Outputs, accepted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Phase 2. Returns the rows that start a block and the input slot of each one's pending
     token (where its block position 0 is predicted)."""
     new = (b.restart | accepted) & ~b.done
@@ -83,8 +96,9 @@ def start_blocks(b: Batch, out: Outputs, accepted: torch.Tensor) -> tuple[torch.
     if new.device.type != "cpu" or bool(new.any()):
         at = torch.arange(b.rows, device=new.device)
         col = (slot - out.start).clamp_(min=0)
-        k = b.horizon_policy.choose(out.hidden[at, col], out.entropy[at, col], b.min_block,
-                                    b.block_size, b.khead)
+        k = b.horizon_policy.choose(
+            out.hidden[at, col], out.entropy[at, col], b.min_block, b.block_size, b.khead
+        )
         b.horizon.copy_(torch.where(new, k, b.horizon))
     b.block.masked_fill_(new[:, None], b.mask_id)
     b.step.masked_fill_(new, 0)
@@ -115,8 +129,17 @@ def draft(b: Batch, out: Outputs, new: torch.Tensor, slot: torch.Tensor) -> Draf
     final = drafting[:, None] & known & (slots >= b.start[:, None])
     b.final_pred.copy_(torch.where(final, pred, b.final_pred))
     b.passes += drafting.to(torch.int32)
-    ops.draft_commit(b.block, b.step, b.drafting, pred, out.at(out.score, slots), b.horizon,
-                     b.threshold, b.mask_id, b.commit_policy.score_is_entropy)
+    ops.draft_commit(
+        b.block,
+        b.step,
+        b.drafting,
+        pred,
+        out.at(out.score, slots),
+        b.horizon,
+        b.threshold,
+        b.mask_id,
+        b.commit_policy.score_is_entropy,
+    )
     return DraftPass(drafting, step_before, known, drafting & ~b.drafting)
 
 
@@ -180,5 +203,19 @@ def commit_ar(b: Batch, logits: torch.Tensor) -> None:
     torch.sum(stats.logsumexp, dim=1, out=b.lse_sum)
     pred = stats.argmax.contiguous()
     b.verifying.copy_(~b.done)
-    ops.verify_commit(pred, pred, torch.ones_like(b.horizon), b.verifying, b.eos, b.remask, b.out,
-                      b.out_len, b.budget, b.done, b.pending, b.seqlens, b.committed, b.mismatch)
+    ops.verify_commit(
+        pred,
+        pred,
+        torch.ones_like(b.horizon),
+        b.verifying,
+        b.eos,
+        b.remask,
+        b.out,
+        b.out_len,
+        b.budget,
+        b.done,
+        b.pending,
+        b.seqlens,
+        b.committed,
+        b.mismatch,
+    )

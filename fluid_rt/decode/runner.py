@@ -30,8 +30,7 @@ def device_scope(device: torch.device, cuda=torch.cuda):
     return cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def capture_graph(step: Callable[[], None], device: torch.device, undo: Callable[[], None],
-                  cuda=torch.cuda):
+def capture_graph(step: Callable[[], None], device: torch.device, undo: Callable[[], None], cuda=torch.cuda):
     """``step`` captured as a CUDA graph on ``device``: run once on a side stream of that device
     (allocations, lazy initialization), ``undo`` its effects, then captured on the same stream."""
     with cuda.device(device):
@@ -70,14 +69,21 @@ class StepRunner:
         the model's dtype: ``token_entropy`` reads them as they are."""
         seqlens = b.seqlens if shift is None else b.seqlens + shift
         self.cache.seqlens.index_copy_(0, b.cache_rows.long(), seqlens)
-        return self.model(tokens, self.cache, rows=b.cache_rows, logits_slots=logits_slots,
-                          widths=widths, float_logits=False)
+        return self.model(
+            tokens,
+            self.cache,
+            rows=b.cache_rows,
+            logits_slots=logits_slots,
+            widths=widths,
+            float_logits=False,
+        )
 
     def elastic_step(self, b: Batch) -> None:
         """One steady-state step: forward ``[pending, block, MASK]`` and advance every row."""
         if self.mode != "eager":
-            return self._run_static(b, lambda: phases.advance(
-                b, *self.forward(b, b.tokens), reuse_prefix=False))
+            return self._run_static(
+                b, lambda: phases.advance(b, *self.forward(b, b.tokens), reuse_prefix=False)
+            )
         # Each row feeds only the slots [start, start + width) it needs: slots before ``start``
         # hold K/V the previous forward computed for the same tokens (a draft pass changes no
         # position before its step), slots past what any row reads are cut (by causality
@@ -93,7 +99,10 @@ class StepRunner:
 
     def ar_step(self, b: Batch) -> None:
         """One greedy AR step: forward the pending tokens, commit each row's argmax."""
-        step = lambda: phases.commit_ar(b, self.forward(b, b.pending[:, None])[0])
+
+        def step():
+            return phases.commit_ar(b, self.forward(b, b.pending[:, None])[0])
+
         if self.mode == "eager":
             return step()
         self._run_static(b, step)
@@ -103,8 +112,7 @@ class StepRunner:
             return step()
         if self._graph is None:
             state = b.snapshot()
-            self._graph = capture_graph(step, self.model.device, lambda: b.restore(state),
-                                        self._cuda)
+            self._graph = capture_graph(step, self.model.device, lambda: b.restore(state), self._cuda)
         replay_graph(self._graph, self.model.device, self._cuda)
 
     def compact(self, b: Batch, running: list[int]) -> None:

@@ -38,8 +38,7 @@ class StepTraces:
     FIELDS = ("settled", "K", "draft_passes", "committed", "mismatch")
 
     def __init__(self, rows: int, device) -> None:
-        self.data = torch.zeros((rows, len(self.FIELDS), RECORDS_PER_STEP), dtype=torch.int32,
-                                device=device)
+        self.data = torch.zeros((rows, len(self.FIELDS), RECORDS_PER_STEP), dtype=torch.int32, device=device)
 
     def record(self, i: int, settled, k, draft_passes, committed, mismatch) -> None:
         """Record i of every row, from ``[rows]`` tensors (device ops only)."""
@@ -55,7 +54,13 @@ class StepTraces:
         """The blocks in one row's host copy of ``data`` (flattened: field-major)."""
         n = RECORDS_PER_STEP
         by_field = {name: values[j * n : (j + 1) * n] for j, name in enumerate(cls.FIELDS)}
-        return [BlockRecord(by_field["K"][i], by_field["draft_passes"][i],
-                            by_field["committed"][i],
-                            None if by_field["mismatch"][i] < 0 else by_field["mismatch"][i])
-                for i in range(n) if by_field["settled"][i]]
+        return [
+            BlockRecord(
+                by_field["K"][i],
+                by_field["draft_passes"][i],
+                by_field["committed"][i],
+                None if by_field["mismatch"][i] < 0 else by_field["mismatch"][i],
+            )
+            for i in range(n)
+            if by_field["settled"][i]
+        ]

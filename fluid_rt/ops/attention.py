@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional, Tuple, Union
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +32,11 @@ _force_kernel = False
 def uses_torch_fallback(seqlen_q: int, keys: int, heads_q: int, head_dim: int) -> bool:
     """Whether ``causal_attention`` on CPU tensors runs torch's SDPA (see _FALLBACK_PATHS) rather than
     our kernel on the CPU path in use, for rows of ``seqlen_q`` queries over up to ``keys`` keys."""
-    return (not _force_kernel and _C.cpu_isa() in _FALLBACK_PATHS
-            and seqlen_q * keys * heads_q * head_dim >= _FALLBACK_MIN_WORK)
+    return (
+        not _force_kernel
+        and _C.cpu_isa() in _FALLBACK_PATHS
+        and seqlen_q * keys * heads_q * head_dim >= _FALLBACK_MIN_WORK
+    )
 
 
 @contextlib.contextmanager
@@ -51,8 +54,12 @@ def _fallback_for(q, cache_seqlens) -> bool:
     B, T, Hq, D = q.shape
     if _force_kernel or _C.cpu_isa() not in _FALLBACK_PATHS:
         return False
-    if (not isinstance(cache_seqlens, torch.Tensor) or cache_seqlens.device.type != "cpu"
-            or cache_seqlens.numel() == 0 or B == 0):
+    if (
+        not isinstance(cache_seqlens, torch.Tensor)
+        or cache_seqlens.device.type != "cpu"
+        or cache_seqlens.numel() == 0
+        or B == 0
+    ):
         return False  # (the op raises, or has nothing to do)
     return uses_torch_fallback(T, int(cache_seqlens.max()) + T, Hq, D)
 
@@ -64,13 +71,22 @@ def _torch_attention(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, 
     bitwise independent of the call's width (torch promises no such thing): the portable path gives
     up that property of our kernel."""
     B, T, Hq, D = q.shape
-    torch.ops.fluid_rt.causal_attention(q[:, :0], k_cache, v_cache, cache_seqlens,
-                                        None if k is None else k[:, :0], None if v is None else v[:, :0],
-                                        cache_batch_idx, softmax_scale)
+    torch.ops.fluid_rt.causal_attention(
+        q[:, :0],
+        k_cache,
+        v_cache,
+        cache_seqlens,
+        None if k is None else k[:, :0],
+        None if v is None else v[:, :0],
+        cache_batch_idx,
+        softmax_scale,
+    )
     # What an empty call cannot see: the new k/v's own T, and memory shared with the caches.
     for name, t in (("k", k), ("v", v)):
         if t is not None and t.shape[:2] != q.shape[:2]:
-            raise ValueError(f"{name}: expected [B, T] = {list(q.shape[:2])} leading dims, got {list(t.shape)}")
+            raise ValueError(
+                f"{name}: expected [B, T] = {list(q.shape[:2])} leading dims, got {list(t.shape)}"
+            )
     caches = {k_cache.untyped_storage().data_ptr(), v_cache.untyped_storage().data_ptr()}
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t is not None and t.untyped_storage().data_ptr() in caches:
@@ -78,19 +94,23 @@ def _torch_attention(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, 
     seqlens = cache_seqlens.tolist()
     rows = cache_batch_idx.tolist() if cache_batch_idx is not None else list(range(B))
     if k is not None and T > 0 and len(set(rows)) < len(rows):
-        raise ValueError(f"cache_batch_idx: two query rows name the same cache row, both would write it: {rows}")
+        raise ValueError(
+            f"cache_batch_idx: two query rows name the same cache row, both would write it: {rows}"
+        )
     S_max = k_cache.shape[1]
-    if T > S_max:  # (the binding's checks, for the T of this call)
+    if S_max < T:  # (the binding's checks, for the T of this call)
         raise ValueError(f"q: {T} query tokens cannot fit a cache of length {S_max} (k_cache dim 1)")
     for b in range(B):
         if seqlens[b] + T > S_max:
-            raise ValueError(f"cache_seqlens: row {b} has {seqlens[b]} tokens, + {T} new ones exceed the "
-                             f"cache's {S_max} slots (k_cache dim 1)")
+            raise ValueError(
+                f"cache_seqlens: row {b} has {seqlens[b]} tokens, + {T} new ones exceed the "
+                f"cache's {S_max} slots (k_cache dim 1)"
+            )
     if k is not None:
         for b, r in enumerate(rows):
-            k_cache[r, seqlens[b]:seqlens[b] + T].copy_(k[b])
-            v_cache[r, seqlens[b]:seqlens[b] + T].copy_(v[b])
-    scale = D ** -0.5 if softmax_scale is None else softmax_scale
+            k_cache[r, seqlens[b] : seqlens[b] + T].copy_(k[b])
+            v_cache[r, seqlens[b] : seqlens[b] + T].copy_(v[b])
+    scale = D**-0.5 if softmax_scale is None else softmax_scale
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, T, Hq, dtype=torch.float32) if want_lse else None
     group = Hq // k_cache.shape[2]
@@ -104,10 +124,11 @@ def _torch_attention(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, 
             causal = dict(is_causal=True)
         else:
             mask = torch.zeros(T, L, dtype=q.dtype)
-            mask[:, L - T:] = torch.full((T, T), float("-inf"), dtype=q.dtype).triu_(1)
+            mask[:, L - T :] = torch.full((T, T), float("-inf"), dtype=q.dtype).triu_(1)
             causal = dict(attn_mask=mask)
-        out[b] = F.scaled_dot_product_attention(qb[None], kb[None], vb[None], scale=scale, enable_gqa=True,
-                                                **causal)[0].transpose(0, 1)
+        out[b] = F.scaled_dot_product_attention(
+            qb[None], kb[None], vb[None], scale=scale, enable_gqa=True, **causal
+        )[0].transpose(0, 1)
         if want_lse:
             scores = torch.matmul(qb.float(), kb.float().repeat_interleave(group, 0).transpose(1, 2)) * scale
             scores.masked_fill_(torch.ones(T, L, dtype=torch.bool).triu_(L - T + 1), float("-inf"))
@@ -116,8 +137,9 @@ def _torch_attention(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, 
 
 
 @torch.library.register_fake("fluid_rt::causal_attention")
-def _causal_attention_fake(q, k_cache, v_cache, cache_seqlens, k=None, v=None, cache_batch_idx=None,
-                           softmax_scale=None):
+def _causal_attention_fake(
+    q, k_cache, v_cache, cache_seqlens, k=None, v=None, cache_batch_idx=None, softmax_scale=None
+):
     # Shapes only; the binding holds the full argument check (it runs on real tensors).
     if not isinstance(q, torch.Tensor) or q.dim() != 4:
         raise ValueError(f"q: expected a 4-D tensor, got {getattr(q, 'shape', q)}")
@@ -134,13 +156,13 @@ def causal_attention(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     cache_seqlens: torch.Tensor,
-    k: Optional[torch.Tensor] = None,
-    v: Optional[torch.Tensor] = None,
+    k: torch.Tensor | None = None,
+    v: torch.Tensor | None = None,
     *,
-    cache_batch_idx: Optional[torch.Tensor] = None,
-    softmax_scale: Optional[float] = None,
+    cache_batch_idx: torch.Tensor | None = None,
+    softmax_scale: float | None = None,
     return_lse: bool = False,
-) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of T new queries per row over a KV cache, bottom-right aligned causal.
 
     Args:
@@ -170,11 +192,17 @@ def causal_attention(
         (natural log of the softmax denominator of the scaled scores).
     """
     # (Compiled graphs keep the op: the choice reads host values.)
-    if (isinstance(q, torch.Tensor) and q.device.type == "cpu" and q.dim() == 4
-            and not _backend._emulate and not torch.compiler.is_compiling()
-            and _fallback_for(q, cache_seqlens)):
-        out, lse = _torch_attention(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, softmax_scale,
-                                    return_lse)
+    if (
+        isinstance(q, torch.Tensor)
+        and q.device.type == "cpu"
+        and q.dim() == 4
+        and not _backend._emulate
+        and not torch.compiler.is_compiling()
+        and _fallback_for(q, cache_seqlens)
+    ):
+        out, lse = _torch_attention(
+            q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, softmax_scale, return_lse
+        )
         return (out, lse) if return_lse else out
     out, lse = op_library().causal_attention(
         q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, softmax_scale

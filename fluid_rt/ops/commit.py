@@ -72,8 +72,15 @@ def draft_commit(
     writes nothing else.
     """
     op_library().draft_commit(
-        block, step, drafting, pred, score, horizon, _per_row(threshold, block, torch.float32, "threshold"),
-        int(mask_token_id), bool(score_is_entropy),
+        block,
+        step,
+        drafting,
+        pred,
+        score,
+        horizon,
+        _per_row(threshold, block, torch.float32, "threshold"),
+        int(mask_token_id),
+        bool(score_is_entropy),
     )
 
 
@@ -132,19 +139,45 @@ def verify_commit(
     if isinstance(eos_ids, torch.Tensor) and eos_ids.dim() == 1 and block.dim() == 2:
         eos_ids = eos_ids.expand(block.shape[0], -1).contiguous()
     op_library().verify_commit(
-        block, pred, horizon, verifying, eos_ids, _per_row(remask, block, torch.bool, "remask"), out_tokens, out_len, budget, done, pending,
-        cache_seqlens, committed, mismatch,
+        block,
+        pred,
+        horizon,
+        verifying,
+        eos_ids,
+        _per_row(remask, block, torch.bool, "remask"),
+        out_tokens,
+        out_len,
+        budget,
+        done,
+        pending,
+        cache_seqlens,
+        committed,
+        mismatch,
     )
 
 
 @torch.library.register_fake("fluid_rt::draft_commit")
-def _draft_commit_fake(block, step, drafting, pred, score, horizon, threshold, mask_token_id, score_is_entropy):
+def _draft_commit_fake(
+    block, step, drafting, pred, score, horizon, threshold, mask_token_id, score_is_entropy
+):
     return None
 
 
 @torch.library.register_fake("fluid_rt::verify_commit")
 def _verify_commit_fake(
-    block, pred, horizon, verifying, eos_ids, remask, out_tokens, out_len, budget, done, pending, cache_seqlens,
-    committed, mismatch,
+    block,
+    pred,
+    horizon,
+    verifying,
+    eos_ids,
+    remask,
+    out_tokens,
+    out_len,
+    budget,
+    done,
+    pending,
+    cache_seqlens,
+    committed,
+    mismatch,
 ):
     return None

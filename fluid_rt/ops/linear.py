@@ -16,8 +16,6 @@ reshaping it does not slice or reshape the weight).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 __all__ = ["pack_linear_weight", "packed_linear", "unpack_linear_weight"]
@@ -54,8 +52,9 @@ def pack_linear_weight(weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.fluid_rt.pack_linear_weight(weight)
 
 
-def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                  silu_and_mul: bool = False) -> torch.Tensor:
+def packed_linear(
+    x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None, silu_and_mul: bool = False
+) -> torch.Tensor:
     """``x @ weight.T (+ bias)``, i.e. ``F.linear(x, weight, bias)``, with a packed weight.
 
     Args:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from fluid_rt.ops._backend import op_library
@@ -16,8 +14,9 @@ def _rms_norm_fake(x, weight, eps, add=None):
     return torch.empty_like(x)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
-             add: Optional[torch.Tensor] = None) -> torch.Tensor:
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, add: torch.Tensor | None = None
+) -> torch.Tensor:
     """``weight * to_dtype(x * rsqrt(mean(x**2, -1) + eps))`` per row, float32 math (HF Llama's
     order: the normed value is rounded to x's dtype before the weight multiplies it).
 

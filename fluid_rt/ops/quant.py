@@ -52,16 +52,23 @@ def quant_pack(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, format:
     return torch.ops.fluid_rt.quant_pack(q, d, m, int(format))
 
 
-def quant_dequantize_rows(packed: torch.Tensor, format: int, out_features: int,
-                          rows: torch.Tensor) -> torch.Tensor:
+def quant_dequantize_rows(
+    packed: torch.Tensor, format: int, out_features: int, rows: torch.Tensor
+) -> torch.Tensor:
     """Rows ``rows`` (int64, any shape, each in ``[0, out_features)``) of the weight as float32
     ``[*rows.shape, in_features]``: ``d * q (+ m)`` in float32 (the product rounded first, as
     ``gguf``'s dequantization). The embedding lookup of a quantized token table."""
     return torch.ops.fluid_rt.quant_dequantize_rows(packed, int(format), int(out_features), rows)
 
 
-def quant_linear(x: torch.Tensor, packed: torch.Tensor, format: int, out_features: int,
-                 bias: torch.Tensor | None = None, silu_and_mul: bool = False) -> torch.Tensor:
+def quant_linear(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    format: int,
+    out_features: int,
+    bias: torch.Tensor | None = None,
+    silu_and_mul: bool = False,
+) -> torch.Tensor:
     """``x @ W.T (+ bias)`` with W packed by ``quant_pack``.
 
     Args:
@@ -76,5 +83,6 @@ def quant_linear(x: torch.Tensor, packed: torch.Tensor, format: int, out_feature
         (scale ``max|x| / 127``); each block's integer dot product is scaled and summed in float32
         in k order. A row's output does not depend on the other rows of the call, bit for bit.
     """
-    return torch.ops.fluid_rt.quant_linear(x, packed, int(format), int(out_features), bias,
-                                           bool(silu_and_mul))
+    return torch.ops.fluid_rt.quant_linear(
+        x, packed, int(format), int(out_features), bias, bool(silu_and_mul)
+    )

@@ -6,5 +6,4 @@
 from fluid_rt.weights.khead import find_khead, load_khead
 from fluid_rt.weights.safetensors_loader import load_hf_checkpoint, read_config, read_safetensors_header
 
-__all__ = ["load_hf_checkpoint", "read_config", "read_safetensors_header", "load_khead",
-           "find_khead"]
+__all__ = ["load_hf_checkpoint", "read_config", "read_safetensors_header", "load_khead", "find_khead"]

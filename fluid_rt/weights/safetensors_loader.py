@@ -25,10 +25,21 @@ INDEX_FILE = "model.safetensors.index.json"
 
 # safetensors dtype tag -> (bytes per element, is floating point)
 _DTYPES = {
-    "F64": (8, True), "F32": (4, True), "F16": (2, True), "BF16": (2, True),
-    "F8_E4M3": (1, True), "F8_E5M2": (1, True),
-    "I64": (8, False), "I32": (4, False), "I16": (2, False), "I8": (1, False),
-    "U64": (8, False), "U32": (4, False), "U16": (2, False), "U8": (1, False), "BOOL": (1, False),
+    "F64": (8, True),
+    "F32": (4, True),
+    "F16": (2, True),
+    "BF16": (2, True),
+    "F8_E4M3": (1, True),
+    "F8_E5M2": (1, True),
+    "I64": (8, False),
+    "I32": (4, False),
+    "I16": (2, False),
+    "I8": (1, False),
+    "U64": (8, False),
+    "U32": (4, False),
+    "U16": (2, False),
+    "U8": (1, False),
+    "BOOL": (1, False),
 }
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 _PROGRESS_MIN_BYTES = 512 * 1024 * 1024
@@ -49,8 +60,10 @@ def read_safetensors_header(path: str) -> dict[str, dict]:
             raise ValueError(f"{path}: truncated safetensors file ({file_size} bytes, no header)")
         (n,) = struct.unpack("<Q", head)
         if n > _MAX_HEADER_BYTES or 8 + n > file_size:
-            raise ValueError(f"{path}: corrupt safetensors header (header length {n}, file size "
-                             f"{file_size}): truncated or not a safetensors file")
+            raise ValueError(
+                f"{path}: corrupt safetensors header (header length {n}, file size "
+                f"{file_size}): truncated or not a safetensors file"
+            )
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
@@ -74,23 +87,28 @@ def read_safetensors_header(path: str) -> dict[str, dict]:
             raise ValueError(f"{path}: tensor {name}: bad data_offsets {[begin, end]}")
         nbytes = math.prod(shape) * _DTYPES[dtype][0]
         if end - begin != nbytes:
-            raise ValueError(f"{path}: tensor {name}: header says {end - begin} bytes but dtype "
-                             f"{dtype} x shape {shape} needs {nbytes} (corrupt header)")
+            raise ValueError(
+                f"{path}: tensor {name}: header says {end - begin} bytes but dtype "
+                f"{dtype} x shape {shape} needs {nbytes} (corrupt header)"
+            )
         if end > data_size:
-            raise ValueError(f"{path}: tensor {name}: data ends at byte {end} but the file holds "
-                             f"only {data_size} bytes of data (file truncated?)")
+            raise ValueError(
+                f"{path}: tensor {name}: data ends at byte {end} but the file holds "
+                f"only {data_size} bytes of data (file truncated?)"
+            )
         spans.append((begin, end, name))
     spans.sort()
     cursor = 0
     for begin, end, name in spans:
         if begin != cursor:
             what = "overlaps the previous tensor" if begin < cursor else "leaves a gap before it"
-            raise ValueError(f"{path}: tensor {name}: data_offsets {[begin, end]} {what} "
-                             "(corrupt header)")
+            raise ValueError(f"{path}: tensor {name}: data_offsets {[begin, end]} {what} (corrupt header)")
         cursor = end
     if cursor != data_size:
-        raise ValueError(f"{path}: header describes {cursor} bytes of data but the file holds "
-                         f"{data_size} (corrupt or truncated file)")
+        raise ValueError(
+            f"{path}: header describes {cursor} bytes of data but the file holds "
+            f"{data_size} (corrupt or truncated file)"
+        )
     return header
 
 
@@ -125,7 +143,8 @@ def _tensor_files(path: str) -> dict[str, str]:
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ValueError(f"{index_path}: malformed index ({err!r})") from err
         if not isinstance(weight_map, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+        ):
             raise ValueError(f"{index_path}: weight_map must map tensor names to shard file names")
         headers = {}
         where = {}
@@ -133,12 +152,14 @@ def _tensor_files(path: str) -> dict[str, str]:
             shard_path = os.path.join(path, shard)
             if shard_path not in headers:
                 if not os.path.isfile(shard_path):
-                    raise ValueError(f"{index_path}: tensor {name} is in shard {shard}, but "
-                                     f"{shard_path} does not exist")
+                    raise ValueError(
+                        f"{index_path}: tensor {name} is in shard {shard}, but {shard_path} does not exist"
+                    )
                 headers[shard_path] = read_safetensors_header(shard_path)
             if name not in headers[shard_path]:
-                raise ValueError(f"{index_path}: tensor {name} is listed in {shard}, but "
-                                 f"{shard_path} does not hold it")
+                raise ValueError(
+                    f"{index_path}: tensor {name} is listed in {shard}, but {shard_path} does not hold it"
+                )
             where[name] = shard_path
         return where
     if os.path.isfile(single):
@@ -146,8 +167,9 @@ def _tensor_files(path: str) -> dict[str, str]:
     raise ValueError(f"{path}: no {SINGLE_FILE} or {INDEX_FILE} found")
 
 
-def load_hf_checkpoint(path: str, dtype: torch.dtype = torch.float32,
-                       progress: bool = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def load_hf_checkpoint(
+    path: str, dtype: torch.dtype = torch.float32, progress: bool = None
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Load an HF checkpoint directory -> ``(ModelConfig, {hf_name: tensor in dtype})``.
 
     Every tensor the config needs must be present with its exact shape, and nothing else
@@ -180,14 +202,18 @@ def _check_names(path: str, cfg: ModelConfig, where: dict[str, str], expected: d
     optional = optional_tensor_shapes(cfg)
     missing = [n for n in expected if n not in where]
     if missing:
-        raise ValueError(f"{path}: checkpoint lacks tensor {missing[0]}"
-                         f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''} "
-                         f"needed by {cfg.family} config")
+        raise ValueError(
+            f"{path}: checkpoint lacks tensor {missing[0]}"
+            f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''} "
+            f"needed by {cfg.family} config"
+        )
     unexpected = [n for n in where if n not in expected and n not in optional]
     if unexpected:
-        raise ValueError(f"{where[unexpected[0]]}: unexpected tensor {unexpected[0]}"
-                         f"{f' (and {len(unexpected) - 1} more)' if len(unexpected) > 1 else ''} "
-                         f"for {cfg.family} config")
+        raise ValueError(
+            f"{where[unexpected[0]]}: unexpected tensor {unexpected[0]}"
+            f"{f' (and {len(unexpected) - 1} more)' if len(unexpected) > 1 else ''} "
+            f"for {cfg.family} config"
+        )
 
 
 def _check_headers(where: dict[str, str], headers: dict, expected: dict) -> int:
@@ -196,16 +222,18 @@ def _check_headers(where: dict[str, str], headers: dict, expected: dict) -> int:
     for name, shape in expected.items():
         info = headers[where[name]][name]
         if tuple(info["shape"]) != shape:
-            raise ValueError(f"{where[name]}: tensor {name} has shape {tuple(info['shape'])}, "
-                             f"expected {shape}")
+            raise ValueError(
+                f"{where[name]}: tensor {name} has shape {tuple(info['shape'])}, expected {shape}"
+            )
         if not _DTYPES[info["dtype"]][1]:
             raise ValueError(f"{where[name]}: tensor {name} has non-float dtype {info['dtype']}")
         total += info["data_offsets"][1] - info["data_offsets"][0]
     return total
 
 
-def _read_tensors(where: dict[str, str], headers: dict, expected: dict, dtype: torch.dtype,
-                  bar) -> dict[str, torch.Tensor]:
+def _read_tensors(
+    where: dict[str, str], headers: dict, expected: dict, dtype: torch.dtype, bar
+) -> dict[str, torch.Tensor]:
     """The expected tensors in ``dtype``, one file open at a time (bar: tqdm or None)."""
     from safetensors import safe_open
 

@@ -131,14 +131,17 @@ void check_rope(int64_t rows, int64_t heads, int64_t D) {
 }
 
 // ---- causal_attention -----------------------------------------------------------------------
-void check_attention(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int64_t S, std::vector<int32_t> seqlens) {
-  std::vector<float> q = randn(B * T * Hq * D, 1.f), kc = randn(B * S * Hkv * D, 1.f), vc = randn(B * S * Hkv * D, 1.f);
+void check_attention(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int64_t S,
+                     std::vector<int32_t> seqlens) {
+  std::vector<float> q = randn(B * T * Hq * D, 1.f), kc = randn(B * S * Hkv * D, 1.f),
+                     vc = randn(B * S * Hkv * D, 1.f);
   std::vector<float> out(B * T * Hq * D), lse(B * T * Hq);
   CausalAttentionParams p;
   p.q = q.data(), p.q_stride_b = T * Hq * D, p.q_stride_t = Hq * D, p.q_stride_h = D;
   p.k_cache = kc.data(), p.v_cache = vc.data(), p.cache_seqlens = seqlens.data();
   p.out = out.data(), p.lse = lse.data();
-  p.batch = B, p.seqlen_q = T, p.heads_q = Hq, p.heads_kv = Hkv, p.head_dim = D, p.cache_batch = B, p.cache_len = S;
+  p.batch = B, p.seqlen_q = T, p.heads_q = Hq, p.heads_kv = Hkv, p.head_dim = D, p.cache_batch = B,
+  p.cache_len = S;
   p.softmax_scale = 1.f / std::sqrt(static_cast<float>(D));
   causal_attention_cpu(p);
   const int64_t G = Hq / Hkv;
@@ -151,7 +154,8 @@ void check_attention(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, i
         for (int64_t j = 0; j < L; ++j) {
           double dot = 0;
           for (int64_t d = 0; d < D; ++d)
-            dot += static_cast<double>(q[((b * T + t) * Hq + h) * D + d]) * kc[((b * S + j) * Hkv + h / G) * D + d];
+            dot += static_cast<double>(q[((b * T + t) * Hq + h) * D + d]) *
+                   kc[((b * S + j) * Hkv + h / G) * D + d];
           sc[j] = dot * p.softmax_scale;
           m = std::max(m, sc[j]);
         }
@@ -159,7 +163,8 @@ void check_attention(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, i
         expect_close("attention lse", lse[(b * T + t) * Hq + h], m + std::log(sum), 1e-5, 1e-5);
         for (int64_t d = 0; d < D; ++d) {
           double o = 0;
-          for (int64_t j = 0; j < L; ++j) o += std::exp(sc[j] - m) / sum * vc[((b * S + j) * Hkv + h / G) * D + d];
+          for (int64_t j = 0; j < L; ++j)
+            o += std::exp(sc[j] - m) / sum * vc[((b * S + j) * Hkv + h / G) * D + d];
           expect_close("attention out", out[((b * T + t) * Hq + h) * D + d], o, 1e-4, 1e-5);
         }
       }
@@ -179,7 +184,7 @@ int main() {
   check_rope(2, 2, 20);
   check_attention(2, 5, 8, 2, 64, 600, {0, 300});  // keys across the 256-key chunks
   check_attention(1, 3, 6, 1, 80, 40, {7});
-  check_attention(1, 1, 4, 4, 16, 600, {550});     // one query: the split-KV path
+  check_attention(1, 1, 4, 4, 16, 600, {550});  // one query: the split-KV path
   std::printf(failures ? "%d check(s) failed\n" : "all checks passed\n", failures);
   return failures ? 1 : 0;
 }
