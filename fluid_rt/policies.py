@@ -1,4 +1,4 @@
-"""Horizon and commit policies of elastic-horizon decoding (spec/decoding.md).
+"""Horizon and commit policies of elastic-horizon decoding (docs/spec/decoding.md).
 
 A horizon policy picks K, the number of masked positions a new block drafts, from the state at the
 last committed token; a commit policy says which drafted positions are confident enough to keep.

@@ -1,6 +1,6 @@
 // The commit family: per-sequence bookkeeping of one FLUID draft pass and one verify pass, done
 // in place on the device so the decode loop never waits for the host (DEVELOPERS.md, sections
-// "draft_commit" and "verify_commit"; spec steps 2-4 of shared/spec/decoding.md).
+// "draft_commit" and "verify_commit"; steps 2-4 of docs/spec/decoding.md).
 //
 // All tensors are contiguous: [B, Kmax] matrices have row stride Kmax, out_tokens has row stride N.
 // Values only the device knows (horizon, step, out_len, budget) are guarded per row, identically

@@ -1,5 +1,5 @@
 """Stage I / Stage II sample layouts: where masks are inserted, what they are labelled, what they
-see (spec/training.md).
+see (docs/spec/training.md).
 
 The spec's Stage I sample is one expanded sequence: after every selected response token x_i, k
 mask slots at position ids i+1 .. i+k, mask o labelled x_{i+o+1}. Its attention bias lets a main

@@ -1,5 +1,5 @@
 """The two objectives: Stage I's mean draft CE and Stage II's K-head labels and soft-target loss
-(spec/training.md)."""
+(docs/spec/training.md)."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ def _is_number(value) -> bool:
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """Decode parameters of one request (spec/decoding.md).
+    """Decode parameters of one request (docs/spec/decoding.md).
 
     * ``mode``: ``"elastic"`` or ``"ar"``; None picks from the model: elastic when the decoder
       has a K-head, else ar (``Decoder.resolve``).

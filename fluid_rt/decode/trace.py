@@ -1,4 +1,4 @@
-"""Block trace records: what each block of a row did (spec/decoding.md's trace).
+"""Block trace records: what each block of a row did (docs/spec/decoding.md's trace).
 
 On the device a step writes up to two records per row (``StepTraces``: a verify, then a draft pass
 that settled the next block at once); the host reads them in the step's
