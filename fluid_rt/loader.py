@@ -103,82 +103,21 @@ def load_model(
     one, raises ``fluid_rt.adapter.AdapterError`` (a ValueError); under ``"auto"`` it only warns and
     the plain base model loads."""
     dtype, device = resolve_dtype_device(dtype, device)
-    if weights not in WEIGHTS:
-        raise ValueError(f"weights: expected one of {', '.join(WEIGHTS)}, got {weights!r}")
-    if adapter == "auto":
-        adapter = SHIPPED_ADAPTER if path is None and os.path.isdir(SHIPPED_ADAPTER) else None
-        implicit = True
-    else:
-        implicit = False
-    if path is None:
-        from fluid_rt.weights.gguf import default_model_path
-
-        path = default_model_path()
-    path = os.fspath(path)
-    from fluid_rt.weights.khead import find_khead, load_khead
-
-    if path.endswith(".gguf"):
-        from fluid_rt.weights.gguf import load_gguf
-
-        quantized = weights == "quantized" and device.type == "cpu" and dtype != torch.float16
-        cfg, state, tokenizer = load_gguf(path, dtype, quantized=quantized)
-        ckpt_dir = os.path.dirname(os.path.abspath(path))
-        head_path = head
-    elif os.path.isdir(path):
-        from fluid_rt.weights import load_hf_checkpoint
-
-        cfg, state = load_hf_checkpoint(path, dtype)
-        tokenizer = _load_dir_tokenizer(path)
-        ckpt_dir = path
-        head_path = head if head is not None else find_khead(path)
-    else:
-        raise ValueError(f"{path}: neither a checkpoint directory nor a .gguf file")
-
+    path, adapter, implicit = _resolve_paths(path, adapter, weights)
+    cfg, state, tokenizer, ckpt_dir, head_path = _load_base(path, head, dtype, device, weights)
     model = Transformer(cfg, state, dtype=dtype, device=device, consume=True)
     del state
     attached = _attach_adapter(adapter, model, path, implicit)
-    adapter_head = None
-    if attached is not None:
-        if mask_token_id is not None and mask_token_id != attached.mask_token_id:
-            raise ValueError(
-                f"mask_token_id: {mask_token_id} differs from the adapter's "
-                f"{attached.mask_token_id} ({adapter})"
-            )
-        mask_token_id = attached.mask_token_id
-        if head is None:  # the adapter's K-head was trained with its drafts: it wins
-            adapter_head = attached.khead_state()
-    khead = None
+    mask_token_id, adapter_head = _adapter_overrides(attached, adapter, mask_token_id, head)
     fluid = FluidConfig.load(
         ckpt_dir,
         pangu_vocabulary=cfg.family == "pangu",
         mask_token_id=mask_token_id,
         end_of_think_token_id=end_of_think_token_id,
     )
-    if adapter_head is not None:
-        khead = KHead(adapter_head, dtype=dtype, device=device)
-        fluid.max_k = khead.max_k
-    elif head_path is not None:
-        head_sd, max_k = load_khead(head_path, cfg.hidden_size)
-        khead = KHead(head_sd, dtype=dtype, device=device)
-        fluid.max_k = max_k  # the head decides how many horizons it can propose
+    khead = _load_khead(adapter_head, head_path, cfg, fluid, dtype, device)
     explicit = {"mask_token_id": mask_token_id, "end_of_think_token_id": end_of_think_token_id}
-    for name, given in explicit.items():
-        value = getattr(fluid, name)
-        if value is None or 0 <= value < cfg.vocab_size:
-            continue
-        if given is not None:
-            raise ValueError(f"{name}: {value} is outside the vocabulary (size {cfg.vocab_size})")
-        if name == "end_of_think_token_id" or khead is None:
-            # An id past the vocabulary (fluid.json's, or openPangu's default on a smaller
-            # vocabulary) means nothing: a plain AR model (no K-head) then has no mask token, and
-            # a token the model cannot emit never ends a think.
-            setattr(fluid, name, None)
-            continue
-        warnings.warn(
-            f"{path}: {name} {value} (default / fluid.json) is outside the vocabulary "
-            f"(size {cfg.vocab_size}); pass {name}= to load_model",
-            stacklevel=2,
-        )
+    _check_fluid_ids(fluid, explicit, cfg.vocab_size, khead is not None, path)
     defaults = dict(attached.meta.get("decode", {})) if attached is not None else {}
     return LoadedModel(
         model=model,
@@ -190,6 +129,95 @@ def load_model(
         adapter=attached,
         decode_defaults=defaults,
     )
+
+
+def _resolve_paths(path: str | None, adapter: str | None, weights: str):
+    """Checks ``weights``; resolves ``adapter="auto"`` and ``path=None`` (the embedded default
+    model). Returns ``(path, adapter, implicit)``: ``implicit`` when the adapter came from "auto"."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights: expected one of {', '.join(WEIGHTS)}, got {weights!r}")
+    if adapter == "auto":
+        adapter = SHIPPED_ADAPTER if path is None and os.path.isdir(SHIPPED_ADAPTER) else None
+        implicit = True
+    else:
+        implicit = False
+    if path is None:
+        from fluid_rt.weights.gguf import default_model_path
+
+        path = default_model_path()
+    return os.fspath(path), adapter, implicit
+
+
+def _load_base(path: str, head: str | None, dtype: torch.dtype, device: torch.device, weights: str):
+    """The base checkpoint, GGUF file or HF directory: ``(cfg, state, tokenizer, ckpt_dir,
+    head_path)``, ``head_path`` the K-head to load (the explicit one, or one found in the
+    directory; None: none)."""
+    if path.endswith(".gguf"):
+        from fluid_rt.weights.gguf import load_gguf
+
+        quantized = weights == "quantized" and device.type == "cpu" and dtype != torch.float16
+        cfg, state, tokenizer = load_gguf(path, dtype, quantized=quantized)
+        return cfg, state, tokenizer, os.path.dirname(os.path.abspath(path)), head
+    if os.path.isdir(path):
+        from fluid_rt.weights import load_hf_checkpoint
+        from fluid_rt.weights.khead import find_khead
+
+        cfg, state = load_hf_checkpoint(path, dtype)
+        tokenizer = _load_dir_tokenizer(path)
+        return cfg, state, tokenizer, path, head if head is not None else find_khead(path)
+    raise ValueError(f"{path}: neither a checkpoint directory nor a .gguf file")
+
+
+def _adapter_overrides(attached, adapter: str | None, mask_token_id: int | None, head: str | None):
+    """What an attached adapter (None: none) decides: ``(mask_token_id, adapter_head)``, its mask id
+    (ValueError when ``mask_token_id`` names another one) and its K-head state unless ``head`` is
+    given."""
+    if attached is None:
+        return mask_token_id, None
+    if mask_token_id is not None and mask_token_id != attached.mask_token_id:
+        raise ValueError(
+            f"mask_token_id: {mask_token_id} differs from the adapter's {attached.mask_token_id} ({adapter})"
+        )
+    # The adapter's K-head was trained with its drafts: it wins over one found with the base.
+    return attached.mask_token_id, attached.khead_state() if head is None else None
+
+
+def _load_khead(adapter_head, head_path, cfg, fluid: FluidConfig, dtype, device) -> KHead | None:
+    """The K-head (the adapter's state wins over ``head_path``; None: none). Sets
+    ``fluid.max_k`` to the head's output size."""
+    if adapter_head is not None:
+        khead = KHead(adapter_head, dtype=dtype, device=device)
+        fluid.max_k = khead.max_k
+        return khead
+    if head_path is None:
+        return None
+    from fluid_rt.weights.khead import load_khead
+
+    head_sd, max_k = load_khead(head_path, cfg.hidden_size)
+    fluid.max_k = max_k  # the head decides how many horizons it can propose
+    return KHead(head_sd, dtype=dtype, device=device)
+
+
+def _check_fluid_ids(fluid: FluidConfig, explicit: dict, vocab_size: int, has_khead: bool, path: str) -> None:
+    """FLUID token ids outside the vocabulary: ValueError for an argument (``explicit``), None for
+    an end-of-think id or (no K-head) a mask id, a warning for a K-head model's default mask id."""
+    for name, given in explicit.items():
+        value = getattr(fluid, name)
+        if value is None or 0 <= value < vocab_size:
+            continue
+        if given is not None:
+            raise ValueError(f"{name}: {value} is outside the vocabulary (size {vocab_size})")
+        if name == "end_of_think_token_id" or not has_khead:
+            # An id past the vocabulary (fluid.json's, or openPangu's default on a smaller
+            # vocabulary) means nothing: a plain AR model (no K-head) then has no mask token, and
+            # a token the model cannot emit never ends a think.
+            setattr(fluid, name, None)
+            continue
+        warnings.warn(
+            f"{path}: {name} {value} (default / fluid.json) is outside the vocabulary "
+            f"(size {vocab_size}); pass {name}= to load_model",
+            stacklevel=3,  # load_model's caller
+        )
 
 
 def _attach_adapter(adapter: str | None, model: Transformer, path: str, implicit: bool):

@@ -207,6 +207,26 @@ class RowPacking:
         )
 
 
+def _check_state_dict(cfg: ModelConfig, state_dict: dict) -> dict:
+    """ValueError for a head_dim our attention kernel lacks, or a missing / mis-shaped tensor.
+    Returns ``expected_tensor_shapes(cfg)``."""
+    if cfg.head_dim not in ops.SUPPORTED_HEAD_DIMS:  # attention always runs on our kernel
+        raise ValueError(
+            f"head_dim {cfg.head_dim} is not supported by fluid_rt's attention "
+            f"kernel (supported: {ops.SUPPORTED_HEAD_DIMS})"
+        )
+    expected = expected_tensor_shapes(cfg)
+    missing = [n for n in expected if n not in state_dict]
+    if missing:
+        raise ValueError(f"state_dict: missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    for name, shape in expected.items():
+        if tuple(state_dict[name].shape) != shape:
+            raise ValueError(
+                f"state_dict: {name} has shape {tuple(state_dict[name].shape)}, expected {shape}"
+            )
+    return expected
+
+
 class Transformer:
     """Holds the (fused) weights of one model; call it to run a forward on a ``KVCache``.
 
@@ -223,23 +243,10 @@ class Transformer:
         device="cpu",
         consume: bool = False,
     ):
-        if cfg.head_dim not in ops.SUPPORTED_HEAD_DIMS:  # attention always runs on our kernel
-            raise ValueError(
-                f"head_dim {cfg.head_dim} is not supported by fluid_rt's attention "
-                f"kernel (supported: {ops.SUPPORTED_HEAD_DIMS})"
-            )
+        expected = _check_state_dict(cfg, state_dict)
         self.cfg = cfg
         self.dtype = dtype
         self.device = torch.device(device)
-        expected = expected_tensor_shapes(cfg)
-        missing = [n for n in expected if n not in state_dict]
-        if missing:
-            raise ValueError(f"state_dict: missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-        for name, shape in expected.items():
-            if tuple(state_dict[name].shape) != shape:
-                raise ValueError(
-                    f"state_dict: {name} has shape {tuple(state_dict[name].shape)}, expected {shape}"
-                )
 
         def get(name):
             t = state_dict.pop(name) if consume else state_dict[name]

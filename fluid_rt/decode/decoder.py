@@ -51,6 +51,26 @@ class _Cancelled(Exception):
     """Raised inside a decode whose ``stream`` was closed early: unwinds it at a step boundary."""
 
 
+def _prompt_tensor(prompts, width: int, fill: int, device: torch.device) -> torch.Tensor:
+    """The prompts as one ``[len(prompts), width]`` int64 tensor, right-padded with ``fill``."""
+    tokens = torch.full((len(prompts), width), fill, dtype=torch.int64)
+    for i, p in enumerate(prompts):
+        tokens[i, : len(p)] = torch.tensor(p)
+    return tokens.to(device)
+
+
+def _check_token_ids(prompts, cfgs: list[DecodeConfig], vocab: int) -> None:
+    """ValueError for an empty prompt, or a prompt / EOS token id outside ``[0, vocab)``."""
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"prompts[{i}] is empty: a prompt needs at least one token")
+        if (bad := next((t for t in p if not 0 <= t < vocab), None)) is not None:
+            raise ValueError(f"prompt token id {bad} is outside the vocabulary [0, {vocab}) (prompts[{i}])")
+    for c in cfgs:
+        if (bad := next((t for t in c.eos_token_ids if not 0 <= t < vocab), None)) is not None:
+            raise ValueError(f"EOS token id {bad} is outside the vocabulary [0, {vocab})")
+
+
 class Decoder:
     """Decodes batches of prompts with a model on a static KV cache sized for the requests.
 
@@ -202,19 +222,13 @@ class Decoder:
         wall = time.perf_counter() - start
         return b.results, BatchStats(forwards, sum(len(g.tokens) for g in b.results), wall, prefill_s)
 
-    def _prompt_tensor(self, prompts, width: int, fill: int) -> torch.Tensor:
-        tokens = torch.full((len(prompts), width), fill, dtype=torch.int64)
-        for i, p in enumerate(prompts):
-            tokens[i, : len(p)] = torch.tensor(p)
-        return tokens.to(self.device)
-
     def _prefill_elastic(self, runner: StepRunner, b: Batch, prompts) -> None:
         """Prefill fused with the first draft pass: ``[prompt, MASK * bs]``, right-padded with
         MASK. Logits only from each row's last prompt token on (its slot 0 from here): the vocab
         matmul of the rest of the prompt would be thrown away."""
         bs = b.block.shape[1]
         lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int32, device=self.device)
-        tokens = self._prompt_tensor(prompts, max(map(len, prompts)) + bs, b.mask_id)
+        tokens = _prompt_tensor(prompts, max(map(len, prompts)) + bs, b.mask_id, self.device)
         b.pending.copy_(tokens.gather(1, (lengths - 1).long()[:, None]).squeeze(1))
         b.restart.fill_(True)
         frame = (lengths - 1).long()[:, None] + torch.arange(bs, device=self.device)
@@ -226,7 +240,7 @@ class Decoder:
 
     def _prefill_ar(self, runner: StepRunner, b: Batch, prompts) -> None:
         lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int32, device=self.device)
-        tokens = self._prompt_tensor(prompts, max(map(len, prompts)), 0)
+        tokens = _prompt_tensor(prompts, max(map(len, prompts)), 0, self.device)
         logits, _ = runner.forward(b, tokens, logits_slots=(lengths - 1).long()[:, None])
         b.seqlens.copy_(lengths - 1)  # + 1 in the commit: the last prompt token's K/V is exact
         phases.commit_ar(b, logits)
@@ -257,17 +271,7 @@ class Decoder:
                 "prompts of one batch must agree on mode, horizon, commit and the "
                 "entropy bounds; decode the others in another batch"
             )
-        vocab = self.model.cfg.vocab_size
-        for i, p in enumerate(prompts):
-            if not p:
-                raise ValueError(f"prompts[{i}] is empty: a prompt needs at least one token")
-            if (bad := next((t for t in p if not 0 <= t < vocab), None)) is not None:
-                raise ValueError(
-                    f"prompt token id {bad} is outside the vocabulary [0, {vocab}) (prompts[{i}])"
-                )
-        for c in cfgs:
-            if (bad := next((t for t in c.eos_token_ids if not 0 <= t < vocab), None)) is not None:
-                raise ValueError(f"EOS token id {bad} is outside the vocabulary [0, {vocab})")
+        _check_token_ids(prompts, cfgs, self.model.cfg.vocab_size)
         self._check_elastic(cfgs[0])
         return prompts, cfgs
 

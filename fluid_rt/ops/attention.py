@@ -64,13 +64,10 @@ def _fallback_for(q, cache_seqlens) -> bool:
     return uses_torch_fallback(T, int(cache_seqlens.max()) + T, Hq, D)
 
 
-def _torch_attention(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, softmax_scale, want_lse):
-    """The op's contract by torch ops, CPU: the binding checks the arguments (a call with no
-    queries), the new k/v go into the caches, then SDPA per row over its keys (bottom-right aligned
-    causal mask) and, when asked for, lse as a logsumexp of the scaled scores (else None). Not
-    bitwise independent of the call's width (torch promises no such thing): the portable path gives
-    up that property of our kernel."""
-    B, T, Hq, D = q.shape
+def _check_fallback_args(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, softmax_scale):
+    """The op's argument checks for ``_torch_attention`` (the same errors as the kernel's):
+    returns each row's cache length and its cache row, as host lists."""
+    B, T = q.shape[:2]
     torch.ops.fluid_rt.causal_attention(
         q[:, :0],
         k_cache,
@@ -106,6 +103,19 @@ def _torch_attention(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, 
                 f"cache_seqlens: row {b} has {seqlens[b]} tokens, + {T} new ones exceed the "
                 f"cache's {S_max} slots (k_cache dim 1)"
             )
+    return seqlens, rows
+
+
+def _torch_attention(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, softmax_scale, want_lse):
+    """The op's contract by torch ops, CPU: the binding checks the arguments (a call with no
+    queries), the new k/v go into the caches, then SDPA per row over its keys (bottom-right aligned
+    causal mask) and, when asked for, lse as a logsumexp of the scaled scores (else None). Not
+    bitwise independent of the call's width (torch promises no such thing): the portable path gives
+    up that property of our kernel."""
+    B, T, Hq, D = q.shape
+    seqlens, rows = _check_fallback_args(
+        q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, softmax_scale
+    )
     if k is not None:
         for b, r in enumerate(rows):
             k_cache[r, seqlens[b] : seqlens[b] + T].copy_(k[b])

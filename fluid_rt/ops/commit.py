@@ -9,6 +9,18 @@ Argument checks (shapes, dtypes, devices, contiguity, memory overlap) raise ``Va
 ``RuntimeError`` naming the argument. Values only the device knows (horizon, step, out_len,
 budget) are checked on the CPU (``ValueError``); on CUDA they are never read by the host, and the
 kernel guards the rows instead (see each op).
+
+verify_commit, for a selected row (``verifying[b] and not done[b]``): ``f`` = first ``j < K`` with
+``block[b, j] != pred[b, j]`` (none when ``remask`` is false); the committed tokens are
+``block[b, :f] + [pred[b, f]]`` or ``block[b, :K]``. They are appended to
+``out_tokens[b, out_len[b]:]`` while ``out_len[b] < budget[b]``, stopping right after the first
+token in ``eos_ids[b]`` (kept); either stop sets ``done[b]``. ``verifying[b]`` is cleared.
+Rows not selected (``verifying[b]`` false, or ``done[b]`` already set) are left entirely
+untouched, including their ``committed``, ``mismatch`` and ``verifying`` entries.
+Bad values in a selected row (``K`` outside ``[1, Kmax]``, ``out_len < 0``, ``budget < out_len``,
+``budget > N``): the CPU raises ``ValueError``; the CUDA kernel finishes the row without writing
+tokens (``done = True``, ``verifying = False``, ``committed = 0``, ``mismatch = -1``;
+``out_tokens``, ``out_len``, ``pending``, ``cache_seqlens`` untouched).
 """
 
 from __future__ import annotations
@@ -122,19 +134,8 @@ def verify_commit(
         committed: ``[B]`` int32. Set to the count of committed tokens before EOS/budget cuts.
         mismatch: ``[B]`` int32. Set to the first mismatch ``f``, or -1.
 
-    For a selected row: ``f`` = first ``j < K`` with ``block[b, j] != pred[b, j]`` (none when
-    ``remask`` is false); the committed tokens are ``block[b, :f] + [pred[b, f]]`` or
-    ``block[b, :K]``. They are appended to ``out_tokens[b, out_len[b]:]`` while
-    ``out_len[b] < budget[b]``, stopping right after the first token in ``eos_ids[b]`` (kept);
-    either stop sets ``done[b]``. ``verifying[b]`` is cleared.
-
-    Rows not selected (``verifying[b]`` false, or ``done[b]`` already set) are left entirely
-    untouched, including their ``committed``, ``mismatch`` and ``verifying`` entries.
-
-    Bad values in a selected row (``K`` outside ``[1, Kmax]``, ``out_len < 0``,
-    ``budget < out_len``, ``budget > N``): the CPU raises ``ValueError``; the CUDA kernel finishes
-    the row without writing tokens (``done = True``, ``verifying = False``, ``committed = 0``,
-    ``mismatch = -1``; ``out_tokens``, ``out_len``, ``pending``, ``cache_seqlens`` untouched).
+    What a selected row commits, what happens to the others and to bad values: the module
+    docstring ("verify_commit").
     """
     if isinstance(eos_ids, torch.Tensor) and eos_ids.dim() == 1 and block.dim() == 2:
         eos_ids = eos_ids.expand(block.shape[0], -1).contiguous()

@@ -73,30 +73,39 @@ def read_safetensors_header(path: str) -> dict[str, dict]:
         raise ValueError(f"{path}: corrupt safetensors header (not a JSON object)")
     header.pop("__metadata__", None)
     data_size = file_size - 8 - n
-    spans = []
-    for name, info in header.items():
-        try:
-            dtype, shape, (begin, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{path}: tensor {name}: malformed header entry {info!r}") from err
-        if dtype not in _DTYPES:
-            raise ValueError(f"{path}: tensor {name}: unknown dtype {dtype!r}")
-        if not all(isinstance(s, int) and s >= 0 for s in shape):
-            raise ValueError(f"{path}: tensor {name}: bad shape {shape}")
-        if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end):
-            raise ValueError(f"{path}: tensor {name}: bad data_offsets {[begin, end]}")
-        nbytes = math.prod(shape) * _DTYPES[dtype][0]
-        if end - begin != nbytes:
-            raise ValueError(
-                f"{path}: tensor {name}: header says {end - begin} bytes but dtype "
-                f"{dtype} x shape {shape} needs {nbytes} (corrupt header)"
-            )
-        if end > data_size:
-            raise ValueError(
-                f"{path}: tensor {name}: data ends at byte {end} but the file holds "
-                f"only {data_size} bytes of data (file truncated?)"
-            )
-        spans.append((begin, end, name))
+    spans = [_check_entry(path, name, info, data_size) for name, info in header.items()]
+    _check_spans(path, spans, data_size)
+    return header
+
+
+def _check_entry(path: str, name: str, info, data_size: int) -> tuple[int, int, str]:
+    """One header entry checked (dtype, shape, offsets, size, inside the data): its data span."""
+    try:
+        dtype, shape, (begin, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: tensor {name}: malformed header entry {info!r}") from err
+    if dtype not in _DTYPES:
+        raise ValueError(f"{path}: tensor {name}: unknown dtype {dtype!r}")
+    if not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise ValueError(f"{path}: tensor {name}: bad shape {shape}")
+    if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end):
+        raise ValueError(f"{path}: tensor {name}: bad data_offsets {[begin, end]}")
+    nbytes = math.prod(shape) * _DTYPES[dtype][0]
+    if end - begin != nbytes:
+        raise ValueError(
+            f"{path}: tensor {name}: header says {end - begin} bytes but dtype "
+            f"{dtype} x shape {shape} needs {nbytes} (corrupt header)"
+        )
+    if end > data_size:
+        raise ValueError(
+            f"{path}: tensor {name}: data ends at byte {end} but the file holds "
+            f"only {data_size} bytes of data (file truncated?)"
+        )
+    return begin, end, name
+
+
+def _check_spans(path: str, spans: list[tuple[int, int, str]], data_size: int) -> None:
+    """The tensors' data spans tile the data section exactly: no gap, no overlap, nothing left."""
     spans.sort()
     cursor = 0
     for begin, end, name in spans:
@@ -109,7 +118,6 @@ def read_safetensors_header(path: str) -> dict[str, dict]:
             f"{path}: header describes {cursor} bytes of data but the file holds "
             f"{data_size} (corrupt or truncated file)"
         )
-    return header
 
 
 def read_config(path: str) -> ModelConfig:
