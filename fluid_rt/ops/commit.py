@@ -3,7 +3,7 @@
 Both ops mutate their state tensors in place and return nothing, so the decode loop
 (``fluid_rt.decode``) never waits for the host between forwards, and a step can be captured in a
 CUDA graph. Exact semantics: DEVELOPERS.md ("draft_commit", "verify_commit") and
-shared/spec/decoding.md, steps 2-4.
+docs/spec/decoding.md, steps 2-4.
 
 Argument checks (shapes, dtypes, devices, contiguity, memory overlap) raise ``ValueError`` /
 ``RuntimeError`` naming the argument. Values only the device knows (horizon, step, out_len,
