@@ -639,6 +639,14 @@ def test_python_in_a_source_tree_without_a_build_says_so(tmp_path):
     assert "Run Python from another directory" in proc.stderr
 
 
+def _package_parent() -> str:
+    """The folder holding the fluid_rt the tests import: the checkout with an in-place build, or
+    site-packages after `pip install .` (a checkout without a build cannot import)."""
+    import fluid_rt
+
+    return str(Path(fluid_rt.__file__).resolve().parents[1])
+
+
 def test_readme_python_snippet_runs_as_a_file_from_anywhere(tmp_path):
     """The README's Python API snippet, saved as a file and run from another directory, prints
     the answer and a stats line."""
@@ -652,7 +660,7 @@ def test_readme_python_snippet_runs_as_a_file_from_anywhere(tmp_path):
     api = readme[readme.index("## Python API") :]
     code = re.search(r"```python\n(.*?)```", api, re.DOTALL)[1]
     (tmp_path / "snippet.py").write_text(code)
-    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "PYTHONPATH": _package_parent(), "OMP_NUM_THREADS": "2"}
     proc = subprocess.run(
         [sys.executable, "snippet.py"],
         cwd=tmp_path,
@@ -684,7 +692,7 @@ def test_ctrl_c_while_torch_imports_exits_130_without_a_traceback(tmp_path):
         "builtins.__import__ = hook\n"
         "from fluid_rt.cli import main\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(GOLDEN_DIR).parents[2])}
+    env = {**os.environ, "PYTHONPATH": _package_parent()}
     proc = subprocess.run(
         [sys.executable, str(script)],
         cwd=tmp_path,
