@@ -69,9 +69,4 @@ PYBIND11_MODULE(_C, m) {
     d["amx_bf16"] = fluid_rt::cpu_has_amx_bf16();
     return d;
   });
-#ifdef FLUID_RT_HAS_AVX512
-  m.attr("cpu_avx512_compiled") = true;
-#else
-  m.attr("cpu_avx512_compiled") = false;
-#endif
 }

@@ -63,7 +63,6 @@ def build_info() -> dict:
         "with_cuda": bool(_C.with_cuda),
         "cuda_archs": list(_C.cuda_archs),
         "cuda_emu": bool(getattr(_C, "cuda_emu", False)),
-        "cpu_avx512_compiled": bool(_C.cpu_avx512_compiled),
         "cpu_isa": _C.cpu_isa(),
         "cpu_isas": list(_C.cpu_isas_compiled()),
         "cpu_isas_supported": list(_C.cpu_isas_supported()),

@@ -2,7 +2,6 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "common/cpu_features.h"
 #include "common/cpu_isa.h"
 
 #ifdef _OPENMP
@@ -130,10 +129,6 @@ bool cpu_has_amx_bf16() {
   return false;
 #endif
 }
-
-// Kept for the kernels not yet moved to the per-ISA files: "the avx512 path is in use".
-bool cpu_has_avx512() { return cpu_isa_supported(CpuIsa::kAvx512); }
-bool cpu_use_avx512() { return cpu_isa() == CpuIsa::kAvx512; }
 
 int cpu_max_threads() {
 #ifdef _OPENMP

@@ -11,16 +11,8 @@
 #include <omp.h>
 #endif
 
-#include "common/cpu_features.h"
-#include "common/lanes.h"
 #include "linear/kernels.h"
 #include "linear/params.h"
-
-#if defined(__x86_64__) && defined(FLUID_RT_HAS_AVX512)
-#include <immintrin.h>
-#define FLUID_RT_LINEAR_AVX512 1
-#define AVX512_FN __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
-#endif
 
 namespace fluid_rt {
 namespace {
@@ -67,23 +59,10 @@ void copy_panels_units(const PackLinearParams& p) {
 
 // W stored k-major ([K][N], stride_n == 1): each step of a panel is one run of w floats in a row of
 // W (float32), or two runs, de-interleaved from the w pairs (bfloat16). Used to unpack slices for
-// oneDNN, which multiplies that layout without repacking it.
-#ifdef FLUID_RT_LINEAR_AVX512
-// w bfloat16 pairs -> the w first and the w second halves (the hot loop of unpacking for oneDNN).
-AVX512_FN void deinterleave_avx512(const uint16_t* pairs, int64_t w, uint16_t* even, uint16_t* odd) {
-  for (int64_t c = 0; c < w; c += 16) {
-    const __mmask16 m = first_lanes16(w - c);
-    const __m512i v = _mm512_maskz_loadu_epi32(m, pairs + 2 * c);
-    _mm256_mask_storeu_epi16(even + c, m, _mm512_cvtepi32_epi16(v));
-    _mm256_mask_storeu_epi16(odd + c, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(v, 16)));
-  }
-}
-#endif
-
+// oneDNN, which multiplies that layout without repacking it. The pair loop below is what the
+// compiler vectorizes (interleave / de-interleave shuffles) at the baseline flags.
 template <bool kPack>
 void copy_panels_kmajor(const PackLinearParams& p) {
-  const bool avx512 = cpu_use_avx512();
-  (void)avx512;
   const int64_t panels = linear_num_panels(p.N), es = esize(p.dtype);
   const bool bf16 = p.dtype == DType::kBFloat16;
   char* packed = static_cast<char*>(p.packed);
@@ -108,12 +87,6 @@ void copy_panels_kmajor(const PackLinearParams& p) {
       uint16_t* even = W + 2 * kk * p.stride_k + n0;
       uint16_t* odd = even + p.stride_k;
       uint16_t* step = pairs + kk * w * 2;
-#ifdef FLUID_RT_LINEAR_AVX512
-      if (!kPack && avx512) {
-        deinterleave_avx512(step, w, even, odd);
-        continue;
-      }
-#endif
       for (int64_t c = 0; c < w; ++c) {
         if (kPack)
           step[2 * c] = even[c], step[2 * c + 1] = odd[c];
