@@ -25,7 +25,7 @@
 
 #include "attention/params.h"
 #include "common/dtype.h"
-#include "common/vec.h"
+#include "common/vexp.h"
 
 namespace fluid_rt {
 namespace FLUID_RT_ISA_NS {
@@ -80,22 +80,7 @@ int64_t dtype_size(DType dt) { return dt == DType::kFloat32 ? 4 : 2; }
 // Every element's sums run in the same order whatever R and the column split, so a row's result
 // does not depend on its neighbours in the block.
 
-// 2^x for x in [kMinExp2, 0]: x = n + f with |f| <= 1/2, 2^f by its degree-7 Taylor series in
-// f * ln2 (relative error ~5e-9, below float rounding), scaled by 2^n.
-inline VecF exp2_vec(VecF x) {
-  x = vmax(x, vset1(kMinExp2));
-  const VecF n = round_nearest(x);
-  const VecF f = x - n;
-  VecF p = vset1(1.525273380405984e-05f);
-  p = fma(p, f, vset1(1.5403530393381608e-04f));
-  p = fma(p, f, vset1(1.3333558146428443e-03f));
-  p = fma(p, f, vset1(9.618129107628477e-03f));
-  p = fma(p, f, vset1(5.550410866482158e-02f));
-  p = fma(p, f, vset1(2.402265069591007e-01f));
-  p = fma(p, f, vset1(6.931471805599453e-01f));
-  p = fma(p, f, vset1(1.f));
-  return scale_pow2(p, n);
-}
+inline VecF exp2_vec(VecF x) { return exp2_nonpositive(vmax(x, vset1(kMinExp2))); }
 
 // S[i][0 .. nkb*kKeyBlock) = Q[i] . K[j]: R rows x 2 vectors of keys per step, 2 R independent
 // accumulators to hide the FMA latency.

@@ -10,8 +10,8 @@
 // kLanes (e.g. keys per score step = 2 * kLanes). Semantics shared by every path:
 //   vmax(a, b) = a > b ? a : b   (x86 maxps: b when either is NaN)
 //   a > b, a == b are ordered compares (false with NaN); unordered(a, b) is true with a NaN.
-//   scale_pow2(p, n) = p * 2^n for integral n in [-127, 127]: exact for n >= -126; n = -127 gives 0
-//   on avx2/portable (flush) and the denormal p * 2^-127 on avx512.
+//   exponent_bits(t) = the float whose bits are t's shifted left by 23: t's low mantissa bits become
+//   the exponent field (csrc/common/vexp.h builds 2^n from them).
 #pragma once
 
 #include <cstdint>
@@ -61,10 +61,9 @@ inline MaskF no_lanes() { return {0}; }
 inline VecF select(MaskF m, VecF a, VecF b) { return {_mm512_mask_mov_ps(b.v, m.m, a.v)}; }  // m ? a : b
 inline float reduce_add(VecF a) { return _mm512_reduce_add_ps(a.v); }
 inline float reduce_max(VecF a) { return _mm512_reduce_max_ps(a.v); }
-inline VecF round_nearest(VecF a) {
-  return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
+inline VecF exponent_bits(VecF t) {
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(t.v), 23))};
 }
-inline VecF scale_pow2(VecF p, VecF n) { return {_mm512_scalef_ps(p.v, n.v)}; }
 inline float first_lane(VecF a) { return _mm512_cvtss_f32(a.v); }
 
 inline VecI iset1(int32_t x) { return {_mm512_set1_epi32(x)}; }
@@ -176,12 +175,8 @@ inline float reduce_max(VecF a) {
   s = _mm_max_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
 }
-inline VecF round_nearest(VecF a) {
-  return {_mm256_round_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
-}
-inline VecF scale_pow2(VecF p, VecF n) {  // 2^n built in the exponent field; n = -127 gives +0
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127)), 23);
-  return {_mm256_mul_ps(p.v, _mm256_castsi256_ps(e))};
+inline VecF exponent_bits(VecF t) {
+  return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t.v), 23))};
 }
 inline float first_lane(VecF a) { return _mm256_cvtss_f32(a.v); }
 
@@ -297,16 +292,13 @@ inline float reduce_max(VecF a) {
   const float x = a.v[0] > a.v[2] ? a.v[0] : a.v[2], y = a.v[1] > a.v[3] ? a.v[1] : a.v[3];
   return x > y ? x : y;
 }
-// Round to nearest even for |a| < 2^22 by the 1.5 * 2^23 trick (vectorizes without SSE4.1 / libm).
-inline VecF round_nearest(VecF a) {
-  const NativeF magic = {12582912.f, 12582912.f, 12582912.f, 12582912.f};
-  return {(a.v + magic) - magic};
-}
-inline VecF scale_pow2(VecF p, VecF n) {
-  const NativeI e = (__builtin_convertvector(n.v, NativeI) + 127) << 23;
+inline VecF exponent_bits(VecF t) {
+  NativeU bits;
+  std::memcpy(&bits, &t.v, sizeof(bits));
+  bits <<= 23;
   NativeF f;
-  std::memcpy(&f, &e, sizeof(f));
-  return {p.v * f};
+  std::memcpy(&f, &bits, sizeof(f));
+  return {f};
 }
 inline float first_lane(VecF a) { return a.v[0]; }
 

@@ -1,8 +1,8 @@
 // token_entropy's hot loop, compiled once per CPU path (csrc/common/vec.h): kLanes logits per
 // vector, U vectors per step, a per-lane (m, s, t, argmax) with one (s, t) pair per vector slot, and
-// a polynomial exp. NaN and +inf are only flagged (the row is redone by cpu.cpp's rules); -inf
-// weighs exactly 0 (kEntropyExpFloor).
-#include "common/vec.h"
+// a polynomial exp (csrc/common/vexp.h). NaN and +inf are only flagged (the row is redone by
+// cpu.cpp's rules); -inf weighs exactly 0 (d is clamped to kExpFlushBelow, where exp gives 0).
+#include "common/vexp.h"
 #include "entropy/partial.h"
 
 namespace fluid_rt {
@@ -10,27 +10,6 @@ namespace FLUID_RT_ISA_NS {
 namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
-
-// exp(d) for d in [kEntropyExpFloor, 0] (any d up to overflow on avx512). Range reduction
-// d = n ln2 + r, |r| <= ln2/2, with ln2 split in two (Cody-Waite) so n*ln2 is exact; e^r by its
-// degree-7 Taylor polynomial (truncation < 6e-9 relative, below half an ulp) in Horner form; 2^n
-// applied by scale_pow2 (avx512's scalef also produces the denormals; the other paths flush results
-// below 2^-126 to 0, which changes no sum they enter: every row's sum holds an e^0 = 1). ~1 ulp.
-inline VecF exp_vec(VecF d) {
-  VecF n = round_nearest(d * vset1(1.44269504088896341f));
-  if constexpr (kLanes != 16) n = vmax(n, vset1(-127.f));
-  VecF r = fnma(n, vset1(0.693145751953125f), d);
-  r = fnma(n, vset1(1.428606765330187e-6f), r);
-  VecF p = vset1(1.0f / 5040.0f);
-  p = fma(p, r, vset1(1.0f / 720.0f));
-  p = fma(p, r, vset1(1.0f / 120.0f));
-  p = fma(p, r, vset1(1.0f / 24.0f));
-  p = fma(p, r, vset1(1.0f / 6.0f));
-  p = fma(p, r, vset1(0.5f));
-  p = fma(p, r, vset1(1.0f));
-  p = fma(p, r, vset1(1.0f));
-  return scale_pow2(p, n);
-}
 
 constexpr int U = 4;  // vectors per step
 
@@ -53,8 +32,8 @@ struct Lanes {
       mn = select(gt, x[u], mn);
       arg = select(gt, iset1(static_cast<int32_t>(base + kLanes * u)) + iota(), arg);
     }
-    const VecF dm = vmax((m - mn) * kv, vset1(kEntropyExpFloor));
-    const VecF e = exp_vec(dm);
+    const VecF dm = vmax((m - mn) * kv, vset1(kExpFlushBelow));
+    const VecF e = exp_nonpositive(dm);
     for (int u = 0; u < U; ++u) {
       t[u] = fma(dm, s[u], t[u]) * e;
       s[u] = s[u] * e;
@@ -82,7 +61,7 @@ struct Lanes {
 
 template <DType D>
 EntropyPartial range_vec(const void* row, int64_t lo, int64_t hi, float k) {
-  const VecF kv = vset1(k), floor = vset1(kEntropyExpFloor);
+  const VecF kv = vset1(k), floor = vset1(kExpFlushBelow);
   Lanes a;
   int64_t i = lo;
   for (; i + kLanes * U <= hi; i += kLanes * U) {
@@ -98,7 +77,7 @@ EntropyPartial range_vec(const void* row, int64_t lo, int64_t hi, float k) {
     }
     for (int u = 0; u < U; ++u) {
       const VecF d = vmax((x[u] - a.m) * kv, floor);
-      const VecF e = exp_vec(d);
+      const VecF e = exp_nonpositive(d);
       a.s[u] = a.s[u] + e;
       a.t[u] = fma(d, e, a.t[u]);
     }
@@ -110,7 +89,7 @@ EntropyPartial range_vec(const void* row, int64_t lo, int64_t hi, float k) {
     a.bad = a.bad | (unordered(x, x) & valid);
     if (any((x > a.m) & valid)) a.raise_max(&x, &valid, 1, i, kv);
     const VecF d = vmax((x - a.m) * kv, floor);
-    const VecF e = exp_vec(d);
+    const VecF e = exp_nonpositive(d);
     a.s[0] = select(valid, a.s[0] + e, a.s[0]);
     a.t[0] = select(valid, fma(d, e, a.t[0]), a.t[0]);
   }
