@@ -15,10 +15,15 @@ vocabulary), with the same number of threads:
 * decode: tokens/s of the following ``--new-tokens`` single-token forwards (fluid_rt: the
   difference of AR generates of 1 + N and 1 tokens).
 Medians over ``--repeats`` runs; ratios are fluid_rt / llama.cpp tok/s (> 1: fluid_rt faster).
-fluid_rt runs once per CPU path in ``--isa`` (``fluid_rt.use_cpu_isa``). Numbers from a shared,
-loaded machine are noisy: compare ratios of one run. On an oversubscribed machine wall time mostly
-measures the scheduler (a thread waiting at a barrier for a descheduled peer); ``--threads 1
---clock process`` then times the CPU time this process spent instead (llama.cpp runs in-process).
+
+With the shipped FLUID adapter (the default model), a second table decodes ``--chat-prompts``
+held-out chat prompts (``fluid_rt.adapt.prompts``, the adapter never trained on them) to EOS or
+``--new-tokens``, one prompt at a time: llama.cpp greedy, fluid_rt greedy AR, and fluid_rt elastic
+(whose tokens must equal its AR's). tok/s there is generated tokens over the whole generate call,
+prefill included, summed over the prompts.
+fluid_rt runs once per CPU path in ``--isa`` (``fluid_rt.use_cpu_isa``). Wall-clock times: run it
+on an otherwise idle machine (on an oversubscribed one a thread waiting at a barrier for a
+descheduled peer dominates), and compare ratios of one run.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ def prompt_ids(tokenizer, n: int) -> list[int]:
     return ids[:n]
 
 
-CLOCK = time.perf_counter  # or time.process_time (--clock process)
+CLOCK = time.perf_counter
 
 
 def median_time(fn, repeats: int) -> float:
@@ -112,15 +117,102 @@ def bench_llama_cpp(path: str, prompt: list[int], new_tokens: int, threads: int,
 
 
 def bench_fluid(dec: Decoder, prompt: list[int], new_tokens: int, repeats: int):
-    """(prefill seconds, decode seconds for new_tokens, greedy tokens)."""
+    """(prefill seconds, decode seconds for new_tokens, greedy tokens): from the decoder's own
+    timing of AR generates of 1 + new_tokens (prefill gives the first token, then new_tokens
+    single-token forwards)."""
+    cfg = DecodeConfig(mode="ar", max_new_tokens=1 + new_tokens)
+    dec.generate([prompt], cfg)  # warm-up
+    pre, post = [], []
+    for _ in range(repeats):
+        out, stats = dec.generate([prompt], cfg)
+        pre.append(stats.prefill_s)
+        post.append(stats.wall_s - stats.prefill_s)
+    return statistics.median(pre), statistics.median(post), out[0].tokens
 
-    def run(n):
-        out, _ = dec.generate([prompt], DecodeConfig(mode="ar", max_new_tokens=n))
-        return out[0].tokens
 
-    t_first = median_time(lambda: run(1), repeats)
-    t_all = median_time(lambda: run(1 + new_tokens), repeats)
-    return t_first, max(t_all - t_first, 1e-9), run(1 + new_tokens)
+def chat_prompts(tokenizer, n: int) -> list[list[int]]:
+    """The first ``n`` held-out chat prompts, kinds interleaved, as chat-template ids."""
+    from fluid_rt.adapt.data import chat_ids
+    from fluid_rt.adapt.prompts import KINDS, build_prompts
+
+    by_kind = {k: [p for p in build_prompts()[1] if p.kind == k] for k in KINDS}
+    mixed = [p for group in zip(*by_kind.values()) for p in group]
+    return [chat_ids(tokenizer, p.text) for p in mixed[:n]]
+
+
+def llama_cpp_chat(path: str, prompts, new_tokens: int, eos: int, threads: int):
+    """(seconds, tokens per prompt) of llama.cpp greedy to EOS or ``new_tokens``; None without it."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    import numpy as np
+
+    llm = llama_cpp.Llama(
+        model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512, verbose=False
+    )
+    outs, t0 = [], CLOCK()
+    for prompt in prompts:
+        llm.reset()
+        llm.eval(prompt)
+        toks = []
+        while len(toks) < new_tokens:
+            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            toks.append(tok)
+            if tok == eos:
+                break
+            llm.eval([tok])
+        outs.append(toks)
+    return CLOCK() - t0, outs
+
+
+def fluid_chat(dec: Decoder, prompts, cfg: DecodeConfig):
+    """(seconds, tokens per prompt, forwards) of fluid_rt on each prompt alone."""
+    outs, forwards, t0 = [], 0, CLOCK()
+    for prompt in prompts:
+        gens, _ = dec.generate([prompt], cfg)
+        outs.append(gens[0].tokens)
+        forwards += gens[0].forwards
+    return CLOCK() - t0, outs, forwards
+
+
+def bench_chat(loaded, args) -> list[dict] | None:
+    """The chat table's rows (llama.cpp, then AR and elastic per CPU path), or None without an
+    adapter."""
+    from fluid_rt.adapt.report import decode_config
+
+    if loaded.khead is None or loaded.adapter is None:
+        print("bench_llamacpp: no FLUID adapter on this model: no elastic comparison", file=sys.stderr)
+        return None
+    prompts = chat_prompts(loaded.tokenizer, args.chat_prompts)
+    eos = loaded.tokenizer.eos_token_id
+    el_cfg = decode_config(loaded, args.new_tokens)
+    ar_cfg = DecodeConfig(mode="ar", max_new_tokens=args.new_tokens, eos_token_ids=el_cfg.eos_token_ids)
+    dec = Decoder(loaded.model, khead=loaded.khead, mask_token_id=loaded.fluid.mask_token_id)
+    rows = []
+    base = llama_cpp_chat(loaded.path, prompts, args.new_tokens, eos, args.threads)
+    if base is not None:
+        n = sum(map(len, base[1]))
+        rows.append({"impl": "llama.cpp", "tokens": n, "tok_s": n / base[0], "tokens_per_forward": 1.0})
+    for isa in args.isa.split(","):
+        with fluid_rt.use_cpu_isa(isa):
+            fluid_chat(dec, prompts[:1], el_cfg)  # warm-up
+            ar = fluid_chat(dec, prompts, ar_cfg)
+            el = fluid_chat(dec, prompts, el_cfg)
+        if el[1] != ar[1]:
+            raise SystemExit(f"{isa}: elastic tokens differ from AR's: not lossless")
+        n = sum(map(len, ar[1]))
+        for mode, (secs, _, fwd) in (("ar", ar), ("elastic", el)):
+            r = {
+                "impl": f"fluid_rt {mode} {isa}",
+                "tokens": n,
+                "tok_s": n / secs,
+                "tokens_per_forward": n / fwd,
+            }
+            if base is not None:
+                r["ratio"] = r["tok_s"] / rows[0]["tok_s"]
+            rows.append(r)
+    return rows
 
 
 def main(argv=None) -> None:
@@ -137,15 +229,13 @@ def main(argv=None) -> None:
     )
     ap.add_argument("--weights", choices=["quantized", "float"], default="quantized")
     ap.add_argument(
-        "--clock",
-        choices=["wall", "process"],
-        default="wall",
-        help="process: CPU time of this process (use with --threads 1 on a loaded machine)",
+        "--chat-prompts",
+        type=int,
+        default=12,
+        help="held-out chat prompts for the AR / elastic table (0: skip it; needs the adapter)",
     )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    global CLOCK
-    CLOCK = time.process_time if args.clock == "process" else time.perf_counter
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model, weights=args.weights)
     path = loaded.path
@@ -182,15 +272,23 @@ def main(argv=None) -> None:
         rows.append(r)
     title = (
         f"{path.rsplit('/', 1)[-1]}: {len(prompt)}-token prompt, {n} new tokens, {args.threads} "
-        f"threads, {args.clock} clock (medians of {args.repeats}; ratios = fluid_rt / llama.cpp)"
+        f"threads, wall clock (medians of {args.repeats}; ratios = fluid_rt / llama.cpp)"
     )
+    chat = bench_chat(loaded, args) if args.chat_prompts > 0 else None
     if args.json:
         emit_json("llamacpp", "cpu", rows, threads=args.threads, prompt_tokens=len(prompt), new_tokens=n)
-    else:
+        if chat:
+            emit_json("llamacpp_chat", "cpu", chat, threads=args.threads, prompts=args.chat_prompts)
+        return
+    print_table(
+        title, rows, ["impl", "prefill_tok_s", "decode_tok_s", "prefill_ratio", "decode_ratio", "same_tokens"]
+    )
+    if chat:
         print_table(
-            title,
-            rows,
-            ["impl", "prefill_tok_s", "decode_tok_s", "prefill_ratio", "decode_ratio", "same_tokens"],
+            f"{args.chat_prompts} held-out chat prompts, one at a time, to EOS or {n} tokens "
+            "(tok/s over whole generate calls; ratio = fluid_rt / llama.cpp)",
+            chat,
+            ["impl", "tokens", "tok_s", "tokens_per_forward", "ratio"],
         )
 
 
