@@ -44,7 +44,9 @@ def kernel_name(dtype) -> str:
     if dtype == torch.float32:
         return "fp32 fma"
     if fluid_rt.cpu_isa() == "avx512" and fluid_rt._C.cpu_has_avx512_bf16():
-        return "bf16 vdpbf16ps" + (" (>32 rows: oneDNN, AMX)" if fluid_rt._C.cpu_has_amx_bf16() else "")
+        return "bf16 vdpbf16ps" + (
+            " (>32 rows: oneDNN, AMX)" if fluid_rt.build_info()["cpu_features"]["amx_bf16"] else ""
+        )
     return "bf16 widened to fp32"
 
 
