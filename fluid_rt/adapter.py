@@ -25,6 +25,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from fluid_rt import ops
+
 FORMAT = "fluid_rt.gated_lora"
 VERSION = 1
 WEIGHTS = "adapter.safetensors"
@@ -200,30 +202,37 @@ class GatedLoRALinear:
     def out_features(self) -> int:
         return self.inner.out_features
 
-    def _add_delta(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _add_delta(self, x: torch.Tensor, y: torch.Tensor, silu_and_mul: bool = False) -> torch.Tensor:
+        """y plus the LoRA delta of x (of ``silu(gate) * up`` for ``x = [gate, up]`` with
+        ``silu_and_mul``) at the mask rows."""
+        rows = self.rows
+        if rows.index is None and rows.gate is None:
+            return y
+        if rows.index is not None:
+            if not rows.index.numel():
+                return y
+            if y.dtype in (torch.float32, torch.bfloat16):  # CPU: one fused op
+                ops.gated_lora_(y, x, rows.index, self.A_t, self.B_t, silu_and_mul)
+                return y
+        if silu_and_mul:
+            gate, up = x.chunk(2, dim=-1)
+            x = F.silu(gate) * up
         x2 = x.reshape(-1, x.shape[-1])
         y2 = y.view(-1, y.shape[-1])
-        rows = self.rows
-        if rows.index is not None:
-            if rows.index.numel():
-                d = (x2.index_select(0, rows.index) @ self.A_t) @ self.B_t
-                y2.index_add_(0, rows.index, d.to(y2.dtype))
+        if rows.index is not None:  # (float16)
+            d = (x2.index_select(0, rows.index) @ self.A_t) @ self.B_t
+            y2.index_add_(0, rows.index, d.to(y2.dtype))
             return y
-        if rows.gate is not None:
-            d = (x2 @ self.A_t) @ self.B_t
-            return torch.where(rows.gate, y2 + d.to(y2.dtype), y2).view(y.shape)
-        return y
+        d = (x2 @ self.A_t) @ self.B_t
+        return torch.where(rows.gate, y2 + d.to(y2.dtype), y2).view(y.shape)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self._add_delta(x, self.inner(x))
 
     def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
-        rows = self.rows
-        if rows.gate is None and (rows.index is None or not rows.index.numel()):
-            return self.inner.silu_and_mul(gate_up)
-        gate, up = gate_up.chunk(2, dim=-1)
-        act = F.silu(gate) * up  # before the inner call, which may overwrite gate_up
-        return self._add_delta(act, self.inner.silu_and_mul(gate_up))
+        # The inner layer leaves gate_up as it is (model.Linear.silu_and_mul), so it is still the
+        # delta's input afterwards.
+        return self._add_delta(gate_up, self.inner.silu_and_mul(gate_up), silu_and_mul=True)
 
 
 class Adapter:

@@ -122,12 +122,12 @@ class Linear:
 
     def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
         """SwiGLU's down projection: ``self(silu(gate) * up)`` for ``gate_up [..., 2 * in]`` =
-        ``[gate, up]`` (overwritten on the unpacked path; the packed one applies the activation
-        while it packs the rows, with no extra pass)."""
+        ``[gate, up]``, which is left unchanged (an adapter's delta reads it afterwards). The packed
+        kernel applies the activation while it packs the rows, with no extra pass."""
         if self.packed is not None:
             return ops.packed_linear(gate_up, self.packed, self.bias, silu_and_mul=True)
         gate, up = gate_up.chunk(2, dim=-1)
-        return self(F.silu(gate, inplace=True).mul_(up))
+        return self(F.silu(gate) * up)
 
 
 # ---- quantized weights (GGUF blocks kept on the CPU, fluid_rt.qlinear) ------------------------

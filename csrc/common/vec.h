@@ -48,6 +48,7 @@ inline void vstore_first(float* p, VecF a, int64_t n) { _mm512_mask_storeu_ps(p,
 inline VecF operator+(VecF a, VecF b) { return {_mm512_add_ps(a.v, b.v)}; }
 inline VecF operator-(VecF a, VecF b) { return {_mm512_sub_ps(a.v, b.v)}; }
 inline VecF operator*(VecF a, VecF b) { return {_mm512_mul_ps(a.v, b.v)}; }
+inline VecF operator/(VecF a, VecF b) { return {_mm512_div_ps(a.v, b.v)}; }
 inline VecF fma(VecF a, VecF b, VecF c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }    // a * b + c
 inline VecF fnma(VecF a, VecF b, VecF c) { return {_mm512_fnmadd_ps(a.v, b.v, c.v)}; }  // c - a * b
 inline VecF vmax(VecF a, VecF b) { return {_mm512_max_ps(a.v, b.v)}; }
@@ -154,6 +155,7 @@ inline void vstore_first(float* p, VecF a, int64_t n) { _mm256_maskstore_ps(p, f
 inline VecF operator+(VecF a, VecF b) { return {_mm256_add_ps(a.v, b.v)}; }
 inline VecF operator-(VecF a, VecF b) { return {_mm256_sub_ps(a.v, b.v)}; }
 inline VecF operator*(VecF a, VecF b) { return {_mm256_mul_ps(a.v, b.v)}; }
+inline VecF operator/(VecF a, VecF b) { return {_mm256_div_ps(a.v, b.v)}; }
 inline VecF fma(VecF a, VecF b, VecF c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
 inline VecF fnma(VecF a, VecF b, VecF c) { return {_mm256_fnmadd_ps(a.v, b.v, c.v)}; }
 inline VecF vmax(VecF a, VecF b) { return {_mm256_max_ps(a.v, b.v)}; }
@@ -276,6 +278,7 @@ inline void vstore_first(float* p, VecF a, int64_t n) {
 inline VecF operator+(VecF a, VecF b) { return {a.v + b.v}; }
 inline VecF operator-(VecF a, VecF b) { return {a.v - b.v}; }
 inline VecF operator*(VecF a, VecF b) { return {a.v * b.v}; }
+inline VecF operator/(VecF a, VecF b) { return {a.v / b.v}; }
 inline VecF fma(VecF a, VecF b, VecF c) { return {a.v * b.v + c.v}; }
 inline VecF fnma(VecF a, VecF b, VecF c) { return {c.v - a.v * b.v}; }
 inline VecF vmax(VecF a, VecF b) { return {a.v > b.v ? a.v : b.v}; }

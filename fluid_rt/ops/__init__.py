@@ -8,6 +8,7 @@ from fluid_rt.ops.attention import *  # noqa: F401,F403
 from fluid_rt.ops.commit import *  # noqa: F401,F403
 from fluid_rt.ops.entropy import *  # noqa: F401,F403
 from fluid_rt.ops.linear import *  # noqa: F401,F403
+from fluid_rt.ops.lora import *  # noqa: F401,F403
 from fluid_rt.ops.norm import *  # noqa: F401,F403
 from fluid_rt.ops.quant import *  # noqa: F401,F403
 from fluid_rt.ops.rope import *  # noqa: F401,F403

@@ -1,0 +1,70 @@
+// gated_lora_: schema, argument checks and the CPU impl (tensor -> params). CPU-only: on CUDA the
+// adapter runs a fixed-shape dense gate in torch ops (fluid_rt/adapter.py), which a CUDA graph
+// captures; on the CPU the four torch ops per layer and linear it replaces cost more than the math.
+#include <vector>
+
+#include "common.h"
+#include "lora/params.h"
+
+namespace fluid_rt {
+namespace {
+
+constexpr ArgSpec kGatedLoraArgs[] = {
+    {"y", kOpFloat | kF32 | kBF16, "... out_features", Layout::kRows, kWritten},
+    {"x", kOpFloat | kF32 | kBF16, "... features", Layout::kRows},  // in_features, or 2x with silu_and_mul
+    {"rows", kI64, "num_rows", Layout::kContiguous},
+    {"a_t", kF32, "in_features>=1 rank>=1", Layout::kContiguous},
+    {"b_t", kF32, "rank out_features", Layout::kContiguous},
+};
+constexpr OpSpec kGatedLoraSpec{kGatedLoraArgs,
+                                "gated_lora_ is a CPU kernel (on CUDA the adapter uses torch ops)"};
+
+// Every row index in [0, n) and none twice (two in-place adds to one row would race).
+void check_rows(const at::Tensor& rows, int64_t n) {
+  const int64_t* r = rows.data_ptr<int64_t>();
+  std::vector<bool> seen(static_cast<size_t>(n), false);
+  for (int64_t i = 0; i < rows.numel(); ++i) {
+    FLUID_CHECK_VALUE(r[i] >= 0 && r[i] < n, "rows: index ", r[i], " at position ", i, " is outside y's ", n,
+                      " rows");
+    FLUID_CHECK_VALUE(!seen[static_cast<size_t>(r[i])], "rows: index ", r[i], " appears twice");
+    seen[static_cast<size_t>(r[i])] = true;
+  }
+}
+
+void gated_lora_impl(at::Tensor& y, const at::Tensor& x, const at::Tensor& rows, const at::Tensor& a_t,
+                     const at::Tensor& b_t, bool silu_and_mul) {
+  check_args(kGatedLoraSpec, {y, x, rows, a_t, b_t});
+  const int64_t in = a_t.size(0);
+  FLUID_CHECK_VALUE(x.size(-1) == (silu_and_mul ? 2 * in : in), "x: the last dim must be ",
+                    silu_and_mul ? "2 * in_features = " : "in_features = ", silu_and_mul ? 2 * in : in,
+                    " (a_t is ", a_t.sizes(), "), got shape ", x.sizes());
+  const int64_t n = y.numel() / y.size(-1);
+  check_rows(rows, n);
+  GatedLoraParams p;
+  p.y = y.data_ptr();
+  p.y_stride = row_stride(y);
+  p.x = x.data_ptr();
+  p.x_stride = row_stride(x);
+  p.dtype = y.scalar_type() == at::kFloat ? DType::kFloat32 : DType::kBFloat16;
+  p.rows = rows.data_ptr<int64_t>();
+  p.num_rows = rows.numel();
+  p.a_t = a_t.data_ptr<float>();
+  p.b_t = b_t.data_ptr<float>();
+  p.in = in;
+  p.rank = a_t.size(1);
+  p.out = y.size(-1);
+  p.silu_and_mul = silu_and_mul;
+  gated_lora_cpu(p);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fluid_rt, m) {
+  m.def(
+      "gated_lora_(Tensor(a!) y, Tensor x, Tensor rows, Tensor a_t, Tensor b_t, bool silu_and_mul=False) -> "
+      "()");
+}
+
+TORCH_LIBRARY_IMPL(fluid_rt, CPU, m) { m.impl("gated_lora_", &gated_lora_impl); }
+
+}  // namespace fluid_rt

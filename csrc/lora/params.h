@@ -1,0 +1,34 @@
+// gated_lora_: a LoRA delta added in place to chosen rows of a linear layer's output,
+//   y[r] += (x'[r] @ a_t) @ b_t        for r in rows,
+// where x' is x's row, or silu(gate) * up of a [gate, up] row (SwiGLU's down projection), a_t is
+// [in, rank] and b_t [rank, out] (the LoRA scale folded in). The gated FLUID adapter runs it at the
+// rows whose input is the mask token only; every other row of y is left untouched. Float32 math;
+// y's row is widened, summed with the delta and rounded back to its dtype once.
+#pragma once
+#include <cstdint>
+
+#include "common/dtype.h"
+#include "common/isa.h"
+
+namespace fluid_rt {
+
+struct GatedLoraParams {
+  void* y = nullptr;  // row r at y + r * y_stride (elements), out contiguous values
+  int64_t y_stride = 0;
+  const void* x = nullptr;  // row r at x + r * x_stride: in values (2 * in with silu_and_mul)
+  int64_t x_stride = 0;
+  DType dtype = DType::kFloat32;  // of x and y: float32 or bfloat16
+  const int64_t* rows = nullptr;  // num_rows distinct row indices
+  int64_t num_rows = 0;
+  const float* a_t = nullptr;  // [in, rank], contiguous
+  const float* b_t = nullptr;  // [rank, out], contiguous
+  int64_t in = 0, rank = 0, out = 0;
+  bool silu_and_mul = false;
+};
+
+void gated_lora_cpu(const GatedLoraParams& p);
+
+// Rows rows[r0 .. r1) of p, one copy per CPU path (lora.isa.cpp).
+FLUID_RT_DECLARE_ISA(void, gated_lora_rows, (const GatedLoraParams& p, int64_t r0, int64_t r1))
+
+}  // namespace fluid_rt

@@ -1,0 +1,117 @@
+"""fluid_rt.ops.gated_lora_ (the gated adapter's LoRA delta at mask rows) against float64 math."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fluid_rt.ops import gated_lora_
+
+TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2}
+
+
+def reference(y, x, rows, a_t, b_t, silu_and_mul):
+    """float64: y's listed rows plus the delta, rounded to y's dtype once; the others unchanged."""
+    xd = x.double()
+    if silu_and_mul:
+        gate, up = xd.chunk(2, dim=-1)
+        xd = F.silu(gate) * up
+    want = y.double().clone()
+    flat_y, flat_x = want.view(-1, y.shape[-1]), xd.reshape(-1, xd.shape[-1])
+    flat_y[rows] += (flat_x[rows] @ a_t.double()) @ b_t.double()
+    return want
+
+
+def make(shape_lead, in_f, rank, out_f, dtype, silu_and_mul, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape_lead, in_f * (2 if silu_and_mul else 1), generator=g).to(dtype)
+    y = torch.randn(*shape_lead, out_f, generator=g).to(dtype)
+    a_t = torch.randn(in_f, rank, generator=g) / in_f**0.5
+    b_t = torch.randn(rank, out_f, generator=g) / rank**0.5
+    return y, x, a_t, b_t
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("silu_and_mul", [False, True])
+@pytest.mark.parametrize(
+    "lead, in_f, rank, out_f, rows",
+    [
+        ((1,), 1, 1, 1, [0]),
+        ((9,), 576, 48, 960, [1, 4, 5, 8]),  # a fused q/k/v of SmolLM2, rank 16 x 3
+        ((2, 5), 37, 5, 71, [9, 0, 3]),  # odd sizes, rows out of order
+        ((3,), 64, 16, 33, []),  # no mask row: nothing changes
+        ((40,), 1536, 16, 576, list(range(0, 40, 3))),  # a down projection, enough rows for threads
+    ],
+)
+def test_matches_reference(dtype, silu_and_mul, lead, in_f, rank, out_f, rows, cpu_isa):
+    y, x, a_t, b_t = make(lead, in_f, rank, out_f, dtype, silu_and_mul, seed=len(rows) + in_f)
+    idx = torch.tensor(rows, dtype=torch.int64)
+    x_before = x.clone()
+    want = reference(y, x, idx, a_t, b_t, silu_and_mul)
+    y_before = y.clone()
+    gated_lora_(y, x, idx, a_t, b_t, silu_and_mul)
+    tol = TOL[dtype]
+    torch.testing.assert_close(y.double(), want, rtol=tol, atol=tol)
+    untouched = torch.ones(y.numel() // out_f, dtype=torch.bool)
+    untouched[idx] = False
+    assert torch.equal(y.view(-1, out_f)[untouched], y_before.view(-1, out_f)[untouched])  # bitwise
+    assert torch.equal(x, x_before)
+
+
+def test_strided_rows_and_huge_gate(cpu_isa):
+    """y and x as column slices of wider matrices (a fused projection's output); gate values whose
+    exp would overflow (silu(-200) = -0, silu(200) = 200)."""
+    g = torch.Generator().manual_seed(7)
+    y_wide, x_wide = torch.randn(6, 20, generator=g), torch.randn(6, 30, generator=g)
+    y, x = y_wide[:, 3:13], x_wide[:, 5:25]
+    x[:, :3] = torch.tensor([-200.0, 200.0, 0.0])
+    a_t, b_t = torch.randn(10, 4, generator=g), torch.randn(4, 10, generator=g)
+    idx = torch.tensor([5, 2])
+    want = reference(y, x, idx, a_t, b_t, True)
+    rest = y_wide.clone()
+    gated_lora_(y, x, idx, a_t, b_t, True)
+    # Terms reach ~200 * |a| * |b|: float32 sums of them are good to ~1e-4 absolute.
+    torch.testing.assert_close(y.double(), want, rtol=2e-5, atol=1e-3)
+    assert torch.equal(y_wide[:, :3], rest[:, :3]) and torch.equal(y_wide[:, 13:], rest[:, 13:])
+
+
+def test_opcheck():
+    y, x, a_t, b_t = make((4,), 8, 2, 6, torch.float32, False, 0)
+    torch.library.opcheck(
+        torch.ops.fluid_rt.gated_lora_.default, (y, x, torch.tensor([1, 3]), a_t, b_t, False)
+    )
+
+
+def _args(**over):
+    y, x, a_t, b_t = make((4,), 8, 2, 6, torch.float32, False, 0)
+    args = dict(y=y, x=x, rows=torch.tensor([0, 2]), a_t=a_t, b_t=b_t, silu_and_mul=False)
+    args.update(over)
+    return args
+
+
+BAD = [
+    ("x dtype", dict(x=torch.randn(4, 8, dtype=torch.float64)), "x"),
+    ("x not y's dtype", dict(x=torch.randn(4, 8).bfloat16()), "x"),
+    ("x rows", dict(x=torch.randn(5, 8)), "x"),
+    ("x features", dict(x=torch.randn(4, 9)), "x"),
+    ("silu needs 2 * in", dict(silu_and_mul=True), r"2 \* in_features"),
+    ("rows dtype", dict(rows=torch.tensor([0, 2], dtype=torch.int32)), "rows"),
+    ("row out of range", dict(rows=torch.tensor([0, 4])), "outside"),
+    ("negative row", dict(rows=torch.tensor([-1])), "outside"),
+    ("row twice", dict(rows=torch.tensor([2, 2])), "twice"),
+    ("a_t dtype", dict(a_t=torch.randn(8, 2).bfloat16()), "a_t"),
+    ("b_t shape", dict(b_t=torch.randn(3, 6)), "b_t"),
+    ("b_t out", dict(b_t=torch.randn(2, 7)), "b_t"),
+    ("a_t strided", dict(a_t=torch.randn(2, 8).t()), "a_t"),
+]
+
+
+@pytest.mark.parametrize("name, over, match", BAD, ids=[b[0] for b in BAD])
+def test_bad_arguments_raise(name, over, match):
+    with pytest.raises(ValueError, match=match):
+        gated_lora_(**_args(**over))
+
+
+def test_shared_memory_rejected():
+    y = torch.randn(4, 8)
+    with pytest.raises(ValueError):
+        gated_lora_(y, y, torch.tensor([0]), torch.randn(8, 2), torch.randn(2, 8))
