@@ -72,6 +72,15 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def llama_next_token(llm) -> int:
+    """The greedy token after llama.cpp's last ``eval`` (its last row of logits: without
+    ``logits_all``, llama-cpp-python keeps no ``scores`` row, so they are read from the context)."""
+    import numpy as np
+
+    logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+    return int(np.argmax(logits))
+
+
 def bench_llama_cpp(path: str, prompt: list[int], new_tokens: int, threads: int, repeats: int):
     """(prefill seconds, decode seconds for new_tokens, greedy tokens) or None without llama_cpp."""
     try:
@@ -83,7 +92,6 @@ def bench_llama_cpp(path: str, prompt: list[int], new_tokens: int, threads: int,
             file=sys.stderr,
         )
         return None
-    import numpy as np
 
     llm = llama_cpp.Llama(
         model_path=path,
@@ -105,7 +113,7 @@ def bench_llama_cpp(path: str, prompt: list[int], new_tokens: int, threads: int,
         tokens.clear()
         t0 = CLOCK()
         for _ in range(new_tokens):
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            tok = llama_next_token(llm)
             tokens.append(tok)
             llm.eval([tok])
         return CLOCK() - t0
@@ -146,7 +154,6 @@ def llama_cpp_chat(path: str, prompts, new_tokens: int, eos: int, threads: int):
         import llama_cpp
     except ImportError:
         return None
-    import numpy as np
 
     llm = llama_cpp.Llama(
         model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512, verbose=False
@@ -157,7 +164,7 @@ def llama_cpp_chat(path: str, prompts, new_tokens: int, eos: int, threads: int):
         llm.eval(prompt)
         toks = []
         while len(toks) < new_tokens:
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            tok = llama_next_token(llm)
             toks.append(tok)
             if tok == eos:
                 break
