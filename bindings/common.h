@@ -246,6 +246,16 @@ inline int64_t row_stride(const at::Tensor& t) {
   return stride;
 }
 
+// A linear op's x: its last dim is in_features, or 2 * in_features = [gate, up] with silu_and_mul
+// (SwiGLU's down projection). `weight` names the tensor in_features comes from, for the message.
+inline void check_linear_input(const at::Tensor& x, int64_t in_features, bool silu_and_mul,
+                               const char* weight, const at::Tensor& w) {
+  const int64_t want = silu_and_mul ? 2 * in_features : in_features;
+  FLUID_CHECK_VALUE(x.size(-1) == want, "x: the last dim must be ",
+                    silu_and_mul ? "2 * in_features = " : "in_features = ", want, " (", weight, " is ",
+                    w.sizes(), "), got shape ", x.sizes());
+}
+
 // --- One impl per op: the device branch ---------------------------------------------------------
 
 // Makes t's CUDA device current for the scope (outputs and launches go there); nothing for a CPU

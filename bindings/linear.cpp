@@ -111,9 +111,7 @@ at::Tensor packed_linear_impl(const at::Tensor& x, const at::Tensor& packed,
   check_args(kPackedLinearSpec, {x, packed, bias});
   check_even_in_features(packed, "packed");
   const int64_t out_features = packed.size(0), K = packed.size(1);
-  FLUID_CHECK_VALUE(x.size(-1) == (silu_and_mul ? 2 * K : K), "x: the last dim must be ",
-                    silu_and_mul ? "2 * in_features = " : "in_features = ", silu_and_mul ? 2 * K : K,
-                    " (packed is ", packed.sizes(), "), got shape ", x.sizes());
+  check_linear_input(x, K, silu_and_mul, "packed", packed);
   const DType dt = linear_dtype(x);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = out_features;

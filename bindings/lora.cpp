@@ -35,9 +35,7 @@ void gated_lora_impl(at::Tensor& y, const at::Tensor& x, const at::Tensor& rows,
                      const at::Tensor& b_t, bool silu_and_mul) {
   check_args(kGatedLoraSpec, {y, x, rows, a_t, b_t});
   const int64_t in = a_t.size(0);
-  FLUID_CHECK_VALUE(x.size(-1) == (silu_and_mul ? 2 * in : in), "x: the last dim must be ",
-                    silu_and_mul ? "2 * in_features = " : "in_features = ", silu_and_mul ? 2 * in : in,
-                    " (a_t is ", a_t.sizes(), "), got shape ", x.sizes());
+  check_linear_input(x, in, silu_and_mul, "a_t", a_t);
   const int64_t n = y.numel() / y.size(-1);
   check_rows(rows, n);
   GatedLoraParams p;

@@ -124,9 +124,7 @@ at::Tensor quant_linear_impl(const at::Tensor& x, const at::Tensor& packed, int6
   const QuantFormat f = format_of(format);
   check_args(kLinearSpec, {x, packed, bias});
   const int64_t K = packed_in_features(packed, f, out_features);
-  FLUID_CHECK_VALUE(x.size(-1) == (silu_and_mul ? 2 * K : K), "x: the last dim must be ",
-                    silu_and_mul ? "2 * in_features = " : "in_features = ", silu_and_mul ? 2 * K : K,
-                    " (packed is ", packed.sizes(), "), got shape ", x.sizes());
+  check_linear_input(x, K, silu_and_mul, "packed", packed);
   if (bias.has_value()) check_size(*bias, 0, out_features, "bias", "out_features");
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = out_features;
