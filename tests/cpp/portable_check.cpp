@@ -13,6 +13,7 @@
 #include "common/cpu_isa.h"
 #include "common/dtype.h"
 #include "entropy/params.h"
+#include "lora/params.h"
 #include "norm/params.h"
 #include "rope/params.h"
 
@@ -172,6 +173,36 @@ void check_attention(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, i
 
 }  // namespace
 
+// ---- gated_lora_ -----------------------------------------------------------------------------
+void check_gated_lora(int64_t n, int64_t in, int64_t rank, int64_t out, bool silu_and_mul) {
+  const int64_t xin = silu_and_mul ? 2 * in : in;
+  std::vector<float> x = randn(n * xin, 1.f), y = randn(n * out, 1.f);
+  const std::vector<float> a = randn(in * rank, 0.2f), b = randn(rank * out, 0.2f), y0 = y;
+  const std::vector<int64_t> rows = {n - 1, 0};  // out of order; the rows between stay untouched
+  GatedLoraParams p;
+  p.y = y.data(), p.y_stride = out, p.x = x.data(), p.x_stride = xin, p.rows = rows.data();
+  p.num_rows = static_cast<int64_t>(rows.size()), p.a_t = a.data(), p.b_t = b.data();
+  p.in = in, p.rank = rank, p.out = out, p.silu_and_mul = silu_and_mul;
+  gated_lora_cpu(p);
+  for (int64_t r = 0; r < n; ++r) {
+    const bool listed = r == 0 || r == n - 1;
+    std::vector<double> h(rank, 0.0);
+    for (int64_t i = 0; i < in; ++i) {
+      double v = x[r * xin + i];
+      if (silu_and_mul) v = v / (1 + std::exp(-v)) * x[r * xin + in + i];
+      for (int64_t k = 0; k < rank; ++k) h[k] += v * a[i * rank + k];
+    }
+    for (int64_t o = 0; o < out; ++o) {
+      double want = y0[r * out + o];
+      for (int64_t k = 0; listed && k < rank; ++k) want += h[k] * b[k * out + o];
+      if (listed)
+        expect_close("gated_lora row", y[r * out + o], want, 1e-5, 1e-5);
+      else
+        expect(y[r * out + o] == y0[r * out + o], "gated_lora untouched row", y[r * out + o], want);
+    }
+  }
+}
+
 int main() {
   std::printf("CPU path %s\n", cpu_isa_name(cpu_isa()));
   check_entropy(3, 4099, DType::kFloat32);
@@ -185,6 +216,8 @@ int main() {
   check_attention(2, 5, 8, 2, 64, 600, {0, 300});  // keys across the 256-key chunks
   check_attention(1, 3, 6, 1, 80, 40, {7});
   check_attention(1, 1, 4, 4, 16, 600, {550});  // one query: the split-KV path
+  check_gated_lora(3, 576, 48, 960, false);
+  check_gated_lora(4, 37, 5, 23, true);
   std::printf(failures ? "%d check(s) failed\n" : "all checks passed\n", failures);
   return failures ? 1 : 0;
 }
