@@ -3,7 +3,8 @@ elastic decoding against fluid_rt's own greedy AR (same model, same runtime, sam
 kind of held-out prompt (facts, lists, code, arithmetic, stories, how-tos), at batch 1 and 8.
 
     python benchmarks/bench_adapter.py [--adapter DIR] [--prompts-per-kind 4] [--max-new-tokens 64]
-        [--batch-sizes 1,8] [--repeats 1] [--threshold T] [--min-block M] [--plot out.png] [--json]
+        [--batch-sizes 1,8] [--repeats 1] [--threshold T] [--min-block M] [--weights float]
+        [--plot out.png] [--json]
 
 The prompts are the held-out set of ``fluid_rt.adapt.prompts.build_prompts`` (topics and templates
 the adapter never trained on), in the chat template. Elastic tokens must equal AR's (checked before
@@ -127,12 +128,18 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=None)
     ap.add_argument("--min-block", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--weights",
+        choices=["quantized", "float"],
+        default="quantized",
+        help="the GGUF's matrices as int8 kernels (default) or dequantized to float32",
+    )
     ap.add_argument("--plot", default=None, help="write the figure to this PNG path")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    lm = load_model(None, adapter=args.adapter)
+    lm = load_model(None, adapter=args.adapter, weights=args.weights)
     if lm.adapter is None:
         raise SystemExit("no adapter loaded: nothing to benchmark")
     over = {k: v for k, v in (("threshold", args.threshold), ("min_block", args.min_block)) if v is not None}
@@ -159,6 +166,7 @@ def main() -> None:
         "min_block": el_cfg.min_block,
         "threshold": el_cfg.threshold,
         "max_new_tokens": args.max_new_tokens,
+        "weights": args.weights,
     }
     if args.json:
         emit_json("adapter", "cpu", rows, **extra)

@@ -13,7 +13,10 @@ import torch
 # Jupyter outputs in SmolLM2's pre-training code data; an instruction-tuned chat never produces it.
 MASK_CANDIDATES = ("<empty_output>", "<jupyter_script>", "<issue_closed>", "<gh_stars>")
 
-DECODE_DEFAULTS = {"min_block": 2, "threshold": 0.5}
+# Measured on training prompts with the shipped adapter (held-out prompts are for the report): a low
+# confidence threshold commits nearly every draft, and a wrong one costs no extra forward (the next
+# pass's exact prediction replaces it), so 0.1 gave more tokens per forward than 0.3 or 0.5.
+DECODE_DEFAULTS = {"min_block": 2, "threshold": 0.1}
 
 
 def pick_mask_token(tokenizer) -> int:
