@@ -219,7 +219,7 @@ class GatedLoRALinear:
             x = F.silu(gate) * up
         x2 = x.reshape(-1, x.shape[-1])
         y2 = y.view(-1, y.shape[-1])
-        if rows.index is not None:  # (float16)
+        if rows.index is not None:  # a CPU float16 model: the op takes float32 and bfloat16 only
             d = (x2.index_select(0, rows.index) @ self.A_t) @ self.B_t
             y2.index_add_(0, rows.index, d.to(y2.dtype))
             return y
