@@ -391,6 +391,20 @@ inline void store_first_as(void* base, int64_t i, VecF a, int64_t n) {
   }
 }
 
+// n (1 .. kLanes) elements at base[i]: a whole vector, or the first lanes of one (a row's tail).
+template <DType D>
+inline VecF load_n(const void* base, int64_t i, int64_t n) {
+  return n == kLanes ? load_as<D>(base, i) : load_first_as<D>(base, i, n);
+}
+
+template <DType D>
+inline void store_n(void* base, int64_t i, VecF v, int64_t n) {
+  if (n == kLanes)
+    store_as<D>(base, i, v);
+  else
+    store_first_as<D>(base, i, v, n);
+}
+
 // x rounded to dtype D and back (the rounding torch applies between two ops in that dtype).
 template <DType D>
 inline VecF round_as(VecF a) {

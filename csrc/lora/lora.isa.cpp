@@ -58,15 +58,10 @@ inline VecF silu_times(VecF g, VecF u) {
 // x' of one row, widened to float32 into xf [in].
 template <DType D>
 void input_row(const GatedLoraParams& p, const void* x, float* xf) {
-  int64_t i = 0;
-  for (; i + kLanes <= p.in; i += kLanes) {
-    const VecF a = load_as<D>(x, i);
-    vstore(xf + i, p.silu_and_mul ? silu_times(a, load_as<D>(x, p.in + i)) : a);
-  }
-  if (i < p.in) {
-    const int64_t n = p.in - i;
-    const VecF a = load_first_as<D>(x, i, n);
-    vstore_first(xf + i, p.silu_and_mul ? silu_times(a, load_first_as<D>(x, p.in + i, n)) : a, n);
+  for (int64_t i = 0; i < p.in; i += kLanes) {
+    const int64_t n = std::min<int64_t>(kLanes, p.in - i);
+    const VecF a = load_n<D>(x, i, n);
+    store_n<DType::kFloat32>(xf, i, p.silu_and_mul ? silu_times(a, load_n<D>(x, p.in + i, n)) : a, n);
   }
 }
 
@@ -79,11 +74,9 @@ void lora_row(const GatedLoraParams& p, int64_t r, float* scratch) {
   input_row<D>(p, x, xf);
   vec_mat(xf, p.in, p.a_t, p.rank, h);
   vec_mat(h, p.rank, p.b_t, p.out, d);
-  int64_t j = 0;
-  for (; j + kLanes <= p.out; j += kLanes) store_as<D>(y, j, load_as<D>(y, j) + vload(d + j));
-  if (j < p.out) {
-    const int64_t n = p.out - j;
-    store_first_as<D>(y, j, load_first_as<D>(y, j, n) + vload_first(d + j, n), n);
+  for (int64_t j = 0; j < p.out; j += kLanes) {
+    const int64_t n = std::min<int64_t>(kLanes, p.out - j);
+    store_n<D>(y, j, load_n<D>(y, j, n) + load_n<DType::kFloat32>(d, j, n), n);
   }
 }
 

@@ -12,19 +12,6 @@ namespace FLUID_RT_ISA_NS {
 namespace {
 
 template <DType D>
-inline VecF load_n(const void* base, int64_t i, int64_t n) {
-  return n == kLanes ? load_as<D>(base, i) : load_first_as<D>(base, i, n);
-}
-
-template <DType D>
-inline void store_n(void* base, int64_t i, VecF v, int64_t n) {
-  if (n == kLanes)
-    store_as<D>(base, i, v);
-  else
-    store_first_as<D>(base, i, v, n);
-}
-
-template <DType D>
 void norm_row(const RmsNormParams& p, int64_t r) {
   using T = std::conditional_t<D == DType::kFloat32, float, uint16_t>;
   const int64_t H = p.hidden;
