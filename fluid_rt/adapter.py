@@ -206,14 +206,14 @@ class GatedLoRALinear:
         """y plus the LoRA delta of x (of ``silu(gate) * up`` for ``x = [gate, up]`` with
         ``silu_and_mul``) at the mask rows."""
         rows = self.rows
-        if rows.index is None and rows.gate is None:
-            return y
         if rows.index is not None:
             if not rows.index.numel():
                 return y
             if y.dtype in (torch.float32, torch.bfloat16):  # CPU: one fused op
                 ops.gated_lora_(y, x, rows.index, self.A_t, self.B_t, silu_and_mul)
                 return y
+        elif rows.gate is None:
+            return y
         if silu_and_mul:
             gate, up = x.chunk(2, dim=-1)
             x = F.silu(gate) * up
