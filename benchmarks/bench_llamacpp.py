@@ -81,8 +81,8 @@ def llama_next_token(llm) -> int:
     return int(np.argmax(logits))
 
 
-def bench_llama_cpp(path: str, prompt: list[int], new_tokens: int, threads: int, repeats: int):
-    """(prefill seconds, decode seconds for new_tokens, greedy tokens) or None without llama_cpp."""
+def open_llama_cpp(path: str, threads: int):
+    """llama.cpp on ``path`` through llama-cpp-python, or None (with a message) without it."""
     try:
         import llama_cpp
     except ImportError:
@@ -92,8 +92,7 @@ def bench_llama_cpp(path: str, prompt: list[int], new_tokens: int, threads: int,
             file=sys.stderr,
         )
         return None
-
-    llm = llama_cpp.Llama(
+    return llama_cpp.Llama(
         model_path=path,
         n_threads=threads,
         n_threads_batch=threads,
@@ -102,6 +101,21 @@ def bench_llama_cpp(path: str, prompt: list[int], new_tokens: int, threads: int,
         n_ubatch=512,
         verbose=False,
     )
+
+
+def llama_cpp_continue(llm, new_tokens: int, eos: int | None = None) -> list[int]:
+    """llama.cpp's greedy tokens after what it has evaluated, up to ``new_tokens`` or ``eos``."""
+    tokens: list[int] = []
+    while len(tokens) < new_tokens:
+        tokens.append(llama_next_token(llm))
+        if tokens[-1] == eos:
+            break
+        llm.eval(tokens[-1:])
+    return tokens
+
+
+def bench_llama_cpp(llm, prompt: list[int], new_tokens: int, repeats: int):
+    """(prefill seconds, decode seconds for new_tokens, greedy tokens)."""
     tokens: list[int] = []
 
     def prefill():
@@ -110,12 +124,8 @@ def bench_llama_cpp(path: str, prompt: list[int], new_tokens: int, threads: int,
 
     def decode():
         prefill()
-        tokens.clear()
         t0 = CLOCK()
-        for _ in range(new_tokens):
-            tok = llama_next_token(llm)
-            tokens.append(tok)
-            llm.eval([tok])
+        tokens[:] = llama_cpp_continue(llm, new_tokens)
         return CLOCK() - t0
 
     t_prefill = median_time(prefill, repeats)
@@ -148,28 +158,13 @@ def chat_prompts(tokenizer, n: int) -> list[list[int]]:
     return [chat_ids(tokenizer, p.text) for p in mixed[:n]]
 
 
-def llama_cpp_chat(path: str, prompts, new_tokens: int, eos: int, threads: int):
-    """(seconds, tokens per prompt) of llama.cpp greedy to EOS or ``new_tokens``; None without it."""
-    try:
-        import llama_cpp
-    except ImportError:
-        return None
-
-    llm = llama_cpp.Llama(
-        model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512, verbose=False
-    )
+def llama_cpp_chat(llm, prompts, new_tokens: int, eos: int):
+    """(seconds, tokens per prompt) of llama.cpp greedy to EOS or ``new_tokens``."""
     outs, t0 = [], CLOCK()
     for prompt in prompts:
         llm.reset()
         llm.eval(prompt)
-        toks = []
-        while len(toks) < new_tokens:
-            tok = llama_next_token(llm)
-            toks.append(tok)
-            if tok == eos:
-                break
-            llm.eval([tok])
-        outs.append(toks)
+        outs.append(llama_cpp_continue(llm, new_tokens, eos))
     return CLOCK() - t0, outs
 
 
@@ -183,7 +178,7 @@ def fluid_chat(dec: Decoder, prompts, cfg: DecodeConfig):
     return CLOCK() - t0, outs, forwards
 
 
-def bench_chat(loaded, args) -> list[dict] | None:
+def bench_chat(loaded, llm, args) -> list[dict] | None:
     """The chat table's rows (llama.cpp, then AR and elastic per CPU path), or None without an
     adapter."""
     from fluid_rt.adapt.report import decode_config
@@ -197,7 +192,7 @@ def bench_chat(loaded, args) -> list[dict] | None:
     ar_cfg = DecodeConfig(mode="ar", max_new_tokens=args.new_tokens, eos_token_ids=el_cfg.eos_token_ids)
     dec = Decoder(loaded.model, khead=loaded.khead, mask_token_id=loaded.fluid.mask_token_id)
     rows = []
-    base = llama_cpp_chat(loaded.path, prompts, args.new_tokens, eos, args.threads)
+    base = None if llm is None else llama_cpp_chat(llm, prompts, args.new_tokens, eos)
     if base is not None:
         n = sum(map(len, base[1]))
         rows.append({"impl": "llama.cpp", "tokens": n, "tok_s": n / base[0], "tokens_per_forward": 1.0})
@@ -250,7 +245,8 @@ def main(argv=None) -> None:
     n = args.new_tokens
 
     rows = []
-    base = bench_llama_cpp(path, prompt, n, args.threads, args.repeats)
+    llm = open_llama_cpp(path, args.threads)
+    base = None if llm is None else bench_llama_cpp(llm, prompt, n, args.repeats)
     if base is not None:
         rows.append(
             {
@@ -281,7 +277,7 @@ def main(argv=None) -> None:
         f"{path.rsplit('/', 1)[-1]}: {len(prompt)}-token prompt, {n} new tokens, {args.threads} "
         f"threads, wall clock (medians of {args.repeats}; ratios = fluid_rt / llama.cpp)"
     )
-    chat = bench_chat(loaded, args) if args.chat_prompts > 0 else None
+    chat = bench_chat(loaded, llm, args) if args.chat_prompts > 0 else None
     if args.json:
         emit_json("llamacpp", "cpu", rows, threads=args.threads, prompt_tokens=len(prompt), new_tokens=n)
         if chat:
