@@ -31,8 +31,23 @@ void check_rows(const at::Tensor& rows, int64_t n) {
   }
 }
 
+// out_parts (the output sizes of a fused projection's parts) as cumulative ends; empty: one part.
+std::vector<int64_t> part_ends(at::IntArrayRef out_parts, int64_t rank, int64_t out) {
+  if (out_parts.empty()) return {out};
+  FLUID_CHECK_VALUE(rank % static_cast<int64_t>(out_parts.size()) == 0, "out_parts: ", out_parts.size(),
+                    " parts do not divide a_t's rank ", rank);
+  std::vector<int64_t> ends;
+  int64_t end = 0;
+  for (const int64_t n : out_parts) {
+    FLUID_CHECK_VALUE(n > 0, "out_parts: sizes must be positive, got ", out_parts);
+    ends.push_back(end += n);
+  }
+  FLUID_CHECK_VALUE(end == out, "out_parts: sizes ", out_parts, " sum to ", end, ", y has ", out, " out_features");
+  return ends;
+}
+
 void gated_lora_impl(at::Tensor& y, const at::Tensor& x, const at::Tensor& rows, const at::Tensor& a_t,
-                     const at::Tensor& b_t, bool silu_and_mul) {
+                     const at::Tensor& b_t, bool silu_and_mul, at::IntArrayRef out_parts) {
   check_args(kGatedLoraSpec, {y, x, rows, a_t, b_t});
   const int64_t in = a_t.size(0);
   check_linear_input(x, in, silu_and_mul, "a_t", a_t);
@@ -52,6 +67,9 @@ void gated_lora_impl(at::Tensor& y, const at::Tensor& x, const at::Tensor& rows,
   p.rank = a_t.size(1);
   p.out = y.size(-1);
   p.silu_and_mul = silu_and_mul;
+  const std::vector<int64_t> ends = part_ends(out_parts, p.rank, p.out);
+  p.part_ends = ends.data();
+  p.num_parts = static_cast<int64_t>(ends.size());
   gated_lora_cpu(p);
 }
 
@@ -59,8 +77,8 @@ void gated_lora_impl(at::Tensor& y, const at::Tensor& x, const at::Tensor& rows,
 
 TORCH_LIBRARY_FRAGMENT(fluid_rt, m) {
   m.def(
-      "gated_lora_(Tensor(a!) y, Tensor x, Tensor rows, Tensor a_t, Tensor b_t, bool silu_and_mul=False) -> "
-      "()");
+      "gated_lora_(Tensor(a!) y, Tensor x, Tensor rows, Tensor a_t, Tensor b_t, bool silu_and_mul=False, "
+      "int[] out_parts=[]) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(fluid_rt, CPU, m) { m.impl("gated_lora_", &gated_lora_impl); }

@@ -190,12 +190,13 @@ class GatedLoRALinear:
     """A ``fluid_rt.model.Linear`` plus ``scale * (x @ A.T) @ B.T`` at the mask rows only.
 
     ``A [R, in]`` stacks the factors of the fused parts (q/k/v, gate/up); ``B [out, R]`` is block
-    diagonal, so one pair of small matmuls serves a fused projection."""
+    diagonal, so one pair of small matmuls serves a fused projection; ``out_parts`` (the parts'
+    output sizes) lets the CPU op skip B's zero blocks."""
 
-    __slots__ = ("A_t", "B_t", "inner", "rows")
+    __slots__ = ("A_t", "B_t", "inner", "out_parts", "rows")
 
-    def __init__(self, inner, A: torch.Tensor, B: torch.Tensor, rows: MaskRows):
-        self.inner, self.rows = inner, rows
+    def __init__(self, inner, A: torch.Tensor, B: torch.Tensor, rows: MaskRows, out_parts: list[int]):
+        self.inner, self.rows, self.out_parts = inner, rows, out_parts
         self.A_t, self.B_t = A.t().contiguous(), B.t().contiguous()  # scale folded into B
 
     @property
@@ -210,7 +211,7 @@ class GatedLoRALinear:
             if not rows.index.numel():
                 return y
             if y.dtype in (torch.float32, torch.bfloat16):  # CPU: one fused op
-                ops.gated_lora_(y, x, rows.index, self.A_t, self.B_t, silu_and_mul)
+                ops.gated_lora_(y, x, rows.index, self.A_t, self.B_t, silu_and_mul, self.out_parts)
                 return y
         elif rows.gate is None:
             return y
@@ -295,7 +296,8 @@ class Adapter:
             for li, layer in enumerate(model.layers):
                 for slot, parts in _FUSED.items():
                     A, B = self._fused_factors(li, parts, outs[slot], ins[slot], model)
-                    setattr(layer, slot, GatedLoRALinear(getattr(layer, slot), A, B, self.rows))
+                    wrapped = GatedLoRALinear(getattr(layer, slot), A, B, self.rows, outs[slot])
+                    setattr(layer, slot, wrapped)
         except RuntimeError as err:  # a factor of the wrong in/out size
             raise AdapterError(f"{self.path}: adapter shapes do not fit the model ({err})") from None
         self.mask_embedding = self.tensors["mask_embedding"].to(device=model.device, dtype=model.dtype)

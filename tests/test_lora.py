@@ -9,8 +9,31 @@ from fluid_rt.ops import gated_lora_
 TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2}
 
 
-def reference(y, x, rows, a_t, b_t, silu_and_mul):
+def block_diagonal(b_t, out_parts):
+    """b_t with every entry off the parts' diagonal blocks zeroed (what the op reads of it)."""
+    if not out_parts:
+        return b_t
+    kept = torch.zeros_like(b_t)
+    r = b_t.shape[0] // len(out_parts)
+    c0 = 0
+    for q, n in enumerate(out_parts):
+        kept[q * r : (q + 1) * r, c0 : c0 + n] = b_t[q * r : (q + 1) * r, c0 : c0 + n]
+        c0 += n
+    return kept
+
+
+def with_garbage_off_blocks(b_t, out_parts):
+    """b_t with NaN off the diagonal blocks: the op must never read them."""
+    if not out_parts:
+        return b_t
+    kept = block_diagonal(b_t, out_parts)
+    on_block = block_diagonal(torch.ones_like(b_t), out_parts).bool()
+    return torch.where(on_block, kept, torch.full_like(b_t, float("nan")))
+
+
+def reference(y, x, rows, a_t, b_t, silu_and_mul, out_parts=()):
     """float64: y's listed rows plus the delta, rounded to y's dtype once; the others unchanged."""
+    b_t = block_diagonal(b_t, out_parts)
     xd = x.double()
     if silu_and_mul:
         gate, up = xd.chunk(2, dim=-1)
@@ -33,28 +56,46 @@ def make(shape_lead, in_f, rank, out_f, dtype, silu_and_mul, seed):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("silu_and_mul", [False, True])
 @pytest.mark.parametrize(
-    "lead, in_f, rank, out_f, rows",
+    "lead, in_f, rank, out_f, rows, parts",
     [
-        ((1,), 1, 1, 1, [0]),
-        ((9,), 576, 48, 960, [1, 4, 5, 8]),  # a fused q/k/v of SmolLM2, rank 16 x 3
-        ((2, 5), 37, 5, 71, [9, 0, 3]),  # odd sizes, rows out of order
-        ((3,), 64, 16, 33, []),  # no mask row: nothing changes
-        ((40,), 1536, 16, 576, list(range(0, 40, 3))),  # a down projection, enough rows for threads
+        ((1,), 1, 1, 1, [0], ()),
+        ((9,), 576, 48, 960, [1, 4, 5, 8], ()),  # q/k/v of SmolLM2 with B dense
+        ((9,), 576, 48, 960, [1, 4, 5, 8, 0, 2], (576, 192, 192)),  # ... block diagonal, 6 rows
+        ((7,), 45, 8, 2 * 37, [6, 1, 2, 3, 4], (37, 37)),  # a gate/up pair of odd sizes
+        ((2, 5), 37, 5, 71, [9, 0, 3], ()),  # odd sizes, rows out of order
+        ((3,), 64, 16, 33, [], ()),  # no mask row: nothing changes
+        ((40,), 1536, 16, 576, list(range(0, 40, 3)), ()),  # a down projection, enough rows for threads
     ],
 )
-def test_matches_reference(dtype, silu_and_mul, lead, in_f, rank, out_f, rows, cpu_isa):
+def test_matches_reference(dtype, silu_and_mul, lead, in_f, rank, out_f, rows, parts, cpu_isa):
     y, x, a_t, b_t = make(lead, in_f, rank, out_f, dtype, silu_and_mul, seed=len(rows) + in_f)
     idx = torch.tensor(rows, dtype=torch.int64)
     x_before = x.clone()
-    want = reference(y, x, idx, a_t, b_t, silu_and_mul)
+    want = reference(y, x, idx, a_t, b_t, silu_and_mul, parts)
     y_before = y.clone()
-    gated_lora_(y, x, idx, a_t, b_t, silu_and_mul)
+    gated_lora_(y, x, idx, a_t, with_garbage_off_blocks(b_t, parts), silu_and_mul, parts)
     tol = TOL[dtype]
     torch.testing.assert_close(y.double(), want, rtol=tol, atol=tol)
     untouched = torch.ones(y.numel() // out_f, dtype=torch.bool)
     untouched[idx] = False
     assert torch.equal(y.view(-1, out_f)[untouched], y_before.view(-1, out_f)[untouched])  # bitwise
     assert torch.equal(x, x_before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_rows_delta_does_not_depend_on_the_other_rows(dtype, cpu_isa):
+    """Rows run in tiles of several at once; each row's result is bitwise the one it gets alone."""
+    y, x, a_t, b_t = make((11,), 96, 12, 3 * 40, dtype, False, seed=5)
+    parts = (40, 40, 40)
+    together = y.clone()
+    gated_lora_(together, x, torch.arange(11), a_t, b_t, False, parts)
+    for r in range(11):
+        alone = y.clone()
+        gated_lora_(alone, x, torch.tensor([r]), a_t, b_t, False, parts)
+        assert torch.equal(alone[r], together[r]), r
+    some = y.clone()
+    gated_lora_(some, x, torch.tensor([10, 3, 7]), a_t, b_t, False, parts)
+    assert torch.equal(some[[10, 3, 7]], together[[10, 3, 7]])
 
 
 def test_strided_rows_and_huge_gate(cpu_isa):
@@ -76,9 +117,10 @@ def test_strided_rows_and_huge_gate(cpu_isa):
 
 def test_opcheck():
     y, x, a_t, b_t = make((4,), 8, 2, 6, torch.float32, False, 0)
-    torch.library.opcheck(
-        torch.ops.fluid_rt.gated_lora_.default, (y, x, torch.tensor([1, 3]), a_t, b_t, False)
-    )
+    for parts in ([], [3, 3]):
+        torch.library.opcheck(
+            torch.ops.fluid_rt.gated_lora_.default, (y, x, torch.tensor([1, 3]), a_t, b_t, False, parts)
+        )
 
 
 def _args(**over):
@@ -102,6 +144,9 @@ BAD = [
     ("b_t shape", dict(b_t=torch.randn(3, 6)), "b_t"),
     ("b_t out", dict(b_t=torch.randn(2, 7)), "b_t"),
     ("a_t strided", dict(a_t=torch.randn(2, 8).t()), "a_t"),
+    ("parts sum", dict(out_parts=[3, 2]), "sum to 5"),
+    ("parts divide rank", dict(out_parts=[2, 2, 2]), "divide"),
+    ("parts positive", dict(out_parts=[6, 0]), "positive"),
 ]
 
 

@@ -1,7 +1,8 @@
-// gated_lora_'s row kernel, compiled once per CPU path (csrc/common/vec.h). Both products are a
-// vector times a row-major matrix, out[0 .. n) = sum_k v[k] * w[k][0 .. n): kLanes outputs per
-// vector, up to kBlock vectors of them accumulated in registers while k runs, so each matrix is
-// read once per row and no horizontal sums are needed.
+// gated_lora_'s row kernel, compiled once per CPU path (csrc/common/vec.h). Both products are rows
+// times a row-major matrix, out[r][0 .. n) = sum_k v[r][k] * w[k][0 .. n): a tile of up to
+// kRowTile rows and kBlock vectors of kLanes outputs accumulate in registers while k runs, so each
+// matrix is read once per tile and no horizontal sums are needed. Every row sees the same FMAs in
+// the same order whatever its tile, so its result does not depend on the other rows.
 #include <algorithm>
 #include <vector>
 
@@ -12,37 +13,68 @@ namespace fluid_rt {
 namespace FLUID_RT_ISA_NS {
 namespace {
 
-constexpr int kBlock = 4;  // output vectors per pass over k
+constexpr int kRowTile = 4;
+constexpr int kBlock = kLanes >= 16 ? 4 : 2;  // output vectors per pass: kRowTile x kBlock accumulators
 
-// out[0 .. NV kLanes) of v @ w, the last vector holding `tail` (<= kLanes) outputs.
-template <int NV>
-void vec_mat_block(const float* v, int64_t k, const float* w, int64_t n, float* out, int64_t tail) {
-  VecF acc[NV];
-  for (int b = 0; b < NV; ++b) acc[b] = vzero();
+// A row-major operand: element (i, j) at p[i * stride + j].
+struct Mat {
+  const float* p;
+  int64_t stride;
+};
+
+// out[r][0 .. NV kLanes) of v @ w for R rows, the last vector holding `tail` (<= kLanes) outputs.
+// Narrow outputs (the rank-wide first product) would be one long chain of dependent FMAs per
+// vector: k is dealt round-robin to C chains instead, summed at the end. C depends on NV alone, so
+// a row's sums are the same whatever R.
+template <int R, int NV>
+void rows_mat_block(Mat v, int64_t k, Mat w, float* out, int64_t out_stride, int64_t tail) {
+  constexpr int C = kBlock / NV > 1 ? kBlock / NV : 1;
+  VecF acc[C][R][NV];
+  for (int c = 0; c < C; ++c)
+    for (int r = 0; r < R; ++r)
+      for (int b = 0; b < NV; ++b) acc[c][r][b] = vzero();
   const bool full = tail == kLanes;  // loop-invariant: the compiler unswitches it
-  for (int64_t i = 0; i < k; ++i) {
-    const VecF vi = vset1(v[i]);
-    const float* row = w + i * n;
-    for (int b = 0; b < NV - 1; ++b) acc[b] = fma(vi, vload(row + b * kLanes), acc[b]);
+  auto step = [&](int64_t i, VecF(&a)[R][NV]) {
+    const float* row = w.p + i * w.stride;
+    VecF wv[NV];
+    for (int b = 0; b < NV - 1; ++b) wv[b] = vload(row + b * kLanes);
     const float* last = row + (NV - 1) * kLanes;
-    acc[NV - 1] = fma(vi, full ? vload(last) : vload_first(last, tail), acc[NV - 1]);
+    wv[NV - 1] = full ? vload(last) : vload_first(last, tail);
+    for (int r = 0; r < R; ++r) {
+      const VecF vi = vset1(v.p[r * v.stride + i]);
+      for (int b = 0; b < NV; ++b) a[r][b] = fma(vi, wv[b], a[r][b]);
+    }
+  };
+  int64_t i = 0;
+  for (; i + C <= k; i += C)
+    for (int c = 0; c < C; ++c) step(i + c, acc[c]);
+  for (int c = 0; i < k; ++i, ++c) step(i, acc[c]);
+  for (int c = 1; c < C; ++c)
+    for (int r = 0; r < R; ++r)
+      for (int b = 0; b < NV; ++b) acc[0][r][b] = acc[0][r][b] + acc[c][r][b];
+  for (int r = 0; r < R; ++r) {
+    float* o = out + r * out_stride;
+    for (int b = 0; b < NV - 1; ++b) vstore(o + b * kLanes, acc[0][r][b]);
+    vstore_first(o + (NV - 1) * kLanes, acc[0][r][NV - 1], tail);
   }
-  for (int b = 0; b < NV - 1; ++b) vstore(out + b * kLanes, acc[b]);
-  vstore_first(out + (NV - 1) * kLanes, acc[NV - 1], tail);
 }
 
-// out[0 .. n) = v[0 .. k) @ w[k][n] (row stride n).
-void vec_mat(const float* v, int64_t k, const float* w, int64_t n, float* out) {
+// rows_mat_block for nv (1..kBlock) vectors.
+template <int R, int NV = 1>
+void rows_mat_nv(int nv, Mat v, int64_t k, Mat w, float* out, int64_t out_stride, int64_t tail) {
+  if constexpr (NV < kBlock) {
+    if (nv != NV) return rows_mat_nv<R, NV + 1>(nv, v, k, w, out, out_stride, tail);
+  }
+  rows_mat_block<R, NV>(v, k, w, out, out_stride, tail);
+}
+
+// out[r][0 .. n) = v[r][0 .. k) @ w[k][n] for R rows.
+template <int R>
+void rows_mat(Mat v, int64_t k, Mat w, int64_t n, float* out, int64_t out_stride) {
   for (int64_t j0 = 0; j0 < n; j0 += kBlock * kLanes) {
     const int64_t width = std::min<int64_t>(kBlock * kLanes, n - j0);
     const int nv = static_cast<int>((width + kLanes - 1) / kLanes);
-    const int64_t tail = width - (nv - 1) * kLanes;
-    switch (nv) {
-      case 1: vec_mat_block<1>(v, k, w + j0, n, out + j0, tail); break;
-      case 2: vec_mat_block<2>(v, k, w + j0, n, out + j0, tail); break;
-      case 3: vec_mat_block<3>(v, k, w + j0, n, out + j0, tail); break;
-      default: vec_mat_block<kBlock>(v, k, w + j0, n, out + j0, tail); break;
-    }
+    rows_mat_nv<R>(nv, v, k, {w.p + j0, w.stride}, out + j0, out_stride, width - (nv - 1) * kLanes);
   }
 }
 
@@ -65,30 +97,49 @@ void input_row(const GatedLoraParams& p, const void* x, float* xf) {
   }
 }
 
-template <DType D>
-void lora_row(const GatedLoraParams& p, int64_t r, float* scratch) {
-  float *xf = scratch, *h = xf + p.in, *d = h + p.rank;
+// The delta of R rows (rows[0 .. R) of p) added to y. scratch: R x (in + rank + out) floats.
+template <DType D, int R>
+void lora_tile(const GatedLoraParams& p, const int64_t* rows, float* scratch) {
+  float *xf = scratch, *h = xf + R * p.in, *d = h + R * p.rank;
   const int64_t es = D == DType::kFloat32 ? 4 : 2;
-  const char* x = static_cast<const char*>(p.x) + r * p.x_stride * es;
-  char* y = static_cast<char*>(p.y) + r * p.y_stride * es;
-  input_row<D>(p, x, xf);
-  vec_mat(xf, p.in, p.a_t, p.rank, h);
-  vec_mat(h, p.rank, p.b_t, p.out, d);
-  for (int64_t j = 0; j < p.out; j += kLanes) {
-    const int64_t n = std::min<int64_t>(kLanes, p.out - j);
-    store_n<D>(y, j, load_n<D>(y, j, n) + load_n<DType::kFloat32>(d, j, n), n);
+  for (int r = 0; r < R; ++r) input_row<D>(p, static_cast<const char*>(p.x) + rows[r] * p.x_stride * es, xf + r * p.in);
+  rows_mat<R>({xf, p.in}, p.in, {p.a_t, p.rank}, p.rank, h, p.rank);
+  // Only the diagonal blocks of b_t: part q's columns take part q's rank rows.
+  const int64_t part_rank = p.rank / p.num_parts;
+  for (int64_t q = 0, c0 = 0; q < p.num_parts; ++q) {
+    const int64_t k0 = q * part_rank, c1 = p.part_ends ? p.part_ends[q] : p.out;
+    rows_mat<R>({h + k0, p.rank}, part_rank, {p.b_t + k0 * p.out + c0, p.out}, c1 - c0, d + c0, p.out);
+    c0 = c1;
   }
+  for (int r = 0; r < R; ++r) {
+    char* y = static_cast<char*>(p.y) + rows[r] * p.y_stride * es;
+    for (int64_t j = 0; j < p.out; j += kLanes) {
+      const int64_t n = std::min<int64_t>(kLanes, p.out - j);
+      store_n<D>(y, j, load_n<D>(y, j, n) + load_n<DType::kFloat32>(d + r * p.out, j, n), n);
+    }
+  }
+}
+
+// lora_tile for `count` (1..kRowTile) rows.
+template <DType D, int R = 1>
+void lora_tile_n(const GatedLoraParams& p, const int64_t* rows, int count, float* scratch) {
+  if constexpr (R < kRowTile) {
+    if (count != R) return lora_tile_n<D, R + 1>(p, rows, count, scratch);
+  }
+  lora_tile<D, R>(p, rows, scratch);
 }
 
 }  // namespace
 
 void gated_lora_rows(const GatedLoraParams& p, int64_t r0, int64_t r1) {
-  std::vector<float> scratch(static_cast<size_t>(p.in + p.rank + p.out));
-  for (int64_t i = r0; i < r1; ++i) {
+  const int64_t tile = std::min<int64_t>(kRowTile, r1 - r0);
+  std::vector<float> scratch(static_cast<size_t>(tile * (p.in + p.rank + p.out)));
+  for (int64_t i = r0; i < r1; i += kRowTile) {
+    const int count = static_cast<int>(std::min<int64_t>(kRowTile, r1 - i));
     if (p.dtype == DType::kFloat32)
-      lora_row<DType::kFloat32>(p, p.rows[i], scratch.data());
+      lora_tile_n<DType::kFloat32>(p, p.rows + i, count, scratch.data());
     else
-      lora_row<DType::kBFloat16>(p, p.rows[i], scratch.data());
+      lora_tile_n<DType::kBFloat16>(p, p.rows + i, count, scratch.data());
   }
 }
 

@@ -4,6 +4,12 @@
 // [in, rank] and b_t [rank, out] (the LoRA scale folded in). The gated FLUID adapter runs it at the
 // rows whose input is the mask token only; every other row of y is left untouched. Float32 math;
 // y's row is widened, summed with the delta and rounded back to its dtype once.
+//
+// Fused projections (q/k/v, gate/up) stack their parts' LoRA factors: a_t's columns are the parts'
+// ranks side by side and b_t is block diagonal, part q's rank rows feeding part q's output columns
+// only. With num_parts > 1 the kernel reads just those diagonal blocks (the zeros around them are
+// half or two thirds of b_t): part q's columns end at part_ends[q], its rank rows are
+// [q rank / num_parts, (q + 1) rank / num_parts).
 #pragma once
 #include <cstdint>
 
@@ -23,6 +29,8 @@ struct GatedLoraParams {
   const float* a_t = nullptr;  // [in, rank], contiguous
   const float* b_t = nullptr;  // [rank, out], contiguous
   int64_t in = 0, rank = 0, out = 0;
+  const int64_t* part_ends = nullptr;  // [num_parts], increasing, the last == out; null: one part
+  int64_t num_parts = 1;               // divides rank
   bool silu_and_mul = false;
 };
 

@@ -1,23 +1,20 @@
 // Activation rows quantized for the int8 dot products of the quantized matmul (params.h): per row
 // and block of 32, d_x = max|x| / 127, xq = round_half_even(x / d_x), s_x = d_x * sum(xq).
-// xq is stored "expanded": each chunk of 8 values repeated 4 times (32 bytes), so one vector load
-// gives x's eight k in every 8-byte lane, facing four columns' eight k of the weight.
+// The kernels broadcast xq's four k of a quad to every column lane straight from these rows.
 #pragma once
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 #include "common/dtype.h"
 #include "quant/params.h"
 
 namespace fluid_rt {
 
-constexpr int64_t kExpandedBlockBytes = 4 * kQuantBlock;  // 128
-
 struct QuantizedRows {
-  int8_t* xexp = nullptr;  // [M][nb][128]
-  float* dx = nullptr;     // [M][nb]
-  float* sx = nullptr;     // [M][nb]
+  int8_t* xq = nullptr;      // [M][K]
+  float* dx = nullptr;       // [M][nb]
+  float* sx = nullptr;       // [M][nb]
+  int32_t* sum16 = nullptr;  // [M][2 nb]: sum(xq) over each 16 k (int8 weights offset by 128 need it)
   int64_t nb = 0;
 };
 
@@ -40,8 +37,8 @@ inline void load_input_row(const QuantLinearParams& p, int64_t m, float* out) {
   }
 }
 
-// Quantize one row of K floats (K % 32 == 0) into block b's slots of row m.
-inline void quantize_row(const float* x, int64_t nb, int8_t* xexp, float* dx, float* sx) {
+// Quantize one row of K floats (K % 32 == 0) into one row of each QuantizedRows array.
+inline void quantize_row(const float* x, int64_t nb, int8_t* xq, float* dx, float* sx, int32_t* sum16) {
   for (int64_t b = 0; b < nb; ++b) {
     const float* v = x + b * kQuantBlock;
     float amax = 0.f;
@@ -52,17 +49,15 @@ inline void quantize_row(const float* x, int64_t nb, int8_t* xexp, float* dx, fl
     const float d = amax / 127.f;
     const bool finite = std::isfinite(amax) && amax > 0.f;
     const float id = finite ? 127.f / amax : 0.f;
-    int8_t q[kQuantBlock];
-    int sum = 0;
+    int32_t half_sums[2] = {0, 0};
     for (int i = 0; i < kQuantBlock; ++i) {
       const float r = std::nearbyint(v[i] * id);
       const int qi = finite ? static_cast<int>(r > 127.f ? 127.f : r < -127.f ? -127.f : r) : 0;
-      q[i] = static_cast<int8_t>(qi);
-      sum += qi;
+      xq[b * kQuantBlock + i] = static_cast<int8_t>(qi);
+      half_sums[i / 16] += qi;
     }
-    int8_t* e = xexp + b * kExpandedBlockBytes;
-    for (int c = 0; c < 4; ++c)
-      for (int rep = 0; rep < 4; ++rep) std::memcpy(e + 32 * c + 8 * rep, q + 8 * c, 8);
+    sum16[2 * b] = half_sums[0], sum16[2 * b + 1] = half_sums[1];
+    const int sum = half_sums[0] + half_sums[1];
     // A zero block stays 0 * dot = 0; inf / NaN blocks carry d = inf / NaN into their outputs.
     dx[b] = finite ? d : (amax == 0.f ? 0.f : amax);
     sx[b] = finite ? d * static_cast<float>(sum) : dx[b];

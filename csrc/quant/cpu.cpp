@@ -28,26 +28,26 @@ int64_t first_inexact_scale(const QuantPackParams& p) {
 
 // Byte offset of value (column j, k) inside a block's quants, and whether it is the high nibble.
 inline int64_t quant_offset(QuantFormat f, int j, int k, bool* high) {
-  const int c = k / 8, i = k % 8;
-  *high = quant_is_u4(f) && j >= 4;
-  return quant_is_u4(f) ? 32 * c + 8 * (j % 4) + i : 64 * c + 8 * j + i;
+  const int t = k / 4, i = k % 4;  // quad t, its i-th k
+  *high = quant_is_u4(f) && t >= 4;
+  return 32 * (quant_is_u4(f) ? t % 4 : t) + 4 * j + i;
 }
 
 void write_scales(const QuantPackParams& p, int64_t g, int64_t b, uint8_t* s) {
   const int64_t nb = p.K / kQuantBlock, spb = quant_scales_per_block(p.format);
   const bool f16 = p.format == QuantFormat::kU4F16 || p.format == QuantFormat::kS8F16;
   for (int64_t h = 0; h < spb; ++h)
-    for (int pos = 0; pos < 8; ++pos) {
-      const int64_t n = g * kQuantGroup + kScaleOrder[pos];
+    for (int j = 0; j < 8; ++j) {
+      const int64_t n = g * kQuantGroup + j;
       const float d = n < p.N ? p.d[(n * nb + b) * spb + h] : 0.f;
       const float m = n < p.N && p.m ? p.m[n * nb + b] : 0.f;
       if (f16) {
         const uint16_t dh = float_to_fp16(d), mh = float_to_fp16(m);
-        std::memcpy(s + 2 * pos, &dh, 2);
-        if (quant_has_min(p.format)) std::memcpy(s + 16 + 2 * pos, &mh, 2);
+        std::memcpy(s + 2 * j, &dh, 2);
+        if (quant_has_min(p.format)) std::memcpy(s + 16 + 2 * j, &mh, 2);
       } else {
-        std::memcpy(s + 32 * h + 4 * pos, &d, 4);
-        if (quant_has_min(p.format)) std::memcpy(s + 32 + 4 * pos, &m, 4);
+        std::memcpy(s + 32 * h + 4 * j, &d, 4);
+        if (quant_has_min(p.format)) std::memcpy(s + 32 + 4 * j, &m, 4);
       }
     }
 }
@@ -87,7 +87,7 @@ void quant_dequantize_rows_cpu(const QuantDequantParams& p) {
 #pragma omp parallel for schedule(static) if (p.n * p.K >= (1 << 16))
   for (int64_t i = 0; i < p.n; ++i) {
     const int64_t n = p.rows[i], g = n / kQuantGroup;
-    const int j = static_cast<int>(n % kQuantGroup), pos = kScaleOrder[j];  // kScaleOrder is an involution
+    const int j = static_cast<int>(n % kQuantGroup);
     for (int64_t b = 0; b < nb; ++b) {
       const uint8_t* blk = p.packed + (g * nb + b) * bb;
       const uint8_t* s = blk + quant_quant_bytes(f);
@@ -96,12 +96,12 @@ void quant_dequantize_rows_cpu(const QuantDequantParams& p) {
         float d, m = 0.f;
         if (f16) {
           uint16_t dh, mh;
-          std::memcpy(&dh, s + 2 * pos, 2);
+          std::memcpy(&dh, s + 2 * j, 2);
           d = fp16_to_float(dh);
-          if (quant_has_min(f)) std::memcpy(&mh, s + 16 + 2 * pos, 2), m = fp16_to_float(mh);
+          if (quant_has_min(f)) std::memcpy(&mh, s + 16 + 2 * j, 2), m = fp16_to_float(mh);
         } else {
-          std::memcpy(&d, s + 32 * h + 4 * pos, 4);
-          if (quant_has_min(f)) std::memcpy(&m, s + 32 + 4 * pos, 4);
+          std::memcpy(&d, s + 32 * h + 4 * j, 4);
+          if (quant_has_min(f)) std::memcpy(&m, s + 32 + 4 * j, 4);
         }
         bool high;
         const uint8_t byte = blk[quant_offset(f, j, k, &high)];

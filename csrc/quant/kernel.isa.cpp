@@ -1,10 +1,14 @@
 // The quantized matmul (params.h), compiled once per CPU path. Threads take contiguous ranges of
-// 8-column groups; each group's weights are streamed once while rows run in tiles of up to
-// kMaxRows, every row through the same instructions (the tile size never changes a row's result).
-//   portable: scalar integer dots, the reference the vector paths must match;
-//   avx2:     maddubs (u8 x s8 pairs -> int16) + madd (-> int32); int8 weights via abs/sign;
-//   avx512:   AVX512-VNNI dpbusd (u8 x s8 quads -> int32) where the CPU has it, else the avx2 code.
+// 8-column groups; each group's weights are streamed once per tile of up to kMaxRows rows, and
+// every row runs through the same instructions whatever its tile (integer dot products are exact
+// in any order, and each row's float work is the same sequence), so a row's result never depends
+// on the other rows of the call.
+//   portable: scalar integer dots, the reference the vector paths match bit for bit;
+//   avx2:     maddubs (u8 x s8 pairs -> int16) + madd (-> int32); int8 weights as |w| x sign(x, w);
+//   avx512:   AVX512-VNNI dpbusd (u8 x s8 quads -> int32) where the CPU has it, else the avx2 code;
+//             int8 weights enter dpbusd as w + 128 and the 128 * sum(xq) excess is subtracted.
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -23,66 +27,75 @@ void quant_linear_run(const QuantLinearParams& p);
 
 namespace {
 
-constexpr int kMaxRows = FLUID_RT_ISA_AVX512 ? 6 : 4;
+// Rows per tile: as many as the registers hold (per row one or two int32 and one float accumulator).
+constexpr int kMaxRows = FLUID_RT_ISA_AVX512 ? 8 : 4;
+constexpr int kQuads = kQuantBlock / 4;  // quad vectors per block
 
-// The 8 (or 2 x 8) weight scales and mins of a block, in kScaleOrder.
+template <QuantFormat F>
+constexpr int quads_per_scale() {
+  return kQuads / static_cast<int>(quant_scales_per_block(F));
+}
+
+// The 8 (or 2 x 8) weight scales and the 8 mins of a block, in column order.
 template <QuantFormat F>
 inline void block_scales(const uint8_t* blk, float* d, float* m) {
   const uint8_t* s = blk + quant_quant_bytes(F);
-  const int n = F == QuantFormat::kS8F32x2 ? 16 : 8;
   if (F == QuantFormat::kU4F16 || F == QuantFormat::kS8F16) {
     const uint16_t* h = reinterpret_cast<const uint16_t*>(s);
     for (int i = 0; i < 8; ++i) d[i] = fp16_to_float(h[i]);
     if (F == QuantFormat::kU4F16)
       for (int i = 0; i < 8; ++i) m[i] = fp16_to_float(h[8 + i]);
   } else {
-    std::memcpy(d, s, n * sizeof(float));
+    std::memcpy(d, s, 8 * quant_scales_per_block(F) * sizeof(float));
     if (F == QuantFormat::kU4F32) std::memcpy(m, s + 32, 8 * sizeof(float));
   }
 }
 
-// Weight value q(column j, k) of a block as an int.
-template <QuantFormat F>
-inline int weight_q(const uint8_t* blk, int j, int k) {
-  const int c = k / 8, i = k % 8;
-  if (quant_is_u4(F)) {
-    const uint8_t byte = blk[32 * c + 8 * (j % 4) + i];
-    return j < 4 ? (byte & 0xF) : (byte >> 4);
-  }
-  return static_cast<int8_t>(blk[64 * c + 8 * j + i]);
-}
-
 // ---- portable micro-kernel ----------------------------------------------------------------------
+
+// A block's quants as ints: q[t][j][i] = q(column j, k = 4 t + i).
+template <QuantFormat F>
+inline void unpack_block(const uint8_t* blk, int (*q)[8][4]) {
+  for (int t = 0; t < kQuads; ++t)
+    for (int j = 0; j < 8; ++j)
+      for (int i = 0; i < 4; ++i) {
+        if (quant_is_u4(F)) {
+          const uint8_t byte = blk[32 * (t % 4) + 4 * j + i];
+          q[t][j][i] = t < 4 ? (byte & 0xF) : (byte >> 4);
+        } else {
+          q[t][j][i] = static_cast<int8_t>(blk[32 * t + 4 * j + i]);
+        }
+      }
+}
 
 template <QuantFormat F>
 void tile_portable(const uint8_t* group, int64_t nb, const QuantizedRows& xq, int64_t row0, int rows,
                    float (*out)[kQuantGroup]) {
   constexpr int64_t bb = quant_block_bytes(F);
-  constexpr int halves = quant_scales_per_block(F);
-  for (int r = 0; r < rows; ++r) {
-    float acc[8] = {};  // in kScaleOrder
-    const int8_t* xr = xq.xexp + (row0 + r) * nb * kExpandedBlockBytes;
-    const float* dx = xq.dx + (row0 + r) * nb;
-    const float* sx = xq.sx + (row0 + r) * nb;
-    for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* blk = group + b * bb;
-      float d[16], m[8];
-      block_scales<F>(blk, d, m);
-      const int8_t* xb = xr + b * kExpandedBlockBytes;
-      for (int pos = 0; pos < 8; ++pos) {
-        const int j = kScaleOrder[pos];
-        for (int h = 0; h < halves; ++h) {
-          int isum = 0;
-          for (int k = h * 32 / halves; k < (h + 1) * 32 / halves; ++k)
-            isum += weight_q<F>(blk, j, k) * xb[32 * (k / 8) + k % 8];
-          const float scale = d[8 * h + pos] * dx[b];
-          acc[pos] = acc[pos] + static_cast<float>(isum) * scale;
-        }
-        if (quant_has_min(F)) acc[pos] = acc[pos] + m[pos] * sx[b];
+  constexpr int qps = quads_per_scale<F>();
+  const int64_t K = nb * kQuantBlock;
+  float acc[kMaxRows][8] = {};
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = group + b * bb;
+    int q[kQuads][8][4];
+    float d[16], m[8];
+    unpack_block<F>(blk, q);
+    block_scales<F>(blk, d, m);
+    for (int r = 0; r < rows; ++r) {
+      const int8_t* x = xq.xq + (row0 + r) * K + b * kQuantBlock;
+      const int64_t xi = (row0 + r) * nb + b;
+      for (int h = 0; h < kQuads / qps; ++h) {
+        int isum[8] = {};
+        for (int t = h * qps; t < (h + 1) * qps; ++t)
+          for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < 8; ++j) isum[j] += q[t][j][i] * x[4 * t + i];
+        for (int j = 0; j < 8; ++j) acc[r][j] = acc[r][j] + static_cast<float>(isum[j]) * (d[8 * h + j] * xq.dx[xi]);
       }
+      if (quant_has_min(F))
+        for (int j = 0; j < 8; ++j) acc[r][j] = acc[r][j] + m[j] * xq.sx[xi];
     }
-    for (int j = 0; j < 8; ++j) out[r][j] = acc[kScaleOrder[j]];
   }
+  for (int r = 0; r < rows; ++r) std::memcpy(out[r], acc[r], sizeof(acc[r]));
 }
 
 #if FLUID_RT_ISA_AVX2
@@ -92,14 +105,29 @@ inline __m256 load_scales8(const uint8_t* s, bool f16) {
              : _mm256_loadu_ps(reinterpret_cast<const float*>(s));
 }
 
-// acc += float(i32) * (d_w * d_x) (+ m_w * s_x): one block (or half-block) of one row.
+// x's four k of quad t (x points at a block) in every 32-bit lane.
+inline __m256i broadcast_quad(const int8_t* x, int t) {
+  int32_t v;
+  std::memcpy(&v, x + 4 * t, 4);
+  return _mm256_set1_epi32(v);
+}
+
+// acc += float(i32) * (d_w * d_x): one block (or half-block) of one row, 8 columns.
 inline __m256 fold(__m256 acc, __m256i i32, __m256 dw, float dx) {
   return _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32), _mm256_mul_ps(dw, _mm256_set1_ps(dx)), acc);
 }
 
-inline void store_tile(const __m256* acc, int rows, float (*out)[kQuantGroup]) {
-  const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
-  for (int r = 0; r < rows; ++r) _mm256_storeu_ps(out[r], _mm256_permutevar8x32_ps(acc[r], order));
+// The weight's min term: acc += m_w * s_x.
+template <QuantFormat F>
+inline __m256 add_min(__m256 acc, const uint8_t* blk, float sx) {
+  constexpr bool f16 = F == QuantFormat::kU4F16;
+  const __m256 mw = load_scales8(blk + quant_quant_bytes(F) + (f16 ? 16 : 32), f16);
+  return _mm256_fmadd_ps(mw, _mm256_set1_ps(sx), acc);
+}
+
+template <int R>
+inline void store_tile(const __m256* acc, float (*out)[kQuantGroup]) {
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out[r], acc[r]);
 }
 
 // ---- avx2: 4-bit weights ------------------------------------------------------------------------
@@ -108,34 +136,30 @@ template <QuantFormat F, int R>
 void tile_u4_avx2(const uint8_t* group, int64_t nb, const QuantizedRows& xq, int64_t row0,
                   float (*out)[kQuantGroup]) {
   constexpr int64_t bb = quant_block_bytes(F);
-  constexpr bool f16 = F == QuantFormat::kU4F16;
+  const int64_t K = nb * kQuantBlock;
   const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  const int64_t xstride = nb * kExpandedBlockBytes;
-  const int8_t* x0 = xq.xexp + row0 * xstride;
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = group + b * bb;
-    __m256i slo[R], shi[R];  // int16 sums: 4 chunks x 2 x 15 x 127 < 2^15
-    for (int r = 0; r < R; ++r) slo[r] = shi[r] = _mm256_setzero_si256();
+    const int8_t* x0 = xq.xq + row0 * K + b * kQuantBlock;
+    __m256i s16[R];  // int16 pair sums: 8 quads x 2 x 15 x 127 < 2^15
+    for (int r = 0; r < R; ++r) s16[r] = _mm256_setzero_si256();
     for (int c = 0; c < 4; ++c) {
       const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 32 * c));
       const __m256i lo = _mm256_and_si256(raw, low), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
       for (int r = 0; r < R; ++r) {
-        const __m256i x = _mm256_loadu_si256(
-            reinterpret_cast<const __m256i*>(x0 + r * xstride + b * kExpandedBlockBytes + 32 * c));
-        slo[r] = _mm256_add_epi16(slo[r], _mm256_maddubs_epi16(lo, x));
-        shi[r] = _mm256_add_epi16(shi[r], _mm256_maddubs_epi16(hi, x));
+        s16[r] = _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(lo, broadcast_quad(x0 + r * K, c)));
+        s16[r] = _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(hi, broadcast_quad(x0 + r * K, c + 4)));
       }
     }
-    const __m256 dw = load_scales8(blk + 128, f16), mw = load_scales8(blk + 128 + (f16 ? 16 : 32), f16);
+    const __m256 dw = load_scales8(blk + 128, F == QuantFormat::kU4F16);
     for (int r = 0; r < R; ++r) {
-      const __m256i i32 = _mm256_hadd_epi32(_mm256_madd_epi16(slo[r], ones), _mm256_madd_epi16(shi[r], ones));
       const int64_t xi = (row0 + r) * nb + b;
-      acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xq.sx[xi]), fold(acc[r], i32, dw, xq.dx[xi]));
+      acc[r] = add_min<F>(fold(acc[r], _mm256_madd_epi16(s16[r], ones), dw, xq.dx[xi]), blk, xq.sx[xi]);
     }
   }
-  store_tile(acc, R, out);
+  store_tile<R>(acc, out);
 }
 
 // ---- avx2: int8 weights (|w| x sign(x, w), since maddubs takes one unsigned operand) ------------
@@ -144,46 +168,46 @@ template <QuantFormat F, int R>
 void tile_s8_avx2(const uint8_t* group, int64_t nb, const QuantizedRows& xq, int64_t row0,
                   float (*out)[kQuantGroup]) {
   constexpr int64_t bb = quant_block_bytes(F);
-  constexpr int halves = quant_scales_per_block(F);
+  constexpr int qps = quads_per_scale<F>();
+  const int64_t K = nb * kQuantBlock;
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  const int64_t xstride = nb * kExpandedBlockBytes;
-  const int8_t* x0 = xq.xexp + row0 * xstride;
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = group + b * bb;
-    for (int h = 0; h < halves; ++h) {
-      __m256i ilo[R], ihi[R];
-      for (int r = 0; r < R; ++r) ilo[r] = ihi[r] = _mm256_setzero_si256();
-      for (int c = h * 4 / halves; c < (h + 1) * 4 / halves; ++c) {
-        const __m256i wlo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * c));
-        const __m256i whi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * c + 32));
-        const __m256i alo = _mm256_abs_epi8(wlo), ahi = _mm256_abs_epi8(whi);
+    const int8_t* x0 = xq.xq + row0 * K + b * kQuantBlock;
+    for (int h = 0; h < kQuads / qps; ++h) {
+      __m256i i32[R];
+      for (int r = 0; r < R; ++r) i32[r] = _mm256_setzero_si256();
+      for (int t = h * qps; t < (h + 1) * qps; ++t) {
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 32 * t));
+        const __m256i aw = _mm256_abs_epi8(w);
         for (int r = 0; r < R; ++r) {
-          const __m256i x = _mm256_loadu_si256(
-              reinterpret_cast<const __m256i*>(x0 + r * xstride + b * kExpandedBlockBytes + 32 * c));
-          ilo[r] = _mm256_add_epi32(
-              ilo[r], _mm256_madd_epi16(_mm256_maddubs_epi16(alo, _mm256_sign_epi8(x, wlo)), ones));
-          ihi[r] = _mm256_add_epi32(
-              ihi[r], _mm256_madd_epi16(_mm256_maddubs_epi16(ahi, _mm256_sign_epi8(x, whi)), ones));
+          const __m256i pairs = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(broadcast_quad(x0 + r * K, t), w));
+          i32[r] = _mm256_add_epi32(i32[r], _mm256_madd_epi16(pairs, ones));
         }
       }
-      const __m256 dw = load_scales8(blk + 256 + (halves == 2 ? 32 * h : 0), F == QuantFormat::kS8F16);
-      for (int r = 0; r < R; ++r)
-        acc[r] = fold(acc[r], _mm256_hadd_epi32(ilo[r], ihi[r]), dw, xq.dx[(row0 + r) * nb + b]);
+      const __m256 dw = load_scales8(blk + 256 + 32 * h, F == QuantFormat::kS8F16);
+      for (int r = 0; r < R; ++r) acc[r] = fold(acc[r], i32[r], dw, xq.dx[(row0 + r) * nb + b]);
     }
   }
-  store_tile(acc, R, out);
+  store_tile<R>(acc, out);
 }
 
 #endif  // FLUID_RT_ISA_AVX2
 
 #if FLUID_RT_ISA_AVX512
-#define VNNI_FN __attribute__((target("avx512vnni")))
+#define VNNI_FN __attribute__((target("avx512vnni,avx512vl")))
 
-// The 16 int32 lanes of a zmm summed pairwise across its 256-bit halves.
-VNNI_FN inline __m256i fold_halves(__m512i v) {
-  return _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+// Independent int32 accumulators per row, so that a tile of few rows still hides dpbusd's latency.
+constexpr int vnni_chains(int rows) { return rows >= 4 ? 1 : rows >= 2 ? 2 : 4; }
+
+// Sums a row's chains into its first.
+template <int C>
+VNNI_FN inline __m256i sum_chains(const __m256i* chain) {
+  __m256i s = chain[0];
+  for (int c = 1; c < C; ++c) s = _mm256_add_epi32(s, chain[c]);
+  return s;
 }
 
 // ---- avx512-vnni: 4-bit weights -------------------------------------------------------------------
@@ -192,73 +216,71 @@ template <QuantFormat F, int R>
 VNNI_FN void tile_u4_vnni(const uint8_t* group, int64_t nb, const QuantizedRows& xq, int64_t row0,
                           float (*out)[kQuantGroup]) {
   constexpr int64_t bb = quant_block_bytes(F);
-  constexpr bool f16 = F == QuantFormat::kU4F16;
-  const __m512i low = _mm512_set1_epi8(0x0F);
+  constexpr int C = vnni_chains(R);
+  const int64_t K = nb * kQuantBlock;
+  const __m256i low = _mm256_set1_epi8(0x0F);
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  const int64_t xstride = nb * kExpandedBlockBytes;
-  const int8_t* x0 = xq.xexp + row0 * xstride;
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = group + b * bb;
-    __m512i ilo[R], ihi[R];
-    for (int r = 0; r < R; ++r) ilo[r] = ihi[r] = _mm512_setzero_si512();
-    for (int h = 0; h < 2; ++h) {  // chunks 2h and 2h + 1 in the two 256-bit halves
-      const __m512i raw = _mm512_loadu_si512(blk + 64 * h);
-      const __m512i lo = _mm512_and_si512(raw, low), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low);
+    const int8_t* x0 = xq.xq + row0 * K + b * kQuantBlock;
+    __m256i isum[R][C];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) isum[r][c] = _mm256_setzero_si256();
+    for (int c = 0; c < 4; ++c) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 32 * c));
+      const __m256i lo = _mm256_and_si256(raw, low), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
       for (int r = 0; r < R; ++r) {
-        const __m512i x = _mm512_loadu_si512(x0 + r * xstride + b * kExpandedBlockBytes + 64 * h);
-        ilo[r] = _mm512_dpbusd_epi32(ilo[r], lo, x);
-        ihi[r] = _mm512_dpbusd_epi32(ihi[r], hi, x);
+        __m256i& even = isum[r][(2 * c) % C];
+        even = _mm256_dpbusd_epi32(even, lo, broadcast_quad(x0 + r * K, c));
+        __m256i& odd = isum[r][(2 * c + 1) % C];
+        odd = _mm256_dpbusd_epi32(odd, hi, broadcast_quad(x0 + r * K, c + 4));
       }
     }
-    const __m256 dw = load_scales8(blk + 128, f16), mw = load_scales8(blk + 128 + (f16 ? 16 : 32), f16);
+    const __m256 dw = load_scales8(blk + 128, F == QuantFormat::kU4F16);
     for (int r = 0; r < R; ++r) {
-      const __m256i i32 = _mm256_hadd_epi32(fold_halves(ilo[r]), fold_halves(ihi[r]));
       const int64_t xi = (row0 + r) * nb + b;
-      acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xq.sx[xi]), fold(acc[r], i32, dw, xq.dx[xi]));
+      acc[r] = add_min<F>(fold(acc[r], sum_chains<C>(isum[r]), dw, xq.dx[xi]), blk, xq.sx[xi]);
     }
   }
-  store_tile(acc, R, out);
+  store_tile<R>(acc, out);
 }
 
-// ---- avx512-vnni: int8 weights: dpbusd(x + 128, w) - dpbusd(128, w) --------------------------------
+// ---- avx512-vnni: int8 weights: dpbusd(w + 128, x) - 128 * sum(x) --------------------------------
 
 template <QuantFormat F, int R>
 VNNI_FN void tile_s8_vnni(const uint8_t* group, int64_t nb, const QuantizedRows& xq, int64_t row0,
                           float (*out)[kQuantGroup]) {
   constexpr int64_t bb = quant_block_bytes(F);
-  constexpr int halves = quant_scales_per_block(F);
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  constexpr int qps = quads_per_scale<F>(), C = vnni_chains(R);
+  const int64_t K = nb * kQuantBlock;
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  const int64_t xstride = nb * kExpandedBlockBytes;
-  const int8_t* x0 = xq.xexp + row0 * xstride;
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = group + b * bb;
-    for (int h = 0; h < halves; ++h) {
-      __m512i isum[R];
-      for (int r = 0; r < R; ++r) isum[r] = _mm512_setzero_si512();
-      __m512i corr = _mm512_setzero_si512();
-      for (int c = h * 4 / halves; c < (h + 1) * 4 / halves; ++c) {
-        const __m512i w = _mm512_loadu_si512(blk + 64 * c);  // columns 0-3 | 4-7 of chunk c
-        corr = _mm512_dpbusd_epi32(corr, flip, w);
+    const int8_t* x0 = xq.xq + row0 * K + b * kQuantBlock;
+    for (int h = 0; h < kQuads / qps; ++h) {
+      __m256i isum[R][C];
+      for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) isum[r][c] = _mm256_setzero_si256();
+      for (int t = h * qps; t < (h + 1) * qps; ++t) {
+        const __m256i w = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 32 * t)), flip);
         for (int r = 0; r < R; ++r) {
-          const __m256i x8 = _mm256_loadu_si256(
-              reinterpret_cast<const __m256i*>(x0 + r * xstride + b * kExpandedBlockBytes + 32 * c));
-          const __m512i x = _mm512_xor_si512(_mm512_broadcast_i64x4(x8), flip);
-          isum[r] = _mm512_dpbusd_epi32(isum[r], x, w);
+          __m256i& chain = isum[r][t % C];
+          chain = _mm256_dpbusd_epi32(chain, w, broadcast_quad(x0 + r * K, t));
         }
       }
-      const __m512i c16 = corr;
-      const __m256 dw = load_scales8(blk + 256 + (halves == 2 ? 32 * h : 0), F == QuantFormat::kS8F16);
+      const __m256 dw = load_scales8(blk + 256 + 32 * h, F == QuantFormat::kS8F16);
       for (int r = 0; r < R; ++r) {
-        const __m512i v = _mm512_sub_epi32(isum[r], c16);
-        const __m256i i32 = _mm256_hadd_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+        const int32_t* sum16 = xq.sum16 + 2 * ((row0 + r) * nb + b);
+        const int32_t excess = 128 * (qps == kQuads ? sum16[0] + sum16[1] : sum16[h]);
+        const __m256i i32 = _mm256_sub_epi32(sum_chains<C>(isum[r]), _mm256_set1_epi32(excess));
         acc[r] = fold(acc[r], i32, dw, xq.dx[(row0 + r) * nb + b]);
       }
     }
   }
-  store_tile(acc, R, out);
+  store_tile<R>(acc, out);
 }
 #endif  // FLUID_RT_ISA_AVX512
 
@@ -285,21 +307,14 @@ void tile_fixed(const uint8_t* group, int64_t nb, const QuantizedRows& xq, int64
 #endif
 }
 
-template <QuantFormat F>
+// Instantiates the tile for each row count 1..kMaxRows.
+template <QuantFormat F, int R = 1>
 void run_tile(const uint8_t* group, int64_t nb, const QuantizedRows& xq, int64_t row0, int rows,
               float (*out)[kQuantGroup], bool vnni) {
-  switch (rows) {
-    case 1: return tile_fixed<F, 1>(group, nb, xq, row0, out, vnni);
-    case 2: return tile_fixed<F, 2>(group, nb, xq, row0, out, vnni);
-    case 3: return tile_fixed<F, 3>(group, nb, xq, row0, out, vnni);
-#if FLUID_RT_ISA_AVX512
-    case 4: return tile_fixed<F, 4>(group, nb, xq, row0, out, vnni);
-    case 5: return tile_fixed<F, 5>(group, nb, xq, row0, out, vnni);
-    default: return tile_fixed<F, 6>(group, nb, xq, row0, out, vnni);
-#else
-    default: return tile_fixed<F, 4>(group, nb, xq, row0, out, vnni);
-#endif
+  if constexpr (R < kMaxRows) {
+    if (rows != R) return run_tile<F, R + 1>(group, nb, xq, row0, rows, out, vnni);
   }
+  tile_fixed<F, R>(group, nb, xq, row0, out, vnni);
 }
 
 // y[rows, group's columns] = tile (+ bias), rounded to y's dtype.
@@ -313,8 +328,8 @@ void store_rows(const QuantLinearParams& p, int64_t g, int64_t row0, int rows,
     }
 }
 
-// Weight bytes a thread keeps hot while a row tile visits them: x's tile (<= 6 rows x K / 32 x
-// 128 bytes) stays in L1 and this much of the weight in L2, instead of every group re-reading all
+// Weight bytes a thread keeps hot while a row tile visits them: x's tile (<= 8 rows x K bytes)
+// stays in L1 and this much of the weight in L2, instead of every group re-reading all
 // of x from L2 (which made 128 rows 3x slower per product than 33).
 constexpr int64_t kChunkBytes = 96 << 10;
 
@@ -339,12 +354,16 @@ void run_groups(const QuantLinearParams& p, const QuantizedRows& xq) {
     float out[kMaxRows][kQuantGroup];
     for (int64_t c0 = g0; c0 < g1; c0 += chunk) {
       const int64_t c1 = std::min(g1, c0 + chunk);
-      for (int64_t row0 = 0; row0 < p.M; row0 += kMaxRows) {
-        const int rows = static_cast<int>(std::min<int64_t>(kMaxRows, p.M - row0));
+      // Tiles as even as possible (9 rows: 5 + 4, not 8 + 1): a lone row streams the weight again
+      // for little work.
+      const int64_t tiles = (p.M + kMaxRows - 1) / kMaxRows;
+      for (int64_t tile = 0, row0 = 0; tile < tiles; ++tile) {
+        const int rows = static_cast<int>((p.M - row0) / (tiles - tile));
         for (int64_t g = c0; g < c1; ++g) {
           run_tile<F>(p.packed + g * group_bytes, nb, xq, row0, rows, out, vnni);
           store_rows(p, g, row0, rows, out);
         }
+        row0 += rows;
       }
     }
   }
@@ -355,14 +374,15 @@ void run_groups(const QuantLinearParams& p, const QuantizedRows& xq) {
 void quant_linear_run(const QuantLinearParams& p) {
   if (p.M == 0) return;
   const int64_t nb = p.K / kQuantBlock;
-  std::unique_ptr<int8_t[]> xexp(new int8_t[p.M * nb * kExpandedBlockBytes + 64]);
+  std::unique_ptr<int8_t[]> quants(new int8_t[p.M * p.K]);
   std::unique_ptr<float[]> scales(new float[2 * p.M * nb]);
-  QuantizedRows xq{xexp.get(), scales.get(), scales.get() + p.M * nb, nb};
+  std::unique_ptr<int32_t[]> sums(new int32_t[2 * p.M * nb]);
+  QuantizedRows xq{quants.get(), scales.get(), scales.get() + p.M * nb, sums.get(), nb};
 #pragma omp parallel for schedule(static) if (p.M * p.K >= (1 << 15))
   for (int64_t m = 0; m < p.M; ++m) {
     std::vector<float> row(p.K);
     load_input_row(p, m, row.data());
-    quantize_row(row.data(), nb, xq.xexp + m * nb * kExpandedBlockBytes, xq.dx + m * nb, xq.sx + m * nb);
+    quantize_row(row.data(), nb, xq.xq + m * p.K, xq.dx + m * nb, xq.sx + m * nb, xq.sum16 + 2 * m * nb);
   }
   switch (p.format) {
     case QuantFormat::kU4F16: return run_groups<QuantFormat::kU4F16>(p, xq);

@@ -12,16 +12,16 @@
 //
 // Layout: output columns in groups of 8 (the last group zero-padded), K in blocks of 32. The
 // packed buffer is [groups][K / 32][block bytes]: each (group, block) holds the quants of its 8
-// columns, then their scales, so a column group is one sequential stream. Quants, as a stream S of
-// 256 int8/uint4 values: S[64 c + 8 j + i] = q(column j, k = 8 c + i) for chunk c (0..3, eight k
-// each), column j (0..7), i (0..7): a 32-byte vector of a chunk holds four columns' eight k each,
-// the operand of one maddubs/dpbusd against x's eight k broadcast to every 8-byte lane.
-//   int8:  the 256 bytes of S in order.
-//   uint4: 128 bytes; byte 32 c + t holds S[64 c + t] in its low and S[64 c + 32 + t] in its high
-//          nibble, so one 32-byte load and two mask/shift ops give chunk c's columns 0-3 and 4-7.
-// Scales are stored per block in column order kScaleOrder = {0, 1, 4, 5, 2, 3, 6, 7}: the order in
-// which hadd of the two int32 column-half accumulators leaves the columns, so a scale vector
-// loads straight; float16 d[8] then m[8], float32 d[8] then m[8], or float32 d_lo[8], d_hi[8].
+// columns, then their scales, so a column group is one sequential stream. The quants of a block
+// are eight "quad vectors" t = 0..7 of 32 bytes: byte 4 j + i of quad t is q(column j, k = 4 t + i).
+// One 32-bit lane per column: a quad vector against x's four k broadcast to every lane gives each
+// column's partial dot product in its own lane (one maddubs + madd, or one dpbusd), so a block
+// needs no horizontal sums and its float work is a few instructions per row for all 8 columns.
+//   int8:  the 8 quad vectors in order (256 bytes).
+//   uint4: 128 bytes; byte 32 c + t holds quad c's byte t in its low and quad c + 4's byte t in its
+//          high nibble (c = 0..3), so one 32-byte load and two mask/shift ops give two quads.
+// Scales follow in column order: float16 d[8] then m[8], float32 d[8] then m[8], or float32
+// d_lo[8] (k 0..15), d_hi[8] (k 16..31).
 //
 // Activations are quantized per row and per block of 32 (q8, like llama.cpp's Q8_1):
 // d_x = max|x| / 127, xq = round_half_even(x / d_x), s_x = d_x * sum(xq); a block's contribution
@@ -40,7 +40,6 @@ constexpr int kNumQuantFormats = 4;
 
 constexpr int64_t kQuantBlock = 32;                       // k per block
 constexpr int64_t kQuantGroup = 8;                        // output columns per group
-constexpr int kScaleOrder[8] = {0, 1, 4, 5, 2, 3, 6, 7};  // its own inverse
 
 constexpr bool quant_is_u4(QuantFormat f) { return f == QuantFormat::kU4F16 || f == QuantFormat::kU4F32; }
 constexpr bool quant_has_min(QuantFormat f) { return quant_is_u4(f); }

@@ -8,13 +8,15 @@ math (csrc/lora/params.h).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 __all__ = ["gated_lora_"]
 
 
 @torch.library.register_fake("fluid_rt::gated_lora_")
-def _gated_lora_fake(y, x, rows, a_t, b_t, silu_and_mul=False):
+def _gated_lora_fake(y, x, rows, a_t, b_t, silu_and_mul=False, out_parts=()):
     return None
 
 
@@ -25,6 +27,7 @@ def gated_lora_(
     a_t: torch.Tensor,
     b_t: torch.Tensor,
     silu_and_mul: bool = False,
+    out_parts: Sequence[int] = (),
 ) -> None:
     """``y[r] += (x'[r] @ a_t) @ b_t`` for each row index r in ``rows``; other rows untouched.
 
@@ -36,7 +39,11 @@ def gated_lora_(
         rows: ``[n]`` int64, distinct indices into the flattened leading dims.
         a_t: ``[in, rank]`` float32, contiguous (LoRA's A transposed).
         b_t: ``[rank, out]`` float32, contiguous (B transposed, the LoRA scale folded in).
+        out_parts: the output sizes of a fused projection's parts (q/k/v, gate/up), summing to
+            out, their count dividing rank. b_t is then read as block diagonal: part q's columns
+            take only rank rows ``[q rank / P, (q + 1) rank / P)``; entries off those blocks are
+            ignored. Empty: one part, b_t dense.
 
     Float32 math; each updated row of y is rounded to its dtype once.
     """
-    torch.ops.fluid_rt.gated_lora_(y, x, rows, a_t, b_t, bool(silu_and_mul))
+    torch.ops.fluid_rt.gated_lora_(y, x, rows, a_t, b_t, bool(silu_and_mul), [int(n) for n in out_parts])

@@ -15,6 +15,7 @@
 #include "entropy/params.h"
 #include "lora/params.h"
 #include "norm/params.h"
+#include "quant/params.h"
 #include "rope/params.h"
 
 using namespace fluid_rt;
@@ -173,8 +174,52 @@ void check_attention(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, i
 
 }  // namespace
 
+// ---- quant_linear -----------------------------------------------------------------------------
+// Random integer quants and scales packed by quant_pack_cpu; rows quantized as the kernel's contract
+// says (csrc/quant/params.h) and multiplied in double against the unpacked weight.
+void check_quant_linear(QuantFormat f, int64_t M, int64_t N, int64_t K) {
+  const int64_t nb = K / kQuantBlock, spb = quant_scales_per_block(f);
+  std::uniform_int_distribution<int> u4(0, 15), s8(-128, 127);
+  std::vector<uint8_t> q(N * K);
+  for (auto& v : q) v = static_cast<uint8_t>(quant_is_u4(f) ? u4(rng) : s8(rng));
+  std::vector<float> d(N * nb * spb), m(N * nb);
+  for (auto& v : d) v = fp16_to_float(float_to_fp16(std::fabs(randn(1, 0.01f)[0])));  // exact in float16
+  for (auto& v : m) v = fp16_to_float(float_to_fp16(randn(1, 0.05f)[0]));
+  std::vector<uint8_t> packed(quant_num_groups(N) * nb * quant_block_bytes(f));
+  QuantPackParams pp;
+  pp.q = q.data(), pp.d = d.data(), pp.m = quant_has_min(f) ? m.data() : nullptr;
+  pp.packed = packed.data(), pp.format = f, pp.N = N, pp.K = K;
+  expect(quant_pack_cpu(pp) == -1, "quant_pack exact scales", 0, -1);
+  const std::vector<float> x = randn(M * K, 1.f);
+  std::vector<float> y(M * N, std::numeric_limits<float>::quiet_NaN());  // poisoned
+  QuantLinearParams p;
+  p.x = x.data(), p.x_row_stride = K, p.packed = packed.data(), p.format = f, p.y = y.data();
+  p.y_row_stride = N, p.M = M, p.K = K, p.N = N;
+  quant_linear_cpu(p);
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t n = 0; n < N; ++n) {
+      double want = 0, scale = 0;
+      for (int64_t b = 0; b < nb; ++b) {
+        float amax = 0;
+        for (int64_t i = 0; i < kQuantBlock; ++i) amax = std::fmax(amax, std::fabs(x[r * K + b * kQuantBlock + i]));
+        const double dx = amax / 127.f;
+        for (int64_t i = 0; i < kQuantBlock; ++i) {
+          const int64_t k = b * kQuantBlock + i;
+          const double xq = std::nearbyint(x[r * K + k] * (127.f / amax));
+          const double qv = quant_is_u4(f) ? q[n * K + k] : static_cast<int8_t>(q[n * K + k]);
+          const double w = d[(n * nb + b) * spb + i * spb / kQuantBlock] * qv + (quant_has_min(f) ? m[n * nb + b] : 0.0);
+          want += dx * xq * w;
+          scale += std::fabs(dx * xq * w);
+        }
+      }
+      expect_close("quant_linear", y[r * N + n], want, 0, (nb + 4) * 0x1p-23 * scale);
+    }
+}
+
 // ---- gated_lora_ -----------------------------------------------------------------------------
-void check_gated_lora(int64_t n, int64_t in, int64_t rank, int64_t out, bool silu_and_mul) {
+// part_ends: a fused projection's parts (b_t read as block diagonal), or empty for a dense b_t.
+void check_gated_lora(int64_t n, int64_t in, int64_t rank, int64_t out, bool silu_and_mul,
+                      const std::vector<int64_t>& part_ends = {}) {
   const int64_t xin = silu_and_mul ? 2 * in : in;
   std::vector<float> x = randn(n * xin, 1.f), y = randn(n * out, 1.f);
   const std::vector<float> a = randn(in * rank, 0.2f), b = randn(rank * out, 0.2f), y0 = y;
@@ -183,6 +228,14 @@ void check_gated_lora(int64_t n, int64_t in, int64_t rank, int64_t out, bool sil
   p.y = y.data(), p.y_stride = out, p.x = x.data(), p.x_stride = xin, p.rows = rows.data();
   p.num_rows = static_cast<int64_t>(rows.size()), p.a_t = a.data(), p.b_t = b.data();
   p.in = in, p.rank = rank, p.out = out, p.silu_and_mul = silu_and_mul;
+  const int64_t parts = part_ends.empty() ? 1 : static_cast<int64_t>(part_ends.size());
+  if (!part_ends.empty()) p.part_ends = part_ends.data(), p.num_parts = parts;
+  // Rank row k feeds output o only inside a diagonal block (the part of o is the part of k).
+  auto part_of_column = [&](int64_t o) {
+    int64_t q = 0;
+    while (!part_ends.empty() && o >= part_ends[q]) ++q;
+    return q;
+  };
   gated_lora_cpu(p);
   for (int64_t r = 0; r < n; ++r) {
     const bool listed = r == 0 || r == n - 1;
@@ -194,7 +247,8 @@ void check_gated_lora(int64_t n, int64_t in, int64_t rank, int64_t out, bool sil
     }
     for (int64_t o = 0; o < out; ++o) {
       double want = y0[r * out + o];
-      for (int64_t k = 0; listed && k < rank; ++k) want += h[k] * b[k * out + o];
+      for (int64_t k = 0; listed && k < rank; ++k)
+        if (k / (rank / parts) == part_of_column(o)) want += h[k] * b[k * out + o];
       if (listed)
         expect_close("gated_lora row", y[r * out + o], want, 1e-5, 1e-5);
       else
@@ -218,6 +272,9 @@ int main() {
   check_attention(1, 1, 4, 4, 16, 600, {550});  // one query: the split-KV path
   check_gated_lora(3, 576, 48, 960, false);
   check_gated_lora(4, 37, 5, 23, true);
+  check_gated_lora(6, 40, 6, 29, false, {10, 17, 29});
+  for (const QuantFormat f : {QuantFormat::kU4F16, QuantFormat::kU4F32, QuantFormat::kS8F16, QuantFormat::kS8F32x2})
+    check_quant_linear(f, 5, 13, 96);
   std::printf(failures ? "%d check(s) failed\n" : "all checks passed\n", failures);
   return failures ? 1 : 0;
 }
