@@ -42,7 +42,8 @@ std::vector<int64_t> part_ends(at::IntArrayRef out_parts, int64_t rank, int64_t 
     FLUID_CHECK_VALUE(n > 0, "out_parts: sizes must be positive, got ", out_parts);
     ends.push_back(end += n);
   }
-  FLUID_CHECK_VALUE(end == out, "out_parts: sizes ", out_parts, " sum to ", end, ", y has ", out, " out_features");
+  FLUID_CHECK_VALUE(end == out, "out_parts: sizes ", out_parts, " sum to ", end, ", y has ", out,
+                    " out_features");
   return ends;
 }
 

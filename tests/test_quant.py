@@ -154,12 +154,17 @@ def test_bfloat16_rows_round_once(cpu_isa):
     assert torch.equal(ql(x), ql(x.float()).bfloat16())
 
 
-def test_nan_input_gives_nan_not_garbage():
-    w = quantized_weight("Q8_0", 9, 64, seed=7)
-    x = torch.randn(2, 64)
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_1"])
+def test_nan_inf_and_zero_rows_give_nan_inf_and_zero_not_garbage(cpu_isa, qtype):
+    w = quantized_weight(qtype, 9, 64, seed=7)
+    x = torch.randn(4, 64)
     x[1, 40] = float("nan")
+    x[2, 3] = float("inf")
+    x[3] = 0.0
     y = QuantLinear(w)(x)
     assert torch.isfinite(y[0]).all() and torch.isnan(y[1]).all()
+    assert not torch.isfinite(y[2]).any()
+    assert torch.equal(y[3], torch.zeros(9))
 
 
 def test_q4_0_with_huge_scale_keeps_exact_mins():

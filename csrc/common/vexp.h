@@ -1,5 +1,5 @@
 // Vector exponentials for the *.isa.cpp kernels, on csrc/common/vec.h's VecF: 2^x and e^x for
-// non-positive arguments (softmax and entropy only ever take exp of x - max).
+// non-positive arguments (softmax and entropy only ever take exp of x - max), and silu.
 //
 // Both round n = round(x) with one add: t = x + kPow2Magic is a float in [2^23, 2^24), whose low
 // mantissa bits then hold n + 127 (round to nearest even, like the FPU), so t - kPow2Magic is n and
@@ -52,6 +52,14 @@ inline VecF exp_nonpositive(VecF d) {
   p = fma(p, r, vset1(1.0f));
   p = fma(p, r, vset1(1.0f));
   return p * exponent_bits(t);
+}
+
+// silu(g) = g * sigmoid(g), sigmoid from e = exp(-|g|) (never overflows): SwiGLU's gate.
+inline VecF silu(VecF g) {
+  const MaskF pos = g > vzero();
+  const VecF e = exp_nonpositive(vmax(select(pos, vzero() - g, g), vset1(kExpFlushBelow)));
+  const VecF one = vset1(1.0f);
+  return g * select(pos, one / (one + e), e / (one + e));
 }
 
 }  // namespace FLUID_RT_ISA_NS

@@ -78,22 +78,13 @@ void rows_mat(Mat v, int64_t k, Mat w, int64_t n, float* out, int64_t out_stride
   }
 }
 
-// silu(g) * u, silu(g) = g * sigmoid(g), sigmoid from e = exp(-|g|) (never overflows).
-inline VecF silu_times(VecF g, VecF u) {
-  const MaskF pos = g > vzero();
-  const VecF e = exp_nonpositive(vmax(select(pos, vzero() - g, g), vset1(kExpFlushBelow)));
-  const VecF one = vset1(1.0f);
-  const VecF sig = select(pos, one / (one + e), e / (one + e));
-  return g * sig * u;
-}
-
 // x' of one row, widened to float32 into xf [in].
 template <DType D>
 void input_row(const GatedLoraParams& p, const void* x, float* xf) {
   for (int64_t i = 0; i < p.in; i += kLanes) {
     const int64_t n = std::min<int64_t>(kLanes, p.in - i);
     const VecF a = load_n<D>(x, i, n);
-    store_n<DType::kFloat32>(xf, i, p.silu_and_mul ? silu_times(a, load_n<D>(x, p.in + i, n)) : a, n);
+    store_n<DType::kFloat32>(xf, i, p.silu_and_mul ? silu(a) * load_n<D>(x, p.in + i, n) : a, n);
   }
 }
 
@@ -102,7 +93,8 @@ template <DType D, int R>
 void lora_tile(const GatedLoraParams& p, const int64_t* rows, float* scratch) {
   float *xf = scratch, *h = xf + R * p.in, *d = h + R * p.rank;
   const int64_t es = D == DType::kFloat32 ? 4 : 2;
-  for (int r = 0; r < R; ++r) input_row<D>(p, static_cast<const char*>(p.x) + rows[r] * p.x_stride * es, xf + r * p.in);
+  for (int r = 0; r < R; ++r)
+    input_row<D>(p, static_cast<const char*>(p.x) + rows[r] * p.x_stride * es, xf + r * p.in);
   rows_mat<R>({xf, p.in}, p.in, {p.a_t, p.rank}, p.rank, h, p.rank);
   // Only the diagonal blocks of b_t: part q's columns take part q's rank rows.
   const int64_t part_rank = p.rank / p.num_parts;

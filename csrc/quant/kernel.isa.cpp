@@ -89,7 +89,8 @@ void tile_portable(const uint8_t* group, int64_t nb, const QuantizedRows& xq, in
         for (int t = h * qps; t < (h + 1) * qps; ++t)
           for (int i = 0; i < 4; ++i)
             for (int j = 0; j < 8; ++j) isum[j] += q[t][j][i] * x[4 * t + i];
-        for (int j = 0; j < 8; ++j) acc[r][j] = acc[r][j] + static_cast<float>(isum[j]) * (d[8 * h + j] * xq.dx[xi]);
+        for (int j = 0; j < 8; ++j)
+          acc[r][j] = acc[r][j] + static_cast<float>(isum[j]) * (d[8 * h + j] * xq.dx[xi]);
       }
       if (quant_has_min(F))
         for (int j = 0; j < 8; ++j) acc[r][j] = acc[r][j] + m[j] * xq.sx[xi];
@@ -265,7 +266,8 @@ VNNI_FN void tile_s8_vnni(const uint8_t* group, int64_t nb, const QuantizedRows&
       for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) isum[r][c] = _mm256_setzero_si256();
       for (int t = h * qps; t < (h + 1) * qps; ++t) {
-        const __m256i w = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 32 * t)), flip);
+        const __m256i w =
+            _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 32 * t)), flip);
         for (int r = 0; r < R; ++r) {
           __m256i& chain = isum[r][t % C];
           chain = _mm256_dpbusd_epi32(chain, w, broadcast_quad(x0 + r * K, t));
@@ -381,7 +383,10 @@ void quant_linear_run(const QuantLinearParams& p) {
 #pragma omp parallel for schedule(static) if (p.M * p.K >= (1 << 15))
   for (int64_t m = 0; m < p.M; ++m) {
     std::vector<float> row(p.K);
-    load_input_row(p, m, row.data());
+    if (p.dtype == DType::kFloat32)
+      load_input_row<DType::kFloat32>(p, m, row.data());
+    else
+      load_input_row<DType::kBFloat16>(p, m, row.data());
     quantize_row(row.data(), nb, xq.xq + m * p.K, xq.dx + m * nb, xq.sx + m * nb, xq.sum16 + 2 * m * nb);
   }
   switch (p.format) {

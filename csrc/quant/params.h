@@ -38,8 +38,8 @@ namespace fluid_rt {
 enum class QuantFormat : int { kU4F16 = 0, kU4F32 = 1, kS8F16 = 2, kS8F32x2 = 3 };
 constexpr int kNumQuantFormats = 4;
 
-constexpr int64_t kQuantBlock = 32;                       // k per block
-constexpr int64_t kQuantGroup = 8;                        // output columns per group
+constexpr int64_t kQuantBlock = 32;  // k per block
+constexpr int64_t kQuantGroup = 8;   // output columns per group
 
 constexpr bool quant_is_u4(QuantFormat f) { return f == QuantFormat::kU4F16 || f == QuantFormat::kU4F32; }
 constexpr bool quant_has_min(QuantFormat f) { return quant_is_u4(f); }

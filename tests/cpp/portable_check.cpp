@@ -201,13 +201,15 @@ void check_quant_linear(QuantFormat f, int64_t M, int64_t N, int64_t K) {
       double want = 0, scale = 0;
       for (int64_t b = 0; b < nb; ++b) {
         float amax = 0;
-        for (int64_t i = 0; i < kQuantBlock; ++i) amax = std::fmax(amax, std::fabs(x[r * K + b * kQuantBlock + i]));
+        for (int64_t i = 0; i < kQuantBlock; ++i)
+          amax = std::fmax(amax, std::fabs(x[r * K + b * kQuantBlock + i]));
         const double dx = amax / 127.f;
         for (int64_t i = 0; i < kQuantBlock; ++i) {
           const int64_t k = b * kQuantBlock + i;
           const double xq = std::nearbyint(x[r * K + k] * (127.f / amax));
           const double qv = quant_is_u4(f) ? q[n * K + k] : static_cast<int8_t>(q[n * K + k]);
-          const double w = d[(n * nb + b) * spb + i * spb / kQuantBlock] * qv + (quant_has_min(f) ? m[n * nb + b] : 0.0);
+          const double w =
+              d[(n * nb + b) * spb + i * spb / kQuantBlock] * qv + (quant_has_min(f) ? m[n * nb + b] : 0.0);
           want += dx * xq * w;
           scale += std::fabs(dx * xq * w);
         }
@@ -273,7 +275,8 @@ int main() {
   check_gated_lora(3, 576, 48, 960, false);
   check_gated_lora(4, 37, 5, 23, true);
   check_gated_lora(6, 40, 6, 29, false, {10, 17, 29});
-  for (const QuantFormat f : {QuantFormat::kU4F16, QuantFormat::kU4F32, QuantFormat::kS8F16, QuantFormat::kS8F32x2})
+  for (const QuantFormat f :
+       {QuantFormat::kU4F16, QuantFormat::kU4F32, QuantFormat::kS8F16, QuantFormat::kS8F32x2})
     check_quant_linear(f, 5, 13, 96);
   std::printf(failures ? "%d check(s) failed\n" : "all checks passed\n", failures);
   return failures ? 1 : 0;
