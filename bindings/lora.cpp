@@ -13,8 +13,8 @@ constexpr ArgSpec kGatedLoraArgs[] = {
     {"y", kOpFloat | kF32 | kBF16, "... out_features", Layout::kRows, kWritten},
     {"x", kOpFloat | kF32 | kBF16, "... features", Layout::kRows},  // in_features, or 2x with silu_and_mul
     {"rows", kI64, "num_rows", Layout::kContiguous},
-    {"a_t", kF32, "in_features>=1 rank>=1", Layout::kContiguous},
-    {"b_t", kF32, "rank out_features", Layout::kContiguous},
+    {"a_t", kF32 | kBF16, "in_features>=1 rank>=1", Layout::kContiguous},
+    {"b_t", kF32 | kBF16, "part_rank out_features", Layout::kContiguous},
 };
 constexpr OpSpec kGatedLoraSpec{kGatedLoraArgs,
                                 "gated_lora_ is a CPU kernel (on CUDA the adapter uses torch ops)"};
@@ -32,10 +32,12 @@ void check_rows(const at::Tensor& rows, int64_t n) {
 }
 
 // out_parts (the output sizes of a fused projection's parts) as cumulative ends; empty: one part.
-std::vector<int64_t> part_ends(at::IntArrayRef out_parts, int64_t rank, int64_t out) {
+std::vector<int64_t> part_ends(at::IntArrayRef out_parts, int64_t rank, int64_t part_rank, int64_t out) {
+  const int64_t parts = out_parts.empty() ? 1 : static_cast<int64_t>(out_parts.size());
+  FLUID_CHECK_VALUE(rank == parts * part_rank, "b_t: ", part_rank, " rows, but a_t's rank ", rank, " over ",
+                    parts, " part(s) (out_parts) gives ", rank / parts,
+                    rank % parts ? " and a remainder" : "");
   if (out_parts.empty()) return {out};
-  FLUID_CHECK_VALUE(rank % static_cast<int64_t>(out_parts.size()) == 0, "out_parts: ", out_parts.size(),
-                    " parts do not divide a_t's rank ", rank);
   std::vector<int64_t> ends;
   int64_t end = 0;
   for (const int64_t n : out_parts) {
@@ -62,13 +64,16 @@ void gated_lora_impl(at::Tensor& y, const at::Tensor& x, const at::Tensor& rows,
   p.dtype = y.scalar_type() == at::kFloat ? DType::kFloat32 : DType::kBFloat16;
   p.rows = rows.data_ptr<int64_t>();
   p.num_rows = rows.numel();
-  p.a_t = a_t.data_ptr<float>();
-  p.b_t = b_t.data_ptr<float>();
+  FLUID_CHECK_VALUE(a_t.scalar_type() == b_t.scalar_type(), "a_t and b_t must have one dtype, got ",
+                    a_t.scalar_type(), " and ", b_t.scalar_type());
+  p.a_t = a_t.data_ptr();
+  p.b_t = b_t.data_ptr();
+  p.factor_dtype = a_t.scalar_type() == at::kFloat ? DType::kFloat32 : DType::kBFloat16;
   p.in = in;
   p.rank = a_t.size(1);
   p.out = y.size(-1);
   p.silu_and_mul = silu_and_mul;
-  const std::vector<int64_t> ends = part_ends(out_parts, p.rank, p.out);
+  const std::vector<int64_t> ends = part_ends(out_parts, p.rank, b_t.size(0), p.out);
   p.part_ends = ends.data();
   p.num_parts = static_cast<int64_t>(ends.size());
   gated_lora_cpu(p);

@@ -186,18 +186,33 @@ class MaskRows:
         self.gate: torch.Tensor | None = None
 
 
+def _op_factors(A_t: torch.Tensor, B_t: torch.Tensor, out_parts: list[int]):
+    """The CPU op's factors (``ops.gated_lora_``): A_t, and B_t's diagonal blocks side by side
+    (``[R / parts, out]``), both in bfloat16 where that is exact (a bfloat16-trained adapter: the
+    factors are streamed once per decode step, so their bytes are its time)."""
+    r = A_t.shape[1] // len(out_parts)
+    blocks, c0 = [], 0
+    for q, n in enumerate(out_parts):
+        blocks.append(B_t[q * r : (q + 1) * r, c0 : c0 + n])
+        c0 += n
+    a_t, b_t = A_t.float().contiguous(), torch.cat(blocks, dim=1).float().contiguous()
+    exact = all(torch.equal(t.bfloat16().float(), t) for t in (a_t, b_t))
+    return (a_t.bfloat16(), b_t.bfloat16()) if exact else (a_t, b_t)
+
+
 class GatedLoRALinear:
     """A ``fluid_rt.model.Linear`` plus ``scale * (x @ A.T) @ B.T`` at the mask rows only.
 
     ``A [R, in]`` stacks the factors of the fused parts (q/k/v, gate/up); ``B [out, R]`` is block
-    diagonal, so one pair of small matmuls serves a fused projection; ``out_parts`` (the parts'
-    output sizes) lets the CPU op skip B's zero blocks."""
+    diagonal, so one pair of small matmuls serves a fused projection. The CPU op takes B without
+    its zero blocks (``out_parts``: the parts' output sizes)."""
 
-    __slots__ = ("A_t", "B_t", "inner", "out_parts", "rows")
+    __slots__ = ("A_t", "B_t", "inner", "op_factors", "out_parts", "rows")
 
     def __init__(self, inner, A: torch.Tensor, B: torch.Tensor, rows: MaskRows, out_parts: list[int]):
         self.inner, self.rows, self.out_parts = inner, rows, out_parts
         self.A_t, self.B_t = A.t().contiguous(), B.t().contiguous()  # scale folded into B
+        self.op_factors = _op_factors(self.A_t, self.B_t, out_parts) if A.device.type == "cpu" else None
 
     @property
     def out_features(self) -> int:
@@ -211,7 +226,7 @@ class GatedLoRALinear:
             if not rows.index.numel():
                 return y
             if y.dtype in (torch.float32, torch.bfloat16):  # CPU: one fused op
-                ops.gated_lora_(y, x, rows.index, self.A_t, self.B_t, silu_and_mul, self.out_parts)
+                ops.gated_lora_(y, x, rows.index, *self.op_factors, silu_and_mul, self.out_parts)
                 return y
         elif rows.gate is None:
             return y

@@ -9,31 +9,22 @@ from fluid_rt.ops import gated_lora_
 TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2}
 
 
-def block_diagonal(b_t, out_parts):
-    """b_t with every entry off the parts' diagonal blocks zeroed (what the op reads of it)."""
+def block_diagonal(b_t, out_parts, rank):
+    """The fused layer's [rank, out] block-diagonal B^T from the op's b_t (its blocks side by side)."""
     if not out_parts:
         return b_t
-    kept = torch.zeros_like(b_t)
-    r = b_t.shape[0] // len(out_parts)
+    r = rank // len(out_parts)
+    dense = torch.zeros(rank, b_t.shape[1], dtype=b_t.dtype)
     c0 = 0
     for q, n in enumerate(out_parts):
-        kept[q * r : (q + 1) * r, c0 : c0 + n] = b_t[q * r : (q + 1) * r, c0 : c0 + n]
+        dense[q * r : (q + 1) * r, c0 : c0 + n] = b_t[:, c0 : c0 + n]
         c0 += n
-    return kept
-
-
-def with_garbage_off_blocks(b_t, out_parts):
-    """b_t with NaN off the diagonal blocks: the op must never read them."""
-    if not out_parts:
-        return b_t
-    kept = block_diagonal(b_t, out_parts)
-    on_block = block_diagonal(torch.ones_like(b_t), out_parts).bool()
-    return torch.where(on_block, kept, torch.full_like(b_t, float("nan")))
+    return dense
 
 
 def reference(y, x, rows, a_t, b_t, silu_and_mul, out_parts=()):
     """float64: y's listed rows plus the delta, rounded to y's dtype once; the others unchanged."""
-    b_t = block_diagonal(b_t, out_parts)
+    b_t = block_diagonal(b_t, out_parts, a_t.shape[1])
     xd = x.double()
     if silu_and_mul:
         gate, up = xd.chunk(2, dim=-1)
@@ -44,15 +35,16 @@ def reference(y, x, rows, a_t, b_t, silu_and_mul, out_parts=()):
     return want
 
 
-def make(shape_lead, in_f, rank, out_f, dtype, silu_and_mul, seed):
+def make(shape_lead, in_f, rank, out_f, dtype, silu_and_mul, seed, parts=1, factors=torch.float32):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(*shape_lead, in_f * (2 if silu_and_mul else 1), generator=g).to(dtype)
     y = torch.randn(*shape_lead, out_f, generator=g).to(dtype)
     a_t = torch.randn(in_f, rank, generator=g) / in_f**0.5
-    b_t = torch.randn(rank, out_f, generator=g) / rank**0.5
-    return y, x, a_t, b_t
+    b_t = torch.randn(rank // parts, out_f, generator=g) / rank**0.5
+    return y, x, a_t.to(factors), b_t.to(factors)
 
 
+@pytest.mark.parametrize("factors", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("silu_and_mul", [False, True])
 @pytest.mark.parametrize(
@@ -67,13 +59,14 @@ def make(shape_lead, in_f, rank, out_f, dtype, silu_and_mul, seed):
         ((40,), 1536, 16, 576, list(range(0, 40, 3)), ()),  # a down projection, enough rows for threads
     ],
 )
-def test_matches_reference(dtype, silu_and_mul, lead, in_f, rank, out_f, rows, parts, cpu_isa):
-    y, x, a_t, b_t = make(lead, in_f, rank, out_f, dtype, silu_and_mul, seed=len(rows) + in_f)
+def test_matches_reference(factors, dtype, silu_and_mul, lead, in_f, rank, out_f, rows, parts, cpu_isa):
+    seed = len(rows) + in_f
+    y, x, a_t, b_t = make(lead, in_f, rank, out_f, dtype, silu_and_mul, seed, max(len(parts), 1), factors)
     idx = torch.tensor(rows, dtype=torch.int64)
     x_before = x.clone()
     want = reference(y, x, idx, a_t, b_t, silu_and_mul, parts)
     y_before = y.clone()
-    gated_lora_(y, x, idx, a_t, with_garbage_off_blocks(b_t, parts), silu_and_mul, parts)
+    gated_lora_(y, x, idx, a_t, b_t, silu_and_mul, parts)
     tol = TOL[dtype]
     torch.testing.assert_close(y.double(), want, rtol=tol, atol=tol)
     untouched = torch.ones(y.numel() // out_f, dtype=torch.bool)
@@ -85,7 +78,7 @@ def test_matches_reference(dtype, silu_and_mul, lead, in_f, rank, out_f, rows, p
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_a_rows_delta_does_not_depend_on_the_other_rows(dtype, cpu_isa):
     """Rows run in tiles of several at once; each row's result is bitwise the one it gets alone."""
-    y, x, a_t, b_t = make((11,), 96, 12, 3 * 40, dtype, False, seed=5)
+    y, x, a_t, b_t = make((11,), 96, 12, 3 * 40, dtype, False, seed=5, parts=3, factors=torch.bfloat16)
     parts = (40, 40, 40)
     together = y.clone()
     gated_lora_(together, x, torch.arange(11), a_t, b_t, False, parts)
@@ -117,10 +110,13 @@ def test_strided_rows_and_huge_gate(cpu_isa):
 
 def test_opcheck():
     y, x, a_t, b_t = make((4,), 8, 2, 6, torch.float32, False, 0)
-    for parts in ([], [3, 3]):
-        torch.library.opcheck(
-            torch.ops.fluid_rt.gated_lora_.default, (y, x, torch.tensor([1, 3]), a_t, b_t, False, parts)
-        )
+    torch.library.opcheck(
+        torch.ops.fluid_rt.gated_lora_.default, (y, x, torch.tensor([1, 3]), a_t, b_t, False, [])
+    )
+    y, x, a_t, b_t = make((4,), 8, 2, 6, torch.float32, False, 0, parts=2, factors=torch.bfloat16)
+    torch.library.opcheck(
+        torch.ops.fluid_rt.gated_lora_.default, (y, x, torch.tensor([1, 3]), a_t, b_t, False, [3, 3])
+    )
 
 
 def _args(**over):
@@ -140,13 +136,14 @@ BAD = [
     ("row out of range", dict(rows=torch.tensor([0, 4])), "outside"),
     ("negative row", dict(rows=torch.tensor([-1])), "outside"),
     ("row twice", dict(rows=torch.tensor([2, 2])), "twice"),
-    ("a_t dtype", dict(a_t=torch.randn(8, 2).bfloat16()), "a_t"),
+    ("a_t dtype", dict(a_t=torch.randn(8, 2).double()), "a_t"),
+    ("factor dtypes differ", dict(a_t=torch.randn(8, 2).bfloat16()), "one dtype"),
     ("b_t shape", dict(b_t=torch.randn(3, 6)), "b_t"),
     ("b_t out", dict(b_t=torch.randn(2, 7)), "b_t"),
     ("a_t strided", dict(a_t=torch.randn(2, 8).t()), "a_t"),
-    ("parts sum", dict(out_parts=[3, 2]), "sum to 5"),
-    ("parts divide rank", dict(out_parts=[2, 2, 2]), "divide"),
-    ("parts positive", dict(out_parts=[6, 0]), "positive"),
+    ("parts sum", dict(out_parts=[3, 2], b_t=torch.randn(1, 6)), "sum to 5"),
+    ("parts and b_t rows", dict(out_parts=[2, 2, 2]), "part"),
+    ("parts positive", dict(out_parts=[6, 0], b_t=torch.randn(1, 6)), "positive"),
 ]
 
 

@@ -17,17 +17,20 @@ constexpr int kRowTile = 4;
 constexpr int kBlock = kLanes >= 16 ? 4 : 2;  // output vectors per pass: kRowTile x kBlock accumulators
 
 // A row-major operand: element (i, j) at p[i * stride + j].
+template <class T>
 struct Mat {
-  const float* p;
+  const T* p;
   int64_t stride;
 };
 
-// out[r][0 .. NV kLanes) of v @ w for R rows, the last vector holding `tail` (<= kLanes) outputs.
+// out[r][0 .. NV kLanes) of v @ w for R rows, the last vector holding `tail` (<= kLanes) outputs;
+// w's elements are of dtype WD.
 // Narrow outputs (the rank-wide first product) would be one long chain of dependent FMAs per
 // vector: k is dealt round-robin to C chains instead, summed at the end. C depends on NV alone, so
 // a row's sums are the same whatever R.
-template <int R, int NV>
-void rows_mat_block(Mat v, int64_t k, Mat w, float* out, int64_t out_stride, int64_t tail) {
+template <DType WD, int R, int NV>
+void rows_mat_block(Mat<float> v, int64_t k, Mat<char> w, float* out, int64_t out_stride, int64_t tail) {
+  constexpr int64_t es = WD == DType::kFloat32 ? 4 : 2;
   constexpr int C = kBlock / NV > 1 ? kBlock / NV : 1;
   VecF acc[C][R][NV];
   for (int c = 0; c < C; ++c)
@@ -35,11 +38,10 @@ void rows_mat_block(Mat v, int64_t k, Mat w, float* out, int64_t out_stride, int
       for (int b = 0; b < NV; ++b) acc[c][r][b] = vzero();
   const bool full = tail == kLanes;  // loop-invariant: the compiler unswitches it
   auto step = [&](int64_t i, VecF(&a)[R][NV]) {
-    const float* row = w.p + i * w.stride;
+    const char* row = w.p + i * w.stride * es;
     VecF wv[NV];
-    for (int b = 0; b < NV - 1; ++b) wv[b] = vload(row + b * kLanes);
-    const float* last = row + (NV - 1) * kLanes;
-    wv[NV - 1] = full ? vload(last) : vload_first(last, tail);
+    for (int b = 0; b < NV - 1; ++b) wv[b] = load_as<WD>(row, b * kLanes);
+    wv[NV - 1] = full ? load_as<WD>(row, (NV - 1) * kLanes) : load_first_as<WD>(row, (NV - 1) * kLanes, tail);
     for (int r = 0; r < R; ++r) {
       const VecF vi = vset1(v.p[r * v.stride + i]);
       for (int b = 0; b < NV; ++b) a[r][b] = fma(vi, wv[b], a[r][b]);
@@ -60,21 +62,22 @@ void rows_mat_block(Mat v, int64_t k, Mat w, float* out, int64_t out_stride, int
 }
 
 // rows_mat_block for nv (1..kBlock) vectors.
-template <int R, int NV = 1>
-void rows_mat_nv(int nv, Mat v, int64_t k, Mat w, float* out, int64_t out_stride, int64_t tail) {
+template <DType WD, int R, int NV = 1>
+void rows_mat_nv(int nv, Mat<float> v, int64_t k, Mat<char> w, float* out, int64_t out_stride, int64_t tail) {
   if constexpr (NV < kBlock) {
-    if (nv != NV) return rows_mat_nv<R, NV + 1>(nv, v, k, w, out, out_stride, tail);
+    if (nv != NV) return rows_mat_nv<WD, R, NV + 1>(nv, v, k, w, out, out_stride, tail);
   }
-  rows_mat_block<R, NV>(v, k, w, out, out_stride, tail);
+  rows_mat_block<WD, R, NV>(v, k, w, out, out_stride, tail);
 }
 
-// out[r][0 .. n) = v[r][0 .. k) @ w[k][n] for R rows.
-template <int R>
-void rows_mat(Mat v, int64_t k, Mat w, int64_t n, float* out, int64_t out_stride) {
+// out[r][0 .. n) = v[r][0 .. k) @ w[k][n] for R rows (w's elements of dtype WD).
+template <DType WD, int R>
+void rows_mat(Mat<float> v, int64_t k, Mat<char> w, int64_t n, float* out, int64_t out_stride) {
+  constexpr int64_t es = WD == DType::kFloat32 ? 4 : 2;
   for (int64_t j0 = 0; j0 < n; j0 += kBlock * kLanes) {
     const int64_t width = std::min<int64_t>(kBlock * kLanes, n - j0);
     const int nv = static_cast<int>((width + kLanes - 1) / kLanes);
-    rows_mat_nv<R>(nv, v, k, {w.p + j0, w.stride}, out + j0, out_stride, width - (nv - 1) * kLanes);
+    rows_mat_nv<WD, R>(nv, v, k, {w.p + j0 * es, w.stride}, out + j0, out_stride, width - (nv - 1) * kLanes);
   }
 }
 
@@ -88,19 +91,21 @@ void input_row(const GatedLoraParams& p, const void* x, float* xf) {
   }
 }
 
-// The delta of R rows (rows[0 .. R) of p) added to y. scratch: R x (in + rank + out) floats.
-template <DType D, int R>
+// The delta of R rows (rows[0 .. R) of p) added to y; x and y of dtype D, the factors of WD.
+// scratch: R x (in + rank + out) floats.
+template <DType D, DType WD, int R>
 void lora_tile(const GatedLoraParams& p, const int64_t* rows, float* scratch) {
+  constexpr int64_t wes = WD == DType::kFloat32 ? 4 : 2;
+  const char *a_t = static_cast<const char*>(p.a_t), *b_t = static_cast<const char*>(p.b_t);
   float *xf = scratch, *h = xf + R * p.in, *d = h + R * p.rank;
   const int64_t es = D == DType::kFloat32 ? 4 : 2;
   for (int r = 0; r < R; ++r)
     input_row<D>(p, static_cast<const char*>(p.x) + rows[r] * p.x_stride * es, xf + r * p.in);
-  rows_mat<R>({xf, p.in}, p.in, {p.a_t, p.rank}, p.rank, h, p.rank);
-  // Only the diagonal blocks of b_t: part q's columns take part q's rank rows.
+  rows_mat<WD, R>({xf, p.in}, p.in, {a_t, p.rank}, p.rank, h, p.rank);
   const int64_t part_rank = p.rank / p.num_parts;
-  for (int64_t q = 0, c0 = 0; q < p.num_parts; ++q) {
-    const int64_t k0 = q * part_rank, c1 = p.part_ends ? p.part_ends[q] : p.out;
-    rows_mat<R>({h + k0, p.rank}, part_rank, {p.b_t + k0 * p.out + c0, p.out}, c1 - c0, d + c0, p.out);
+  for (int64_t q = 0, c0 = 0; q < p.num_parts; ++q) {  // part q's columns take h's q-th rank slice
+    const int64_t c1 = p.part_ends ? p.part_ends[q] : p.out;
+    rows_mat<WD, R>({h + q * part_rank, p.rank}, part_rank, {b_t + c0 * wes, p.out}, c1 - c0, d + c0, p.out);
     c0 = c1;
   }
   for (int r = 0; r < R; ++r) {
@@ -113,12 +118,20 @@ void lora_tile(const GatedLoraParams& p, const int64_t* rows, float* scratch) {
 }
 
 // lora_tile for `count` (1..kRowTile) rows.
-template <DType D, int R = 1>
+template <DType D, DType WD, int R = 1>
 void lora_tile_n(const GatedLoraParams& p, const int64_t* rows, int count, float* scratch) {
   if constexpr (R < kRowTile) {
-    if (count != R) return lora_tile_n<D, R + 1>(p, rows, count, scratch);
+    if (count != R) return lora_tile_n<D, WD, R + 1>(p, rows, count, scratch);
   }
-  lora_tile<D, R>(p, rows, scratch);
+  lora_tile<D, WD, R>(p, rows, scratch);
+}
+
+template <DType D>
+void lora_tile_any(const GatedLoraParams& p, const int64_t* rows, int count, float* scratch) {
+  if (p.factor_dtype == DType::kFloat32)
+    lora_tile_n<D, DType::kFloat32>(p, rows, count, scratch);
+  else
+    lora_tile_n<D, DType::kBFloat16>(p, rows, count, scratch);
 }
 
 }  // namespace
@@ -129,9 +142,9 @@ void gated_lora_rows(const GatedLoraParams& p, int64_t r0, int64_t r1) {
   for (int64_t i = r0; i < r1; i += kRowTile) {
     const int count = static_cast<int>(std::min<int64_t>(kRowTile, r1 - i));
     if (p.dtype == DType::kFloat32)
-      lora_tile_n<DType::kFloat32>(p, p.rows + i, count, scratch.data());
+      lora_tile_any<DType::kFloat32>(p, p.rows + i, count, scratch.data());
     else
-      lora_tile_n<DType::kBFloat16>(p, p.rows + i, count, scratch.data());
+      lora_tile_any<DType::kBFloat16>(p, p.rows + i, count, scratch.data());
   }
 }
 

@@ -5,11 +5,11 @@
 // rows whose input is the mask token only; every other row of y is left untouched. Float32 math;
 // y's row is widened, summed with the delta and rounded back to its dtype once.
 //
-// Fused projections (q/k/v, gate/up) stack their parts' LoRA factors: a_t's columns are the parts'
-// ranks side by side and b_t is block diagonal, part q's rank rows feeding part q's output columns
-// only. With num_parts > 1 the kernel reads just those diagonal blocks (the zeros around them are
-// half or two thirds of b_t): part q's columns end at part_ends[q], its rank rows are
-// [q rank / num_parts, (q + 1) rank / num_parts).
+// Fused projections (q/k/v, gate/up) stack P parts: a_t's columns are the parts' ranks side by side
+// (rank = P part_rank) and b_t is [part_rank, out], part q's columns (up to part_ends[q]) taking
+// h's q-th rank slice, h = x' @ a_t: the block diagonal B of the fused layer without its zeros.
+// The factors may be bfloat16 (an adapter trained in it is exact there): a decode step streams
+// every layer's factors once, and they are a tenth of the quantized base model's bytes in float32.
 #pragma once
 #include <cstdint>
 
@@ -26,8 +26,9 @@ struct GatedLoraParams {
   DType dtype = DType::kFloat32;  // of x and y: float32 or bfloat16
   const int64_t* rows = nullptr;  // num_rows distinct row indices
   int64_t num_rows = 0;
-  const float* a_t = nullptr;  // [in, rank], contiguous
-  const float* b_t = nullptr;  // [rank, out], contiguous
+  const void* a_t = nullptr;             // [in, rank], contiguous
+  const void* b_t = nullptr;             // [rank / num_parts, out], contiguous
+  DType factor_dtype = DType::kFloat32;  // of a_t and b_t: float32 or bfloat16
   int64_t in = 0, rank = 0, out = 0;
   const int64_t* part_ends = nullptr;  // [num_parts], increasing, the last == out; null: one part
   int64_t num_parts = 1;               // divides rank

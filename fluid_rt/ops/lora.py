@@ -37,12 +37,12 @@ def gated_lora_(
         x: ``[..., in]`` (y's leading dims and dtype), the linear's input; with ``silu_and_mul``
             ``[..., 2 * in]`` = ``[gate, up]`` and x' = ``silu(gate) * up``.
         rows: ``[n]`` int64, distinct indices into the flattened leading dims.
-        a_t: ``[in, rank]`` float32, contiguous (LoRA's A transposed).
-        b_t: ``[rank, out]`` float32, contiguous (B transposed, the LoRA scale folded in).
-        out_parts: the output sizes of a fused projection's parts (q/k/v, gate/up), summing to
-            out, their count dividing rank. b_t is then read as block diagonal: part q's columns
-            take only rank rows ``[q rank / P, (q + 1) rank / P)``; entries off those blocks are
-            ignored. Empty: one part, b_t dense.
+        a_t: ``[in, rank]`` float32 or bfloat16, contiguous (LoRA's A transposed).
+        b_t: ``[rank / P, out]``, a_t's dtype, contiguous (B transposed, the LoRA scale folded in).
+        out_parts: the output sizes of a fused projection's P parts (q/k/v, gate/up), summing to
+            out. Part q's columns take ``h[:, q rank / P : (q + 1) rank / P]`` of
+            ``h = x' @ a_t``: b_t holds the diagonal blocks of the fused layer's block-diagonal
+            B, side by side. Empty: one part.
 
     Float32 math; each updated row of y is rounded to its dtype once.
     """

@@ -219,20 +219,21 @@ void check_quant_linear(QuantFormat f, int64_t M, int64_t N, int64_t K) {
 }
 
 // ---- gated_lora_ -----------------------------------------------------------------------------
-// part_ends: a fused projection's parts (b_t read as block diagonal), or empty for a dense b_t.
+// part_ends: a fused projection's parts (b_t [rank / parts, out]), or empty for one part.
 void check_gated_lora(int64_t n, int64_t in, int64_t rank, int64_t out, bool silu_and_mul,
                       const std::vector<int64_t>& part_ends = {}) {
   const int64_t xin = silu_and_mul ? 2 * in : in;
   std::vector<float> x = randn(n * xin, 1.f), y = randn(n * out, 1.f);
-  const std::vector<float> a = randn(in * rank, 0.2f), b = randn(rank * out, 0.2f), y0 = y;
+  const int64_t parts = part_ends.empty() ? 1 : static_cast<int64_t>(part_ends.size()),
+                part_rank = rank / parts;
+  const std::vector<float> a = randn(in * rank, 0.2f), b = randn(part_rank * out, 0.2f), y0 = y;
   const std::vector<int64_t> rows = {n - 1, 0};  // out of order; the rows between stay untouched
   GatedLoraParams p;
   p.y = y.data(), p.y_stride = out, p.x = x.data(), p.x_stride = xin, p.rows = rows.data();
   p.num_rows = static_cast<int64_t>(rows.size()), p.a_t = a.data(), p.b_t = b.data();
   p.in = in, p.rank = rank, p.out = out, p.silu_and_mul = silu_and_mul;
-  const int64_t parts = part_ends.empty() ? 1 : static_cast<int64_t>(part_ends.size());
   if (!part_ends.empty()) p.part_ends = part_ends.data(), p.num_parts = parts;
-  // Rank row k feeds output o only inside a diagonal block (the part of o is the part of k).
+  // Output o of part q takes rank slice q of h: b holds the fused B's diagonal blocks side by side.
   auto part_of_column = [&](int64_t o) {
     int64_t q = 0;
     while (!part_ends.empty() && o >= part_ends[q]) ++q;
@@ -249,8 +250,8 @@ void check_gated_lora(int64_t n, int64_t in, int64_t rank, int64_t out, bool sil
     }
     for (int64_t o = 0; o < out; ++o) {
       double want = y0[r * out + o];
-      for (int64_t k = 0; listed && k < rank; ++k)
-        if (k / (rank / parts) == part_of_column(o)) want += h[k] * b[k * out + o];
+      const int64_t q = part_of_column(o);
+      for (int64_t k = 0; listed && k < part_rank; ++k) want += h[q * part_rank + k] * b[k * out + o];
       if (listed)
         expect_close("gated_lora row", y[r * out + o], want, 1e-5, 1e-5);
       else
