@@ -18,11 +18,8 @@
 #include <type_traits>
 #include <utility>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "common/isa.h"
+#include "common/parallel.h"
 #include "linear/kernels.h"
 #include "linear/params.h"
 #include "linear/simd.h"
@@ -354,12 +351,8 @@ void run(const PackedLinearParams& p, bool parallel) {
 #pragma omp for schedule(static)
     for (int64_t s0 = 0; s0 < steps; s0 += 64) pack_rows<Step>(p, a.get(), s0, std::min(steps, s0 + 64));
     // (the implicit barrier: every thread reads all of `a`)
-#ifdef _OPENMP
-    const int64_t threads = omp_get_num_threads(), thread = omp_get_thread_num();
-#else
-    const int64_t threads = 1, thread = 0;
-#endif
-    run_panels<Step>(p, panels * thread / threads, panels * (thread + 1) / threads, a.get(), partial.get());
+    const ItemRange share = thread_share(panels);
+    run_panels<Step>(p, share.begin, share.end, a.get(), partial.get());
   }
 }
 

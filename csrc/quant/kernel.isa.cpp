@@ -12,11 +12,8 @@
 #include <memory>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "common/isa.h"
+#include "common/parallel.h"
 #include "quant/activations.h"
 #include "quant/params.h"
 
@@ -346,13 +343,8 @@ void run_groups(const QuantLinearParams& p, const QuantizedRows& xq) {
 #endif
 #pragma omp parallel
   {
-#ifdef _OPENMP
-    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-#else
-    const int64_t nt = 1, t = 0;
-#endif
-    // Contiguous ranges of groups: each thread streams its own part of the weight.
-    const int64_t g0 = groups * t / nt, g1 = groups * (t + 1) / nt;
+    const ItemRange share = thread_share(groups);  // each thread streams its own part of the weight
+    const int64_t g0 = share.begin, g1 = share.end;
     float out[kMaxRows][kQuantGroup];
     for (int64_t c0 = g0; c0 < g1; c0 += chunk) {
       const int64_t c1 = std::min(g1, c0 + chunk);
