@@ -3,7 +3,7 @@
 // every row runs through the same instructions whatever its tile (integer dot products are exact
 // in any order, and each row's float work is the same sequence), so a row's result never depends
 // on the other rows of the call.
-//   portable: scalar integer dots, the reference the vector paths match bit for bit;
+//   portable: scalar integer dots (the same sums and float steps, the float ones unfused);
 //   avx2:     maddubs (u8 x s8 pairs -> int16) + madd (-> int32); int8 weights as |w| x sign(x, w);
 //   avx512:   AVX512-VNNI dpbusd (u8 x s8 quads -> int32) where the CPU has it, else the avx2 code;
 //             int8 weights enter dpbusd as w + 128 and the 128 * sum(xq) excess is subtracted.
