@@ -14,8 +14,9 @@ with ``FLUID_RT_CPU_ISA=<path>`` and times, baseline and ours alternately in the
              ``q * cos + rotate_half(q) * sin`` written back
 
 Reported: medians (ms) and the same-run ratio torch / ours (> 1: fluid_rt is faster). With
-``--model`` the linear and model benchmarks (bench_linear.py, bench_model.py) also run once per
-path as subprocesses and their own tables are printed after this one.
+``--model`` the linear, quantized-linear and model benchmarks (bench_linear.py, bench_quant.py,
+bench_model.py) also run once per path as subprocesses and their own tables are printed after
+this one.
 
     python benchmarks/bench_isa.py [--threads 2] [--iters 20] [--paths avx2,portable] [--model] [--json]
 """
@@ -202,7 +203,11 @@ def run_path(path, args):
 
 def run_model_benchmarks(path, args):
     env = dict(os.environ, FLUID_RT_CPU_ISA=path, OMP_NUM_THREADS=str(args.threads))
-    for script, extra in (("bench_linear.py", []), ("bench_model.py", ["--repeats", "3"])):
+    for script, extra in (
+        ("bench_linear.py", []),
+        ("bench_quant.py", []),
+        ("bench_model.py", ["--repeats", "3"]),
+    ):
         print(f"\n=== {script} on path {path}", flush=True)
         subprocess.run(
             [sys.executable, os.path.join(HERE, script), "--threads", str(args.threads), *extra],
@@ -217,7 +222,9 @@ def main():
     ap.add_argument("--iters", type=int, default=20, help="timed pairs per case")
     ap.add_argument("--paths", default="", help="comma list (default: every path this machine supports)")
     ap.add_argument(
-        "--model", action="store_true", help="also run bench_linear.py and bench_model.py per path"
+        "--model",
+        action="store_true",
+        help="also run bench_linear.py, bench_quant.py and bench_model.py per path",
     )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
