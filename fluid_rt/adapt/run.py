@@ -13,10 +13,12 @@ import torch
 # Jupyter outputs in SmolLM2's pre-training code data; an instruction-tuned chat never produces it.
 MASK_CANDIDATES = ("<empty_output>", "<jupyter_script>", "<issue_closed>", "<gh_stars>")
 
-# Measured on training prompts with the shipped adapter (held-out prompts are for the report): a low
-# confidence threshold commits nearly every draft, and a wrong one costs no extra forward (the next
-# pass's exact prediction replaces it), so 0.1 gave more tokens per forward than 0.3 or 0.5.
-DECODE_DEFAULTS = {"min_block": 2, "threshold": 0.1}
+# Measured with the shipped adapter on the int8 kernels (`bench_adapter.py`, 18 held-out prompts,
+# batch 1, Zen 4): a forward's matmul cost grows with its rows past ~3 (`bench_quant.py`), and an
+# elastic forward has 1 + K + block_size rows, so block 3 (0.84x AR at 1.37 tokens per forward) beat
+# block 4 (0.70x at 1.42) and block 2 (0.86x at 1.29 within noise, but fewer tokens per forward).
+# A threshold of 0.3 commits fewer weak drafts than 0.1 (0.76x at block 3, 1.39 tokens per forward).
+DECODE_DEFAULTS = {"block_size": 3, "min_block": 1, "threshold": 0.3}
 
 
 def pick_mask_token(tokenizer) -> int:
@@ -122,7 +124,7 @@ def adapt(args) -> dict:
         trainer.run(args.out, reload=(lambda: _read_data(data_dir)[0]) if args.skip_distill else None)
     head, hist = trainer.train_khead()
     meta = trainer.describe()
-    meta["decode"] = dict(DECODE_DEFAULTS, block_size=tcfg.max_k)
+    meta["decode"] = dict(DECODE_DEFAULTS, block_size=min(DECODE_DEFAULTS["block_size"], tcfg.max_k))
     meta["training"]["k_star_histogram"] = hist
     adapter_dir = os.path.join(args.out, "adapter")
     save_adapter(adapter_dir, trainer.adapter.tensors(), meta, khead=head.state_dict())
