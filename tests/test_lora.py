@@ -91,6 +91,32 @@ def test_a_rows_delta_does_not_depend_on_the_other_rows(dtype, cpu_isa):
     assert torch.equal(some[[10, 3, 7]], together[[10, 3, 7]])
 
 
+def test_threads_split_the_columns_without_changing_a_bit(cpu_isa):
+    """A few rows with enough work: the threads share the output columns in 64-column pieces of
+    each part (odd part sizes here). The result is bitwise the single-thread one and each row's
+    alone (one row is below the threading threshold), and matches float64."""
+    y, x, a_t, b_t = make((5,), 300, 24, 130 + 70 + 200, torch.float32, True, seed=9, parts=3)
+    parts, idx = (130, 70, 200), torch.tensor([4, 0, 2, 3])
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, max(2, threads)):
+            torch.set_num_threads(n)
+            out = y.clone()
+            gated_lora_(out, x, idx, a_t, b_t, True, parts)
+            results.append(out)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0], results[1])
+    torch.testing.assert_close(
+        results[1].double(), reference(y, x, idx, a_t, b_t, True, parts), rtol=2e-5, atol=2e-5
+    )
+    for r in idx.tolist():
+        alone = y.clone()
+        gated_lora_(alone, x, torch.tensor([r]), a_t, b_t, True, parts)
+        assert torch.equal(alone[r], results[1][r]), r
+
+
 def test_strided_rows_and_huge_gate(cpu_isa):
     """y and x as column slices of wider matrices (a fused projection's output); gate values whose
     exp would overflow (silu(-200) = -0, silu(200) = 200)."""

@@ -47,10 +47,13 @@ void rows_mat_block(Mat<float> v, int64_t k, Mat<char> w, float* out, int64_t ou
       for (int b = 0; b < NV; ++b) a[r][b] = fma(vi, wv[b], a[r][b]);
     }
   };
+  // Step i feeds chain i % C. Every chain index is a compile-time constant (the last, partial
+  // round too), so the accumulators stay in registers.
   int64_t i = 0;
   for (; i + C <= k; i += C)
     for (int c = 0; c < C; ++c) step(i + c, acc[c]);
-  for (int c = 0; i < k; ++i, ++c) step(i, acc[c]);
+  for (int c = 0; c < C; ++c)
+    if (i + c < k) step(i + c, acc[c]);
   for (int c = 1; c < C; ++c)
     for (int r = 0; r < R; ++r)
       for (int b = 0; b < NV; ++b) acc[0][r][b] = acc[0][r][b] + acc[c][r][b];
@@ -91,10 +94,23 @@ void input_row(const GatedLoraParams& p, const void* x, float* xf) {
   }
 }
 
-// The delta of R rows (rows[0 .. R) of p) added to y; x and y of dtype D, the factors of WD.
-// scratch: R x (in + rank + out) floats.
+// y[r][c0 .. c1) += d[r][c0 .. c1) for R rows.
+template <DType D, int R>
+void add_delta(const GatedLoraParams& p, const int64_t* rows, const float* d, int64_t c0, int64_t c1) {
+  const int64_t es = D == DType::kFloat32 ? 4 : 2;
+  for (int r = 0; r < R; ++r) {
+    char* y = static_cast<char*>(p.y) + rows[r] * p.y_stride * es;
+    for (int64_t j = c0; j < c1; j += kLanes) {
+      const int64_t n = std::min<int64_t>(kLanes, c1 - j);
+      store_n<D>(y, j, load_n<D>(y, j, n) + load_n<DType::kFloat32>(d + r * p.out, j, n), n);
+    }
+  }
+}
+
+// The delta of R rows (rows[0 .. R) of p) added to y at output pieces [k0, k1); x and y of dtype
+// D, the factors of WD. scratch: R x (in + rank + out) floats.
 template <DType D, DType WD, int R>
-void lora_tile(const GatedLoraParams& p, const int64_t* rows, float* scratch) {
+void lora_tile(const GatedLoraParams& p, const int64_t* rows, int64_t k0, int64_t k1, float* scratch) {
   constexpr int64_t wes = WD == DType::kFloat32 ? 4 : 2;
   const char *a_t = static_cast<const char*>(p.a_t), *b_t = static_cast<const char*>(p.b_t);
   float *xf = scratch, *h = xf + R * p.in, *d = h + R * p.rank;
@@ -103,48 +119,50 @@ void lora_tile(const GatedLoraParams& p, const int64_t* rows, float* scratch) {
     input_row<D>(p, static_cast<const char*>(p.x) + rows[r] * p.x_stride * es, xf + r * p.in);
   rows_mat<WD, R>({xf, p.in}, p.in, {a_t, p.rank}, p.rank, h, p.rank);
   const int64_t part_rank = p.rank / p.num_parts;
-  for (int64_t q = 0, c0 = 0; q < p.num_parts; ++q) {  // part q's columns take h's q-th rank slice
-    const int64_t c1 = p.part_ends ? p.part_ends[q] : p.out;
-    rows_mat<WD, R>({h + q * part_rank, p.rank}, part_rank, {b_t + c0 * wes, p.out}, c1 - c0, d + c0, p.out);
-    c0 = c1;
-  }
-  for (int r = 0; r < R; ++r) {
-    char* y = static_cast<char*>(p.y) + rows[r] * p.y_stride * es;
-    for (int64_t j = 0; j < p.out; j += kLanes) {
-      const int64_t n = std::min<int64_t>(kLanes, p.out - j);
-      store_n<D>(y, j, load_n<D>(y, j, n) + load_n<DType::kFloat32>(d + r * p.out, j, n), n);
+  for (int64_t q = 0, first = 0; q < p.num_parts; ++q) {  // part q's columns take h's q-th rank slice
+    const int64_t b0 = lora_part_begin(p, q), b1 = lora_part_end(p, q);
+    const int64_t pieces = (b1 - b0 + kLoraPiece - 1) / kLoraPiece;
+    const int64_t lo = std::max(k0, first), hi = std::min(k1, first + pieces);
+    if (lo < hi) {
+      const int64_t c0 = b0 + (lo - first) * kLoraPiece, c1 = std::min(b1, b0 + (hi - first) * kLoraPiece);
+      rows_mat<WD, R>({h + q * part_rank, p.rank}, part_rank, {b_t + c0 * wes, p.out}, c1 - c0, d + c0,
+                      p.out);
+      add_delta<D, R>(p, rows, d, c0, c1);
     }
+    first += pieces;
   }
 }
 
 // lora_tile for `count` (1..kRowTile) rows.
 template <DType D, DType WD, int R = 1>
-void lora_tile_n(const GatedLoraParams& p, const int64_t* rows, int count, float* scratch) {
+void lora_tile_n(const GatedLoraParams& p, const int64_t* rows, int count, int64_t k0, int64_t k1,
+                 float* scratch) {
   if constexpr (R < kRowTile) {
-    if (count != R) return lora_tile_n<D, WD, R + 1>(p, rows, count, scratch);
+    if (count != R) return lora_tile_n<D, WD, R + 1>(p, rows, count, k0, k1, scratch);
   }
-  lora_tile<D, WD, R>(p, rows, scratch);
+  lora_tile<D, WD, R>(p, rows, k0, k1, scratch);
 }
 
 template <DType D>
-void lora_tile_any(const GatedLoraParams& p, const int64_t* rows, int count, float* scratch) {
+void lora_tile_any(const GatedLoraParams& p, const int64_t* rows, int count, int64_t k0, int64_t k1,
+                   float* scratch) {
   if (p.factor_dtype == DType::kFloat32)
-    lora_tile_n<D, DType::kFloat32>(p, rows, count, scratch);
+    lora_tile_n<D, DType::kFloat32>(p, rows, count, k0, k1, scratch);
   else
-    lora_tile_n<D, DType::kBFloat16>(p, rows, count, scratch);
+    lora_tile_n<D, DType::kBFloat16>(p, rows, count, k0, k1, scratch);
 }
 
 }  // namespace
 
-void gated_lora_rows(const GatedLoraParams& p, int64_t r0, int64_t r1) {
+void gated_lora_rows(const GatedLoraParams& p, int64_t r0, int64_t r1, int64_t k0, int64_t k1) {
   const int64_t tile = std::min<int64_t>(kRowTile, r1 - r0);
   std::vector<float> scratch(static_cast<size_t>(tile * (p.in + p.rank + p.out)));
   for (int64_t i = r0; i < r1; i += kRowTile) {
     const int count = static_cast<int>(std::min<int64_t>(kRowTile, r1 - i));
     if (p.dtype == DType::kFloat32)
-      lora_tile_any<DType::kFloat32>(p, p.rows + i, count, scratch.data());
+      lora_tile_any<DType::kFloat32>(p, p.rows + i, count, k0, k1, scratch.data());
     else
-      lora_tile_any<DType::kBFloat16>(p, p.rows + i, count, scratch.data());
+      lora_tile_any<DType::kBFloat16>(p, p.rows + i, count, k0, k1, scratch.data());
   }
 }
 

@@ -37,7 +37,29 @@ struct GatedLoraParams {
 
 void gated_lora_cpu(const GatedLoraParams& p);
 
-// Rows rows[r0 .. r1) of p, one copy per CPU path (lora.isa.cpp).
-FLUID_RT_DECLARE_ISA(void, gated_lora_rows, (const GatedLoraParams& p, int64_t r0, int64_t r1))
+// The second product's columns come in pieces of kLoraPiece, counted from each part's first column
+// (a part's last piece may be narrower). A piece is computed the same way whichever thread takes
+// it, so splitting pieces over threads changes no bit: a multiple of every path's column block.
+constexpr int64_t kLoraPiece = 64;
+
+inline int64_t lora_part_begin(const GatedLoraParams& p, int64_t q) {
+  return q == 0 ? 0 : p.part_ends[q - 1];
+}
+
+inline int64_t lora_part_end(const GatedLoraParams& p, int64_t q) {
+  return p.part_ends ? p.part_ends[q] : p.out;
+}
+
+inline int64_t lora_num_pieces(const GatedLoraParams& p) {
+  int64_t n = 0;
+  for (int64_t q = 0; q < p.num_parts; ++q)
+    n += (lora_part_end(p, q) - lora_part_begin(p, q) + kLoraPiece - 1) / kLoraPiece;
+  return n;
+}
+
+// Rows rows[r0 .. r1) of p, output pieces [k0, k1) of lora_num_pieces(p): one copy per CPU path
+// (lora.isa.cpp).
+FLUID_RT_DECLARE_ISA(void, gated_lora_rows,
+                     (const GatedLoraParams& p, int64_t r0, int64_t r1, int64_t k0, int64_t k1))
 
 }  // namespace fluid_rt
