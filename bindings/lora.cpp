@@ -14,7 +14,7 @@ constexpr ArgSpec kGatedLoraArgs[] = {
     {"x", kOpFloat | kF32 | kBF16, "... features", Layout::kRows},  // in_features, or 2x with silu_and_mul
     {"rows", kI64, "num_rows", Layout::kContiguous},
     {"a_t", kF32 | kBF16, "in_features>=1 rank>=1", Layout::kContiguous},
-    {"b_t", kF32 | kBF16, "part_rank out_features", Layout::kContiguous},
+    {"b_t", kF32 | kBF16, "pieces part_rank piece", Layout::kContiguous},  // ops.lora_pack_b
 };
 constexpr OpSpec kGatedLoraSpec{kGatedLoraArgs,
                                 "gated_lora_ is a CPU kernel (on CUDA the adapter uses torch ops)"};
@@ -34,8 +34,8 @@ void check_rows(const at::Tensor& rows, int64_t n) {
 // out_parts (the output sizes of a fused projection's parts) as cumulative ends; empty: one part.
 std::vector<int64_t> part_ends(at::IntArrayRef out_parts, int64_t rank, int64_t part_rank, int64_t out) {
   const int64_t parts = out_parts.empty() ? 1 : static_cast<int64_t>(out_parts.size());
-  FLUID_CHECK_VALUE(rank == parts * part_rank, "b_t: ", part_rank, " rows, but a_t's rank ", rank, " over ",
-                    parts, " part(s) (out_parts) gives ", rank / parts,
+  FLUID_CHECK_VALUE(rank == parts * part_rank, "b_t: part_rank ", part_rank, ", but a_t's rank ", rank,
+                    " over ", parts, " part(s) (out_parts) gives ", rank / parts,
                     rank % parts ? " and a remainder" : "");
   if (out_parts.empty()) return {out};
   std::vector<int64_t> ends;
@@ -73,9 +73,12 @@ void gated_lora_impl(at::Tensor& y, const at::Tensor& x, const at::Tensor& rows,
   p.rank = a_t.size(1);
   p.out = y.size(-1);
   p.silu_and_mul = silu_and_mul;
-  const std::vector<int64_t> ends = part_ends(out_parts, p.rank, b_t.size(0), p.out);
+  const std::vector<int64_t> ends = part_ends(out_parts, p.rank, b_t.size(1), p.out);
   p.part_ends = ends.data();
   p.num_parts = static_cast<int64_t>(ends.size());
+  FLUID_CHECK_VALUE(b_t.size(2) == kLoraPiece && b_t.size(0) == lora_num_pieces(p), "b_t: expected ",
+                    lora_num_pieces(p), " pieces of ", kLoraPiece, " columns for out_parts ", out_parts,
+                    " (ops.lora_pack_b), got shape ", b_t.sizes());
   gated_lora_cpu(p);
 }
 

@@ -188,8 +188,9 @@ class MaskRows:
 
 def _op_factors(A_t: torch.Tensor, B_t: torch.Tensor, out_parts: list[int]):
     """The CPU op's factors (``ops.gated_lora_``): A_t, and B_t's diagonal blocks side by side
-    (``[R / parts, out]``), both in bfloat16 where that is exact (a bfloat16-trained adapter: the
-    factors are streamed once per decode step, so their bytes are its time)."""
+    (``[R / parts, out]``) packed by ``ops.lora_pack_b``, both in bfloat16 where that is exact (a
+    bfloat16-trained adapter: the factors are streamed once per decode step, so their bytes are
+    its time)."""
     r = A_t.shape[1] // len(out_parts)
     blocks, c0 = [], 0
     for q, n in enumerate(out_parts):
@@ -197,7 +198,9 @@ def _op_factors(A_t: torch.Tensor, B_t: torch.Tensor, out_parts: list[int]):
         c0 += n
     a_t, b_t = A_t.float().contiguous(), torch.cat(blocks, dim=1).float().contiguous()
     exact = all(torch.equal(t.bfloat16().float(), t) for t in (a_t, b_t))
-    return (a_t.bfloat16(), b_t.bfloat16()) if exact else (a_t, b_t)
+    if exact:
+        a_t, b_t = a_t.bfloat16(), b_t.bfloat16()
+    return a_t, ops.lora_pack_b(b_t, out_parts)
 
 
 class GatedLoRALinear:

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fluid_rt.ops import gated_lora_
+from fluid_rt.ops import gated_lora_, lora_pack_b
 
 TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2}
 
@@ -44,6 +44,11 @@ def make(shape_lead, in_f, rank, out_f, dtype, silu_and_mul, seed, parts=1, fact
     return y, x, a_t.to(factors), b_t.to(factors)
 
 
+def run(y, x, rows, a_t, b_t, silu_and_mul, parts=()):
+    """The op with b_t ``[rank / parts, out]`` packed as it takes it."""
+    gated_lora_(y, x, rows, a_t, lora_pack_b(b_t, parts), silu_and_mul, parts)
+
+
 @pytest.mark.parametrize("factors", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("silu_and_mul", [False, True])
@@ -66,7 +71,7 @@ def test_matches_reference(factors, dtype, silu_and_mul, lead, in_f, rank, out_f
     x_before = x.clone()
     want = reference(y, x, idx, a_t, b_t, silu_and_mul, parts)
     y_before = y.clone()
-    gated_lora_(y, x, idx, a_t, b_t, silu_and_mul, parts)
+    run(y, x, idx, a_t, b_t, silu_and_mul, parts)
     tol = TOL[dtype]
     torch.testing.assert_close(y.double(), want, rtol=tol, atol=tol)
     untouched = torch.ones(y.numel() // out_f, dtype=torch.bool)
@@ -81,13 +86,13 @@ def test_a_rows_delta_does_not_depend_on_the_other_rows(dtype, cpu_isa):
     y, x, a_t, b_t = make((11,), 96, 12, 3 * 40, dtype, False, seed=5, parts=3, factors=torch.bfloat16)
     parts = (40, 40, 40)
     together = y.clone()
-    gated_lora_(together, x, torch.arange(11), a_t, b_t, False, parts)
+    run(together, x, torch.arange(11), a_t, b_t, False, parts)
     for r in range(11):
         alone = y.clone()
-        gated_lora_(alone, x, torch.tensor([r]), a_t, b_t, False, parts)
+        run(alone, x, torch.tensor([r]), a_t, b_t, False, parts)
         assert torch.equal(alone[r], together[r]), r
     some = y.clone()
-    gated_lora_(some, x, torch.tensor([10, 3, 7]), a_t, b_t, False, parts)
+    run(some, x, torch.tensor([10, 3, 7]), a_t, b_t, False, parts)
     assert torch.equal(some[[10, 3, 7]], together[[10, 3, 7]])
 
 
@@ -103,7 +108,7 @@ def test_threads_split_the_columns_without_changing_a_bit(cpu_isa):
         for n in (1, max(2, threads)):
             torch.set_num_threads(n)
             out = y.clone()
-            gated_lora_(out, x, idx, a_t, b_t, True, parts)
+            run(out, x, idx, a_t, b_t, True, parts)
             results.append(out)
     finally:
         torch.set_num_threads(threads)
@@ -113,7 +118,7 @@ def test_threads_split_the_columns_without_changing_a_bit(cpu_isa):
     )
     for r in idx.tolist():
         alone = y.clone()
-        gated_lora_(alone, x, torch.tensor([r]), a_t, b_t, True, parts)
+        run(alone, x, torch.tensor([r]), a_t, b_t, True, parts)
         assert torch.equal(alone[r], results[1][r]), r
 
 
@@ -128,7 +133,7 @@ def test_strided_rows_and_huge_gate(cpu_isa):
     idx = torch.tensor([5, 2])
     want = reference(y, x, idx, a_t, b_t, True)
     rest = y_wide.clone()
-    gated_lora_(y, x, idx, a_t, b_t, True)
+    run(y, x, idx, a_t, b_t, True)
     # Terms reach ~200 * |a| * |b|: float32 sums of them are good to ~1e-4 absolute.
     torch.testing.assert_close(y.double(), want, rtol=2e-5, atol=1e-3)
     assert torch.equal(y_wide[:, :3], rest[:, :3]) and torch.equal(y_wide[:, 13:], rest[:, 13:])
@@ -137,9 +142,10 @@ def test_strided_rows_and_huge_gate(cpu_isa):
 def test_opcheck():
     y, x, a_t, b_t = make((4,), 8, 2, 6, torch.float32, False, 0)
     torch.library.opcheck(
-        torch.ops.fluid_rt.gated_lora_.default, (y, x, torch.tensor([1, 3]), a_t, b_t, False, [])
+        torch.ops.fluid_rt.gated_lora_.default, (y, x, torch.tensor([1, 3]), a_t, lora_pack_b(b_t), False, [])
     )
     y, x, a_t, b_t = make((4,), 8, 2, 6, torch.float32, False, 0, parts=2, factors=torch.bfloat16)
+    b_t = lora_pack_b(b_t, [3, 3])
     torch.library.opcheck(
         torch.ops.fluid_rt.gated_lora_.default, (y, x, torch.tensor([1, 3]), a_t, b_t, False, [3, 3])
     )
@@ -147,7 +153,7 @@ def test_opcheck():
 
 def _args(**over):
     y, x, a_t, b_t = make((4,), 8, 2, 6, torch.float32, False, 0)
-    args = dict(y=y, x=x, rows=torch.tensor([0, 2]), a_t=a_t, b_t=b_t, silu_and_mul=False)
+    args = dict(y=y, x=x, rows=torch.tensor([0, 2]), a_t=a_t, b_t=lora_pack_b(b_t), silu_and_mul=False)
     args.update(over)
     return args
 
@@ -164,12 +170,14 @@ BAD = [
     ("row twice", dict(rows=torch.tensor([2, 2])), "twice"),
     ("a_t dtype", dict(a_t=torch.randn(8, 2).double()), "a_t"),
     ("factor dtypes differ", dict(a_t=torch.randn(8, 2).bfloat16()), "one dtype"),
-    ("b_t shape", dict(b_t=torch.randn(3, 6)), "b_t"),
-    ("b_t out", dict(b_t=torch.randn(2, 7)), "b_t"),
+    ("b_t not packed", dict(b_t=torch.randn(2, 6)), "b_t"),
+    ("b_t rank", dict(b_t=torch.randn(1, 3, 64)), "b_t"),
+    ("b_t pieces", dict(b_t=torch.randn(2, 2, 64)), "b_t"),
+    ("b_t piece width", dict(b_t=torch.randn(1, 2, 32)), "b_t"),
     ("a_t strided", dict(a_t=torch.randn(2, 8).t()), "a_t"),
-    ("parts sum", dict(out_parts=[3, 2], b_t=torch.randn(1, 6)), "sum to 5"),
+    ("parts sum", dict(out_parts=[3, 2], b_t=torch.randn(2, 1, 64)), "sum to 5"),
     ("parts and b_t rows", dict(out_parts=[2, 2, 2]), "part"),
-    ("parts positive", dict(out_parts=[6, 0], b_t=torch.randn(1, 6)), "positive"),
+    ("parts positive", dict(out_parts=[6, 0], b_t=torch.randn(1, 1, 64)), "positive"),
 ]
 
 
@@ -182,4 +190,15 @@ def test_bad_arguments_raise(name, over, match):
 def test_shared_memory_rejected():
     y = torch.randn(4, 8)
     with pytest.raises(ValueError):
-        gated_lora_(y, y, torch.tensor([0]), torch.randn(8, 2), torch.randn(2, 8))
+        gated_lora_(y, y, torch.tensor([0]), torch.randn(8, 2), torch.randn(1, 2, 64))
+
+
+def test_pack_b_layout():
+    """Piece p of a part holds its columns 64 p .. 64 p + 63, rows together, zero-padded."""
+    b_t = torch.arange(2 * 200, dtype=torch.float32).view(2, 200)
+    packed = lora_pack_b(b_t, (130, 70))
+    assert packed.shape == (3 + 2, 2, 64) and packed.is_contiguous()
+    assert torch.equal(packed[1], b_t[:, 64:128]) and torch.equal(packed[2, :, :2], b_t[:, 128:130])
+    assert torch.equal(packed[4, :, :6], b_t[:, 194:200]) and not packed[4, :, 6:].any()
+    with pytest.raises(ValueError, match="out_parts"):
+        lora_pack_b(b_t, (130, 69))

@@ -118,17 +118,19 @@ void lora_tile(const GatedLoraParams& p, const int64_t* rows, int64_t k0, int64_
   for (int r = 0; r < R; ++r)
     input_row<D>(p, static_cast<const char*>(p.x) + rows[r] * p.x_stride * es, xf + r * p.in);
   rows_mat<WD, R>({xf, p.in}, p.in, {a_t, p.rank}, p.rank, h, p.rank);
-  const int64_t part_rank = p.rank / p.num_parts;
+  const int64_t part_rank = p.rank / p.num_parts, piece_bytes = part_rank * kLoraPiece * wes;
   for (int64_t q = 0, first = 0; q < p.num_parts; ++q) {  // part q's columns take h's q-th rank slice
     const int64_t b0 = lora_part_begin(p, q), b1 = lora_part_end(p, q);
     const int64_t pieces = (b1 - b0 + kLoraPiece - 1) / kLoraPiece;
     const int64_t lo = std::max(k0, first), hi = std::min(k1, first + pieces);
-    if (lo < hi) {
-      const int64_t c0 = b0 + (lo - first) * kLoraPiece, c1 = std::min(b1, b0 + (hi - first) * kLoraPiece);
-      rows_mat<WD, R>({h + q * part_rank, p.rank}, part_rank, {b_t + c0 * wes, p.out}, c1 - c0, d + c0,
-                      p.out);
-      add_delta<D, R>(p, rows, d, c0, c1);
+    for (int64_t k = lo; k < hi; ++k) {
+      const int64_t c0 = b0 + (k - first) * kLoraPiece, width = std::min(kLoraPiece, b1 - c0);
+      rows_mat<WD, R>({h + q * part_rank, p.rank}, part_rank, {b_t + k * piece_bytes, kLoraPiece}, width,
+                      d + c0, p.out);
     }
+    if (lo < hi)
+      add_delta<D, R>(p, rows, d, b0 + (lo - first) * kLoraPiece,
+                      std::min(b1, b0 + (hi - first) * kLoraPiece));
     first += pieces;
   }
 }

@@ -6,8 +6,12 @@
 // y's row is widened, summed with the delta and rounded back to its dtype once.
 //
 // Fused projections (q/k/v, gate/up) stack P parts: a_t's columns are the parts' ranks side by side
-// (rank = P part_rank) and b_t is [part_rank, out], part q's columns (up to part_ends[q]) taking
-// h's q-th rank slice, h = x' @ a_t: the block diagonal B of the fused layer without its zeros.
+// (rank = P part_rank) and B is [part_rank, out], part q's columns (up to part_ends[q]) taking h's
+// q-th rank slice, h = x' @ a_t: the block diagonal B of the fused layer without its zeros.
+// b_t holds B in pieces of kLoraPiece columns, each piece's part_rank rows contiguous
+// ([pieces][part_rank][kLoraPiece], counted per part, a part's last piece zero-padded): B's rows
+// are a whole output wide, and reading a column block of them row by row jumps a page per row,
+// which the hardware prefetchers do not follow (the factors come from DRAM in a decode step).
 // The factors may be bfloat16 (an adapter trained in it is exact there): a decode step streams
 // every layer's factors once, and they are a tenth of the quantized base model's bytes in float32.
 #pragma once
@@ -18,6 +22,8 @@
 
 namespace fluid_rt {
 
+constexpr int64_t kLoraPiece = 64;  // columns of a b_t piece
+
 struct GatedLoraParams {
   void* y = nullptr;  // row r at y + r * y_stride (elements), out contiguous values
   int64_t y_stride = 0;
@@ -27,7 +33,7 @@ struct GatedLoraParams {
   const int64_t* rows = nullptr;  // num_rows distinct row indices
   int64_t num_rows = 0;
   const void* a_t = nullptr;             // [in, rank], contiguous
-  const void* b_t = nullptr;             // [rank / num_parts, out], contiguous
+  const void* b_t = nullptr;             // [lora_num_pieces][rank / num_parts][kLoraPiece]
   DType factor_dtype = DType::kFloat32;  // of a_t and b_t: float32 or bfloat16
   int64_t in = 0, rank = 0, out = 0;
   const int64_t* part_ends = nullptr;  // [num_parts], increasing, the last == out; null: one part
@@ -40,7 +46,6 @@ void gated_lora_cpu(const GatedLoraParams& p);
 // The second product's columns come in pieces of kLoraPiece, counted from each part's first column
 // (a part's last piece may be narrower). A piece is computed the same way whichever thread takes
 // it, so splitting pieces over threads changes no bit: a multiple of every path's column block.
-constexpr int64_t kLoraPiece = 64;
 
 inline int64_t lora_part_begin(const GatedLoraParams& p, int64_t q) {
   return q == 0 ? 0 : p.part_ends[q - 1];
