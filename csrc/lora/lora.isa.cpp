@@ -4,7 +4,7 @@
 // matrix is read once per tile and no horizontal sums are needed. Every row sees the same FMAs in
 // the same order whatever its tile, so its result does not depend on the other rows.
 #include <algorithm>
-#include <vector>
+#include <memory>
 
 #include "common/vexp.h"
 #include "lora/params.h"
@@ -158,13 +158,14 @@ void lora_tile_any(const GatedLoraParams& p, const int64_t* rows, int count, int
 
 void gated_lora_rows(const GatedLoraParams& p, int64_t r0, int64_t r1, int64_t k0, int64_t k1) {
   const int64_t tile = std::min<int64_t>(kRowTile, r1 - r0);
-  std::vector<float> scratch(static_cast<size_t>(tile * (p.in + p.rank + p.out)));
+  // Uninitialized: every value is written before it is read (zeroing ~50 KB per call is wasted).
+  const std::unique_ptr<float[]> scratch(new float[static_cast<size_t>(tile * (p.in + p.rank + p.out))]);
   for (int64_t i = r0; i < r1; i += kRowTile) {
     const int count = static_cast<int>(std::min<int64_t>(kRowTile, r1 - i));
     if (p.dtype == DType::kFloat32)
-      lora_tile_any<DType::kFloat32>(p, p.rows + i, count, k0, k1, scratch.data());
+      lora_tile_any<DType::kFloat32>(p, p.rows + i, count, k0, k1, scratch.get());
     else
-      lora_tile_any<DType::kBFloat16>(p, p.rows + i, count, k0, k1, scratch.data());
+      lora_tile_any<DType::kBFloat16>(p, p.rows + i, count, k0, k1, scratch.get());
   }
 }
 
