@@ -3,8 +3,7 @@
 // captures; on the CPU the four torch ops per layer and linear it replaces cost more than the math.
 #include <vector>
 
-#include "common.h"
-#include "lora/params.h"
+#include "lora.h"
 
 namespace fluid_rt {
 namespace {
@@ -49,8 +48,11 @@ std::vector<int64_t> part_ends(at::IntArrayRef out_parts, int64_t rank, int64_t 
   return ends;
 }
 
-void gated_lora_impl(at::Tensor& y, const at::Tensor& x, const at::Tensor& rows, const at::Tensor& a_t,
-                     const at::Tensor& b_t, bool silu_and_mul, at::IntArrayRef out_parts) {
+}  // namespace
+
+GatedLoraParams describe_gated_lora(const at::Tensor& y, const at::Tensor& x, const at::Tensor& rows,
+                                    const at::Tensor& a_t, const at::Tensor& b_t, bool silu_and_mul,
+                                    at::IntArrayRef out_parts, std::vector<int64_t>& ends) {
   check_args(kGatedLoraSpec, {y, x, rows, a_t, b_t});
   const int64_t in = a_t.size(0);
   check_linear_input(x, in, silu_and_mul, "a_t", a_t);
@@ -73,13 +75,21 @@ void gated_lora_impl(at::Tensor& y, const at::Tensor& x, const at::Tensor& rows,
   p.rank = a_t.size(1);
   p.out = y.size(-1);
   p.silu_and_mul = silu_and_mul;
-  const std::vector<int64_t> ends = part_ends(out_parts, p.rank, b_t.size(1), p.out);
+  ends = part_ends(out_parts, p.rank, b_t.size(1), p.out);
   p.part_ends = ends.data();
   p.num_parts = static_cast<int64_t>(ends.size());
   FLUID_CHECK_VALUE(b_t.size(2) == kLoraPiece && b_t.size(0) == lora_num_pieces(p), "b_t: expected ",
                     lora_num_pieces(p), " pieces of ", kLoraPiece, " columns for out_parts ", out_parts,
                     " (ops.lora_pack_b), got shape ", b_t.sizes());
-  gated_lora_cpu(p);
+  return p;
+}
+
+namespace {
+
+void gated_lora_impl(at::Tensor& y, const at::Tensor& x, const at::Tensor& rows, const at::Tensor& a_t,
+                     const at::Tensor& b_t, bool silu_and_mul, at::IntArrayRef out_parts) {
+  std::vector<int64_t> ends;
+  gated_lora_cpu(describe_gated_lora(y, x, rows, a_t, b_t, silu_and_mul, out_parts, ends));
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common.h"
+#include "lora.h"
 #include "quant/params.h"
 
 namespace fluid_rt {
@@ -120,7 +121,10 @@ at::Tensor quant_dequantize_rows_impl(const at::Tensor& packed, int64_t format, 
 }
 
 at::Tensor quant_linear_impl(const at::Tensor& x, const at::Tensor& packed, int64_t format,
-                             int64_t out_features, const std::optional<at::Tensor>& bias, bool silu_and_mul) {
+                             int64_t out_features, const std::optional<at::Tensor>& bias, bool silu_and_mul,
+                             const std::optional<at::Tensor>& lora_rows,
+                             const std::optional<at::Tensor>& lora_a_t,
+                             const std::optional<at::Tensor>& lora_b, at::IntArrayRef lora_out_parts) {
   const QuantFormat f = format_of(format);
   check_args(kLinearSpec, {x, packed, bias});
   const int64_t K = packed_in_features(packed, f, out_features);
@@ -142,7 +146,17 @@ at::Tensor quant_linear_impl(const at::Tensor& x, const at::Tensor& packed, int6
   p.M = x.numel() / x.size(-1);
   p.K = K;
   p.N = out_features;
+  // The gated adapter's LoRA delta at lora_rows, gated_lora_ on this call's x and y: a decode step
+  // then makes one op call per adapted linear, not two. Checked before any work is done.
+  const bool lora = lora_rows.has_value() || lora_a_t.has_value() || lora_b.has_value();
+  FLUID_CHECK_VALUE(!lora || (lora_rows.has_value() && lora_a_t.has_value() && lora_b.has_value()),
+                    "lora_rows, lora_a_t, lora_b: give all three or none");
+  std::vector<int64_t> ends;
+  const GatedLoraParams lp =
+      lora ? describe_gated_lora(y, x, *lora_rows, *lora_a_t, *lora_b, silu_and_mul, lora_out_parts, ends)
+           : GatedLoraParams{};
   quant_linear_cpu(p);
+  if (lora) gated_lora_cpu(lp);
   return y;
 }
 
@@ -154,7 +168,8 @@ TORCH_LIBRARY_FRAGMENT(fluid_rt, m) {
   m.def("quant_dequantize_rows(Tensor packed, int format, int out_features, Tensor rows) -> Tensor");
   m.def(
       "quant_linear(Tensor x, Tensor packed, int format, int out_features, Tensor? bias=None, "
-      "bool silu_and_mul=False) -> Tensor");
+      "bool silu_and_mul=False, Tensor? lora_rows=None, Tensor? lora_a_t=None, Tensor? lora_b=None, "
+      "int[] lora_out_parts=[]) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fluid_rt, CPU, m) {

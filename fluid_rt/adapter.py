@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from fluid_rt import ops
+from fluid_rt.qlinear import QuantLinear
 
 FORMAT = "fluid_rt.gated_lora"
 VERSION = 1
@@ -245,10 +246,24 @@ class GatedLoRALinear:
         d = (x2 @ self.A_t) @ self.B_t
         return torch.where(rows.gate, y2 + d.to(y2.dtype), y2).view(y.shape)
 
+    def _fused_lora(self) -> tuple | None:
+        """The delta's arguments for a quantized inner layer, which applies it in its own op call
+        (``ops.quant_linear``'s ``lora``), when there are mask rows on the CPU; else None."""
+        index = self.rows.index
+        if index is None or not index.numel() or not isinstance(self.inner, QuantLinear):
+            return None
+        return (index, *self.op_factors, self.out_parts)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        lora = self._fused_lora()
+        if lora is not None:
+            return self.inner(x, lora)
         return self._add_delta(x, self.inner(x))
 
     def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        lora = self._fused_lora()
+        if lora is not None:
+            return self.inner.silu_and_mul(gate_up, lora)
         # The inner layer leaves gate_up as it is (model.Linear.silu_and_mul), so it is still the
         # delta's input afterwards.
         return self._add_delta(gate_up, self.inner.silu_and_mul(gate_up), silu_and_mul=True)

@@ -42,25 +42,29 @@ class QuantLinear:
         self.bias = bias
         self.parts = [_pack(qtype, raw, weight.cols) for qtype, raw in weight.segments]
 
-    def _run(self, x: torch.Tensor, silu_and_mul: bool) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, silu_and_mul: bool, lora: tuple | None) -> torch.Tensor:
         if len(self.parts) == 1:
             fmt, packed, n = self.parts[0]
-            return ops.quant_linear(x, packed, fmt, n, self.bias, silu_and_mul)
+            return ops.quant_linear(x, packed, fmt, n, self.bias, silu_and_mul, lora)
         outs, start = [], 0
         for fmt, packed, n in self.parts:  # mixed types (fused q/k/v of a K-quant file)
             bias = None if self.bias is None else self.bias[start : start + n]
             outs.append(ops.quant_linear(x, packed, fmt, n, bias, silu_and_mul))
             start += n
-        return torch.cat(outs, dim=-1)
+        y = torch.cat(outs, dim=-1)
+        if lora is not None:
+            ops.gated_lora_(y, x, *lora[:3], silu_and_mul, lora[3])
+        return y
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [..., in]`` -> ``[..., out]`` in x's dtype."""
-        return self._run(x, False)
+    def __call__(self, x: torch.Tensor, lora: tuple | None = None) -> torch.Tensor:
+        """``x [..., in]`` -> ``[..., out]`` in x's dtype; ``lora``: the gated adapter's delta
+        (``ops.quant_linear``)."""
+        return self._run(x, False, lora)
 
-    def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+    def silu_and_mul(self, gate_up: torch.Tensor, lora: tuple | None = None) -> torch.Tensor:
         """``self(silu(gate) * up)`` for ``gate_up [..., 2 * in]`` = ``[gate, up]``, the product
         formed while the rows are quantized (never materialized)."""
-        return self._run(gate_up, True)
+        return self._run(gate_up, True, lora)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """float32 ``[*ids.shape, in]``: weight rows ``ids`` (int64), dequantized (the embedding)."""

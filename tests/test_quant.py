@@ -255,6 +255,50 @@ def test_opcheck():
     )
 
 
+@pytest.mark.parametrize("silu_and_mul", [False, True])
+@pytest.mark.parametrize("mixed", [False, True])
+def test_fused_lora_is_bitwise_the_two_ops(cpu_isa, silu_and_mul, mixed):
+    """``lora=`` (the gated adapter's delta in the same call) equals ``quant_linear`` then
+    ``gated_lora_``, bit for bit, rows outside ``rows`` untouched; a mixed-type weight (one kernel
+    call per type) applies it after joining the parts."""
+    parts, K = (64, 21, 21), 96
+    w = quantized_weight("Q4_1", sum(parts), K, seed=13)
+    if mixed:
+        w = QuantWeight.cat([quantized_weight("Q4_K", 64, 256, 14), quantized_weight("Q6_K", 42, 256, 15)])
+        K = 256
+    ql = QuantLinear(w, torch.randn(sum(parts)))
+    gen = torch.Generator().manual_seed(16)
+    x = torch.randn(2, 5, (2 if silu_and_mul else 1) * K, generator=gen)
+    a_t = torch.randn(K, 3 * 4, generator=gen).bfloat16()
+    b_t = ops.lora_pack_b(torch.randn(4, sum(parts), generator=gen).bfloat16(), parts)
+    rows = torch.tensor([7, 1, 4])
+    run = ql.silu_and_mul if silu_and_mul else ql
+    want = run(x)
+    ops.gated_lora_(want, x, rows, a_t, b_t, silu_and_mul, parts)
+    got = run(x, (rows, a_t, b_t, parts))
+    assert torch.equal(got, want)
+    untouched = [r for r in range(10) if r not in rows.tolist()]
+    assert torch.equal(got.view(10, -1)[untouched], run(x).view(10, -1)[untouched])
+
+
+def test_fused_lora_arguments_are_checked():
+    w = quantized_weight("Q8_0", 64, 64, seed=17)
+    fmt, packed, n = QuantLinear(w).parts[0]
+    x, rows = torch.randn(3, 64), torch.tensor([1])
+    a_t, b_t = torch.randn(64, 4), ops.lora_pack_b(torch.randn(4, 64))
+    with pytest.raises(ValueError, match="all three"):
+        torch.ops.fluid_rt.quant_linear(x, packed, fmt, n, None, False, rows, a_t, None)
+    with pytest.raises(ValueError, match="outside"):
+        ops.quant_linear(x, packed, fmt, n, lora=(torch.tensor([3]), a_t, b_t, ()))
+    with pytest.raises(ValueError, match="b_t"):
+        ops.quant_linear(x, packed, fmt, n, lora=(rows, a_t, torch.randn(4, 64), ()))
+    torch.library.opcheck(
+        torch.ops.fluid_rt.quant_linear.default,
+        (x, packed, fmt, n, None, False, rows, a_t, b_t, []),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+
 def test_mixed_types_fuse_by_rows():
     """A fused q/k/v of a K-quant file mixes types: one kernel call per type, outputs side by side."""
     a, b = quantized_weight("Q4_K", 16, 256, seed=11), quantized_weight("Q6_K", 9, 256, seed=12)

@@ -31,7 +31,18 @@ def _dequantize_rows_fake(packed, format, out_features, rows):
 
 
 @torch.library.register_fake("fluid_rt::quant_linear")
-def _quant_linear_fake(x, packed, format, out_features, bias=None, silu_and_mul=False):
+def _quant_linear_fake(
+    x,
+    packed,
+    format,
+    out_features,
+    bias=None,
+    silu_and_mul=False,
+    lora_rows=None,
+    lora_a_t=None,
+    lora_b=None,
+    lora_out_parts=(),
+):
     return x.new_empty((*x.shape[:-1], out_features))
 
 
@@ -68,8 +79,10 @@ def quant_linear(
     out_features: int,
     bias: torch.Tensor | None = None,
     silu_and_mul: bool = False,
+    lora: tuple | None = None,
 ) -> torch.Tensor:
-    """``x @ W.T (+ bias)`` with W packed by ``quant_pack``.
+    """``x @ W.T (+ bias)`` with W packed by ``quant_pack``, plus optionally the gated adapter's
+    LoRA delta at some rows.
 
     Args:
         x: ``[..., in_features]`` float32 or bfloat16 CPU, last dim contiguous, leading dims
@@ -77,12 +90,21 @@ def quant_linear(
             ``[gate, up]``, and the rows multiplied are ``silu(gate) * up``.
         packed, format, out_features: the weight.
         bias: optional ``[out_features]`` in x's dtype.
+        lora: optional ``(rows, a_t, b_t, out_parts)``: then ``ops.gated_lora_(y, x, rows, a_t,
+            b_t, silu_and_mul, out_parts)`` is applied to the result in the same op call (bitwise
+            the two calls; a decode step makes ~120 such calls per forward, and each op call costs
+            a few microseconds of dispatch).
 
     Returns:
         ``[..., out_features]`` in x's dtype. x is quantized per row and block of 32 to int8
         (scale ``max|x| / 127``); each block's integer dot product is scaled and summed in float32
         in k order. A row's output does not depend on the other rows of the call, bit for bit.
     """
+    if lora is None:
+        return torch.ops.fluid_rt.quant_linear(
+            x, packed, int(format), int(out_features), bias, bool(silu_and_mul)
+        )
+    rows, a_t, b_t, out_parts = lora
     return torch.ops.fluid_rt.quant_linear(
-        x, packed, int(format), int(out_features), bias, bool(silu_and_mul)
+        x, packed, int(format), int(out_features), bias, bool(silu_and_mul), rows, a_t, b_t, list(out_parts)
     )
