@@ -180,7 +180,8 @@ def fluid_chat(dec: Decoder, prompts, cfg: DecodeConfig):
 
 def bench_chat(loaded, llm, args) -> list[dict] | None:
     """The chat table's rows (llama.cpp, then AR and elastic per CPU path), or None without an
-    adapter."""
+    adapter. ``--repeats`` rounds, each running every implementation once in turn (so a slow spell
+    of a shared machine hits them all alike); times are medians over the rounds."""
     from fluid_rt.adapt.report import decode_config
 
     if loaded.khead is None or loaded.adapter is None:
@@ -191,29 +192,38 @@ def bench_chat(loaded, llm, args) -> list[dict] | None:
     el_cfg = decode_config(loaded, args.new_tokens)
     ar_cfg = DecodeConfig(mode="ar", max_new_tokens=args.new_tokens, eos_token_ids=el_cfg.eos_token_ids)
     dec = Decoder(loaded.model, khead=loaded.khead, mask_token_id=loaded.fluid.mask_token_id)
+    isas = args.isa.split(",")
+    seconds: dict[str, list[float]] = {}
+    done: dict[str, tuple] = {}  # impl -> (tokens per prompt, forwards)
+    for _ in range(args.repeats):
+        if llm is not None:
+            secs, outs = llama_cpp_chat(llm, prompts, args.new_tokens, eos)
+            seconds.setdefault("llama.cpp", []).append(secs)
+            done["llama.cpp"] = (outs, sum(map(len, outs)))
+        for isa in isas:
+            with fluid_rt.use_cpu_isa(isa):
+                fluid_chat(dec, prompts[:1], el_cfg)  # warm-up
+                for mode, cfg in (("ar", ar_cfg), ("elastic", el_cfg)):
+                    secs, outs, forwards = fluid_chat(dec, prompts, cfg)
+                    seconds.setdefault(f"fluid_rt {mode} {isa}", []).append(secs)
+                    done[f"fluid_rt {mode} {isa}"] = (outs, forwards)
+            if done[f"fluid_rt elastic {isa}"][0] != done[f"fluid_rt ar {isa}"][0]:
+                raise SystemExit(f"{isa}: elastic tokens differ from AR's: not lossless")
     rows = []
-    base = None if llm is None else llama_cpp_chat(llm, prompts, args.new_tokens, eos)
-    if base is not None:
-        n = sum(map(len, base[1]))
-        rows.append({"impl": "llama.cpp", "tokens": n, "tok_s": n / base[0], "tokens_per_forward": 1.0})
-    for isa in args.isa.split(","):
-        with fluid_rt.use_cpu_isa(isa):
-            fluid_chat(dec, prompts[:1], el_cfg)  # warm-up
-            ar = fluid_chat(dec, prompts, ar_cfg)
-            el = fluid_chat(dec, prompts, el_cfg)
-        if el[1] != ar[1]:
-            raise SystemExit(f"{isa}: elastic tokens differ from AR's: not lossless")
-        n = sum(map(len, ar[1]))
-        for mode, (secs, _, fwd) in (("ar", ar), ("elastic", el)):
-            r = {
-                "impl": f"fluid_rt {mode} {isa}",
+    for impl, times in seconds.items():
+        outs, forwards = done[impl]
+        n = sum(map(len, outs))
+        rows.append(
+            {
+                "impl": impl,
                 "tokens": n,
-                "tok_s": n / secs,
-                "tokens_per_forward": n / fwd,
+                "tok_s": n / statistics.median(times),
+                "tokens_per_forward": n / forwards,
             }
-            if base is not None:
-                r["ratio"] = r["tok_s"] / rows[0]["tok_s"]
-            rows.append(r)
+        )
+    if llm is not None:
+        for r in rows:
+            r["ratio"] = r["tok_s"] / rows[0]["tok_s"]
     return rows
 
 
@@ -289,7 +299,8 @@ def main(argv=None) -> None:
     if chat:
         print_table(
             f"{args.chat_prompts} held-out chat prompts, one at a time, to EOS or {n} tokens "
-            "(tok/s over whole generate calls; ratio = fluid_rt / llama.cpp)",
+            f"(tok/s over whole generate calls, medians of {args.repeats} alternating rounds; "
+            "ratio = fluid_rt / llama.cpp)",
             chat,
             ["impl", "tokens", "tok_s", "tokens_per_forward", "ratio"],
         )
