@@ -203,7 +203,10 @@ class Decoder:
     def _generate(self, prompts, cfg, on_commit, cancel: threading.Event | None = None):
         prompts, cfgs = self._requests(prompts, cfg)
         positions = self._positions(prompts, cfgs)
-        with device_scope(self.device):  # also in stream()'s worker thread
+        # inference_mode: no version counters or view tracking on the step's ~100 small tensor ops
+        # (measured: AR decode ~15% faster on the CPU, elastic ~5%). Both are thread-local, so
+        # they are entered here, which stream()'s worker thread runs too.
+        with device_scope(self.device), torch.inference_mode():
             self._ensure_cache(len(prompts), positions)
             self.cache.reset()
             mask = self.mask_token_id if self.mask_token_id is not None else 0
