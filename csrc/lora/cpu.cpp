@@ -6,16 +6,12 @@
 
 namespace fluid_rt {
 
-namespace {
-constexpr int64_t kRowTileRows = 4;  // lora.isa.cpp's kRowTile
-}
-
 void gated_lora_cpu(const GatedLoraParams& p) {
   const auto rows = FLUID_RT_ISA_PICK(gated_lora_rows);
   const int64_t pieces = lora_num_pieces(p);
   const int64_t work = p.num_rows * p.rank * (p.in + p.out);
   if (work < (1 << 16) || pieces < 4) return rows(p, 0, p.num_rows, 0, pieces);
-  if (p.num_rows <= kRowTileRows) {
+  if (p.num_rows <= kLoraRowTile) {
 #pragma omp parallel
     {
       const ItemRange share = thread_share(pieces);

@@ -13,7 +13,7 @@ namespace fluid_rt {
 namespace FLUID_RT_ISA_NS {
 namespace {
 
-constexpr int kRowTile = 4;
+constexpr int kRowTile = kLoraRowTile;
 constexpr int kBlock = kLanes >= 16 ? 4 : 2;  // output vectors per pass: kRowTile x kBlock accumulators
 
 // A row-major operand: element (i, j) at p[i * stride + j].

@@ -23,6 +23,7 @@
 namespace fluid_rt {
 
 constexpr int64_t kLoraPiece = 64;  // columns of a b_t piece
+constexpr int kLoraRowTile = 4;     // rows the kernel multiplies together (each weight load serves them)
 
 struct GatedLoraParams {
   void* y = nullptr;  // row r at y + r * y_stride (elements), out contiguous values
