@@ -9,7 +9,7 @@ namespace fluid_rt {
 namespace {
 
 constexpr ArgSpec kGatedLoraArgs[] = {
-    {"y", kOpFloat | kF32 | kBF16, "... out_features", Layout::kRows, kWritten},
+    {"y", kOpFloat | kF32 | kBF16, "... out_features>=1", Layout::kRows, kWritten},
     {"x", kOpFloat | kF32 | kBF16, "... features", Layout::kRows},  // in_features, or 2x with silu_and_mul
     {"rows", kI64, "num_rows", Layout::kContiguous},
     {"a_t", kF32 | kBF16, "in_features>=1 rank>=1", Layout::kContiguous},

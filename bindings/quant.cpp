@@ -151,6 +151,8 @@ at::Tensor quant_linear_impl(const at::Tensor& x, const at::Tensor& packed, int6
   const bool lora = lora_rows.has_value() || lora_a_t.has_value() || lora_b.has_value();
   FLUID_CHECK_VALUE(!lora || (lora_rows.has_value() && lora_a_t.has_value() && lora_b.has_value()),
                     "lora_rows, lora_a_t, lora_b: give all three or none");
+  FLUID_CHECK_VALUE(lora || lora_out_parts.empty(), "lora_out_parts without lora_rows, lora_a_t, lora_b");
+  // (Errors in them name gated_lora_'s arguments: rows, a_t, b_t, out_parts.)
   std::vector<int64_t> ends;
   const GatedLoraParams lp =
       lora ? describe_gated_lora(y, x, *lora_rows, *lora_a_t, *lora_b, silu_and_mul, lora_out_parts, ends)

@@ -10,7 +10,8 @@ TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2}
 
 
 def block_diagonal(b_t, out_parts, rank):
-    """The fused layer's [rank, out] block-diagonal B^T from the op's b_t (its blocks side by side)."""
+    """The fused layer's [rank, out] block-diagonal B^T from b_t [rank / parts, out] (its diagonal
+    blocks side by side, before ``lora_pack_b``)."""
     if not out_parts:
         return b_t
     r = rank // len(out_parts)
@@ -171,6 +172,7 @@ BAD = [
     ("a_t dtype", dict(a_t=torch.randn(8, 2).double()), "a_t"),
     ("factor dtypes differ", dict(a_t=torch.randn(8, 2).bfloat16()), "one dtype"),
     ("b_t not packed", dict(b_t=torch.randn(2, 6)), "b_t"),
+    ("y without columns", dict(y=torch.randn(4, 0), b_t=torch.randn(0, 2, 64)), "y"),
     ("b_t rank", dict(b_t=torch.randn(1, 3, 64)), "b_t"),
     ("b_t pieces", dict(b_t=torch.randn(2, 2, 64)), "b_t"),
     ("b_t piece width", dict(b_t=torch.randn(1, 2, 32)), "b_t"),

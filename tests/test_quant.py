@@ -288,6 +288,8 @@ def test_fused_lora_arguments_are_checked():
     a_t, b_t = torch.randn(64, 4), ops.lora_pack_b(torch.randn(4, 64))
     with pytest.raises(ValueError, match="all three"):
         torch.ops.fluid_rt.quant_linear(x, packed, fmt, n, None, False, rows, a_t, None)
+    with pytest.raises(ValueError, match="lora_out_parts without"):
+        torch.ops.fluid_rt.quant_linear(x, packed, fmt, n, None, False, None, None, None, [32, 32])
     with pytest.raises(ValueError, match="outside"):
         ops.quant_linear(x, packed, fmt, n, lora=(torch.tensor([3]), a_t, b_t, ()))
     with pytest.raises(ValueError, match="b_t"):

@@ -203,25 +203,31 @@ class Decoder:
     def _generate(self, prompts, cfg, on_commit, cancel: threading.Event | None = None):
         prompts, cfgs = self._requests(prompts, cfg)
         positions = self._positions(prompts, cfgs)
-        # inference_mode: no version counters or view tracking on the step's ~100 small tensor ops
-        # (measured: AR decode ~15% faster on the CPU, elastic ~5%). Both are thread-local, so
-        # they are entered here, which stream()'s worker thread runs too.
-        with device_scope(self.device), torch.inference_mode():
+        with device_scope(self.device):  # also in stream()'s worker thread
+            # The cache outlives the call: made outside inference mode, it stays an ordinary tensor.
             self._ensure_cache(len(prompts), positions)
-            self.cache.reset()
-            mask = self.mask_token_id if self.mask_token_id is not None else 0
-            b = Batch(cfgs, mask, self.device, self.khead)
-            runner = StepRunner(self.model, self.cache, self.step_mode)
-            start = time.perf_counter()
-            prefill = self._prefill_elastic if b.mode == "elastic" else self._prefill_ar
-            prefill(runner, b, prompts)
-            prefill_s = time.perf_counter() - start
-            step = runner.elastic_step if b.mode == "elastic" else runner.ar_step
-            forwards = 1
-            while self._collect(runner, b, on_commit, cancel):
-                step(b)
-                b.count_forward()
-                forwards += 1
+            # inference_mode (thread-local, so entered here): no version counters or view tracking
+            # on the step's ~100 small tensor ops (measured: a 64-token decode 4-6% faster on the
+            # CPU, AR and elastic). on_commit runs inside it.
+            with torch.inference_mode():
+                return self._decode(prompts, cfgs, on_commit, cancel)
+
+    def _decode(self, prompts, cfgs, on_commit, cancel):
+        """Prefill and steps to the end of every row, on ``self.cache``."""
+        self.cache.reset()
+        mask = self.mask_token_id if self.mask_token_id is not None else 0
+        b = Batch(cfgs, mask, self.device, self.khead)
+        runner = StepRunner(self.model, self.cache, self.step_mode)
+        start = time.perf_counter()
+        prefill = self._prefill_elastic if b.mode == "elastic" else self._prefill_ar
+        prefill(runner, b, prompts)
+        prefill_s = time.perf_counter() - start
+        step = runner.elastic_step if b.mode == "elastic" else runner.ar_step
+        forwards = 1
+        while self._collect(runner, b, on_commit, cancel):
+            step(b)
+            b.count_forward()
+            forwards += 1
         wall = time.perf_counter() - start
         return b.results, BatchStats(forwards, sum(len(g.tokens) for g in b.results), wall, prefill_s)
 

@@ -93,7 +93,7 @@ def quant_linear(
         lora: optional ``(rows, a_t, b_t, out_parts)``: then ``ops.gated_lora_(y, x, rows, a_t,
             b_t, silu_and_mul, out_parts)`` is applied to the result in the same op call (bitwise
             the two calls; a decode step makes ~120 such calls per forward, and each op call costs
-            a few microseconds of dispatch).
+            a few microseconds of dispatch). Errors in them name ``gated_lora_``'s arguments.
 
     Returns:
         ``[..., out_features]`` in x's dtype. x is quantized per row and block of 32 to int8
