@@ -149,11 +149,10 @@ class _Layer:
 
 @dataclass
 class ForwardContext:
-    """What every layer of one forward reads besides its input: the cache (and its per-layer K/V
-    views, made once per forward rather than indexed in every layer), each row's length and cache
-    row, the RoPE tables at the tokens' positions, and the row packing (or None)."""
+    """What every layer of one forward reads besides its input: the cache's per-layer K/V views
+    (made once per forward rather than indexed in every layer), each row's length and cache row,
+    the RoPE tables at the tokens' positions, and the row packing (or None)."""
 
-    cache: KVCache
     k_layers: tuple
     v_layers: tuple
     seqlens: torch.Tensor
@@ -351,7 +350,6 @@ class Transformer:
         # (a device assert on CUDA); the attention op itself rejects / NaN-fills such rows.
         positions = positions.clamp(0, self._rope_len - 1)
         ctx = ForwardContext(
-            cache,
             cache.k.unbind(0),
             cache.v.unbind(0),
             seqlens,

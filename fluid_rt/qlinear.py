@@ -53,7 +53,8 @@ class QuantLinear:
             start += n
         y = torch.cat(outs, dim=-1)
         if lora is not None:
-            ops.gated_lora_(y, x, *lora[:3], silu_and_mul, lora[3])
+            rows, a_t, b_t, out_parts = lora
+            ops.gated_lora_(y, x, rows, a_t, b_t, silu_and_mul, out_parts)
         return y
 
     def __call__(self, x: torch.Tensor, lora: tuple | None = None) -> torch.Tensor:

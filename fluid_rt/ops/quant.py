@@ -100,11 +100,7 @@ def quant_linear(
         (scale ``max|x| / 127``); each block's integer dot product is scaled and summed in float32
         in k order. A row's output does not depend on the other rows of the call, bit for bit.
     """
-    if lora is None:
-        return torch.ops.fluid_rt.quant_linear(
-            x, packed, int(format), int(out_features), bias, bool(silu_and_mul)
-        )
-    rows, a_t, b_t, out_parts = lora
+    rows, a_t, b_t, out_parts = lora if lora is not None else (None, None, None, ())
     return torch.ops.fluid_rt.quant_linear(
         x, packed, int(format), int(out_features), bias, bool(silu_and_mul), rows, a_t, b_t, list(out_parts)
     )

@@ -227,20 +227,21 @@ void check_gated_lora(int64_t n, int64_t in, int64_t rank, int64_t out, bool sil
   const int64_t parts = part_ends.empty() ? 1 : static_cast<int64_t>(part_ends.size()),
                 part_rank = rank / parts;
   const std::vector<float> a = randn(in * rank, 0.2f), b = randn(part_rank * out, 0.2f), y0 = y;
+  const std::vector<int64_t> rows = {n - 1, 0};  // out of order; the rows between stay untouched
+  GatedLoraParams p;
+  p.y = y.data(), p.y_stride = out, p.x = x.data(), p.x_stride = xin, p.rows = rows.data();
+  p.num_rows = static_cast<int64_t>(rows.size()), p.a_t = a.data();
+  p.in = in, p.rank = rank, p.out = out, p.silu_and_mul = silu_and_mul;
+  if (!part_ends.empty()) p.part_ends = part_ends.data(), p.num_parts = parts;
   // b_t in pieces of kLoraPiece columns per part, each piece's rows together, zero-padded.
   std::vector<float> pieces;
-  for (int64_t q = 0, c0 = 0; q < parts; c0 = part_ends.empty() ? out : part_ends[q], ++q) {
-    const int64_t c1 = part_ends.empty() ? out : part_ends[q];
+  for (int64_t q = 0; q < parts; ++q) {
+    const int64_t c0 = lora_part_begin(p, q), c1 = lora_part_end(p, q);
     for (int64_t p0 = c0; p0 < c1; p0 += kLoraPiece)
       for (int64_t k = 0; k < part_rank; ++k)
         for (int64_t j = 0; j < kLoraPiece; ++j) pieces.push_back(p0 + j < c1 ? b[k * out + p0 + j] : 0.f);
   }
-  const std::vector<int64_t> rows = {n - 1, 0};  // out of order; the rows between stay untouched
-  GatedLoraParams p;
-  p.y = y.data(), p.y_stride = out, p.x = x.data(), p.x_stride = xin, p.rows = rows.data();
-  p.num_rows = static_cast<int64_t>(rows.size()), p.a_t = a.data(), p.b_t = pieces.data();
-  p.in = in, p.rank = rank, p.out = out, p.silu_and_mul = silu_and_mul;
-  if (!part_ends.empty()) p.part_ends = part_ends.data(), p.num_parts = parts;
+  p.b_t = pieces.data();
   // Output o of part q takes rank slice q of h: b holds the fused B's diagonal blocks side by side.
   auto part_of_column = [&](int64_t o) {
     int64_t q = 0;
