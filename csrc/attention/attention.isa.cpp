@@ -226,6 +226,8 @@ using PvFn = void (*)(const float*, const float*, int64_t, float*, int64_t, int)
 
 // ---- one work item ------------------------------------------------------------------------------
 
+// A thread's buffers for its items (thread_scratch: kept between calls, since a decode step makes
+// one small call per layer and allocating them each time cost more than the attention itself).
 struct Scratch {
   std::vector<float> q, o, s, kt, v, krow, m, l;
   std::vector<float> acc_o, acc_m, acc_l;  // the chunks merged so far (fold_keys)
@@ -245,6 +247,11 @@ struct Scratch {
     lim.resize(rows_pad);
   }
 };
+
+Scratch& thread_scratch() {
+  thread_local Scratch scratch;
+  return scratch;
+}
 
 // Rows r0 .. r1 of (batch row b, kv head h); row r is query r / G of query head h * G + r % G.
 // An item's rows are loaded once (load_rows), folded over one or more key ranges (attend_keys:
@@ -384,7 +391,8 @@ void store_row_result(const CausalAttentionParams& p, const RowRange& rr, int64_
 void append_new_kv(const CausalAttentionParams& p) {
   const int64_t D = p.head_dim, esize = dtype_size(p.dtype);
   const int64_t n = p.batch * p.seqlen_q * p.heads_kv;
-#pragma omp parallel for schedule(static)
+  // A decode step's few rows are copied faster than a thread team starts.
+#pragma omp parallel for schedule(static) if (n * D * esize >= (1 << 16))
   for (int64_t idx = 0; idx < n; ++idx) {
     const int64_t h = idx % p.heads_kv, t = (idx / p.heads_kv) % p.seqlen_q,
                   b = idx / (p.heads_kv * p.seqlen_q);
@@ -429,7 +437,7 @@ void causal_attention_run(const CausalAttentionParams& p) {
   if (items >= 2 * threads || chunks == 1) {
 #pragma omp parallel
     {
-      Scratch w;
+      Scratch& w = thread_scratch();
 #pragma omp for schedule(dynamic, 1)
       for (int64_t it = 0; it < items; ++it) {
         const RowRange rr = item_rows(it);
@@ -448,7 +456,7 @@ void causal_attention_run(const CausalAttentionParams& p) {
       part_l(items * chunks * tile_pad);
 #pragma omp parallel
   {
-    Scratch w;
+    Scratch& w = thread_scratch();
 #pragma omp for schedule(dynamic, 1)
     for (int64_t unit = 0; unit < items * chunks; ++unit) {
       const int64_t it = unit / chunks, c = unit % chunks;

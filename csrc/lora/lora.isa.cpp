@@ -23,40 +23,65 @@ struct Mat {
   int64_t stride;
 };
 
+// acc[r][0 .. NV) += v[r][i] * w[i][0 .. NV kLanes) for R rows: one step of the k loop. The small
+// loops are unrolled outright so that every accumulator index is a constant and the accumulators
+// stay in registers (without it GCC kept them on the stack: a store-bound loop at twice the FMA
+// time).
+template <DType WD, int R, int NV, bool kFull>
+inline void rows_mat_step(Mat<float> v, int64_t i, Mat<char> w, VecF (&acc)[R][NV], int64_t tail) {
+  constexpr int64_t es = WD == DType::kFloat32 ? 4 : 2;
+  const char* row = w.p + i * w.stride * es;
+  VecF wv[NV];
+#pragma GCC unroll 8
+  for (int b = 0; b < NV; ++b)
+    wv[b] = kFull || b < NV - 1 ? load_as<WD>(row, b * kLanes) : load_first_as<WD>(row, b * kLanes, tail);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    const VecF vi = vset1(v.p[r * v.stride + i]);
+#pragma GCC unroll 8
+    for (int b = 0; b < NV; ++b) acc[r][b] = fma(vi, wv[b], acc[r][b]);
+  }
+}
+
+// The k loop: step i feeds chain i % C (a compile-time index, the last partial round too); the
+// chains are summed into the first.
+template <DType WD, int R, int NV, int C, bool kFull>
+inline void rows_mat_loop(Mat<float> v, int64_t k, Mat<char> w, VecF (&acc)[C][R][NV], int64_t tail) {
+  int64_t i = 0;
+  for (; i + C <= k; i += C) {
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) rows_mat_step<WD, R, NV, kFull>(v, i + c, w, acc[c], tail);
+  }
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c)
+    if (i + c < k) rows_mat_step<WD, R, NV, kFull>(v, i + c, w, acc[c], tail);
+#pragma GCC unroll 8
+  for (int c = 1; c < C; ++c)
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int b = 0; b < NV; ++b) acc[0][r][b] = acc[0][r][b] + acc[c][r][b];
+}
+
 // out[r][0 .. NV kLanes) of v @ w for R rows, the last vector holding `tail` (<= kLanes) outputs;
 // w's elements are of dtype WD.
 // Narrow outputs (the rank-wide first product) would be one long chain of dependent FMAs per
-// vector: k is dealt round-robin to C chains instead, summed at the end. C depends on NV alone, so
-// a row's sums are the same whatever R.
+// vector: k is dealt round-robin to C chains instead. C depends on NV alone, so a row's sums are
+// the same whatever R.
 template <DType WD, int R, int NV>
 void rows_mat_block(Mat<float> v, int64_t k, Mat<char> w, float* out, int64_t out_stride, int64_t tail) {
-  constexpr int64_t es = WD == DType::kFloat32 ? 4 : 2;
   constexpr int C = kBlock / NV > 1 ? kBlock / NV : 1;
   VecF acc[C][R][NV];
+#pragma GCC unroll 8
   for (int c = 0; c < C; ++c)
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
       for (int b = 0; b < NV; ++b) acc[c][r][b] = vzero();
-  const bool full = tail == kLanes;  // loop-invariant: the compiler unswitches it
-  auto step = [&](int64_t i, VecF(&a)[R][NV]) {
-    const char* row = w.p + i * w.stride * es;
-    VecF wv[NV];
-    for (int b = 0; b < NV - 1; ++b) wv[b] = load_as<WD>(row, b * kLanes);
-    wv[NV - 1] = full ? load_as<WD>(row, (NV - 1) * kLanes) : load_first_as<WD>(row, (NV - 1) * kLanes, tail);
-    for (int r = 0; r < R; ++r) {
-      const VecF vi = vset1(v.p[r * v.stride + i]);
-      for (int b = 0; b < NV; ++b) a[r][b] = fma(vi, wv[b], a[r][b]);
-    }
-  };
-  // Step i feeds chain i % C. Every chain index is a compile-time constant (the last, partial
-  // round too), so the accumulators stay in registers.
-  int64_t i = 0;
-  for (; i + C <= k; i += C)
-    for (int c = 0; c < C; ++c) step(i + c, acc[c]);
-  for (int c = 0; c < C; ++c)
-    if (i + c < k) step(i + c, acc[c]);
-  for (int c = 1; c < C; ++c)
-    for (int r = 0; r < R; ++r)
-      for (int b = 0; b < NV; ++b) acc[0][r][b] = acc[0][r][b] + acc[c][r][b];
+  if (tail == kLanes)  // both loops instantiated: no branch in the loop body
+    rows_mat_loop<WD, R, NV, C, true>(v, k, w, acc, tail);
+  else
+    rows_mat_loop<WD, R, NV, C, false>(v, k, w, acc, tail);
   for (int r = 0; r < R; ++r) {
     float* o = out + r * out_stride;
     for (int b = 0; b < NV - 1; ++b) vstore(o + b * kLanes, acc[0][r][b]);
