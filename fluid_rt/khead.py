@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fluid_rt import ops
+
 PREFIX = "diffusion_k_head."
 
 
@@ -38,6 +40,10 @@ class KHead:
                 f"2.bias {tuple(b2.shape)}"
             )
         self.w1, self.b1, self.w2, self.b2 = w1, b1, w2, b2
+        # On the CPU in float32 the K-head is ops.khead_logits, the code the CPU decode step runs.
+        self.op_weights = None
+        if w1.device.type == "cpu" and dtype == torch.float32:
+            self.op_weights = (w1.t().contiguous(), b1, w2.t().contiguous(), b2)
         self.hidden_size = w1.shape[1]
         self.max_k = w2.shape[0]
         self.dtype = dtype
@@ -45,6 +51,9 @@ class KHead:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., H] -> float32 [..., max_k] (class j = horizon j + 1)."""
+        if self.op_weights is not None and hidden.device.type == "cpu":
+            h = hidden.to(self.dtype).reshape(-1, hidden.shape[-1]).contiguous()
+            return ops.khead_logits(h, *self.op_weights).view(*hidden.shape[:-1], self.max_k)
         h = F.gelu(F.linear(hidden.to(self.dtype), self.w1, self.b1))  # exact erf GELU
         return F.linear(h, self.w2, self.b2).float()
 

@@ -228,6 +228,7 @@ using PvFn = void (*)(const float*, const float*, int64_t, float*, int64_t, int)
 
 // A thread's buffers for its items (thread_scratch: kept between calls, since a decode step makes
 // one small call per layer and allocating them each time cost more than the attention itself).
+// Every value is written before it is read, so what an earlier call left there is never used.
 struct Scratch {
   std::vector<float> q, o, s, kt, v, krow, m, l;
   std::vector<float> acc_o, acc_m, acc_l;  // the chunks merged so far (fold_keys)

@@ -8,7 +8,9 @@ namespace {
 // Below this many rows a parallel region costs more than the work.
 constexpr int64_t kParallelRows = 512;
 
-void draft_row(const DraftCommitParams& p, int64_t b) {
+}  // namespace
+
+void draft_commit_row(const DraftCommitParams& p, int64_t b) {
   if (!p.drafting[b]) return;
   const int64_t K = p.horizon[b];
   const int64_t s = p.step[b];
@@ -37,6 +39,8 @@ void draft_row(const DraftCommitParams& p, int64_t b) {
   p.drafting[b] = has_mask && run_end < K;
 }
 
+namespace {
+
 bool is_eos(const VerifyCommitParams& p, int64_t b, int64_t token) {
   const int64_t* eos = p.eos_ids + b * p.num_eos;
   for (int64_t e = 0; e < p.num_eos; ++e)
@@ -44,7 +48,9 @@ bool is_eos(const VerifyCommitParams& p, int64_t b, int64_t token) {
   return false;
 }
 
-void verify_row(const VerifyCommitParams& p, int64_t b) {
+}  // namespace
+
+void verify_commit_row(const VerifyCommitParams& p, int64_t b) {
   if (!p.verifying[b] || p.done[b]) return;
   const int64_t K = p.horizon[b];
   const int64_t len0 = p.out_len[b];
@@ -91,16 +97,14 @@ void verify_row(const VerifyCommitParams& p, int64_t b) {
   p.verifying[b] = false;
 }
 
-}  // namespace
-
 void draft_commit_cpu(const DraftCommitParams& p) {
 #pragma omp parallel for schedule(static) if (p.batch >= kParallelRows)
-  for (int64_t b = 0; b < p.batch; ++b) draft_row(p, b);
+  for (int64_t b = 0; b < p.batch; ++b) draft_commit_row(p, b);
 }
 
 void verify_commit_cpu(const VerifyCommitParams& p) {
 #pragma omp parallel for schedule(static) if (p.batch >= kParallelRows)
-  for (int64_t b = 0; b < p.batch; ++b) verify_row(p, b);
+  for (int64_t b = 0; b < p.batch; ++b) verify_commit_row(p, b);
 }
 
 }  // namespace fluid_rt

@@ -76,6 +76,9 @@ FLUID_RT_HD inline bool draft_confident(float score, float threshold, bool score
 
 void draft_commit_cpu(const DraftCommitParams& p);
 void verify_commit_cpu(const VerifyCommitParams& p);
+// One row b of each (the CPU decode step, csrc/step, runs them row by row).
+void draft_commit_row(const DraftCommitParams& p, int64_t b);
+void verify_commit_row(const VerifyCommitParams& p, int64_t b);
 
 }  // namespace fluid_rt
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fluid_rt import ops
 from fluid_rt.decode.config import DecodeConfig
 from fluid_rt.decode.trace import StepTraces
 
@@ -130,6 +131,10 @@ class Batch:
         for s, gone in zip(self.seq, self.retired):
             if not gone:
                 self.forwards[s] += 1
+
+    def step_state(self) -> dict[str, torch.Tensor]:
+        """The tensors ``ops.elastic_step`` updates (``ops.STEP_STATE``)."""
+        return {name: self.trace.data if name == "trace" else getattr(self, name) for name in ops.STEP_STATE}
 
     def slots_needed(self) -> torch.Tensor:
         """Input slots each row's next eager forward feeds: up to K for a draft pass (outputs

@@ -244,7 +244,7 @@ class Decoder:
         logits, hidden = runner.forward(b, tokens, logits_slots=frame)  # at positions 0..
         hidden = hidden.gather(1, frame[:, :, None].expand(-1, -1, hidden.shape[-1]))
         b.seqlens.copy_(lengths - 1)  # the cache holds the prompt but its last (pending) token
-        phases.advance(b, logits, hidden, reuse_prefix=False)
+        phases.advance(b, logits, hidden, reuse_prefix=False, fused=runner.fuses(b))
         b.count_forward()
 
     def _prefill_ar(self, runner: StepRunner, b: Batch, prompts) -> None:

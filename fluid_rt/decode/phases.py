@@ -185,15 +185,45 @@ def next_input(b: Batch, rejected: torch.Tensor, d: DraftPass, reuse_prefix: boo
     b.tokens[:, 1 + bs :] = b.mask_id
 
 
-def advance(b: Batch, logits: torch.Tensor, hidden: torch.Tensor, reuse_prefix: bool) -> None:
+def advance(
+    b: Batch, logits: torch.Tensor, hidden: torch.Tensor, reuse_prefix: bool, fused: bool = False
+) -> None:
     """Everything between two elastic forwards (phases 1-5). ``b.restart`` marks rows whose new
-    block begins at output slot 0 of this forward (after prefill or a mismatch)."""
+    block begins at output slot 0 of this forward (after prefill or a mismatch). ``fused``: the
+    same in one op call (``ops.elastic_step``, CPU only; see ``can_fuse``)."""
+    if fused:
+        return _advance_fused(b, logits, hidden, reuse_prefix)
     out = read_outputs(b, logits, hidden)
     accepted, rejected = verify(b, out)
     new, slot = start_blocks(b, out, accepted)
     d = draft(b, out, new, slot)
     rejected |= settle_early(b, d)
     next_input(b, rejected, d, reuse_prefix)
+
+
+def can_fuse(b: Batch, device: torch.device) -> bool:
+    """Whether ``advance`` may run as ``ops.elastic_step``: on the CPU, with a float32 CPU K-head
+    (``KHead.op_weights``) where the horizon policy reads one."""
+    if device.type != "cpu" or b.block.shape[1] > 64:
+        return False
+    return b.horizon_policy.kind != "khead" or getattr(b.khead, "op_weights", None) is not None
+
+
+def _advance_fused(b: Batch, logits: torch.Tensor, hidden: torch.Tensor, reuse_prefix: bool) -> None:
+    stats = ops.token_entropy(logits)
+    score = b.commit_policy.score(stats)
+    policy = b.horizon_policy
+    ops.elastic_step(
+        (stats.argmax, score, stats.entropy, stats.logsumexp),
+        hidden.contiguous(),
+        b.khead.op_weights if policy.kind == "khead" else None,
+        policy.kind,
+        (policy.entropy_low, policy.entropy_high),
+        b.commit_policy.score_is_entropy,
+        reuse_prefix,
+        b.mask_id,
+        b.step_state(),
+    )
 
 
 def commit_ar(b: Batch, logits: torch.Tensor) -> None:

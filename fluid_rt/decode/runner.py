@@ -64,6 +64,11 @@ class StepRunner:
         """Whether the next forward's widths are read back in the step's host sync."""
         return self.mode == "eager"
 
+    def fuses(self, b: Batch) -> bool:
+        """Whether the phases between two forwards run as one op (``phases.can_fuse``): eager
+        steps on the CPU, where their small tensor ops would each start cold after a forward."""
+        return self.mode == "eager" and phases.can_fuse(b, self.model.device)
+
     def forward(self, b: Batch, tokens, logits_slots=None, shift=None, widths=None):
         """The model on ``tokens`` at each row's committed length (+ ``shift``). Logits stay in
         the model's dtype: ``token_entropy`` reads them as they are."""
@@ -95,7 +100,7 @@ class StepRunner:
         # rather than all at the widest (the model's ``widths``).
         widths = b.needs if self.model.device.type == "cpu" and b.rows > 1 else None
         logits, hidden = self.forward(b, tokens, shift=b.start, widths=widths)
-        phases.advance(b, logits, hidden, reuse_prefix=True)
+        phases.advance(b, logits, hidden, reuse_prefix=True, fused=self.fuses(b))
 
     def ar_step(self, b: Batch) -> None:
         """One greedy AR step: forward the pending tokens, commit each row's argmax."""

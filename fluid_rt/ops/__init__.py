@@ -12,3 +12,4 @@ from fluid_rt.ops.lora import *  # noqa: F401,F403
 from fluid_rt.ops.norm import *  # noqa: F401,F403
 from fluid_rt.ops.quant import *  # noqa: F401,F403
 from fluid_rt.ops.rope import *  # noqa: F401,F403
+from fluid_rt.ops.step import *  # noqa: F401,F403
