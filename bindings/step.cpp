@@ -1,5 +1,5 @@
-// khead_logits and elastic_step (csrc/step): CPU-only ops. The decode step reads and writes the
-// state of a fluid_rt.decode.batch.Batch in place; the table below names each tensor once.
+// khead_logits, elastic_step and ar_step (csrc/step): CPU-only ops. The decode steps read and write
+// the state of a fluid_rt.decode.batch.Batch in place; their tables name each tensor once.
 #include <cmath>
 
 #include "commit/params.h"
@@ -28,7 +28,7 @@ constexpr char kElasticStepSchema[] =
     "Tensor(g!) drafting, Tensor(h!) verifying, Tensor(i!) restart, Tensor(j!) done, Tensor(k!) start, "
     "Tensor(l!) pending, Tensor(m!) out_tokens, Tensor(n!) out_len, Tensor budget, Tensor(o!) cache_seqlens, "
     "Tensor(p!) committed, Tensor(q!) mismatch, Tensor eos_ids, Tensor remask, Tensor threshold, "
-    "Tensor min_block, Tensor block_size, Tensor(r!) lse_sum, Tensor(s!) trace) -> ()";
+    "Tensor min_block, Tensor block_size, Tensor(r!) lse_sum, Tensor(s!) trace, Tensor(t!) host) -> ()";
 
 constexpr ArgSpec kElasticStepArgs[] = {
     {"pred", kI64, "batch width>=1", Layout::kContiguous},
@@ -65,8 +65,47 @@ constexpr ArgSpec kElasticStepArgs[] = {
     {"block_size", kI32, "batch", Layout::kContiguous},
     {"lse_sum", kF32, "batch", Layout::kContiguous, kWritten},
     {"trace", kI32, "batch fields records", Layout::kContiguous, kWritten},
+    {"host", kI32, "batch host_fields", Layout::kContiguous, kWritten},
 };
 constexpr OpSpec kElasticStepSpec{kElasticStepArgs, kCpuOnly};
+
+constexpr char kArStepSchema[] =
+    "ar_step(Tensor pred, Tensor lse, Tensor(a!) out_tokens, Tensor(b!) out_len, Tensor budget, Tensor(c!) "
+    "done, "
+    "Tensor(d!) pending, Tensor(e!) cache_seqlens, Tensor(f!) committed, Tensor(g!) mismatch, Tensor "
+    "eos_ids, "
+    "Tensor remask, Tensor(h!) lse_sum, Tensor(i!) host) -> ()";
+
+constexpr ArgSpec kArStepArgs[] = {
+    {"pred", kI64, "batch", Layout::kContiguous},
+    {"lse", kF32, "batch", Layout::kContiguous},
+    {"out_tokens", kI64, "batch out", Layout::kContiguous, kWritten},
+    {"out_len", kI32, "batch", Layout::kContiguous, kWritten},
+    {"budget", kI32, "batch", Layout::kContiguous},
+    {"done", kBool, "batch", Layout::kContiguous, kWritten},
+    {"pending", kI64, "batch", Layout::kContiguous, kWritten},
+    {"cache_seqlens", kI32, "batch", Layout::kContiguous, kWritten},
+    {"committed", kI32, "batch", Layout::kContiguous, kWritten},
+    {"mismatch", kI32, "batch", Layout::kContiguous, kWritten},
+    {"eos_ids", kI64, "batch eos", Layout::kContiguous},
+    {"remask", kBool, "batch", Layout::kContiguous},
+    {"lse_sum", kF32, "batch", Layout::kContiguous, kWritten},
+    {"host", kI32, "batch host_fields", Layout::kContiguous, kWritten},
+};
+constexpr OpSpec kArStepSpec{kArStepArgs, kCpuOnly};
+
+// out_len within [0, budget] and budget within [0, N] for every row (the commit ops check the same).
+void check_lengths(const int32_t* out_len, const int32_t* budget, int64_t batch, int64_t out_stride) {
+  for (int64_t b = 0; b < batch; ++b)
+    FLUID_CHECK_VALUE(out_len[b] >= 0 && out_len[b] <= budget[b] && budget[b] <= out_stride,
+                      "out_len, budget: row ", b, " has ", out_len[b], ", ", budget[b],
+                      ", expected 0 <= out_len <= budget <= N = ", out_stride);
+}
+
+void check_host(const at::Tensor& host) {
+  FLUID_CHECK_VALUE(host.size(1) == kHostFields, "host: expected [batch, ", kHostFields, "], got ",
+                    host.sizes());
+}
 
 KHeadWeights describe_khead(const at::Tensor& w1_t, const at::Tensor& b1, const at::Tensor& w2_t,
                             const at::Tensor& b2) {
@@ -102,10 +141,8 @@ void check_step_values(const ElasticStepParams& p) {
                       ", expected 1 <= min_block <= block_size <= Kmax = ", p.kmax);
     FLUID_CHECK_VALUE(p.start[b] >= 0 && p.start[b] < p.width + p.kmax, "start: row ", b, " has ",
                       p.start[b]);
-    FLUID_CHECK_VALUE(p.out_len[b] >= 0 && p.out_len[b] <= p.budget[b] && p.budget[b] <= p.out_stride,
-                      "out_len, budget: row ", b, " has ", p.out_len[b], ", ", p.budget[b],
-                      ", expected 0 <= out_len <= budget <= N = ", p.out_stride);
   }
+  check_lengths(p.out_len, p.budget, p.batch, p.out_stride);
 }
 
 void elastic_step_impl(const at::Tensor& pred, const at::Tensor& score, const at::Tensor& entropy,
@@ -121,12 +158,12 @@ void elastic_step_impl(const at::Tensor& pred, const at::Tensor& score, const at
                        const at::Tensor& cache_seqlens, const at::Tensor& committed,
                        const at::Tensor& mismatch, const at::Tensor& eos_ids, const at::Tensor& remask,
                        const at::Tensor& threshold, const at::Tensor& min_block, const at::Tensor& block_size,
-                       const at::Tensor& lse_sum, const at::Tensor& trace) {
+                       const at::Tensor& lse_sum, const at::Tensor& trace, const at::Tensor& host) {
   check_args(kElasticStepSpec, {pred,       score,     entropy,   lse,           hidden,    w1_t,     b1,
                                 w2_t,       b2,        tokens,    block,         step,      passes,   horizon,
                                 final_pred, drafting,  verifying, restart,       done,      start,    pending,
                                 out_tokens, out_len,   budget,    cache_seqlens, committed, mismatch, eos_ids,
-                                remask,     threshold, min_block, block_size,    lse_sum,   trace});
+                                remask,     threshold, min_block, block_size,    lse_sum,   trace,    host});
   const int64_t kmax = block.size(1);
   FLUID_CHECK_VALUE(horizon_kind >= 0 && horizon_kind <= 2, "horizon_kind: expected 0 (khead), 1 (entropy) ",
                     "or 2 (fixed), got ", horizon_kind);
@@ -138,6 +175,7 @@ void elastic_step_impl(const at::Tensor& pred, const at::Tensor& score, const at
                     "], got ", tokens.sizes());
   FLUID_CHECK_VALUE(trace.size(1) == 5 && trace.size(2) == 2, "trace: expected [batch, 5, 2], got ",
                     trace.sizes());
+  check_host(host);
   ElasticStepParams p;
   p.pred = pred.data_ptr<int64_t>();
   p.score = score.data_ptr<float>();
@@ -184,8 +222,39 @@ void elastic_step_impl(const at::Tensor& pred, const at::Tensor& score, const at
   p.block_size = block_size.data_ptr<int32_t>();
   p.lse_sum = lse_sum.data_ptr<float>();
   p.trace = trace.data_ptr<int32_t>();
+  p.host = host.data_ptr<int32_t>();
   check_step_values(p);
   elastic_step_cpu(p);
+}
+
+void ar_step_impl(const at::Tensor& pred, const at::Tensor& lse, const at::Tensor& out_tokens,
+                  const at::Tensor& out_len, const at::Tensor& budget, const at::Tensor& done,
+                  const at::Tensor& pending, const at::Tensor& cache_seqlens, const at::Tensor& committed,
+                  const at::Tensor& mismatch, const at::Tensor& eos_ids, const at::Tensor& remask,
+                  const at::Tensor& lse_sum, const at::Tensor& host) {
+  check_args(kArStepSpec, {pred, lse, out_tokens, out_len, budget, done, pending, cache_seqlens, committed,
+                           mismatch, eos_ids, remask, lse_sum, host});
+  check_host(host);
+  ArStepParams p;
+  p.pred = pred.data_ptr<int64_t>();
+  p.lse = lse.data_ptr<float>();
+  p.batch = pred.size(0);
+  p.out_tokens = out_tokens.numel() > 0 ? out_tokens.data_ptr<int64_t>() : nullptr;
+  p.out_stride = out_tokens.size(1);
+  p.out_len = out_len.data_ptr<int32_t>();
+  p.budget = budget.data_ptr<int32_t>();
+  p.done = done.data_ptr<bool>();
+  p.pending = pending.data_ptr<int64_t>();
+  p.cache_seqlens = cache_seqlens.data_ptr<int32_t>();
+  p.committed = committed.data_ptr<int32_t>();
+  p.mismatch = mismatch.data_ptr<int32_t>();
+  p.eos_ids = eos_ids.numel() > 0 ? eos_ids.data_ptr<int64_t>() : nullptr;
+  p.num_eos = eos_ids.size(1);
+  p.remask = remask.data_ptr<bool>();
+  p.lse_sum = lse_sum.data_ptr<float>();
+  p.host = host.data_ptr<int32_t>();
+  check_lengths(p.out_len, p.budget, p.batch, p.out_stride);
+  ar_step_cpu(p);
 }
 
 }  // namespace
@@ -193,11 +262,13 @@ void elastic_step_impl(const at::Tensor& pred, const at::Tensor& score, const at
 TORCH_LIBRARY_FRAGMENT(fluid_rt, m) {
   m.def("khead_logits(Tensor hidden, Tensor w1_t, Tensor b1, Tensor w2_t, Tensor b2) -> Tensor");
   m.def(kElasticStepSchema);
+  m.def(kArStepSchema);
 }
 
 TORCH_LIBRARY_IMPL(fluid_rt, CPU, m) {
   m.impl("khead_logits", &khead_logits_impl);
   m.impl("elastic_step", &elastic_step_impl);
+  m.impl("ar_step", &ar_step_impl);
 }
 
 }  // namespace fluid_rt

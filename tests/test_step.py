@@ -88,6 +88,37 @@ def test_fused_step_equals_the_phases(golden, monkeypatch, model, policy):  # no
     assert got_stats.forwards == want_stats.forwards
 
 
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("mode", ["elastic", "ar"])
+def test_packed_host_read_equals_the_tensor_read(golden, monkeypatch, model, mode):  # noqa: F811
+    """Every step of a batch: the host row the step op packs (trace records, out_len, done, the
+    next eager widths, lse_sum's bits) equals what read_host gathers from the batch tensors; AR
+    decoding with ops.ar_step gives the tokens of the phases' commit_ar."""
+    from fluid_rt.decode import decoder
+
+    cases = [c for c in CASES if c["model"] == model]
+    cfgs = [case_config(c, mode=mode) for c in cases]
+    prompts, mask = [c["prompt"] for c in cases], cases[0]["mask_token_id"]
+    reads = []
+
+    def both(b, trim, packed=False):
+        rows = decoder_read(b, trim, packed)
+        if packed:
+            assert rows == decoder_read(b, trim, False)
+            reads.append(len(rows))
+        return rows
+
+    decoder_read = decoder.read_host
+    monkeypatch.setattr(decoder, "read_host", both)
+    got, got_stats = _decode(golden[model], prompts, cfgs, mask, True, monkeypatch)
+    assert len(reads) == got_stats.forwards  # every step, the prefill's too
+    monkeypatch.setattr(decoder, "read_host", decoder_read)
+    want, want_stats = _decode(golden[model], prompts, cfgs, mask, False, monkeypatch)
+    assert [(g.tokens, g.stop_reason, g.forwards) for g in got] == [
+        (g.tokens, g.stop_reason, g.forwards) for g in want
+    ]
+
+
 def test_fused_step_with_bfloat16_hidden_states(monkeypatch):
     """A bfloat16 model: the step reads bfloat16 outputs (entropy horizon; a bfloat16 K-head stays
     on the phases, see phases.can_fuse)."""
@@ -126,8 +157,14 @@ def _op_args(stats, hidden, khead, b, horizon_kind=0):
     ]
 
 
-def test_elastic_step_opcheck():
+def _ar_args(b):
+    state = b.step_state()
+    return [torch.tensor([7, 8]), torch.randn(2)] + [state[n] for n in ops.AR_STEP_STATE]
+
+
+def test_step_opcheck():
     torch.library.opcheck(torch.ops.fluid_rt.elastic_step.default, _op_args(*_step_args()))
+    torch.library.opcheck(torch.ops.fluid_rt.ar_step.default, _ar_args(_step_args()[3]))
     _, head = _khead()
     torch.library.opcheck(torch.ops.fluid_rt.khead_logits.default, [torch.randn(3, 50), *head.op_weights])
 
@@ -145,6 +182,16 @@ def test_elastic_step_rejects_bad_arguments():
     b.trace.data = torch.zeros(2, 5, 3, dtype=torch.int32)
     with pytest.raises(ValueError, match="trace"):
         torch.ops.fluid_rt.elastic_step(*_op_args(stats, hidden, khead, b))
+    b.trace.data = torch.zeros(2, 5, 2, dtype=torch.int32)
+    b.host = torch.zeros(2, ops.HOST_FIELDS + 1, dtype=torch.int32)
+    with pytest.raises(ValueError, match="host"):
+        torch.ops.fluid_rt.elastic_step(*_op_args(stats, hidden, khead, b))
+    with pytest.raises(ValueError, match="host"):
+        torch.ops.fluid_rt.ar_step(*_ar_args(b))
+    stats, hidden, khead, b = _step_args()
+    b.out_len[0] = 7  # > budget
+    with pytest.raises(ValueError, match="out_len"):
+        torch.ops.fluid_rt.ar_step(*_ar_args(b))
     stats, hidden, khead, b = _step_args()
     b.min_block[1] = 4  # > block_size: a state the op refuses before touching any row
     before = {k: v.clone() for k, v in b.step_state().items()}

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -235,6 +236,25 @@ void next_input(const Row& r, bool rejected, const DraftPass& d) {
   for (int64_t j = 0; j < bs; ++j) tokens[1 + bs + j] = p.mask_token_id;
 }
 
+// Batch.slots_needed: up to K for a draft pass, K + bs for a verify, bs for a restart, minus the
+// reused prefix.
+int32_t slots_needed(const Row& r) {
+  const ElasticStepParams& p = r.p;
+  const int64_t b = r.b, bs = p.kmax;
+  const int64_t need = p.restart[b] ? bs : p.verifying[b] ? p.horizon[b] + bs : p.horizon[b];
+  return static_cast<int32_t>(need - p.start[b]);
+}
+
+// The host row (params.h), from the step's final state.
+void write_host(int32_t* host, const int32_t* trace, int32_t out_len, bool done, int32_t need,
+                float lse_sum) {
+  std::copy(trace, trace + kTraceInts, host);
+  host[kTraceInts] = out_len;
+  host[kTraceInts + 1] = done;
+  host[kTraceInts + 2] = need;
+  std::memcpy(host + kTraceInts + 3, &lse_sum, sizeof(float));
+}
+
 }  // namespace
 
 void elastic_step_cpu(const ElasticStepParams& p) {
@@ -246,6 +266,36 @@ void elastic_step_cpu(const ElasticStepParams& p) {
     const DraftPass d = draft(r, fresh, slot);
     rejected = settle_early(r, d) || rejected;
     next_input(r, rejected, d);
+    write_host(p.host + b * kHostFields, p.trace + b * kTraceInts, p.out_len[b], p.done[b], slots_needed(r),
+               p.lse_sum[b]);
+  }
+}
+
+void ar_step_cpu(const ArStepParams& p) {
+  const int32_t one = 1, no_trace[kTraceInts] = {};
+  for (int64_t b = 0; b < p.batch; ++b) {
+    p.lse_sum[b] = p.lse[b];
+    bool selected = !p.done[b];  // a one-token block, accepted as it is
+    VerifyCommitParams v;
+    v.block = v.pred = p.pred + b;
+    v.horizon = &one;
+    v.verifying = &selected;
+    v.eos_ids = p.num_eos > 0 ? p.eos_ids + b * p.num_eos : nullptr;
+    v.num_eos = p.num_eos;
+    v.remask = p.remask + b;
+    v.out_tokens = p.out_tokens + b * p.out_stride;
+    v.out_stride = p.out_stride;
+    v.out_len = p.out_len + b;
+    v.budget = p.budget + b;
+    v.done = p.done + b;
+    v.pending = p.pending + b;
+    v.cache_seqlens = p.cache_seqlens + b;
+    v.committed = p.committed + b;
+    v.mismatch = p.mismatch + b;
+    v.batch = 1;
+    v.kmax = 1;
+    verify_commit_row(v, 0);
+    write_host(p.host + b * kHostFields, no_trace, p.out_len[b], p.done[b], 1, p.lse_sum[b]);
   }
 }
 

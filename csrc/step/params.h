@@ -57,10 +57,37 @@ struct ElasticStepParams {
   const int32_t *min_block = nullptr, *block_size = nullptr;  // [B]
   float* lse_sum = nullptr;                                   // [B]
   int32_t* trace = nullptr;  // [B, 5, 2]: fields settled, K, draft_passes, committed, mismatch x 2 records
+  int32_t* host = nullptr;   // [B, kHostFields]: what the host reads after the step (below)
+};
+
+// The row the host reads after a step (fluid_rt.decode.batch.read_host), written by the step ops so
+// that the read is one copy: the trace records, out_len, done, the slots the next eager forward
+// feeds (Batch.slots_needed) and lse_sum's float32 bits.
+constexpr int64_t kTraceInts = 10;
+constexpr int64_t kHostFields = kTraceInts + 4;
+
+// Greedy AR's step on the CPU (phases.commit_ar): commit each live row's argmax after its last slot.
+struct ArStepParams {
+  const int64_t* pred = nullptr;  // [B] argmax
+  const float* lse = nullptr;     // [B] logsumexp
+  int64_t batch = 0;
+  int64_t* out_tokens = nullptr;  // [B, N]
+  int64_t out_stride = 0;
+  int32_t* out_len = nullptr;
+  const int32_t* budget = nullptr;
+  bool* done = nullptr;
+  int64_t* pending = nullptr;
+  int32_t *cache_seqlens = nullptr, *committed = nullptr, *mismatch = nullptr;
+  const int64_t* eos_ids = nullptr;  // [B, E]
+  int64_t num_eos = 0;
+  const bool* remask = nullptr;
+  float* lse_sum = nullptr;
+  int32_t* host = nullptr;  // [B, kHostFields]
 };
 
 constexpr int64_t kStepMaxKmax = 64;  // block_size bound of the step's per-row buffers
 
 void elastic_step_cpu(const ElasticStepParams& p);
+void ar_step_cpu(const ArStepParams& p);
 
 }  // namespace fluid_rt

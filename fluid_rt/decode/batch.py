@@ -14,7 +14,7 @@ import torch
 
 from fluid_rt import ops
 from fluid_rt.decode.config import DecodeConfig
-from fluid_rt.decode.trace import StepTraces
+from fluid_rt.decode.trace import RECORDS_PER_STEP, StepTraces
 
 _F32_EXPONENT = 0x7F800000  # all exponent bits set: a float32 inf or NaN
 
@@ -96,6 +96,8 @@ class Batch:
         self.start = full(n, 0, i32)
         self.position = torch.arange(bs, device=device)[None, :]  # block positions 0..bs-1
         self.trace = StepTraces(n, device)
+        # The host read the CPU step ops pack (ops.HOST_FIELDS); read_host(packed=True) reads it.
+        self.host = full((n, ops.HOST_FIELDS), 0, i32)
 
     @property
     def rows(self) -> int:
@@ -133,7 +135,7 @@ class Batch:
                 self.forwards[s] += 1
 
     def step_state(self) -> dict[str, torch.Tensor]:
-        """The tensors ``ops.elastic_step`` updates (``ops.STEP_STATE``)."""
+        """The tensors the CPU step ops read and write (``ops.STEP_STATE``, ``ops.AR_STEP_STATE``)."""
         return {name: self.trace.data if name == "trace" else getattr(self, name) for name in ops.STEP_STATE}
 
     def slots_needed(self) -> torch.Tensor:
@@ -157,9 +159,13 @@ class HostRow:
     lse_bits: int
 
 
-def read_host(b: Batch, trim: bool) -> list[HostRow]:
+def read_host(b: Batch, trim: bool, packed: bool = False) -> list[HostRow]:
     """The step's one host sync: every row's trace records, output length, done flag, next eager
-    width (``trim``) and logsumexp sum (as its float32 bits), in one transfer."""
+    width (``trim``) and logsumexp sum (as its float32 bits), in one transfer. ``packed``: a CPU
+    step op (``ops.elastic_step``/``ops.ar_step``) left them in ``b.host`` (each kind of tensor op
+    after a CPU forward starts cold: packing them here cost ~0.2 ms a step)."""
+    if packed:
+        return [_host_row(r, len(StepTraces.FIELDS) * RECORDS_PER_STEP) for r in b.host.tolist()]
     need = b.slots_needed() if trim else torch.ones_like(b.out_len)
     trace = b.trace.data.flatten(1)
     n_trace = trace.shape[1]
@@ -173,12 +179,13 @@ def read_host(b: Batch, trim: bool) -> list[HostRow]:
         ],
         1,
     ).tolist()
-    return [
-        HostRow(
-            StepTraces.records(r[:n_trace]), r[n_trace], bool(r[n_trace + 1]), r[n_trace + 2], r[n_trace + 3]
-        )
-        for r in rows
-    ]
+    return [_host_row(r, n_trace) for r in rows]
+
+
+def _host_row(r: list[int], n_trace: int) -> HostRow:
+    return HostRow(
+        StepTraces.records(r[:n_trace]), r[n_trace], bool(r[n_trace + 1]), r[n_trace + 2], r[n_trace + 3]
+    )
 
 
 def check_finite(b: Batch, i: int, row: HostRow, dtype: torch.dtype) -> None:

@@ -252,13 +252,13 @@ class Decoder:
         tokens = _prompt_tensor(prompts, max(map(len, prompts)), 0, self.device)
         logits, _ = runner.forward(b, tokens, logits_slots=(lengths - 1).long()[:, None])
         b.seqlens.copy_(lengths - 1)  # + 1 in the commit: the last prompt token's K/V is exact
-        phases.commit_ar(b, logits)
+        phases.commit_ar(b, logits, fused=runner.fuses(b))
         b.count_forward()
 
     def _collect(self, runner: StepRunner, b: Batch, on_commit, cancel) -> bool:
         """The step's one host sync (``batch.read_host``): traces, streamed tokens, finished rows.
         Returns whether any row still runs."""
-        host = read_host(b, trim=runner.trims and b.mode == "elastic")
+        host = read_host(b, trim=runner.trims and b.mode == "elastic", packed=runner.fuses(b))
         if cancel is not None and cancel.is_set():
             raise _Cancelled
         running = collect(b, host, on_commit, self.model.dtype)

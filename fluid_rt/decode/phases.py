@@ -202,9 +202,13 @@ def advance(
 
 
 def can_fuse(b: Batch, device: torch.device) -> bool:
-    """Whether ``advance`` may run as ``ops.elastic_step``: on the CPU, with a float32 CPU K-head
-    (``KHead.op_weights``) where the horizon policy reads one."""
-    if device.type != "cpu" or b.block.shape[1] > 64:
+    """Whether ``advance`` / ``commit_ar`` may run as ``ops.elastic_step`` / ``ops.ar_step``: on the
+    CPU, with a float32 CPU K-head (``KHead.op_weights``) where the horizon policy reads one."""
+    if device.type != "cpu":
+        return False
+    if b.mode == "ar":
+        return True
+    if b.block.shape[1] > 64:
         return False
     return b.horizon_policy.kind != "khead" or getattr(b.khead, "op_weights", None) is not None
 
@@ -226,10 +230,12 @@ def _advance_fused(b: Batch, logits: torch.Tensor, hidden: torch.Tensor, reuse_p
     )
 
 
-def commit_ar(b: Batch, logits: torch.Tensor) -> None:
+def commit_ar(b: Batch, logits: torch.Tensor, fused: bool = False) -> None:
     """Greedy AR's step: commit the argmax after the last slot through the same commit kernel
-    (a one-token block, accepted as it is)."""
+    (a one-token block, accepted as it is). ``fused``: in one op call (``ops.ar_step``, CPU)."""
     stats = ops.token_entropy(logits[:, -1:])
+    if fused:
+        return ops.ar_step(stats.argmax.view(-1), stats.logsumexp.view(-1), b.step_state())
     torch.sum(stats.logsumexp, dim=1, out=b.lse_sum)
     pred = stats.argmax.contiguous()
     b.verifying.copy_(~b.done)

@@ -66,7 +66,8 @@ class StepRunner:
 
     def fuses(self, b: Batch) -> bool:
         """Whether the phases between two forwards run as one op (``phases.can_fuse``): eager
-        steps on the CPU, where their small tensor ops would each start cold after a forward."""
+        steps on the CPU, where their small tensor ops would each start cold after a forward. The
+        op also packs the step's host read (``batch.read_host(packed=True)``)."""
         return self.mode == "eager" and phases.can_fuse(b, self.model.device)
 
     def forward(self, b: Batch, tokens, logits_slots=None, shift=None, widths=None):
@@ -106,7 +107,7 @@ class StepRunner:
         """One greedy AR step: forward the pending tokens, commit each row's argmax."""
 
         def step():
-            return phases.commit_ar(b, self.forward(b, b.pending[:, None])[0])
+            return phases.commit_ar(b, self.forward(b, b.pending[:, None])[0], fused=self.fuses(b))
 
         if self.mode == "eager":
             return step()

@@ -15,9 +15,22 @@ import torch
 
 from fluid_rt.ops._backend import op_library
 
-__all__ = ["HORIZON_KINDS", "STEP_STATE", "elastic_step", "khead_logits"]
+__all__ = [
+    "AR_STEP_STATE",
+    "HORIZON_KINDS",
+    "HOST_FIELDS",
+    "STEP_STATE",
+    "ar_step",
+    "elastic_step",
+    "khead_logits",
+]
 
 HORIZON_KINDS = {"khead": 0, "entropy": 1, "fixed": 2}
+
+# What both steps leave for the host per row (``host [B, HOST_FIELDS]`` int32), so that the
+# step's host read is one copy: the 10 trace ints (``StepTraces.data[b]`` flattened), out_len,
+# done, the slots the next eager forward feeds (``Batch.slots_needed``), lse_sum's float32 bits.
+HOST_FIELDS = 14
 
 # The batch tensors the step reads and writes, in the op's order (``Batch`` attribute names;
 # ``seqlens`` is the cache's per-row length, ``trace`` the ``StepTraces`` data).
@@ -47,6 +60,23 @@ STEP_STATE = (
     "block_size",
     "lse_sum",
     "trace",
+    "host",
+)
+
+# The batch tensors ``ar_step`` reads and writes, in the op's order.
+AR_STEP_STATE = (
+    "out",
+    "out_len",
+    "budget",
+    "done",
+    "pending",
+    "seqlens",
+    "committed",
+    "mismatch",
+    "eos",
+    "remask",
+    "lse_sum",
+    "host",
 )
 
 
@@ -57,6 +87,11 @@ def _khead_logits_fake(hidden, w1_t, b1, w2_t, b2):
 
 @torch.library.register_fake("fluid_rt::elastic_step")
 def _elastic_step_fake(*args):
+    return None
+
+
+@torch.library.register_fake("fluid_rt::ar_step")
+def _ar_step_fake(*args):
     return None
 
 
@@ -98,7 +133,8 @@ def elastic_step(
         khead: ``(w1_t, b1, w2_t, b2)`` as ``khead_logits`` takes them (for ``horizon="khead"``).
         horizon: ``khead``, ``entropy`` or ``fixed``; ``entropy_bounds``: (low, high) nats.
         reuse_prefix: eager steps (the next forward starts after the reused prefix).
-        state: the ``STEP_STATE`` tensors of a ``fluid_rt.decode.batch.Batch`` (contiguous, CPU).
+        state: the ``STEP_STATE`` tensors of a ``fluid_rt.decode.batch.Batch`` (contiguous, CPU);
+            ``host`` gets each row's host read (``HOST_FIELDS``).
     """
     w1_t, b1, w2_t, b2 = khead if khead is not None else (None,) * 4
     low, high = entropy_bounds
@@ -117,3 +153,11 @@ def elastic_step(
         int(mask_token_id),
         *(state[name] for name in STEP_STATE),
     )
+
+
+def ar_step(pred: torch.Tensor, lse: torch.Tensor, state: Mapping[str, torch.Tensor]) -> None:
+    """Greedy AR's step (``fluid_rt.decode.phases.commit_ar``) in one call: every row not done
+    commits ``pred [B]`` (int64, the argmax after its last slot) as a one-token block, in place;
+    ``lse [B]`` float32 becomes ``lse_sum``; ``host`` gets each row's host read (``HOST_FIELDS``,
+    no trace records). ``state``: the ``AR_STEP_STATE`` tensors of a ``Batch``."""
+    op_library().ar_step(pred, lse, *(state[name] for name in AR_STEP_STATE))
