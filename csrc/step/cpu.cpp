@@ -50,14 +50,15 @@ struct Row {
   int64_t* final_pred() const { return p.final_pred + b * p.kmax; }
 };
 
-// A one-row VerifyCommitParams (row 0 of it is row b) committing `block` against `pred`.
-VerifyCommitParams verify_params(const Row& r, const int64_t* pred, bool* selected) {
-  const ElasticStepParams& p = r.p;
-  const int64_t b = r.b;
+// A one-row VerifyCommitParams (its row 0 is row b of p, an ElasticStepParams or ArStepParams)
+// committing `block` against `pred` with horizon *K if *selected.
+template <class P>
+VerifyCommitParams one_row_verify(const P& p, int64_t b, const int64_t* block, const int64_t* pred,
+                                  const int32_t* K, int64_t kmax, bool* selected) {
   VerifyCommitParams v;
-  v.block = r.block();
+  v.block = block;
   v.pred = pred;
-  v.horizon = p.horizon + b;
+  v.horizon = K;
   v.verifying = selected;
   v.eos_ids = p.num_eos > 0 ? p.eos_ids + b * p.num_eos : nullptr;
   v.num_eos = p.num_eos;
@@ -72,8 +73,13 @@ VerifyCommitParams verify_params(const Row& r, const int64_t* pred, bool* select
   v.committed = p.committed + b;
   v.mismatch = p.mismatch + b;
   v.batch = 1;
-  v.kmax = p.kmax;
+  v.kmax = kmax;
   return v;
+}
+
+// The row's block committed against `pred` if *selected (verify_commit on row b).
+void commit_block(const Row& r, const int64_t* pred, bool* selected) {
+  verify_commit_row(one_row_verify(r.p, r.b, r.block(), pred, r.p.horizon + r.b, r.p.kmax, selected), 0);
 }
 
 // StepTraces.record(i, settled, ...) for row b.
@@ -100,7 +106,7 @@ std::pair<bool, bool> verify(const Row& r) {
   int64_t pred[kStepMaxKmax];
   for (int64_t j = 0; j < p.kmax; ++j)  // positions before start: the draft passes' final_pred
     pred[j] = j < p.start[b] ? r.final_pred()[j] : p.pred[r.out_index(j)];
-  verify_commit_row(verify_params(r, pred, p.verifying + b), 0);
+  commit_block(r, pred, p.verifying + b);
   record(r, 0, was_verifying);
   const bool live = !p.done[b];
   return {was_verifying && p.mismatch[b] < 0 && live, was_verifying && p.mismatch[b] >= 0 && live};
@@ -217,7 +223,7 @@ bool settle_early(const Row& r, const DraftPass& d) {
   int64_t pred[kStepMaxKmax];
   for (int64_t j = 0; j < p.kmax; ++j) pred[j] = d.known[j] ? final_pred[j] : block[j];
   bool selected = early;
-  verify_commit_row(verify_params(r, pred, &selected), 0);
+  commit_block(r, pred, &selected);
   record(r, 1, early);
   p.verifying[b] = p.verifying[b] || (d.filled && !early);
   return early && !p.done[b];
@@ -276,25 +282,7 @@ void ar_step_cpu(const ArStepParams& p) {
   for (int64_t b = 0; b < p.batch; ++b) {
     p.lse_sum[b] = p.lse[b];
     bool selected = !p.done[b];  // a one-token block, accepted as it is
-    VerifyCommitParams v;
-    v.block = v.pred = p.pred + b;
-    v.horizon = &one;
-    v.verifying = &selected;
-    v.eos_ids = p.num_eos > 0 ? p.eos_ids + b * p.num_eos : nullptr;
-    v.num_eos = p.num_eos;
-    v.remask = p.remask + b;
-    v.out_tokens = p.out_tokens + b * p.out_stride;
-    v.out_stride = p.out_stride;
-    v.out_len = p.out_len + b;
-    v.budget = p.budget + b;
-    v.done = p.done + b;
-    v.pending = p.pending + b;
-    v.cache_seqlens = p.cache_seqlens + b;
-    v.committed = p.committed + b;
-    v.mismatch = p.mismatch + b;
-    v.batch = 1;
-    v.kmax = 1;
-    verify_commit_row(v, 0);
+    verify_commit_row(one_row_verify(p, b, p.pred + b, p.pred + b, &one, 1, &selected), 0);
     write_host(p.host + b * kHostFields, no_trace, p.out_len[b], p.done[b], 1, p.lse_sum[b]);
   }
 }
