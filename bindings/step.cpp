@@ -95,16 +95,38 @@ constexpr ArgSpec kArStepArgs[] = {
 constexpr OpSpec kArStepSpec{kArStepArgs, kCpuOnly};
 
 // out_len within [0, budget] and budget within [0, N] for every row (the commit ops check the same).
-void check_lengths(const int32_t* out_len, const int32_t* budget, int64_t batch, int64_t out_stride) {
+void check_lengths(const StepCommitState& c, int64_t batch) {
   for (int64_t b = 0; b < batch; ++b)
-    FLUID_CHECK_VALUE(out_len[b] >= 0 && out_len[b] <= budget[b] && budget[b] <= out_stride,
-                      "out_len, budget: row ", b, " has ", out_len[b], ", ", budget[b],
-                      ", expected 0 <= out_len <= budget <= N = ", out_stride);
+    FLUID_CHECK_VALUE(c.out_len[b] >= 0 && c.out_len[b] <= c.budget[b] && c.budget[b] <= c.out_stride,
+                      "out_len, budget: row ", b, " has ", c.out_len[b], ", ", c.budget[b],
+                      ", expected 0 <= out_len <= budget <= N = ", c.out_stride);
 }
 
-void check_host(const at::Tensor& host) {
+// The commit state both steps update (host [batch, kHostFields] checked here, the rest by the tables).
+StepCommitState describe_commit_state(const at::Tensor& out_tokens, const at::Tensor& out_len,
+                                      const at::Tensor& budget, const at::Tensor& done,
+                                      const at::Tensor& pending, const at::Tensor& cache_seqlens,
+                                      const at::Tensor& committed, const at::Tensor& mismatch,
+                                      const at::Tensor& eos_ids, const at::Tensor& remask,
+                                      const at::Tensor& lse_sum, const at::Tensor& host) {
   FLUID_CHECK_VALUE(host.size(1) == kHostFields, "host: expected [batch, ", kHostFields, "], got ",
                     host.sizes());
+  StepCommitState c;
+  c.out_tokens = out_tokens.numel() > 0 ? out_tokens.data_ptr<int64_t>() : nullptr;
+  c.out_stride = out_tokens.size(1);
+  c.out_len = out_len.data_ptr<int32_t>();
+  c.budget = budget.data_ptr<int32_t>();
+  c.done = done.data_ptr<bool>();
+  c.pending = pending.data_ptr<int64_t>();
+  c.cache_seqlens = cache_seqlens.data_ptr<int32_t>();
+  c.committed = committed.data_ptr<int32_t>();
+  c.mismatch = mismatch.data_ptr<int32_t>();
+  c.eos_ids = eos_ids.numel() > 0 ? eos_ids.data_ptr<int64_t>() : nullptr;
+  c.num_eos = eos_ids.size(1);
+  c.remask = remask.data_ptr<bool>();
+  c.lse_sum = lse_sum.data_ptr<float>();
+  c.host = host.data_ptr<int32_t>();
+  return c;
 }
 
 KHeadWeights describe_khead(const at::Tensor& w1_t, const at::Tensor& b1, const at::Tensor& w2_t,
@@ -142,7 +164,7 @@ void check_step_values(const ElasticStepParams& p) {
     FLUID_CHECK_VALUE(p.start[b] >= 0 && p.start[b] < p.width + p.kmax, "start: row ", b, " has ",
                       p.start[b]);
   }
-  check_lengths(p.out_len, p.budget, p.batch, p.out_stride);
+  check_lengths(p.c, p.batch);
 }
 
 void elastic_step_impl(const at::Tensor& pred, const at::Tensor& score, const at::Tensor& entropy,
@@ -175,7 +197,6 @@ void elastic_step_impl(const at::Tensor& pred, const at::Tensor& score, const at
                     "], got ", tokens.sizes());
   FLUID_CHECK_VALUE(trace.size(1) == 5 && trace.size(2) == 2, "trace: expected [batch, 5, 2], got ",
                     trace.sizes());
-  check_host(host);
   ElasticStepParams p;
   p.pred = pred.data_ptr<int64_t>();
   p.score = score.data_ptr<float>();
@@ -205,24 +226,12 @@ void elastic_step_impl(const at::Tensor& pred, const at::Tensor& score, const at
   p.drafting = drafting.data_ptr<bool>();
   p.verifying = verifying.data_ptr<bool>();
   p.restart = restart.data_ptr<bool>();
-  p.done = done.data_ptr<bool>();
-  p.pending = pending.data_ptr<int64_t>();
-  p.out_tokens = out_tokens.numel() > 0 ? out_tokens.data_ptr<int64_t>() : nullptr;
-  p.out_stride = out_tokens.size(1);
-  p.out_len = out_len.data_ptr<int32_t>();
-  p.budget = budget.data_ptr<int32_t>();
-  p.cache_seqlens = cache_seqlens.data_ptr<int32_t>();
-  p.committed = committed.data_ptr<int32_t>();
-  p.mismatch = mismatch.data_ptr<int32_t>();
-  p.eos_ids = eos_ids.numel() > 0 ? eos_ids.data_ptr<int64_t>() : nullptr;
-  p.num_eos = eos_ids.size(1);
-  p.remask = remask.data_ptr<bool>();
   p.threshold = threshold.data_ptr<float>();
   p.min_block = min_block.data_ptr<int32_t>();
   p.block_size = block_size.data_ptr<int32_t>();
-  p.lse_sum = lse_sum.data_ptr<float>();
   p.trace = trace.data_ptr<int32_t>();
-  p.host = host.data_ptr<int32_t>();
+  p.c = describe_commit_state(out_tokens, out_len, budget, done, pending, cache_seqlens, committed, mismatch,
+                              eos_ids, remask, lse_sum, host);
   check_step_values(p);
   elastic_step_cpu(p);
 }
@@ -234,26 +243,13 @@ void ar_step_impl(const at::Tensor& pred, const at::Tensor& lse, const at::Tenso
                   const at::Tensor& lse_sum, const at::Tensor& host) {
   check_args(kArStepSpec, {pred, lse, out_tokens, out_len, budget, done, pending, cache_seqlens, committed,
                            mismatch, eos_ids, remask, lse_sum, host});
-  check_host(host);
   ArStepParams p;
   p.pred = pred.data_ptr<int64_t>();
   p.lse = lse.data_ptr<float>();
   p.batch = pred.size(0);
-  p.out_tokens = out_tokens.numel() > 0 ? out_tokens.data_ptr<int64_t>() : nullptr;
-  p.out_stride = out_tokens.size(1);
-  p.out_len = out_len.data_ptr<int32_t>();
-  p.budget = budget.data_ptr<int32_t>();
-  p.done = done.data_ptr<bool>();
-  p.pending = pending.data_ptr<int64_t>();
-  p.cache_seqlens = cache_seqlens.data_ptr<int32_t>();
-  p.committed = committed.data_ptr<int32_t>();
-  p.mismatch = mismatch.data_ptr<int32_t>();
-  p.eos_ids = eos_ids.numel() > 0 ? eos_ids.data_ptr<int64_t>() : nullptr;
-  p.num_eos = eos_ids.size(1);
-  p.remask = remask.data_ptr<bool>();
-  p.lse_sum = lse_sum.data_ptr<float>();
-  p.host = host.data_ptr<int32_t>();
-  check_lengths(p.out_len, p.budget, p.batch, p.out_stride);
+  p.c = describe_commit_state(out_tokens, out_len, budget, done, pending, cache_seqlens, committed, mismatch,
+                              eos_ids, remask, lse_sum, host);
+  check_lengths(p.c, p.batch);
   ar_step_cpu(p);
 }
 

@@ -50,28 +50,27 @@ struct Row {
   int64_t* final_pred() const { return p.final_pred + b * p.kmax; }
 };
 
-// A one-row VerifyCommitParams (its row 0 is row b of p, an ElasticStepParams or ArStepParams)
-// committing `block` against `pred` with horizon *K if *selected.
-template <class P>
-VerifyCommitParams one_row_verify(const P& p, int64_t b, const int64_t* block, const int64_t* pred,
-                                  const int32_t* K, int64_t kmax, bool* selected) {
+// A one-row VerifyCommitParams (its row 0 is row b of c) committing `block` against `pred` with
+// horizon *K if *selected.
+VerifyCommitParams one_row_verify(const StepCommitState& c, int64_t b, const int64_t* block,
+                                  const int64_t* pred, const int32_t* K, int64_t kmax, bool* selected) {
   VerifyCommitParams v;
   v.block = block;
   v.pred = pred;
   v.horizon = K;
   v.verifying = selected;
-  v.eos_ids = p.num_eos > 0 ? p.eos_ids + b * p.num_eos : nullptr;
-  v.num_eos = p.num_eos;
-  v.remask = p.remask + b;
-  v.out_tokens = p.out_tokens + b * p.out_stride;
-  v.out_stride = p.out_stride;
-  v.out_len = p.out_len + b;
-  v.budget = p.budget + b;
-  v.done = p.done + b;
-  v.pending = p.pending + b;
-  v.cache_seqlens = p.cache_seqlens + b;
-  v.committed = p.committed + b;
-  v.mismatch = p.mismatch + b;
+  v.eos_ids = c.num_eos > 0 ? c.eos_ids + b * c.num_eos : nullptr;
+  v.num_eos = c.num_eos;
+  v.remask = c.remask + b;
+  v.out_tokens = c.out_tokens + b * c.out_stride;
+  v.out_stride = c.out_stride;
+  v.out_len = c.out_len + b;
+  v.budget = c.budget + b;
+  v.done = c.done + b;
+  v.pending = c.pending + b;
+  v.cache_seqlens = c.cache_seqlens + b;
+  v.committed = c.committed + b;
+  v.mismatch = c.mismatch + b;
   v.batch = 1;
   v.kmax = kmax;
   return v;
@@ -79,7 +78,7 @@ VerifyCommitParams one_row_verify(const P& p, int64_t b, const int64_t* block, c
 
 // The row's block committed against `pred` if *selected (verify_commit on row b).
 void commit_block(const Row& r, const int64_t* pred, bool* selected) {
-  verify_commit_row(one_row_verify(r.p, r.b, r.block(), pred, r.p.horizon + r.b, r.p.kmax, selected), 0);
+  verify_commit_row(one_row_verify(r.p.c, r.b, r.block(), pred, r.p.horizon + r.b, r.p.kmax, selected), 0);
 }
 
 // StepTraces.record(i, settled, ...) for row b.
@@ -87,7 +86,7 @@ void record(const Row& r, int i, bool settled) {
   const ElasticStepParams& p = r.p;
   const int64_t b = r.b;
   int32_t* t = p.trace + b * 10;
-  const int32_t fields[5] = {settled, p.horizon[b], p.passes[b], p.committed[b], p.mismatch[b]};
+  const int32_t fields[5] = {settled, p.horizon[b], p.passes[b], p.c.committed[b], p.c.mismatch[b]};
   for (int f = 0; f < 5; ++f) t[2 * f + i] = fields[f];
 }
 
@@ -95,7 +94,7 @@ void record(const Row& r, int i, bool settled) {
 void read_outputs(const Row& r) {
   float sum = 0.f;
   for (int64_t j = 0; j < r.p.width; ++j) sum += r.p.lse[r.b * r.p.width + j];
-  r.p.lse_sum[r.b] = sum;
+  r.p.c.lse_sum[r.b] = sum;
 }
 
 // Phase 1 (verify): returns {accepted, rejected}.
@@ -108,8 +107,8 @@ std::pair<bool, bool> verify(const Row& r) {
     pred[j] = j < p.start[b] ? r.final_pred()[j] : p.pred[r.out_index(j)];
   commit_block(r, pred, p.verifying + b);
   record(r, 0, was_verifying);
-  const bool live = !p.done[b];
-  return {was_verifying && p.mismatch[b] < 0 && live, was_verifying && p.mismatch[b] >= 0 && live};
+  const bool live = !p.c.done[b];
+  return {was_verifying && p.c.mismatch[b] < 0 && live, was_verifying && p.c.mismatch[b] >= 0 && live};
 }
 
 // HorizonPolicy.choose for one row (its float32 steps as torch takes them).
@@ -143,7 +142,7 @@ int32_t choose_horizon(const Row& r, int64_t col) {
 std::pair<bool, int64_t> start_block(const Row& r, bool accepted) {
   const ElasticStepParams& p = r.p;
   const int64_t b = r.b;
-  const bool fresh = (p.restart[b] || accepted) && !p.done[b];
+  const bool fresh = (p.restart[b] || accepted) && !p.c.done[b];
   const int64_t slot = accepted ? p.horizon[b] : 0;
   if (!fresh) return {false, slot};
   p.horizon[b] = choose_horizon(r, std::max<int64_t>(slot - p.start[b], 0));
@@ -196,8 +195,8 @@ DraftPass draft(const Row& r, bool fresh, int64_t slot) {
 }
 
 bool is_eos(const ElasticStepParams& p, int64_t b, int64_t token) {
-  for (int64_t e = 0; e < p.num_eos; ++e)
-    if (p.eos_ids[b * p.num_eos + e] == token) return true;
+  for (int64_t e = 0; e < p.c.num_eos; ++e)
+    if (p.c.eos_ids[b * p.c.num_eos + e] == token) return true;
   return false;
 }
 
@@ -206,7 +205,7 @@ bool settle_early(const Row& r, const DraftPass& d) {
   const ElasticStepParams& p = r.p;
   const int64_t b = r.b;
   const int64_t *block = r.block(), *final_pred = r.final_pred();
-  const bool remask = p.remask[b];
+  const bool remask = p.c.remask[b];
   int64_t first_wrong = -1;
   for (int64_t j = 0; j < p.kmax && first_wrong < 0; ++j)
     if (remask && d.known[j] && block[j] != final_pred[j]) first_wrong = j;
@@ -217,7 +216,7 @@ bool settle_early(const Row& r, const DraftPass& d) {
     const int64_t t = remask ? final_pred[j] : block[j];
     eos_taken |= t >= 0 && is_eos(p, b, t);
   }
-  const bool last = d.drafting && (take >= p.budget[b] - p.out_len[b] || eos_taken);
+  const bool last = d.drafting && (take >= p.c.budget[b] - p.c.out_len[b] || eos_taken);
   const bool early = (d.filled && any_wrong) || last;
   p.drafting[b] = p.drafting[b] && !early;
   int64_t pred[kStepMaxKmax];
@@ -226,7 +225,7 @@ bool settle_early(const Row& r, const DraftPass& d) {
   commit_block(r, pred, &selected);
   record(r, 1, early);
   p.verifying[b] = p.verifying[b] || (d.filled && !early);
-  return early && !p.done[b];
+  return early && !p.c.done[b];
 }
 
 // Phase 5 (next_input).
@@ -237,7 +236,7 @@ void next_input(const Row& r, bool rejected, const DraftPass& d) {
   p.restart[b] = rejected;
   if (rejected) std::fill(r.block(), r.block() + bs, p.mask_token_id);
   int64_t* tokens = p.tokens + b * (1 + 2 * bs);
-  tokens[0] = p.pending[b];
+  tokens[0] = p.c.pending[b];
   for (int64_t j = 0; j < bs; ++j) tokens[1 + j] = j < p.horizon[b] ? r.block()[j] : p.mask_token_id;
   for (int64_t j = 0; j < bs; ++j) tokens[1 + bs + j] = p.mask_token_id;
 }
@@ -272,18 +271,18 @@ void elastic_step_cpu(const ElasticStepParams& p) {
     const DraftPass d = draft(r, fresh, slot);
     rejected = settle_early(r, d) || rejected;
     next_input(r, rejected, d);
-    write_host(p.host + b * kHostFields, p.trace + b * kTraceInts, p.out_len[b], p.done[b], slots_needed(r),
-               p.lse_sum[b]);
+    write_host(p.c.host + b * kHostFields, p.trace + b * kTraceInts, p.c.out_len[b], p.c.done[b],
+               slots_needed(r), p.c.lse_sum[b]);
   }
 }
 
 void ar_step_cpu(const ArStepParams& p) {
   const int32_t one = 1, no_trace[kTraceInts] = {};
   for (int64_t b = 0; b < p.batch; ++b) {
-    p.lse_sum[b] = p.lse[b];
-    bool selected = !p.done[b];  // a one-token block, accepted as it is
-    verify_commit_row(one_row_verify(p, b, p.pred + b, p.pred + b, &one, 1, &selected), 0);
-    write_host(p.host + b * kHostFields, no_trace, p.out_len[b], p.done[b], 1, p.lse_sum[b]);
+    p.c.lse_sum[b] = p.lse[b];
+    bool selected = !p.c.done[b];  // a one-token block, accepted as it is
+    verify_commit_row(one_row_verify(p.c, b, p.pred + b, p.pred + b, &one, 1, &selected), 0);
+    write_host(p.c.host + b * kHostFields, no_trace, p.c.out_len[b], p.c.done[b], 1, p.c.lse_sum[b]);
   }
 }
 

@@ -21,6 +21,29 @@ namespace fluid_rt {
 
 enum class HorizonKind : int { kKHead = 0, kEntropy = 1, kFixed = 2 };
 
+// The row the host reads after a step (fluid_rt.decode.batch.read_host), written by the step ops so
+// that the read is one copy: the trace records, out_len, done, the slots the next eager forward
+// feeds (Batch.slots_needed) and lse_sum's float32 bits.
+constexpr int64_t kTraceInts = 10;
+constexpr int64_t kHostFields = kTraceInts + 4;
+
+// What a commit updates (verify_commit's state, fluid_rt.decode.batch.Batch's tensors) and what the
+// host reads afterwards: the part both steps share, row b at b (or b * the row's width).
+struct StepCommitState {
+  int64_t* out_tokens = nullptr;  // [B, N]
+  int64_t out_stride = 0;         // N
+  int32_t* out_len = nullptr;     // [B]
+  const int32_t* budget = nullptr;
+  bool* done = nullptr;
+  int64_t* pending = nullptr;
+  int32_t *cache_seqlens = nullptr, *committed = nullptr, *mismatch = nullptr;
+  const int64_t* eos_ids = nullptr;  // [B, E]
+  int64_t num_eos = 0;
+  const bool* remask = nullptr;
+  float* lse_sum = nullptr;  // sum of the row's logsumexps in the last forward
+  int32_t* host = nullptr;   // [B, kHostFields]
+};
+
 struct ElasticStepParams {
   // This forward's outputs (ops.token_entropy of its logits, and its normed hidden states).
   const int64_t* pred = nullptr;   // [B, W] argmax
@@ -41,48 +64,21 @@ struct ElasticStepParams {
   int64_t batch = 0, kmax = 0;  // B, block_size
   int64_t* tokens = nullptr;    // [B, 1 + 2 Kmax] the next forward's input
   int64_t* block = nullptr;     // [B, Kmax]
-  int32_t *step = nullptr, *passes = nullptr, *horizon = nullptr, *start = nullptr;     // [B]
-  int64_t* final_pred = nullptr;                                                        // [B, Kmax]
-  bool *drafting = nullptr, *verifying = nullptr, *restart = nullptr, *done = nullptr;  // [B]
-  int64_t* pending = nullptr;                                                           // [B]
-  int64_t* out_tokens = nullptr;                                                        // [B, N]
-  int64_t out_stride = 0;                                                               // N
-  int32_t* out_len = nullptr;                                                           // [B]
-  const int32_t* budget = nullptr;
-  int32_t *cache_seqlens = nullptr, *committed = nullptr, *mismatch = nullptr;  // [B]
-  const int64_t* eos_ids = nullptr;                                             // [B, E]
-  int64_t num_eos = 0;
-  const bool* remask = nullptr;
+  int32_t *step = nullptr, *passes = nullptr, *horizon = nullptr, *start = nullptr;  // [B]
+  int64_t* final_pred = nullptr;                                                     // [B, Kmax]
+  bool *drafting = nullptr, *verifying = nullptr, *restart = nullptr;                // [B]
   const float* threshold = nullptr;
   const int32_t *min_block = nullptr, *block_size = nullptr;  // [B]
-  float* lse_sum = nullptr;                                   // [B]
   int32_t* trace = nullptr;  // [B, 5, 2]: fields settled, K, draft_passes, committed, mismatch x 2 records
-  int32_t* host = nullptr;   // [B, kHostFields]: what the host reads after the step (below)
+  StepCommitState c;
 };
-
-// The row the host reads after a step (fluid_rt.decode.batch.read_host), written by the step ops so
-// that the read is one copy: the trace records, out_len, done, the slots the next eager forward
-// feeds (Batch.slots_needed) and lse_sum's float32 bits.
-constexpr int64_t kTraceInts = 10;
-constexpr int64_t kHostFields = kTraceInts + 4;
 
 // Greedy AR's step on the CPU (phases.commit_ar): commit each live row's argmax after its last slot.
 struct ArStepParams {
   const int64_t* pred = nullptr;  // [B] argmax
   const float* lse = nullptr;     // [B] logsumexp
   int64_t batch = 0;
-  int64_t* out_tokens = nullptr;  // [B, N]
-  int64_t out_stride = 0;
-  int32_t* out_len = nullptr;
-  const int32_t* budget = nullptr;
-  bool* done = nullptr;
-  int64_t* pending = nullptr;
-  int32_t *cache_seqlens = nullptr, *committed = nullptr, *mismatch = nullptr;
-  const int64_t* eos_ids = nullptr;  // [B, E]
-  int64_t num_eos = 0;
-  const bool* remask = nullptr;
-  float* lse_sum = nullptr;
-  int32_t* host = nullptr;  // [B, kHostFields]
+  StepCommitState c;
 };
 
 constexpr int64_t kStepMaxKmax = 64;  // block_size bound of the step's per-row buffers
