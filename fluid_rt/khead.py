@@ -40,9 +40,11 @@ class KHead:
                 f"2.bias {tuple(b2.shape)}"
             )
         self.w1, self.b1, self.w2, self.b2 = w1, b1, w2, b2
-        # On the CPU in float32 the K-head is ops.khead_logits, the code the CPU decode step runs.
+        # On the CPU in float32 the K-head is ops.khead_logits, the code the CPU decode step runs
+        # (within its size bounds; a larger head stays on torch, and its decode on the phases).
         self.op_weights = None
-        if w1.device.type == "cpu" and dtype == torch.float32:
+        fits = w1.shape[0] <= ops.KHEAD_MAX_INNER and w2.shape[0] <= ops.KHEAD_MAX_K
+        if w1.device.type == "cpu" and dtype == torch.float32 and fits:
             self.op_weights = (w1.t().contiguous(), b1, w2.t().contiguous(), b2)
         self.hidden_size = w1.shape[1]
         self.max_k = w2.shape[0]

@@ -89,6 +89,47 @@ def test_fused_step_equals_the_phases(golden, monkeypatch, model, policy):  # no
 
 
 @pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("policy", POLICIES[:3], ids=lambda p: p["horizon"])
+def test_fused_step_leaves_the_phases_state(golden, monkeypatch, model, policy):  # noqa: F811
+    """At every step of a batch decode, the op and the Python phases, run on copies of the same
+    state and outputs, leave the same batch tensors bit for bit (lse_sum: the same finiteness)."""
+    from fluid_rt.decode import phases
+
+    advance, steps = phases.advance, []
+
+    def both(b, logits, hidden, reuse_prefix, fused=False):
+        before = b.snapshot()
+        advance(b, logits, hidden, reuse_prefix, fused=False)
+        want = b.snapshot()
+        b.restore(before)
+        advance(b, logits, hidden, reuse_prefix, fused=True)
+        got = b.snapshot()
+        for name in want:
+            if name == "lse_sum":
+                assert torch.equal(got[name].isfinite(), want[name].isfinite())
+            elif name != "host":  # written by the op only
+                assert torch.equal(got[name], want[name]), name
+        steps.append(b.rows)
+
+    monkeypatch.setattr(phases, "advance", both)
+    cases = [c for c in CASES if c["model"] == model]
+    cfgs = [case_config(c, **policy) for c in cases]
+    _decode(golden[model], [c["prompt"] for c in cases], cfgs, cases[0]["mask_token_id"], True, monkeypatch)
+    assert len(steps) > 3
+
+
+def test_a_khead_beyond_the_op_bounds_stays_on_torch():
+    """A K-head wider than khead_logits takes (max_k > 64) still works, through torch."""
+    sd, _ = _khead(hidden=20, inner=6, max_k=ops.KHEAD_MAX_K + 1)
+    head = KHead(sd)
+    assert head.op_weights is None
+    h = torch.randn(3, 20)
+    want = torch.nn.functional.gelu(h @ sd["0.weight"].T + sd["0.bias"]) @ sd["2.weight"].T + sd["2.bias"]
+    torch.testing.assert_close(head.logits(h), want)
+    assert head.propose(h).shape == (3,)
+
+
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("mode", ["elastic", "ar"])
 def test_packed_host_read_equals_the_tensor_read(golden, monkeypatch, model, mode):  # noqa: F811
     """Every step of a batch: the host row the step op packs (trace records, out_len, done, the
@@ -167,6 +208,18 @@ def test_step_opcheck():
     torch.library.opcheck(torch.ops.fluid_rt.ar_step.default, _ar_args(_step_args()[3]))
     _, head = _khead()
     torch.library.opcheck(torch.ops.fluid_rt.khead_logits.default, [torch.randn(3, 50), *head.op_weights])
+
+
+def test_elastic_step_never_reads_past_its_outputs():
+    """A row whose accepted block ends past the forward's outputs (a state the decoder never makes)
+    reads its last output, not memory beyond it (it crashed with a large hidden size)."""
+    stats, hidden, khead, b = _step_args(rows=1, width=1, hidden=1 << 16, bs=3)
+    b.restart.fill_(False)
+    b.verifying.fill_(True)
+    b.block.fill_(4)
+    stats = (torch.full((1, 1), 4), *stats[1:])  # every position predicts the block: accepted
+    torch.ops.fluid_rt.elastic_step(*_op_args(stats, hidden, khead, b))
+    assert b.out_len.tolist() == [3] and b.horizon.item() in (1, 2, 3)
 
 
 def test_elastic_step_rejects_bad_arguments():

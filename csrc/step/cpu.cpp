@@ -90,7 +90,8 @@ void record(const Row& r, int i, bool settled) {
   for (int f = 0; f < 5; ++f) t[2 * f + i] = fields[f];
 }
 
-// read_outputs: lse_sum = the row's logsumexps summed (finite exactly when its logits were).
+// read_outputs: lse_sum = the row's logsumexps summed, left to right (torch.sum may order the adds
+// otherwise: the value only says whether the row's logits were all finite, which any order tells).
 void read_outputs(const Row& r) {
   float sum = 0.f;
   for (int64_t j = 0; j < r.p.width; ++j) sum += r.p.lse[r.b * r.p.width + j];
@@ -145,7 +146,9 @@ std::pair<bool, int64_t> start_block(const Row& r, bool accepted) {
   const bool fresh = (p.restart[b] || accepted) && !p.c.done[b];
   const int64_t slot = accepted ? p.horizon[b] : 0;
   if (!fresh) return {false, slot};
-  p.horizon[b] = choose_horizon(r, std::max<int64_t>(slot - p.start[b], 0));
+  // The pending token's output column (clamped into the forward, as out_index: a valid state never
+  // needs the clamp, and a broken one must not read past the outputs).
+  p.horizon[b] = choose_horizon(r, std::clamp<int64_t>(slot - p.start[b], 0, p.width - 1));
   std::fill(r.block(), r.block() + p.kmax, p.mask_token_id);
   p.step[b] = 0;
   p.passes[b] = 0;

@@ -40,7 +40,7 @@ struct StepCommitState {
   const int64_t* eos_ids = nullptr;  // [B, E]
   int64_t num_eos = 0;
   const bool* remask = nullptr;
-  float* lse_sum = nullptr;  // sum of the row's logsumexps in the last forward
+  float* lse_sum = nullptr;  // sum of the row's logsumexps in the last forward (finite or not is its use)
   int32_t* host = nullptr;   // [B, kHostFields]
 };
 

@@ -16,6 +16,8 @@ import torch
 from fluid_rt.ops._backend import op_library
 
 __all__ = [
+    "KHEAD_MAX_INNER",
+    "KHEAD_MAX_K",
     "AR_STEP_STATE",
     "HORIZON_KINDS",
     "HOST_FIELDS",
@@ -26,6 +28,7 @@ __all__ = [
 ]
 
 HORIZON_KINDS = {"khead": 0, "entropy": 1, "fixed": 2}
+KHEAD_MAX_INNER, KHEAD_MAX_K = 4096, 64  # khead_logits' bounds (csrc/step/khead.h)
 
 # What both steps leave for the host per row (``host [B, HOST_FIELDS]`` int32), so that the
 # step's host read is one copy: the 10 trace ints (``StepTraces.data[b]`` flattened), out_len,
