@@ -203,12 +203,13 @@ def advance(
 
 def can_fuse(b: Batch, device: torch.device) -> bool:
     """Whether ``advance`` / ``commit_ar`` may run as ``ops.elastic_step`` / ``ops.ar_step``: on the
-    CPU, with a float32 CPU K-head (``KHead.op_weights``) where the horizon policy reads one."""
+    CPU, within the op's block bound, with a float32 CPU K-head (``KHead.op_weights``) where the
+    horizon policy reads one."""
     if device.type != "cpu":
         return False
     if b.mode == "ar":
         return True
-    if b.block.shape[1] > 64:
+    if b.block.shape[1] > ops.STEP_MAX_BLOCK:
         return False
     return b.horizon_policy.kind != "khead" or getattr(b.khead, "op_weights", None) is not None
 

@@ -16,11 +16,12 @@ import torch
 from fluid_rt.ops._backend import op_library
 
 __all__ = [
-    "KHEAD_MAX_INNER",
-    "KHEAD_MAX_K",
     "AR_STEP_STATE",
     "HORIZON_KINDS",
     "HOST_FIELDS",
+    "KHEAD_MAX_INNER",
+    "KHEAD_MAX_K",
+    "STEP_MAX_BLOCK",
     "STEP_STATE",
     "ar_step",
     "elastic_step",
@@ -29,6 +30,7 @@ __all__ = [
 
 HORIZON_KINDS = {"khead": 0, "entropy": 1, "fixed": 2}
 KHEAD_MAX_INNER, KHEAD_MAX_K = 4096, 64  # khead_logits' bounds (csrc/step/khead.h)
+STEP_MAX_BLOCK = 64  # elastic_step's block_size bound (csrc/step/params.h)
 
 # What both steps leave for the host per row (``host [B, HOST_FIELDS]`` int32), so that the
 # step's host read is one copy: the 10 trace ints (``StepTraces.data[b]`` flattened), out_len,
