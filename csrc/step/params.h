@@ -4,7 +4,7 @@
 //
 // Why a second form of the phases: on the CPU the ~100 small tensor ops of the Python phases run
 // right after a forward has streamed the whole model through the caches, so each kind of op starts
-// cold (~40-100 us for the first gelu or gather after a forward, ~10 us warm) and a step spent
+// cold (75-107 us for the first gelu after a forward, ~15 us for the next one) and a step spent
 // ~1 ms between forwards. The phases stay the definition (a CUDA graph captures them, and
 // `steps="static"` runs them on the CPU); this loop must leave the same state, bit for bit, which
 // the tests check on every golden case and horizon policy.
