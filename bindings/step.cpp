@@ -1,7 +1,5 @@
 // khead_logits, elastic_step and ar_step (csrc/step): CPU-only ops. The decode steps read and write
 // the state of a fluid_rt.decode.batch.Batch in place; their tables name each tensor once.
-#include <cmath>
-
 #include "commit/params.h"
 #include "common.h"
 #include "step/params.h"
@@ -70,11 +68,9 @@ constexpr ArgSpec kElasticStepArgs[] = {
 constexpr OpSpec kElasticStepSpec{kElasticStepArgs, kCpuOnly};
 
 constexpr char kArStepSchema[] =
-    "ar_step(Tensor pred, Tensor lse, Tensor(a!) out_tokens, Tensor(b!) out_len, Tensor budget, Tensor(c!) "
-    "done, "
-    "Tensor(d!) pending, Tensor(e!) cache_seqlens, Tensor(f!) committed, Tensor(g!) mismatch, Tensor "
-    "eos_ids, "
-    "Tensor remask, Tensor(h!) lse_sum, Tensor(i!) host) -> ()";
+    "ar_step(Tensor pred, Tensor lse, Tensor(a!) out_tokens, Tensor(b!) out_len, Tensor budget, "
+    "Tensor(c!) done, Tensor(d!) pending, Tensor(e!) cache_seqlens, Tensor(f!) committed, "
+    "Tensor(g!) mismatch, Tensor eos_ids, Tensor remask, Tensor(h!) lse_sum, Tensor(i!) host) -> ()";
 
 constexpr ArgSpec kArStepArgs[] = {
     {"pred", kI64, "batch", Layout::kContiguous},
@@ -155,14 +151,13 @@ at::Tensor khead_logits_impl(const at::Tensor& hidden, const at::Tensor& w1_t, c
   return out;
 }
 
-// Values only the state knows, checked before any row is touched (the commit ops check the same).
+// Values only the state knows, checked before any row is touched (the commit ops check the same;
+// `start` needs none: it is only compared, and outputs are read through a clamped index).
 void check_step_values(const ElasticStepParams& p) {
   for (int64_t b = 0; b < p.batch; ++b) {
     FLUID_CHECK_VALUE(p.min_block[b] >= 1 && p.min_block[b] <= p.block_size[b] && p.block_size[b] <= p.kmax,
                       "min_block, block_size: row ", b, " has ", p.min_block[b], ", ", p.block_size[b],
                       ", expected 1 <= min_block <= block_size <= Kmax = ", p.kmax);
-    FLUID_CHECK_VALUE(p.start[b] >= 0 && p.start[b] < p.width + p.kmax, "start: row ", b, " has ",
-                      p.start[b]);
   }
   check_lengths(p.c, p.batch);
 }
@@ -195,8 +190,8 @@ void elastic_step_impl(const at::Tensor& pred, const at::Tensor& score, const at
   FLUID_CHECK_VALUE(kmax <= kStepMaxKmax, "block: at most ", kStepMaxKmax, " positions, got ", kmax);
   FLUID_CHECK_VALUE(tokens.size(1) == 1 + 2 * kmax, "tokens: expected [batch, 1 + 2 * Kmax = ", 1 + 2 * kmax,
                     "], got ", tokens.sizes());
-  FLUID_CHECK_VALUE(trace.size(1) == 5 && trace.size(2) == 2, "trace: expected [batch, 5, 2], got ",
-                    trace.sizes());
+  FLUID_CHECK_VALUE(trace.size(1) == kTraceFields && trace.size(2) == kTraceRecords,
+                    "trace: expected [batch, ", kTraceFields, ", ", kTraceRecords, "], got ", trace.sizes());
   ElasticStepParams p;
   p.pred = pred.data_ptr<int64_t>();
   p.score = score.data_ptr<float>();

@@ -39,17 +39,6 @@ void draft_commit_row(const DraftCommitParams& p, int64_t b) {
   p.drafting[b] = has_mask && run_end < K;
 }
 
-namespace {
-
-bool is_eos(const VerifyCommitParams& p, int64_t b, int64_t token) {
-  const int64_t* eos = p.eos_ids + b * p.num_eos;
-  for (int64_t e = 0; e < p.num_eos; ++e)
-    if (eos[e] == token) return true;
-  return false;
-}
-
-}  // namespace
-
 void verify_commit_row(const VerifyCommitParams& p, int64_t b) {
   if (!p.verifying[b] || p.done[b]) return;
   const int64_t K = p.horizon[b];
@@ -81,7 +70,7 @@ void verify_commit_row(const VerifyCommitParams& p, int64_t b) {
     if (len >= budget) break;
     const int64_t t = token(i);
     out[len++] = t;
-    if (is_eos(p, b, t)) {
+    if (is_eos_token(p.eos_ids + b * p.num_eos, p.num_eos, t)) {
       finished = true;  // keep the EOS itself, drop the rest of the block
       break;
     }

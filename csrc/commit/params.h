@@ -69,6 +69,12 @@ FLUID_RT_HD inline void finish_out_of_range_verify_row(const VerifyCommitParams&
   p.committed[b] = 0;
   p.mismatch[b] = -1;
 }
+// Whether `token` is one of a row's `num_eos` EOS ids (eos: that row's ids).
+FLUID_RT_HD inline bool is_eos_token(const int64_t* eos, int64_t num_eos, int64_t token) {
+  for (int64_t e = 0; e < num_eos; ++e)
+    if (eos[e] == token) return true;
+  return false;
+}
 // Whether a draft position's score is confident; NaN never is (both comparisons are false).
 FLUID_RT_HD inline bool draft_confident(float score, float threshold, bool score_is_entropy) {
   return score_is_entropy ? score < threshold : score > threshold;

@@ -85,9 +85,10 @@ void commit_block(const Row& r, const int64_t* pred, bool* selected) {
 void record(const Row& r, int i, bool settled) {
   const ElasticStepParams& p = r.p;
   const int64_t b = r.b;
-  int32_t* t = p.trace + b * 10;
-  const int32_t fields[5] = {settled, p.horizon[b], p.passes[b], p.c.committed[b], p.c.mismatch[b]};
-  for (int f = 0; f < 5; ++f) t[2 * f + i] = fields[f];
+  int32_t* t = p.trace + b * kTraceInts;
+  const int32_t fields[kTraceFields] = {settled, p.horizon[b], p.passes[b], p.c.committed[b],
+                                        p.c.mismatch[b]};
+  for (int f = 0; f < kTraceFields; ++f) t[kTraceRecords * f + i] = fields[f];
 }
 
 // read_outputs: lse_sum = the row's logsumexps summed, left to right (torch.sum may order the adds
@@ -197,12 +198,6 @@ DraftPass draft(const Row& r, bool fresh, int64_t slot) {
   return d;
 }
 
-bool is_eos(const ElasticStepParams& p, int64_t b, int64_t token) {
-  for (int64_t e = 0; e < p.c.num_eos; ++e)
-    if (p.c.eos_ids[b * p.c.num_eos + e] == token) return true;
-  return false;
-}
-
 // Phase 4 (settle_early): returns whether the row committed with a mismatch and still runs.
 bool settle_early(const Row& r, const DraftPass& d) {
   const ElasticStepParams& p = r.p;
@@ -217,7 +212,7 @@ bool settle_early(const Row& r, const DraftPass& d) {
   bool eos_taken = false;
   for (int64_t j = 0; j < take && j < p.kmax; ++j) {
     const int64_t t = remask ? final_pred[j] : block[j];
-    eos_taken |= t >= 0 && is_eos(p, b, t);
+    eos_taken |= t >= 0 && is_eos_token(p.c.eos_ids + b * p.c.num_eos, p.c.num_eos, t);
   }
   const bool last = d.drafting && (take >= p.c.budget[b] - p.c.out_len[b] || eos_taken);
   const bool early = (d.filled && any_wrong) || last;

@@ -24,7 +24,9 @@ enum class HorizonKind : int { kKHead = 0, kEntropy = 1, kFixed = 2 };
 // The row the host reads after a step (fluid_rt.decode.batch.read_host), written by the step ops so
 // that the read is one copy: the trace records, out_len, done, the slots the next eager forward
 // feeds (Batch.slots_needed) and lse_sum's float32 bits.
-constexpr int64_t kTraceInts = 10;
+constexpr int kTraceFields = 5,
+              kTraceRecords = 2;  // StepTraces: settled, K, draft_passes, committed, mismatch
+constexpr int64_t kTraceInts = kTraceFields * kTraceRecords;
 constexpr int64_t kHostFields = kTraceInts + 4;
 
 // What a commit updates (verify_commit's state, fluid_rt.decode.batch.Batch's tensors) and what the
@@ -69,7 +71,7 @@ struct ElasticStepParams {
   bool *drafting = nullptr, *verifying = nullptr, *restart = nullptr;                // [B]
   const float* threshold = nullptr;
   const int32_t *min_block = nullptr, *block_size = nullptr;  // [B]
-  int32_t* trace = nullptr;  // [B, 5, 2]: fields settled, K, draft_passes, committed, mismatch x 2 records
+  int32_t* trace = nullptr;                                   // [B, kTraceFields, kTraceRecords]
   StepCommitState c;
 };
 
