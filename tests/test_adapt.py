@@ -371,3 +371,49 @@ def test_adapt_command_trains_checkpoints_resumes_and_reports(tmp_path, capsys):
     os.remove(tmp_path / "out" / "checkpoint" / "trainer.pt")
     assert main(args + ["--steps", "6", "--resume"]) == 0
     assert "checkpoint of step 5 loaded" in capsys.readouterr().out
+
+
+def test_second_round_prompts_leave_the_held_out_set_alone_and_never_name_its_topics():
+    """The extra training prompts (``extra_topics``) are appended after the first round's, change
+    neither those nor the held-out set (whose prompts the shipped adapter's numbers are measured
+    on), repeat no prompt, and share no topic or sum with a held-out prompt."""
+    import re
+
+    from fluid_rt.adapt import prompts
+
+    first, held_first = prompts.build_prompts(extra=False)
+    train, held = prompts.build_prompts()
+    assert held == held_first and train[: len(first)] == first and len(train) > 2 * len(first)
+    assert len({p.text for p in train}) == len(train)
+    assert not {p.text for p in train} & {p.text for p in held}
+
+    extra = train[len(first) :]
+    held_text = " ".join(p.text.lower() for p in held)
+    for kind, topics in prompts.EXTRA_TOPICS.items():
+        for t in topics:
+            asks = {tpl.format(t=t) for tpl in prompts.EXTRA_TEMPLATES[kind]}
+            used = any(p.text in asks for p in extra)
+            # A topic is dropped exactly when it names (or is named by) a held-out topic.
+            named = any(h in t.lower() or t.lower() in h for h in _held_topics(prompts))
+            assert used != named, (kind, t)
+            if used:
+                assert t.lower() not in held_text, (kind, t)
+
+    def numbers(text):
+        return sorted(re.findall(r"\d+", text))
+
+    held_sums = {tuple(numbers(p.text)) for p in held if p.kind == "arithmetic"}
+    extra_sums = [tuple(numbers(p.text)) for p in extra if p.kind == "arithmetic"]
+    assert extra_sums and not set(extra_sums) & held_sums
+
+
+def _held_topics(prompts):
+    """The held-out topics (words), recovered the way build_prompts splits them."""
+    rng = random.Random(0)
+    out = set()
+    for kind in prompts.KINDS:
+        topics = list(prompts._TOPICS[kind]) or prompts._arithmetic_topics(rng, 60)
+        rng.shuffle(topics)
+        if prompts._TOPICS[kind]:
+            out.update(t.lower() for t in topics[: max(1, int(len(topics) * 0.2))])
+    return out

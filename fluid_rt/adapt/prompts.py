@@ -12,7 +12,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import random
+import re
 from dataclasses import dataclass
+
+from fluid_rt.adapt.extra_topics import EXTRA_TEMPLATES, EXTRA_TOPICS
 
 KINDS = ("facts", "lists", "code", "arithmetic", "stories", "howto")
 
@@ -312,23 +315,57 @@ def _docstring_prompts(rng: random.Random) -> list[Prompt]:
     return out
 
 
+def _numbers(text: str) -> tuple[int, ...]:
+    return tuple(sorted(int(n) for n in re.findall(r"\d+", text)))
+
+
+def _extra_prompts(seed: int, held_topics: set[str], held_sums: set[tuple[int, ...]]) -> list[Prompt]:
+    """The second round's training prompts (``extra_topics``): every extra topic under two of its
+    kind's extra templates, fresh arithmetic, and the remaining stdlib docstrings, minus anything
+    that names a held-out topic (either contains the other) or reuses a held-out sum's numbers."""
+    rng = random.Random(seed + 1)  # its own stream: the first round's prompts stay as they were
+
+    def unseen(topic: str) -> bool:
+        low = topic.lower()
+        return not any(h in low or low in h for h in held_topics)
+
+    out = []
+    for kind in KINDS:
+        topics = EXTRA_TOPICS.get(kind) or [
+            t for t in _arithmetic_topics(rng, 120) if _numbers(t) not in held_sums
+        ]
+        for t in dict.fromkeys(t for t in topics if unseen(t)):
+            out += [Prompt(kind, tpl.format(t=t)) for tpl in rng.sample(EXTRA_TEMPLATES[kind], 2)]
+    rng.shuffle(out)
+    return out
+
+
 def build_prompts(
-    seed: int = 0, held_out_fraction: float = 0.2, docstrings: int = 150
+    seed: int = 0, held_out_fraction: float = 0.2, docstrings: int = 150, extra: bool = True
 ) -> tuple[list[Prompt], list[Prompt]]:
     """(train, held_out): every kind's topics are shuffled and split; the training prompts use the
     training templates on the training topics, the held-out prompts the held-out templates on the
-    held-out topics. ``docstrings`` stdlib-docstring prompts join the training set only."""
+    held-out topics. ``docstrings`` stdlib-docstring prompts join the training set only.
+    ``extra``: then the second round's prompts (``_extra_prompts``: more topics, templates and the
+    other stdlib docstrings), appended after the first round's (which, and the held-out set, do
+    not depend on it)."""
     rng = random.Random(seed)
     train, held = [], []
+    held_topics: set[str] = set()
     for kind in KINDS:
         topics = list(_TOPICS[kind]) or _arithmetic_topics(rng, 60)
         rng.shuffle(topics)
         cut = max(1, int(len(topics) * held_out_fraction))
-        held_topics, train_topics = topics[:cut], topics[cut:]
+        held_topics.update(t.lower() for t in topics[:cut])
         train_t, held_t = _TEMPLATES[kind]
-        train += [Prompt(kind, tpl.format(t=t)) for t in train_topics for tpl in train_t]
-        held += [Prompt(kind, tpl.format(t=t)) for t in held_topics for tpl in held_t]
-    train += _docstring_prompts(rng)[:docstrings]
+        train += [Prompt(kind, tpl.format(t=t)) for t in topics[cut:] for tpl in train_t]
+        held += [Prompt(kind, tpl.format(t=t)) for t in topics[:cut] for tpl in held_t]
+    docs = _docstring_prompts(rng)
+    train += docs[:docstrings]
     rng.shuffle(train)
     rng.shuffle(held)
+    if extra:
+        held_sums = {_numbers(p.text) for p in held if p.kind == "arithmetic"}
+        words = {t for t in held_topics if not _numbers(t)}
+        train += _extra_prompts(seed, words, held_sums) + docs[docstrings:]
     return train, held
