@@ -381,8 +381,8 @@ def test_second_round_prompts_leave_the_held_out_set_alone_and_never_name_its_to
 
     from fluid_rt.adapt import prompts
 
-    first, held_first = prompts.build_prompts(extra=False)
-    train, held = prompts.build_prompts()
+    first, held_first = prompts.build_prompts()
+    train, held = prompts.build_prompts(extra=True)
     assert held == held_first and train[: len(first)] == first and len(train) > 2 * len(first)
     assert len({p.text for p in train}) == len(train)
     assert not {p.text for p in train} & {p.text for p in held}

@@ -49,6 +49,11 @@ def register(sub) -> None:
         "fluid_rt.adapt.run.pick_mask_token)",
     )
     a.add_argument("--prompts", type=int, default=None, help="at most N training prompts")
+    a.add_argument(
+        "--extra-prompts",
+        action="store_true",
+        help="add the second round of training prompts (fluid_rt/adapt/extra_topics.py)",
+    )
     a.add_argument("--max-new-tokens", type=int, default=96, help="length of distilled answers")
     a.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds (default 300)")
     a.add_argument("--stage2-samples", type=int, default=192)

@@ -99,9 +99,10 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--limit", type=int, default=None, help="at most N training prompts")
     ap.add_argument("--held-out", type=int, default=None, help="at most N held-out prompts")
+    ap.add_argument("--extra-prompts", action="store_true", help="add the second round of prompts")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    train, held = build_prompts()
+    train, held = build_prompts(extra=args.extra_prompts)
     if args.limit:
         train = train[: args.limit]
     if args.held_out is not None:

@@ -1,10 +1,16 @@
-"""Training-only prompt material, added to ``prompts._TOPICS``' set for the second data round.
+"""Training-only prompt material for a second data round (``build_prompts(extra=True)``,
+``fluid-rt adapt --extra-prompts``).
 
 The first round (718 prompts) taught the adapter its training prompts far better than unseen ones
-(1.79 tokens per forward on training prompts against 1.37 held out): too few subjects to learn
-general drafting from. These topics widen it. They join the training set only, under their own
-templates, and never change the held-out set (``prompts.build_prompts`` draws them from a separate
-random stream and drops any that names a held-out topic).
+(1.79 tokens per forward on training prompts against 1.37 held out), which looked like too few
+subjects to learn general drafting from. These topics widen it (1747 more prompts). They join the
+training set only, under their own templates, and never change the held-out set
+(``prompts.build_prompts`` draws them from a separate random stream and drops any that names a
+held-out topic).
+
+Measured (shipped adapter's 1800 steps, then 645 more over both rounds, Zen 4, 18 held-out prompts
+at 64 tokens): 1.364 tokens per forward against the shipped 1.373 with the K-head, 1.390 against
+1.397 with a fixed K of 3: no gain at this budget, so the shipped adapter stays on the first round.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def distill(path: str, data_dir: str, args) -> tuple[list[dict], list[dict]]:
     from fluid_rt.adapt.prompts import build_prompts
 
     os.makedirs(data_dir, exist_ok=True)
-    train, held = build_prompts(seed=args.seed)
+    train, held = build_prompts(seed=args.seed, extra=args.extra_prompts)
     if args.prompts:
         train = train[: args.prompts]
     loaded = fluid_rt.load_model(path, adapter=None)
