@@ -85,12 +85,10 @@ std::tuple<at::Tensor, at::Tensor> causal_attention_outputs(const at::Tensor& q,
   return {out, lse};
 }
 
-namespace {
-
 // On the CPU the lengths and row indices are plain host values: check them so the kernel never
 // goes out of range, and no two query rows write the same cache row. (On CUDA that would be a host
 // sync: the kernel guards them instead.)
-void check_host_values(const CausalAttentionParams& p) {
+void check_attention_host_values(const CausalAttentionParams& p) {
   std::vector<int64_t> writer(p.cache_batch_idx && p.k_new ? p.cache_batch : 0, -1);
   for (int64_t b = 0; b < p.batch; ++b) {
     const int64_t len = p.cache_seqlens[b];
@@ -109,6 +107,8 @@ void check_host_values(const CausalAttentionParams& p) {
     writer[row] = b;
   }
 }
+
+namespace {
 
 #ifdef FLUID_RT_WITH_CUDA
 // SM count per device, queried once (an attribute query, not a device sync).
@@ -142,6 +142,8 @@ void launch_on_cuda(const at::Tensor& q, CausalAttentionParams& p) {
 }
 #endif
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> causal_attention_impl(const at::Tensor& q, at::Tensor& k_cache,
                                                          at::Tensor& v_cache, const at::Tensor& cache_seqlens,
                                                          const std::optional<at::Tensor>& k,
@@ -153,7 +155,7 @@ std::tuple<at::Tensor, at::Tensor> causal_attention_impl(const at::Tensor& q, at
   const DeviceScope scope(q);
   auto outputs = causal_attention_outputs(q, p);
   if (q.is_cpu()) {
-    check_host_values(p);
+    check_attention_host_values(p);
     causal_attention_cpu(p);
   } else {
 #ifdef FLUID_RT_WITH_CUDA
@@ -162,8 +164,6 @@ std::tuple<at::Tensor, at::Tensor> causal_attention_impl(const at::Tensor& q, at
   }
   return outputs;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fluid_rt, m) { m.def(kCausalAttentionSchema); }
 

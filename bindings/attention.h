@@ -36,4 +36,16 @@ CausalAttentionParams describe_causal_attention(const at::Tensor& q, const at::T
 // (out [B, T, Hq, D] in q's dtype, lse [B, T, Hq] float32) on q's device; their pointers go into p.
 std::tuple<at::Tensor, at::Tensor> causal_attention_outputs(const at::Tensor& q, CausalAttentionParams& p);
 
+// The CPU's checks of cache_seqlens / cache_batch_idx values (host values there; on CUDA the kernel
+// guards them).
+void check_attention_host_values(const CausalAttentionParams& p);
+
+// The op's impl (for fused ops that run it without a dispatch: bindings/layer.cpp).
+std::tuple<at::Tensor, at::Tensor> causal_attention_impl(const at::Tensor& q, at::Tensor& k_cache,
+                                                         at::Tensor& v_cache, const at::Tensor& cache_seqlens,
+                                                         const std::optional<at::Tensor>& k,
+                                                         const std::optional<at::Tensor>& v,
+                                                         const std::optional<at::Tensor>& cache_batch_idx,
+                                                         std::optional<double> softmax_scale);
+
 }  // namespace fluid_rt

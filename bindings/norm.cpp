@@ -25,8 +25,6 @@ RmsNormParams describe_rms_norm(const at::Tensor& x, const at::Tensor& weight, d
   return p;
 }
 
-namespace {
-
 at::Tensor rms_norm_impl(const at::Tensor& x, const at::Tensor& weight, double eps,
                          const std::optional<at::Tensor>& add) {
   RmsNormParams p = describe_rms_norm(x, weight, eps, add);
@@ -43,8 +41,6 @@ at::Tensor rms_norm_impl(const at::Tensor& x, const at::Tensor& weight, double e
   }
   return out;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fluid_rt, m) { m.def(kRmsNormSchema); }
 

@@ -21,4 +21,8 @@ inline constexpr OpSpec kRmsNormSpec{kRmsNormArgs};
 RmsNormParams describe_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps,
                                 const std::optional<at::Tensor>& add);
 
+// The op's impl (for fused ops that run it without a dispatch: bindings/layer.cpp).
+at::Tensor rms_norm_impl(const at::Tensor& x, const at::Tensor& weight, double eps,
+                         const std::optional<at::Tensor>& add);
+
 }  // namespace fluid_rt

@@ -10,6 +10,7 @@
 
 #include "common.h"
 #include "lora.h"
+#include "quant.h"
 #include "quant/params.h"
 
 namespace fluid_rt {
@@ -120,6 +121,8 @@ at::Tensor quant_dequantize_rows_impl(const at::Tensor& packed, int64_t format, 
   return out;
 }
 
+}  // namespace
+
 at::Tensor quant_linear_impl(const at::Tensor& x, const at::Tensor& packed, int64_t format,
                              int64_t out_features, const std::optional<at::Tensor>& bias, bool silu_and_mul,
                              const std::optional<at::Tensor>& lora_rows,
@@ -162,7 +165,6 @@ at::Tensor quant_linear_impl(const at::Tensor& x, const at::Tensor& packed, int6
   return y;
 }
 
-}  // namespace
 }  // namespace fluid_rt
 
 TORCH_LIBRARY_FRAGMENT(fluid_rt, m) {

@@ -1,6 +1,8 @@
 // rope_: schema, argument checks and the CPU impl (tensor -> params). CPU-only by design: on CUDA
 // the model's step is one captured CUDA graph, where torch's three elementwise ops cost no launch
 // overhead; on the CPU each op is a dispatch, which this fused pass saves.
+#include "rope.h"
+
 #include "common.h"
 #include "rope/params.h"
 
@@ -30,6 +32,8 @@ int64_t check_rope_rows(const at::Tensor& x) {
   return row_stride;
 }
 
+}  // namespace
+
 void rope_impl(at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   check_args(kRopeSpec, {x, cos, sin});
   RopeParams p;
@@ -43,8 +47,6 @@ void rope_impl(at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   p.rows = x.numel() / (p.heads * p.head_dim);
   rope_cpu(p);
 }
-
-}  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fluid_rt, m) { m.def("rope_(Tensor(a!) x, Tensor cos, Tensor sin) -> ()"); }
 

@@ -10,6 +10,8 @@ data-dependent shapes (positions come from ``cache.seqlens`` on the device; RoPE
 precomputed) and runs under CUDA graph capture. q/k/v and gate/up are concatenated at load so each
 layer does four matmuls (``Linear``): ``fluid_rt.ops.packed_linear`` on the CPU for float32 and
 bfloat16 (``cpu_packs``), with SwiGLU folded into the down projection; torch's matmul otherwise.
+Quantized CPU layers run as one op call each (``ops.decoder_layer_``: the same kernels without the
+per-op dispatch; ``fluid_rt.layer_plan``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ import torch.nn.functional as F
 from fluid_rt import ops
 from fluid_rt.cache import KVCache
 from fluid_rt.config import ModelConfig, expected_tensor_shapes
+from fluid_rt.layer_plan import LayerPlan, layer_plans
+from fluid_rt.ops import _backend
+from fluid_rt.ops.attention import may_use_torch_fallback, uses_torch_fallback
 from fluid_rt.qlinear import QuantLinear, QuantWeight
 
 
@@ -160,6 +165,7 @@ class ForwardContext:
     cos: torch.Tensor
     sin: torch.Tensor
     packing: RowPacking | None
+    plans: list | None = None  # per layer, ops.decoder_layer_'s arguments (layer_plan)
 
 
 class RowPacking:
@@ -229,6 +235,9 @@ def _check_state_dict(cfg: ModelConfig, state_dict: dict) -> dict:
     return expected
 
 
+_NO_PLANS = object()  # Transformer._plans_adapter before the first forward
+
+
 class Transformer:
     """Holds the (fused) weights of one model; call it to run a forward on a ``KVCache``.
 
@@ -293,6 +302,10 @@ class Transformer:
         self._rope_len = 0
         self._ensure_rope(cfg.max_position_embeddings)
         self.adapter = None  # a gated FLUID adapter (fluid_rt.adapter.Adapter.attach sets it)
+        # Quantized CPU layers run as one op call each (ops.decoder_layer_, bitwise the op-by-op
+        # layer); False: always op by op (tests compare the two).
+        self.fuse_layers = True
+        self._plans, self._plans_adapter = None, _NO_PLANS
 
     def _ensure_rope(self, num_positions: int) -> None:
         # Grown on the host from shapes only (cache capacity), never from device values.
@@ -357,6 +370,7 @@ class Transformer:
             self.cos[positions],
             self.sin[positions],
             packing,
+            self._fused_plans(T, seqlens) if packing is None else None,
         )
         # x is the residual stream; ``ops.rms_norm(x, w, eps, delta)`` adds each block's output
         # into it in place and normalizes the sum in one pass.
@@ -390,17 +404,59 @@ class Transformer:
         if rows is not None and rows.shape != (B,):
             raise ValueError(f"rows: expected shape ({B},), got {tuple(rows.shape)}")
 
+    def _fused_plans(self, T: int, seqlens: torch.Tensor) -> list | None:
+        """The layers' ``LayerPlan`` when this forward runs them as one op call each, else None:
+        not while the CUDA kernels are emulated, nor when attention would take torch's SDPA
+        (``ops.causal_attention`` on the portable path), which the op does not."""
+        if not self.fuse_layers or _backend._emulate:
+            return None
+        if self._plans_adapter is not self.adapter:  # (re)built when an adapter is attached
+            self._plans, self._plans_adapter = layer_plans(self), self.adapter
+        cfg = self.cfg
+        if (
+            self._plans is not None
+            and may_use_torch_fallback()
+            and uses_torch_fallback(T, int(seqlens.max()) + T, cfg.num_heads, cfg.head_dim)
+        ):
+            return None
+        return self._plans
+
     def _layer(
         self, li: int, layer: _Layer, x: torch.Tensor, delta: torch.Tensor | None, ctx: ForwardContext
     ) -> torch.Tensor:
         """One decoder layer on the residual stream ``x`` (``delta``, the previous layer's
         output, is added into it first). Returns this layer's output, added by the next norm."""
+        if ctx.plans is not None:
+            return self._fused_layer(li, ctx.plans[li], x, delta, ctx)
         cfg = self.cfg
         h = ops.rms_norm(x, layer.ln_in, cfg.rms_norm_eps, delta)
         q, k, v = self._qkv(layer, h, ctx)
         attn = self._attention(li, q, k, v, ctx)
         h = ops.rms_norm(x, layer.ln_post, cfg.rms_norm_eps, layer.o(attn.reshape(*x.shape[:2], cfg.q_size)))
         return layer.down.silu_and_mul(layer.gate_up(h))
+
+    def _fused_layer(self, li: int, plan: LayerPlan, x, delta, ctx: ForwardContext) -> torch.Tensor:
+        """``_layer`` as one ``ops.decoder_layer_`` call (same kernels, same order)."""
+        lora, adapter = None, self.adapter
+        if plan.lora_factors is not None and adapter is not None and adapter.rows.index is not None:
+            lora = (adapter.rows.index, *plan.lora_factors)
+        return ops.decoder_layer_(
+            x,
+            delta,
+            plan.ln_in,
+            plan.ln_post,
+            self.cfg.rms_norm_eps,
+            plan.projections,
+            ctx.cos,
+            ctx.sin,
+            ctx.k_layers[li],
+            ctx.v_layers[li],
+            ctx.seqlens,
+            ctx.batch_idx,
+            self.cfg.num_heads,
+            self.cfg.num_kv_heads,
+            lora,
+        )
 
     def _qkv(self, layer: _Layer, h: torch.Tensor, ctx: ForwardContext):
         """q ``[B, T, Hq, D]``, k, v ``[B, T, Hkv, D]``, RoPE applied: views of the fused

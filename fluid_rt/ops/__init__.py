@@ -7,6 +7,7 @@ Each family lives in its own module with its fake (meta) implementation, so the 
 from fluid_rt.ops.attention import *  # noqa: F401,F403
 from fluid_rt.ops.commit import *  # noqa: F401,F403
 from fluid_rt.ops.entropy import *  # noqa: F401,F403
+from fluid_rt.ops.layer import *  # noqa: F401,F403
 from fluid_rt.ops.linear import *  # noqa: F401,F403
 from fluid_rt.ops.lora import *  # noqa: F401,F403
 from fluid_rt.ops.norm import *  # noqa: F401,F403

@@ -29,14 +29,16 @@ _FALLBACK_MIN_WORK = 1 << 24
 _force_kernel = False
 
 
+def may_use_torch_fallback() -> bool:
+    """Whether some CPU call could run torch's SDPA on the path in use (``uses_torch_fallback``
+    says which), so that callers ask that only where it can be so."""
+    return not _force_kernel and _C.cpu_isa() in _FALLBACK_PATHS
+
+
 def uses_torch_fallback(seqlen_q: int, keys: int, heads_q: int, head_dim: int) -> bool:
     """Whether ``causal_attention`` on CPU tensors runs torch's SDPA (see _FALLBACK_PATHS) rather than
     our kernel on the CPU path in use, for rows of ``seqlen_q`` queries over up to ``keys`` keys."""
-    return (
-        not _force_kernel
-        and _C.cpu_isa() in _FALLBACK_PATHS
-        and seqlen_q * keys * heads_q * head_dim >= _FALLBACK_MIN_WORK
-    )
+    return may_use_torch_fallback() and seqlen_q * keys * heads_q * head_dim >= _FALLBACK_MIN_WORK
 
 
 @contextlib.contextmanager
