@@ -39,6 +39,12 @@ constexpr ArgSpec kLayerArgs[] = {
     {"ln_post", kActivation, "hidden", Layout::kContiguous},
     {"cos", kActivation, "batch tokens head_dim", Layout::kContiguous},
     {"sin", kActivation, "batch tokens head_dim", Layout::kContiguous},
+    // Listed so that none of them shares memory with x (written first): attention reads them later.
+    {"k_cache", kActivation, "cache_rows cache_len heads_kv head_dim", Layout::kContiguous, kWritten},
+    {"v_cache", kActivation, "cache_rows cache_len heads_kv head_dim", Layout::kContiguous, kWritten},
+    {"cache_seqlens", kI32, "batch", Layout::kContiguous},
+    {"cache_batch_idx", kI32, "batch", Layout::kContiguous, kOptional},
+    {"lora_rows", kI64, "mask_rows", Layout::kContiguous, kOptional},
 };
 constexpr OpSpec kLayerSpec{kLayerArgs, kCpuOnly};
 
@@ -64,9 +70,10 @@ Dims layer_dims(const at::Tensor& x, at::IntArrayRef out_features, int64_t heads
                     out_features.size());
   for (const int64_t n : out_features)
     FLUID_CHECK_VALUE(n >= 1, "out_features: expected positive sizes, got ", out_features);
-  FLUID_CHECK_VALUE(heads_kv >= 1 && heads_q >= heads_kv && heads_q % heads_kv == 0,
-                    "heads_q, heads_kv: expected heads_kv >= 1 dividing heads_q, got ", heads_q, ", ",
-                    heads_kv);
+  FLUID_CHECK_VALUE(
+      heads_kv >= 1 && heads_q >= heads_kv && heads_q % heads_kv == 0 && heads_q <= out_features[kQkv],
+      "heads_q, heads_kv: expected heads_kv >= 1 dividing heads_q <= qkv's out_features, got ", heads_q, ", ",
+      heads_kv);
   const int64_t heads = heads_q + 2 * heads_kv;
   FLUID_CHECK_VALUE(out_features[kQkv] % heads == 0, "out_features: qkv's ", out_features[kQkv],
                     " is not (heads_q + 2 heads_kv) = ", heads, " heads");
@@ -113,8 +120,9 @@ void check_projections(const Dims& d, at::TensorList weights, at::IntArrayRef fo
 }
 
 // The adapter's factors and rows, by gated_lora_'s own rules (describe_gated_lora), on stand-ins of
-// each projection's input and output: x itself where the shape is x's, else views of one buffer
-// (nothing is computed), so a bad factor is reported before x is touched.
+// each projection's input and output (nothing is computed): x itself where the shape is x's, else
+// views of one buffer, one allocation for the three other widths. So a bad factor is reported
+// before x is touched.
 void check_lora(const Dims& d, const at::Tensor& x, const std::optional<at::Tensor>& rows, at::TensorList a_t,
                 at::TensorList b_t) {
   FLUID_CHECK_VALUE(a_t.size() == b_t.size() && (a_t.empty() || a_t.size() == kProjs),
@@ -122,40 +130,49 @@ void check_lora(const Dims& d, const at::Tensor& x, const std::optional<at::Tens
                     ", ", b_t.size());
   FLUID_CHECK_VALUE(!rows.has_value() || !a_t.empty(), "lora_rows: given without lora_a_t / lora_b");
   if (!rows.has_value() || rows->numel() == 0) return;
-  const int64_t n = d.batch * d.tokens, qkv = d.in_features(kO) + 2 * d.heads_kv * d.head_dim;
-  const int64_t q = d.in_features(kO), gate_up = 2 * d.inter;
-  const at::Tensor ws = at::empty({n, qkv + q + gate_up}, x.options()), rows_of_x = x.view({n, d.hidden});
-  const at::Tensor gu = ws.narrow(1, qkv + q, gate_up);
-  const at::Tensor in[kProjs] = {rows_of_x, ws.narrow(1, qkv, q), rows_of_x, gu};
-  const at::Tensor out[kProjs] = {ws.narrow(1, 0, qkv), rows_of_x, gu, rows_of_x};
+  const int64_t n = d.batch * d.tokens, q_width = d.in_features(kO);
+  const int64_t qkv_width = q_width + 2 * d.heads_kv * d.head_dim, gate_up_width = 2 * d.inter;
+  const at::Tensor buffer = at::empty({n, qkv_width + q_width + gate_up_width}, x.options());
+  const at::Tensor x_rows = x.view({n, d.hidden}),
+                   gate_up = buffer.narrow(1, qkv_width + q_width, gate_up_width);
+  const at::Tensor in[kProjs] = {x_rows, buffer.narrow(1, qkv_width, q_width), x_rows, gate_up};
+  const at::Tensor out[kProjs] = {buffer.narrow(1, 0, qkv_width), x_rows, gate_up, x_rows};
   std::vector<int64_t> ends;
-  for (int i = 0; i < kProjs; ++i)
-    describe_gated_lora(out[i], in[i], *rows, a_t[i], b_t[i], i == kDown, d.parts(i), ends);
+  for (int i = 0; i < kProjs; ++i) {
+    const std::vector<int64_t> parts = d.parts(i);
+    describe_gated_lora(out[i], in[i], *rows, a_t[i], b_t[i], i == kDown, parts, ends);
+  }
 }
 
-// What causal_attention will be given (q, k, v: views of the qkv projection, which does not exist
-// yet: stand-ins of its shape), checked now, values included.
+// What causal_attention will be given, checked now, values included. q, k and v will be views of
+// the qkv projection, which does not exist yet: here views of one head_dim row with zero strides
+// elsewhere (their dtype and shape are what the checks read), so no buffer is allocated.
 void check_attention(const Dims& d, const at::Tensor& x, at::Tensor& k_cache, at::Tensor& v_cache,
                      const at::Tensor& seqlens, const std::optional<at::Tensor>& batch_idx) {
-  const at::Tensor heads =
-      at::empty({d.batch, d.tokens, d.heads_q + 2 * d.heads_kv, d.head_dim}, x.options());
-  const at::Tensor q = heads.narrow(2, 0, d.heads_q), k = heads.narrow(2, d.heads_q, d.heads_kv),
-                   v = heads.narrow(2, d.heads_q + d.heads_kv, d.heads_kv);
-  check_attention_host_values(
-      describe_causal_attention(q, k_cache, v_cache, seqlens, k, v, batch_idx, std::nullopt));
+  const at::Tensor row = at::empty({d.head_dim}, x.options());
+  auto heads = [&](int64_t h) { return row.as_strided({d.batch, d.tokens, h, d.head_dim}, {0, 0, 0, 1}); };
+  check_attention_host_values(describe_causal_attention(heads(d.heads_q), k_cache, v_cache, seqlens,
+                                                        heads(d.heads_kv), heads(d.heads_kv), batch_idx,
+                                                        std::nullopt));
 }
 
-// One projection, with the adapter's LoRA delta at lora_rows when it is given.
-at::Tensor project(const Dims& d, int i, const at::Tensor& in, at::TensorList weights,
-                   at::IntArrayRef formats, at::IntArrayRef out_features,
-                   const c10::List<std::optional<at::Tensor>>& biases,
-                   const std::optional<at::Tensor>& lora_rows, at::TensorList a_t, at::TensorList b) {
-  const bool lora = lora_rows.has_value();
-  return quant_linear_impl(in, weights[i], formats[i], out_features[i], biases.get(i), i == kDown, lora_rows,
-                           lora ? std::optional<at::Tensor>(a_t[i]) : std::nullopt,
-                           lora ? std::optional<at::Tensor>(b[i]) : std::nullopt,
-                           lora ? at::IntArrayRef(d.parts(i)) : at::IntArrayRef());
-}
+// The four projections of one call, each with the adapter's LoRA delta at `rows` when given.
+struct Projections {
+  const Dims& d;
+  at::TensorList weights;
+  at::IntArrayRef formats, out_features;
+  const c10::List<std::optional<at::Tensor>>& biases;
+  std::optional<at::Tensor> rows;  // none when no row is a mask row (the Python layer's rule too)
+  at::TensorList a_t, b_t;
+
+  at::Tensor operator()(int i, const at::Tensor& in) const {
+    const bool lora = rows.has_value();
+    const std::vector<int64_t> parts = lora ? d.parts(i) : std::vector<int64_t>{};
+    return quant_linear_impl(in, weights[i], formats[i], out_features[i], biases.get(i), i == kDown, rows,
+                             lora ? std::optional<at::Tensor>(a_t[i]) : std::nullopt,
+                             lora ? std::optional<at::Tensor>(b_t[i]) : std::nullopt, parts);
+  }
+};
 
 at::Tensor decoder_layer_impl(at::Tensor& x, const std::optional<at::Tensor>& delta, const at::Tensor& ln_in,
                               const at::Tensor& ln_post, double eps, at::TensorList weights,
@@ -166,33 +183,30 @@ at::Tensor decoder_layer_impl(at::Tensor& x, const std::optional<at::Tensor>& de
                               const std::optional<at::Tensor>& cache_batch_idx, int64_t heads_q,
                               int64_t heads_kv, const std::optional<at::Tensor>& lora_rows,
                               at::TensorList lora_a_t, at::TensorList lora_b) {
-  check_args(kLayerSpec, {x, delta, ln_in, ln_post, cos, sin});
+  check_args(kLayerSpec, {x, delta, ln_in, ln_post, cos, sin, k_cache, v_cache, cache_seqlens,
+                          cache_batch_idx, lora_rows});
   const Dims d = layer_dims(x, out_features, heads_q, heads_kv);
   FLUID_CHECK_VALUE(cos.size(2) == d.head_dim, "cos: expected head_dim ", d.head_dim, " (last dim), got ",
                     cos.sizes());
   check_projections(d, weights, formats, out_features, biases, x);
   check_lora(d, x, lora_rows, lora_a_t, lora_b);
   check_attention(d, x, k_cache, v_cache, cache_seqlens, cache_batch_idx);
-  // The LoRA rows travel only when some row is a mask row (the Python layer's rule as well).
-  const std::optional<at::Tensor> rows =
-      lora_rows.has_value() && lora_rows->numel() > 0 ? lora_rows : std::nullopt;
+  const bool masks = lora_rows.has_value() && lora_rows->numel() > 0;
+  const Projections project{
+      d, weights, formats, out_features, biases, masks ? lora_rows : std::nullopt, lora_a_t, lora_b};
 
   // Attention: norm (adding the previous layer's output into x), q/k/v, RoPE on q and k, attention.
   const at::Tensor h = rms_norm_impl(x, ln_in, eps, delta);
-  const at::Tensor qkv = project(d, kQkv, h, weights, formats, out_features, biases, rows, lora_a_t, lora_b);
-  const at::Tensor heads = qkv.view({d.batch, d.tokens, d.heads_q + 2 * d.heads_kv, d.head_dim});
+  const at::Tensor heads = project(kQkv, h).view({d.batch, d.tokens, d.heads_q + 2 * d.heads_kv, d.head_dim});
   at::Tensor qk = heads.narrow(2, 0, d.heads_q + d.heads_kv);
   rope_impl(qk, cos, sin);
   const at::Tensor attn = std::get<0>(causal_attention_impl(
       qk.narrow(2, 0, d.heads_q), k_cache, v_cache, cache_seqlens, qk.narrow(2, d.heads_q, d.heads_kv),
       heads.narrow(2, d.heads_q + d.heads_kv, d.heads_kv), cache_batch_idx, std::nullopt));
-  const at::Tensor o = project(d, kO, attn.view({d.batch, d.tokens, d.heads_q * d.head_dim}), weights,
-                               formats, out_features, biases, rows, lora_a_t, lora_b);
+  const at::Tensor o = project(kO, attn.view({d.batch, d.tokens, d.heads_q * d.head_dim}));
   // MLP: norm (adding the attention output into x), gate/up, silu(gate) * up, down.
   const at::Tensor h2 = rms_norm_impl(x, ln_post, eps, o);
-  const at::Tensor gate_up =
-      project(d, kGateUp, h2, weights, formats, out_features, biases, rows, lora_a_t, lora_b);
-  return project(d, kDown, gate_up, weights, formats, out_features, biases, rows, lora_a_t, lora_b);
+  return project(kDown, project(kGateUp, h2));
 }
 
 }  // namespace

@@ -336,6 +336,7 @@ class Adapter:
         self.mask_embedding = self.tensors["mask_embedding"].to(device=model.device, dtype=model.dtype)
         self.dense = model.device.type != "cpu"
         model.adapter = self
+        model.invalidate_plans()  # the layers' projections changed
 
     def begin_forward(self, tokens: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Mark this forward's mask rows for the LoRA linears and give them the mask embedding.

@@ -27,7 +27,7 @@ from fluid_rt.cache import KVCache
 from fluid_rt.config import ModelConfig, expected_tensor_shapes
 from fluid_rt.layer_plan import LayerPlan, layer_plans
 from fluid_rt.ops import _backend
-from fluid_rt.ops.attention import may_use_torch_fallback, uses_torch_fallback
+from fluid_rt.ops.attention import call_uses_torch_fallback
 from fluid_rt.qlinear import QuantLinear, QuantWeight
 
 
@@ -235,7 +235,7 @@ def _check_state_dict(cfg: ModelConfig, state_dict: dict) -> dict:
     return expected
 
 
-_NO_PLANS = object()  # Transformer._plans_adapter before the first forward
+_UNPLANNED = object()  # Transformer._plans before the first forward (None: the model does not fit)
 
 
 class Transformer:
@@ -305,7 +305,7 @@ class Transformer:
         # Quantized CPU layers run as one op call each (ops.decoder_layer_, bitwise the op-by-op
         # layer); False: always op by op (tests compare the two).
         self.fuse_layers = True
-        self._plans, self._plans_adapter = None, _NO_PLANS
+        self._plans = _UNPLANNED
 
     def _ensure_rope(self, num_positions: int) -> None:
         # Grown on the host from shapes only (cache capacity), never from device values.
@@ -410,16 +410,16 @@ class Transformer:
         (``ops.causal_attention`` on the portable path), which the op does not."""
         if not self.fuse_layers or _backend._emulate:
             return None
-        if self._plans_adapter is not self.adapter:  # (re)built when an adapter is attached
-            self._plans, self._plans_adapter = layer_plans(self), self.adapter
-        cfg = self.cfg
-        if (
-            self._plans is not None
-            and may_use_torch_fallback()
-            and uses_torch_fallback(T, int(seqlens.max()) + T, cfg.num_heads, cfg.head_dim)
-        ):
+        if self._plans is _UNPLANNED:
+            self._plans = layer_plans(self)
+        if self._plans is None or call_uses_torch_fallback(T, seqlens, self.cfg.num_heads, self.cfg.head_dim):
             return None
         return self._plans
+
+    def invalidate_plans(self) -> None:
+        """Forget the layers' ``LayerPlan`` (call after replacing a projection, as
+        ``Adapter.attach`` does); the next forward plans them again."""
+        self._plans = _UNPLANNED
 
     def _layer(
         self, li: int, layer: _Layer, x: torch.Tensor, delta: torch.Tensor | None, ctx: ForwardContext
@@ -437,9 +437,9 @@ class Transformer:
 
     def _fused_layer(self, li: int, plan: LayerPlan, x, delta, ctx: ForwardContext) -> torch.Tensor:
         """``_layer`` as one ``ops.decoder_layer_`` call (same kernels, same order)."""
-        lora, adapter = None, self.adapter
-        if plan.lora_factors is not None and adapter is not None and adapter.rows.index is not None:
-            lora = (adapter.rows.index, *plan.lora_factors)
+        lora = None
+        if plan.lora_rows is not None and plan.lora_rows.index is not None:
+            lora = (plan.lora_rows.index, *plan.lora_factors)
         return ops.decoder_layer_(
             x,
             delta,

@@ -40,7 +40,7 @@ def layer_inputs(B=2, T=3, S=16, seed=1, dtype=torch.float32):
     return x, delta, cos, sin, kc, vc, seqlens
 
 
-def op_by_op(layer, x, delta, cos, sin, kc, vc, seqlens, lora=None):
+def op_by_op(layer, x, delta, cos, sin, kc, vc, seqlens, lora=None, batch_idx=None):
     """The model's layer written out as its eight op calls."""
     weights, fmts, outs, biases = layer["projections"]
     parts = [[HQ * D, HKV * D, HKV * D], [H], [INTER, INTER], [H]]
@@ -55,7 +55,13 @@ def op_by_op(layer, x, delta, cos, sin, kc, vc, seqlens, lora=None):
     qk = heads.narrow(2, 0, HQ + HKV)
     ops.rope_(qk, cos, sin)
     attn = ops.causal_attention(
-        qk.narrow(2, 0, HQ), kc, vc, seqlens, qk.narrow(2, HQ, HKV), heads.narrow(2, HQ + HKV, HKV)
+        qk.narrow(2, 0, HQ),
+        kc,
+        vc,
+        seqlens,
+        qk.narrow(2, HQ, HKV),
+        heads.narrow(2, HQ + HKV, HKV),
+        cache_batch_idx=batch_idx,
     )
     h2 = ops.rms_norm(x, layer["ln_post"], 1e-5, proj(1, attn.reshape(B, T, HQ * D)))
     return proj(3, proj(2, h2))
@@ -72,22 +78,31 @@ def lora_factors(rows, seed=3):
     return rows, a_t, b_t
 
 
-def run_fused(layer, x, delta, cos, sin, kc, vc, seqlens, lora=None):
+def run_fused(layer, x, delta, cos, sin, kc, vc, seqlens, lora=None, batch_idx=None):
     return ops.decoder_layer_(
         x, delta, layer["ln_in"], layer["ln_post"], 1e-5, layer["projections"], cos, sin, kc, vc, seqlens,
-        None, HQ, HKV, lora,
+        batch_idx, HQ, HKV, lora,
     )  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("variant", ["plain", "bias", "lora"])
+@pytest.mark.parametrize("variant", ["plain", "bias", "lora", "no mask rows", "cache rows"])
 def test_tiny_layer_is_bitwise_its_op_calls(cpu_isa, dtype, variant):
+    """Biases; the adapter's LoRA at some rows; its factors with no mask row (the op-by-op layer
+    then makes plain calls); rows reading and writing other cache rows (cache_batch_idx)."""
     layer = tiny_layer(dtype=dtype, bias=variant == "bias")
-    lora = lora_factors(torch.tensor([1, 4, 5])) if variant == "lora" else None
+    lora = {
+        "lora": lora_factors(torch.tensor([1, 4, 5])),
+        "no mask rows": lora_factors(torch.tensor([]).long()),
+    }
     a = layer_inputs(dtype=dtype)
+    if variant == "cache rows":  # three cache rows, the call's two rows in rows 2 and 0
+        gen = torch.Generator().manual_seed(9)
+        a = (*a[:4], *(torch.randn(3, 16, HKV, D, generator=gen).to(dtype) for _ in range(2)), a[6])
+    idx = torch.tensor([2, 0], dtype=torch.int32) if variant == "cache rows" else None
     b = [t.clone() for t in a]
-    want = op_by_op(layer, *a, lora=lora)
-    got = run_fused(layer, *b, lora=lora)
+    want = op_by_op(layer, *a, lora=lora.get(variant) if variant == "lora" else None, batch_idx=idx)
+    got = run_fused(layer, *b, lora=lora.get(variant), batch_idx=idx)
     for name, u, v in zip(
         ("out", "x", "k_cache", "v_cache"), (want, a[0], a[4], a[5]), (got, b[0], b[4], b[5])
     ):
@@ -121,14 +136,19 @@ def test_errors_write_nothing():
         "lora_a_t, lora_b: expected 4": dict(lora=lora_factors(torch.tensor([1]))[:2] + ([],)),
         "lora_rows: given without": dict(lora=(torch.tensor([1]), [], [])),
         "delta": dict(delta=delta[:, :2]),
+        "cache_batch_idx: entries 0 and 1": dict(batch_idx=torch.tensor([1, 1], dtype=torch.int32)),
+        "k_cache": dict(kc=kc.bfloat16()),
+        "cos": dict(cos=cos[:, :, :16].contiguous()),
+        "memory": dict(kc=x.view(2, 6, 1, 32), vc=torch.zeros(2, 6, 1, 32)),
         "ln_in": dict(ln_in=layer["ln_in"][:32]),
     }
     for match, change in bad.items():
-        args = dict(layer, delta=delta, seqlens=seqlens, heads=(HQ, HKV), lora=None) | change
+        defaults = dict(delta=delta, seqlens=seqlens, heads=(HQ, HKV), lora=None, batch_idx=None)
+        args = dict(layer, kc=kc, vc=vc, cos=cos, **defaults) | change
         with pytest.raises(ValueError, match=match):
             ops.decoder_layer_(
-                x, args["delta"], args["ln_in"], args["ln_post"], 1e-5, args["projections"], cos, sin, kc,
-                vc, args["seqlens"], None, *args["heads"], args["lora"],
+                x, args["delta"], args["ln_in"], args["ln_post"], 1e-5, args["projections"], args["cos"], sin,
+                args["kc"], args["vc"], args["seqlens"], args["batch_idx"], *args["heads"], args["lora"],
             )  # fmt: skip
         for t, t0 in zip((x, kc, vc), before):
             assert torch.equal(t, t0), match
@@ -203,3 +223,18 @@ def test_float_models_keep_the_op_by_op_layer():
     state = {n: torch.randn(s) * 0.2 for n, s in expected_tensor_shapes(cfg).items()}
     model = Transformer(cfg, state)
     assert layer_plans(model) is None and model._fused_plans(1, torch.zeros(1, dtype=torch.int32)) is None
+
+
+def test_row_packed_forwards_keep_the_op_by_op_layer(smol, monkeypatch):
+    """Rows of different widths packed into one sequence attend per row (RowPacking), which the op
+    does not: such forwards run op by op, the others through the op, one call per layer."""
+    calls = []
+    real = ops.decoder_layer_
+    monkeypatch.setattr(ops, "decoder_layer_", lambda *args: calls.append(1) or real(*args))
+    model = smol.model
+    tokens = torch.randint(100, 40000, (2, 4), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        model(tokens, model.new_cache(2, 16), widths=[4, 2])
+        assert not calls
+        model(tokens, model.new_cache(2, 16))
+    assert len(calls) == model.cfg.num_layers

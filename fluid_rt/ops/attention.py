@@ -29,16 +29,14 @@ _FALLBACK_MIN_WORK = 1 << 24
 _force_kernel = False
 
 
-def may_use_torch_fallback() -> bool:
-    """Whether some CPU call could run torch's SDPA on the path in use (``uses_torch_fallback``
-    says which), so that callers ask that only where it can be so."""
-    return not _force_kernel and _C.cpu_isa() in _FALLBACK_PATHS
-
-
 def uses_torch_fallback(seqlen_q: int, keys: int, heads_q: int, head_dim: int) -> bool:
     """Whether ``causal_attention`` on CPU tensors runs torch's SDPA (see _FALLBACK_PATHS) rather than
     our kernel on the CPU path in use, for rows of ``seqlen_q`` queries over up to ``keys`` keys."""
-    return may_use_torch_fallback() and seqlen_q * keys * heads_q * head_dim >= _FALLBACK_MIN_WORK
+    return (
+        not _force_kernel
+        and _C.cpu_isa() in _FALLBACK_PATHS
+        and seqlen_q * keys * heads_q * head_dim >= _FALLBACK_MIN_WORK
+    )
 
 
 @contextlib.contextmanager
@@ -52,18 +50,23 @@ def force_kernel() -> Iterator[None]:
         _force_kernel = previous
 
 
-def _fallback_for(q, cache_seqlens) -> bool:
-    B, T, Hq, D = q.shape
+def call_uses_torch_fallback(seqlen_q: int, cache_seqlens, heads_q: int, head_dim: int) -> bool:
+    """``uses_torch_fallback`` for a call with these ``cache_seqlens`` (read on the host only on a
+    fallback path); False for calls the op rejects or that have nothing to do."""
     if _force_kernel or _C.cpu_isa() not in _FALLBACK_PATHS:
         return False
     if (
         not isinstance(cache_seqlens, torch.Tensor)
         or cache_seqlens.device.type != "cpu"
         or cache_seqlens.numel() == 0
-        or B == 0
     ):
         return False  # (the op raises, or has nothing to do)
-    return uses_torch_fallback(T, int(cache_seqlens.max()) + T, Hq, D)
+    return uses_torch_fallback(seqlen_q, int(cache_seqlens.max()) + seqlen_q, heads_q, head_dim)
+
+
+def _fallback_for(q, cache_seqlens) -> bool:
+    B, T, Hq, D = q.shape
+    return B > 0 and call_uses_torch_fallback(T, cache_seqlens, Hq, D)
 
 
 def _check_fallback_args(q, k_cache, v_cache, cache_seqlens, k, v, cache_batch_idx, softmax_scale):

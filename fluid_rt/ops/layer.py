@@ -16,8 +16,11 @@ __all__ = ["decoder_layer_"]
 
 
 @torch.library.register_fake("fluid_rt::decoder_layer_")
-def _decoder_layer_fake(x, delta, ln_in, ln_post, eps, weights, formats, out_features, *rest):
-    return torch.empty_like(x)
+def _decoder_layer_fake(
+    x, delta, ln_in, ln_post, eps, weights, formats, out_features, biases, cos, sin, k_cache, v_cache,
+    cache_seqlens, cache_batch_idx, heads_q, heads_kv, lora_rows, lora_a_t, lora_b,
+):  # fmt: skip
+    return torch.empty_like(x)  # (the op requires down's out_features = x's hidden size)
 
 
 def decoder_layer_(
