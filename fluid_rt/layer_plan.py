@@ -3,8 +3,8 @@ arguments that do not change between forwards.
 
 A layer fits when it is on the CPU, in float32 or bfloat16, and its four projections are quantized
 with one block type each (``QuantLinear`` with one part: a K-quant file's q/k/v of mixed types run
-as several calls), either plain or all four wrapped by the gated adapter (sharing one set of mask rows). Everything else (float
-weights, CUDA, mixed types) keeps the model's op-by-op layer.
+as several calls), either plain or all four wrapped by the gated adapter (sharing one set of mask
+rows). Everything else (float weights, CUDA, mixed types) keeps the model's op-by-op layer.
 """
 
 from __future__ import annotations
