@@ -349,7 +349,7 @@ def build_prompts(
     ``extra``: then the second round's prompts (``_extra_prompts``: more topics, templates and the
     other stdlib docstrings), appended after the first round's (which, and the held-out set, do
     not depend on it). Off by default: the shipped adapter was trained on the first round, and
-    640 more steps over both rounds did not raise its held-out tokens per forward (see
+    645 more steps over both rounds did not raise its held-out tokens per forward (see
     ``extra_topics``)."""
     rng = random.Random(seed)
     train, held = [], []
