@@ -10,6 +10,7 @@ from fluid_rt import ops
 H, HQ, HKV, D, INTER = 64, 2, 1, 32, 96
 OUTS = [(HQ + 2 * HKV) * D, H, 2 * INTER, H]
 INS = [H, HQ * D, H, INTER]
+PARTS = [[HQ * D, HKV * D, HKV * D], [H], [INTER, INTER], [H]]  # the LoRA B splits (out_parts)
 
 
 def packed_weight(out_features, in_features, gen):
@@ -43,10 +44,9 @@ def layer_inputs(B=2, T=3, S=16, seed=1, dtype=torch.float32):
 def op_by_op(layer, x, delta, cos, sin, kc, vc, seqlens, lora=None, batch_idx=None):
     """The model's layer written out as its eight op calls."""
     weights, fmts, outs, biases = layer["projections"]
-    parts = [[HQ * D, HKV * D, HKV * D], [H], [INTER, INTER], [H]]
 
     def proj(i, inp):
-        extra = None if lora is None else (lora[0], lora[1][i], lora[2][i], parts[i])
+        extra = None if lora is None else (lora[0], lora[1][i], lora[2][i], PARTS[i])
         return ops.quant_linear(inp, weights[i], fmts[i], outs[i], biases[i], i == 3, extra)
 
     B, T = x.shape[:2]
@@ -69,9 +69,8 @@ def op_by_op(layer, x, delta, cos, sin, kc, vc, seqlens, lora=None, batch_idx=No
 
 def lora_factors(rows, seed=3):
     gen = torch.Generator().manual_seed(seed)
-    parts = [[HQ * D, HKV * D, HKV * D], [H], [INTER, INTER], [H]]
     a_t, b_t = [], []
-    for i, p in enumerate(parts):
+    for i, p in enumerate(PARTS):
         r = 4 * len(p)
         a_t.append(torch.randn(INS[i], r, generator=gen) * 0.1)
         b_t.append(ops.lora_pack_b(torch.randn(4, sum(p), generator=gen) * 0.1, p))
