@@ -77,35 +77,6 @@ at::Tensor unpack_linear_weight_impl(const at::Tensor& packed) {
   return weight;
 }
 
-// Columns unpacked at a time: one buffer of this many columns, instead of the whole weight.
-constexpr int64_t kUnpackColumns = 2048;  // a multiple of the panel width
-
-// y [M, N] for x2 [M, K]: slices of the weight unpacked, transposed ([K, columns], the operand
-// layout oneDNN multiplies without repacking it), into one buffer and multiplied by at::mm.
-at::Tensor wide_linear(const at::Tensor& x2, const at::Tensor& packed, const std::optional<at::Tensor>& bias,
-                       DType dt) {
-  const int64_t M = x2.size(0), N = packed.size(0), K = packed.size(1);
-  at::Tensor y = at::empty({M, N}, x2.options());
-  at::Tensor buf = at::empty({std::min(kUnpackColumns, N) * K}, packed.options());
-  const int64_t es = packed.element_size();
-  for (int64_t n0 = 0; n0 < N; n0 += kUnpackColumns) {
-    const int64_t nc = std::min(kUnpackColumns, N - n0);
-    // Columns n0 .. n0 + nc are whole panels starting at element n0 * K: a packed weight of its own.
-    const at::Tensor w = buf.narrow(0, 0, K * nc).view({K, nc});
-    PackLinearParams q;
-    q.w = w.data_ptr();
-    q.stride_k = nc;
-    q.stride_n = 1;
-    q.packed = static_cast<char*>(packed.data_ptr()) + n0 * K * es;
-    q.dtype = dt;
-    q.K = K;
-    q.N = nc;
-    unpack_linear_weight_cpu(q);
-    y.narrow(1, n0, nc).copy_(bias.has_value() ? at::addmm(bias->narrow(0, n0, nc), x2, w) : at::mm(x2, w));
-  }
-  return y;
-}
-
 at::Tensor packed_linear_impl(const at::Tensor& x, const at::Tensor& packed,
                               const std::optional<at::Tensor>& bias, bool silu_and_mul) {
   check_args(kPackedLinearSpec, {x, packed, bias});
@@ -116,11 +87,6 @@ at::Tensor packed_linear_impl(const at::Tensor& x, const at::Tensor& packed,
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = out_features;
   const int64_t M = x.numel() / x.size(-1);
-  if (dt == DType::kBFloat16 && packed_linear_bf16_uses_onednn(M)) {
-    at::Tensor x2 = x.reshape({M, x.size(-1)});
-    if (silu_and_mul) x2 = at::mul(at::silu(x2.narrow(1, 0, K)), x2.narrow(1, K, K));  // torch's rounding
-    return wide_linear(x2, packed, bias, dt).view(out_shape);
-  }
   at::Tensor y = at::empty(out_shape, x.options());
   PackedLinearParams p;
   p.x = x.data_ptr();

@@ -67,6 +67,15 @@ PYBIND11_MODULE(_C, m) {
     d["avx512_vnni"] = fluid_rt::cpu_has_avx512_vnni();
     d["avx_vnni"] = fluid_rt::cpu_has_avx_vnni();
     d["amx_bf16"] = fluid_rt::cpu_has_amx_bf16();
+    d["amx_int8"] = fluid_rt::cpu_has_amx_int8();
     return d;
   });
+  m.def("cpu_amx", &fluid_rt::cpu_amx_enabled, "Whether the kernels use AMX tiles where they would");
+  m.def(
+      "set_cpu_amx",
+      [](bool on) {
+        if (!fluid_rt::set_cpu_amx(on))
+          throw pybind11::value_error("this CPU (or its OS) gives this process no AMX tiles");
+      },
+      "Switch AMX use on or off (raises ValueError when switching on without AMX)");
 }

@@ -67,6 +67,7 @@ def build_info() -> dict:
         "cpu_isas": list(_C.cpu_isas_compiled()),
         "cpu_isas_supported": list(_C.cpu_isas_supported()),
         "cpu_features": dict(_C.cpu_features()),
+        "cpu_amx": bool(_C.cpu_amx()),
     }
 
 

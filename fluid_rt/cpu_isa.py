@@ -2,6 +2,10 @@
 
 The path is chosen once, at import: ``FLUID_RT_CPU_ISA=portable|avx2|avx512`` when set, else the
 widest one this CPU supports. ``use_cpu_isa`` switches it for a block of code (tests, benchmarks).
+
+Inside the avx512 path, a CPU with AMX-INT8 tiles (Intel Sapphire Rapids and later) runs the
+quantized matmul's multi-row calls on them, bit for bit the AVX512-VNNI code's results;
+``FLUID_RT_CPU_AMX=0`` at start, or ``use_amx(False)``, keeps them off.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Iterator
 from fluid_rt import _C
 
 ENV = "FLUID_RT_CPU_ISA"
+AMX_ENV = "FLUID_RT_CPU_AMX"
 ISAS = ("portable", "avx2", "avx512")
 
 
@@ -49,6 +54,24 @@ def use_cpu_isa(name: str) -> Iterator[None]:
         _C.set_cpu_isa(previous)
 
 
+def amx_enabled() -> bool:
+    """Whether the kernels use AMX tiles where they would (this CPU has AMX-INT8, the OS granted
+    them, and they are not switched off)."""
+    return bool(_C.cpu_amx())
+
+
+@contextlib.contextmanager
+def use_amx(on: bool) -> Iterator[None]:
+    """Run the block with AMX tiles on or off, then restore the previous setting; asking for them
+    on a CPU without AMX-INT8 raises ValueError."""
+    previous = amx_enabled()
+    _C.set_cpu_amx(bool(on))
+    try:
+        yield
+    finally:
+        _C.set_cpu_amx(previous)
+
+
 def _check_env() -> None:
     wanted = os.environ.get(ENV, "").strip()
     if wanted:
@@ -56,6 +79,11 @@ def _check_env() -> None:
             set_cpu_isa(wanted)
         except ValueError as err:
             raise ImportError(f"{ENV}={wanted}: {err}") from None
+    amx = os.environ.get(AMX_ENV, "").strip()
+    if amx not in ("", "0", "1"):
+        raise ImportError(f"{AMX_ENV}={amx}: expected 0 (AMX tiles off) or 1 (on, the default where present)")
+    if amx == "1" and not (_C.cpu_features()["amx_int8"] or _C.cpu_features()["amx_bf16"]):
+        raise ImportError(f"{AMX_ENV}=1: this CPU (or its OS) gives this process no AMX tiles")
 
 
 _check_env()

@@ -5,6 +5,7 @@ from the installed package (pip install), never a checkout copy without its comp
 Either way ``benchmarks`` (the baselines some tests check) is importable from the checkout.
 """
 
+import contextlib
 import glob
 import os
 import sys
@@ -86,13 +87,38 @@ def _supported_cpu_isas():
     return list(fluid_rt._C.cpu_isas_supported())
 
 
+def _matmul_paths():
+    """The CPU paths, and on a CPU with AMX tiles the avx512 path without them ("avx512-noamx"):
+    the matmul kernels run other code there (AVX512-VNNI, vdpbf16ps)."""
+    import fluid_rt
+
+    features = fluid_rt._C.cpu_features()
+    amx = features["amx_int8"] or features["amx_bf16"]
+    return _supported_cpu_isas() + (["avx512-noamx"] if amx else [])
+
+
+@contextlib.contextmanager
+def _on_cpu_path(name):
+    import fluid_rt
+    from fluid_rt.cpu_isa import use_amx
+
+    isa, _, variant = name.partition("-")
+    with fluid_rt.use_cpu_isa(isa), use_amx(False) if variant == "noamx" else contextlib.nullcontext():
+        yield
+
+
 @pytest.fixture(params=_supported_cpu_isas())
 def cpu_isa(request):
     """Runs the test once per CPU path this machine supports (portable, avx2, avx512), with the
     kernels switched to that path for the test's duration; the value is the path's name."""
-    import fluid_rt
-
     if request.node.get_closest_marker("emu") is not None and request.param != _supported_cpu_isas()[-1]:
         pytest.skip("the emulated CUDA kernels do not depend on the CPU path: one run is enough")
-    with fluid_rt.use_cpu_isa(request.param):
+    with _on_cpu_path(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=_matmul_paths())
+def matmul_path(request):
+    """``cpu_isa`` for the matmul kernels: every CPU path, plus "avx512-noamx" on an AMX CPU."""
+    with _on_cpu_path(request.param):
         yield request.param

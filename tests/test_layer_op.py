@@ -86,7 +86,7 @@ def run_fused(layer, x, delta, cos, sin, kc, vc, seqlens, lora=None, batch_idx=N
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("variant", ["plain", "bias", "lora", "no mask rows", "cache rows"])
-def test_tiny_layer_is_bitwise_its_op_calls(cpu_isa, dtype, variant):
+def test_tiny_layer_is_bitwise_its_op_calls(matmul_path, dtype, variant):
     """Biases; the adapter's LoRA at some rows; its factors with no mask row (the op-by-op layer
     then makes plain calls); rows reading and writing other cache rows (cache_batch_idx)."""
     layer = tiny_layer(dtype=dtype, bias=variant == "bias")

@@ -27,7 +27,9 @@ import numpy as np
 import pytest
 import torch
 
+import fluid_rt
 from fluid_rt import ops
+from fluid_rt.cpu_isa import amx_enabled, use_amx
 from fluid_rt.qlinear import QuantLinear
 from fluid_rt.weights.gguf_quant import QUANT_TYPES, QuantWeight
 
@@ -102,7 +104,7 @@ def test_rows_dequantize_exactly_as_gguf(qtype):
 
 
 @pytest.mark.parametrize("qtype", TYPES)
-def test_matmul_all_row_counts(cpu_isa, qtype):
+def test_matmul_all_row_counts(matmul_path, qtype):
     """Rows 1..33 against both references; each row bitwise the same in every call."""
     N, K = 37, K_OF[qtype]
     w = quantized_weight(qtype, N, K, seed=2)
@@ -121,7 +123,7 @@ def test_matmul_all_row_counts(cpu_isa, qtype):
 
 
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0", "Q6_K"])
-def test_bias_silu_and_mul_and_leading_dims(cpu_isa, qtype):
+def test_bias_silu_and_mul_and_leading_dims(matmul_path, qtype):
     N, K = 21, K_OF[qtype]
     w = quantized_weight(qtype, N, K, seed=4)
     w64 = reference_weight(w)
@@ -146,7 +148,7 @@ def test_bias_silu_and_mul_and_leading_dims(cpu_isa, qtype):
     assert torch.equal(ql(xs), ql(xs.contiguous()))
 
 
-def test_bfloat16_rows_round_once(cpu_isa):
+def test_bfloat16_rows_round_once(matmul_path):
     """bfloat16 in and out: the float32 result of the rounded inputs, rounded once."""
     w = quantized_weight("Q4_1", 19, 416, seed=6)
     ql = QuantLinear(w)
@@ -155,7 +157,7 @@ def test_bfloat16_rows_round_once(cpu_isa):
 
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_1"])
-def test_nan_inf_and_zero_rows_give_nan_inf_and_zero_not_garbage(cpu_isa, qtype):
+def test_nan_inf_and_zero_rows_give_nan_inf_and_zero_not_garbage(matmul_path, qtype):
     w = quantized_weight(qtype, 9, 64, seed=7)
     x = torch.randn(4, 64)
     x[1, 40] = float("nan")
@@ -165,6 +167,44 @@ def test_nan_inf_and_zero_rows_give_nan_inf_and_zero_not_garbage(cpu_isa, qtype)
     assert torch.isfinite(y[0]).all() and torch.isnan(y[1]).all()
     assert not torch.isfinite(y[2]).any()
     assert torch.equal(y[3], torch.zeros(9))
+
+
+HAS_AMX = fluid_rt.build_info()["cpu_features"]["amx_int8"]
+
+
+@pytest.mark.skipif(not HAS_AMX, reason="this CPU (or its OS) gives no AMX-INT8 tiles")
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_amx_tiles_give_the_vnni_bits(qtype, dtype):
+    """On an AMX CPU the avx512 path runs calls of 4 rows or more on AMX tiles (csrc/quant/amx.h):
+    bit for bit the AVX512-VNNI code's results, for every row count up to three row tiles, with 5
+    column groups (two tile pairs and a lone group, which runs the VNNI tile) and 6, bias and
+    silu_and_mul. (The tiles also meet the float64 references: every other test here runs on them
+    at 4+ rows on such a CPU.)"""
+    gen = torch.Generator().manual_seed(11)
+    K = K_OF[qtype]
+    for N in (37, 48):
+        ql = QuantLinear(quantized_weight(qtype, N, K, seed=N), torch.randn(N, generator=gen).to(dtype))
+        x = (torch.randn(40, 2 * K, generator=gen) * 3).to(dtype)
+        with fluid_rt.use_cpu_isa("avx512"):
+            with use_amx(False):
+                plain, swiglu = ql(x[:, :K]), ql.silu_and_mul(x)
+            assert amx_enabled()
+            for m in (1, 3, 4, 5, 7, 8, 13, 16, 17, 21, 33, 40):
+                assert torch.equal(ql(x[:m, :K]), plain[:m]), (N, m)
+                assert torch.equal(ql.silu_and_mul(x[:m]), swiglu[:m]), (N, m)
+            assert torch.equal(ql(x[9:30, :K]), plain[9:30])
+
+
+def test_amx_switch():
+    """use_amx toggles the tiles and restores the setting; on a CPU without them, asking is an error."""
+    before = amx_enabled()
+    with use_amx(False):
+        assert not amx_enabled()
+    assert amx_enabled() == before == HAS_AMX
+    if not HAS_AMX:
+        with pytest.raises(ValueError, match="AMX"), use_amx(True):
+            pass
 
 
 def test_q4_0_with_huge_scale_keeps_exact_mins():
@@ -257,7 +297,7 @@ def test_opcheck():
 
 @pytest.mark.parametrize("silu_and_mul", [False, True])
 @pytest.mark.parametrize("mixed", [False, True])
-def test_fused_lora_is_bitwise_the_two_ops(cpu_isa, silu_and_mul, mixed):
+def test_fused_lora_is_bitwise_the_two_ops(matmul_path, silu_and_mul, mixed):
     """``lora=`` (the gated adapter's delta in the same call) equals ``quant_linear`` then
     ``gated_lora_``, bit for bit, rows outside ``rows`` untouched; a mixed-type weight (one kernel
     call per type) applies it after joining the parts."""

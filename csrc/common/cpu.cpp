@@ -4,6 +4,11 @@
 
 #include "common/cpu_isa.h"
 
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -121,13 +126,63 @@ bool cpu_has_avx_vnni() {
 #endif
 }
 
-bool cpu_has_amx_bf16() {
+namespace {
+
+// Linux hands out AMX's 8 KiB of tile state only to processes that ask (since 5.16); without the
+// grant the first tile instruction kills the process with SIGILL.
+bool request_amx_tiles() {
+#if defined(__linux__) && defined(__x86_64__)
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+
+// The tile state, asked for once (only on CPUs with AVX-512 and AMX tiles).
+bool amx_tiles() {
 #if defined(__x86_64__)
-  static const bool yes = cpu_isa_supported(CpuIsa::kAvx512) && has("amx-bf16");
+  static const bool yes = cpu_isa_supported(CpuIsa::kAvx512) && has("amx-tile") && request_amx_tiles();
   return yes;
 #else
   return false;
 #endif
+}
+
+std::atomic<bool>& amx_switch() {
+  static std::atomic<bool> on{[] {
+    const char* env = std::getenv("FLUID_RT_CPU_AMX");
+    return !(env != nullptr && std::strcmp(env, "0") == 0);
+  }()};
+  return on;
+}
+
+}  // namespace
+
+bool cpu_has_amx_int8() {
+#if defined(__x86_64__)
+  static const bool yes = amx_tiles() && has("amx-int8");
+  return yes;
+#else
+  return false;
+#endif
+}
+
+bool cpu_has_amx_bf16() {
+#if defined(__x86_64__)
+  static const bool yes = amx_tiles() && has("amx-bf16");
+  return yes;
+#else
+  return false;
+#endif
+}
+
+bool cpu_amx_enabled() { return amx_tiles() && amx_switch().load(std::memory_order_relaxed); }
+
+bool set_cpu_amx(bool on) {
+  if (on && !amx_tiles()) return false;
+  amx_switch().store(on, std::memory_order_relaxed);
+  return true;
 }
 
 int cpu_max_threads() {

@@ -42,7 +42,17 @@ bool parse_cpu_isa(const char* name, CpuIsa* out);
 bool cpu_has_avx512_bf16();  // vdpbf16ps
 bool cpu_has_avx512_vnni();  // vpdpbusd
 bool cpu_has_avx_vnni();     // the VEX form of vpdpbusd (AVX2 machines such as Zen 4/5, Alder Lake)
-bool cpu_has_amx_bf16();     // AMX tiles (oneDNN uses them for bf16 matmuls)
+// AMX tiles that this process may use (csrc/common/amx.h): the CPU has them and Linux granted the
+// tile state (arch_prctl ARCH_REQ_XCOMP_PERM, asked once). The avx512 path runs on them the
+// quantized matmul's calls of a few rows or more (AMX-INT8, csrc/quant/amx.h: bit for bit its
+// AVX512-VNNI code) and every bfloat16 packed_linear call (AMX-BF16, csrc/linear/amx.h).
+bool cpu_has_amx_int8();
+bool cpu_has_amx_bf16();
+// Whether the kernels use AMX where they would: the tiles are granted and not switched off
+// (FLUID_RT_CPU_AMX=0 at start, or set_cpu_amx(false), e.g. to measure or test the code without).
+bool cpu_amx_enabled();
+// Switch AMX use on or off; returns false (and changes nothing) when switching on without tiles.
+bool set_cpu_amx(bool on);
 
 // Number of OpenMP threads the CPU kernels may use (1 without OpenMP).
 int cpu_max_threads();

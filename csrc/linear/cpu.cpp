@@ -140,17 +140,4 @@ void unpack_linear_weight_cpu(const PackLinearParams& p) { copy_panels<false>(p)
 
 void packed_linear_cpu(const PackedLinearParams& p) { FLUID_RT_ISA_PICK(packed_linear_run)(p); }
 
-// bfloat16 calls of more rows than this (prefill) go to oneDNN where the CPU has AMX: its tiles beat
-// vdpbf16ps there even counting the unpacking of the weight (on a Sapphire Rapids,
-// benchmarks/bench_linear.py --dtype bfloat16, one forward of the 8x512 model: the vector kernel
-// 17 ms at 17 rows and 23 ms at 24, oneDNN 21-36 ms at 33 rows and 29 ms at 64). Without AMX the
-// unpacking is most of that path's cost and every width runs faster on our kernel (a Zen 5, 1
-// thread, SmolLM2's matmuls: vdpbf16ps 2.3x torch's bf16 mm at 33 rows, 1.2x at 128, oneDNN with
-// the unpacking 0.5-0.7x), so a row's result stays independent of the call's width there.
-constexpr int64_t kBf16PackedMaxRows = 32;
-
-bool packed_linear_bf16_uses_onednn(int64_t M) {
-  return M > kBf16PackedMaxRows && cpu_isa() == CpuIsa::kAvx512 && cpu_has_amx_bf16();
-}
-
 }  // namespace fluid_rt

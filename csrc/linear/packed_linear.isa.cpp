@@ -8,8 +8,9 @@
 // reloaded exactly), so a row's result never depends on the other rows of the call.
 //
 // Steps: float32 panels hold one k per step; bfloat16 panels a pair of k per step (params.h). The
-// avx512 copy multiplies bfloat16 pairs with AVX512-BF16's vdpbf16ps where the CPU has it; every
-// other case widens the pair to two float32 vectors in registers (a shift) and FMAs them in k order.
+// avx512 copy multiplies bfloat16 on AMX-BF16 tiles where the CPU has them (linear/amx.h), else pairs
+// with AVX512-BF16's vdpbf16ps where it has that; every other case widens the pair to two float32
+// vectors in registers (a shift) and FMAs them in k order.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -20,6 +21,7 @@
 
 #include "common/isa.h"
 #include "common/parallel.h"
+#include "linear/amx.h"
 #include "linear/kernels.h"
 #include "linear/params.h"
 #include "linear/simd.h"
@@ -417,6 +419,9 @@ void packed_linear_run(const PackedLinearParams& p) {
   // A parallel region costs a few microseconds: only worth it for a few hundred kFLOP.
   const bool parallel = linear_num_panels(p.N) > 1 && p.M * p.K * p.N >= (1 << 17);
   if (p.dtype == DType::kFloat32) return run<StepF32>(p, parallel);
+#if FLUID_RT_ISA_AVX512
+  if (cpu_amx_enabled() && cpu_has_amx_bf16()) return packed_linear_amx_bf16(p, parallel);
+#endif
 #ifdef FLUID_RT_LINEAR_DPBF16
   if (cpu_has_avx512_bf16()) return run<StepBf16Dot>(p, parallel);
 #endif

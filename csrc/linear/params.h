@@ -62,9 +62,4 @@ void pack_linear_weight_cpu(const PackLinearParams& p);
 void unpack_linear_weight_cpu(const PackLinearParams& p);
 void packed_linear_cpu(const PackedLinearParams& p);
 
-// Whether a bfloat16 call of M rows goes to oneDNN (the binding unpacks the weight for at::mm)
-// rather than packed_linear_cpu: only wide calls (prefill) on the avx512 path of a CPU with AMX;
-// everywhere else every width runs on the path's own kernel (cpu.cpp says why).
-bool packed_linear_bf16_uses_onednn(int64_t M);
-
 }  // namespace fluid_rt

@@ -6,7 +6,9 @@
 //   portable: scalar integer dots (the same sums and float steps, the float ones unfused);
 //   avx2:     maddubs (u8 x s8 pairs -> int16) + madd (-> int32); int8 weights as |w| x sign(x, w);
 //   avx512:   AVX512-VNNI dpbusd (u8 x s8 quads -> int32) where the CPU has it, else the avx2 code;
-//             int8 weights enter dpbusd as w + 128 and the 128 * sum(xq) excess is subtracted.
+//             int8 weights enter dpbusd as w + 128 and the 128 * sum(xq) excess is subtracted;
+//             calls of kAmxMinRows rows or more on AMX-INT8 tiles where the CPU has them (amx.h),
+//             bit for bit the VNNI code's results.
 #include <algorithm>
 #include <cstring>
 #include <memory>
@@ -15,6 +17,7 @@
 #include "common/isa.h"
 #include "common/parallel.h"
 #include "quant/activations.h"
+#include "quant/amx.h"
 #include "quant/params.h"
 
 namespace fluid_rt {
@@ -316,14 +319,15 @@ void run_tile(const uint8_t* group, int64_t nb, const QuantizedRows& xq, int64_t
   tile_fixed<F, R>(group, nb, xq, row0, out, vnni);
 }
 
-// y[rows, group's columns] = tile (+ bias), rounded to y's dtype.
-void store_rows(const QuantLinearParams& p, int64_t g, int64_t row0, int rows,
-                const float (*out)[kQuantGroup]) {
+// y[rows, group g's columns] = out[r][col0 ..] (+ bias), rounded to y's dtype.
+template <int W>
+void store_rows(const QuantLinearParams& p, int64_t g, int64_t row0, int rows, const float (*out)[W],
+                int col0 = 0) {
   const int64_t n0 = g * kQuantGroup, cols = std::min<int64_t>(kQuantGroup, p.N - n0);
   for (int r = 0; r < rows; ++r)
     for (int64_t j = 0; j < cols; ++j) {
       const float bias = p.bias ? load_as_float(p.bias, n0 + j, p.dtype) : 0.f;
-      store_from_float(p.y, (row0 + r) * p.y_row_stride + n0 + j, p.dtype, out[r][j] + bias);
+      store_from_float(p.y, (row0 + r) * p.y_row_stride + n0 + j, p.dtype, out[r][col0 + j] + bias);
     }
 }
 
@@ -331,6 +335,18 @@ void store_rows(const QuantLinearParams& p, int64_t g, int64_t row0, int rows,
 // stays in L1 and this much of the weight in L2, instead of every group re-reading all
 // of x from L2 (which made 128 rows 3x slower per product than 33).
 constexpr int64_t kChunkBytes = 96 << 10;
+
+// Row tiles as even as possible (9 rows in tiles of up to 8: 5 + 4, not 8 + 1): a lone row streams
+// the weight again for little work. Calls f(row0, rows) per tile.
+template <class Fn>
+inline void for_row_tiles(int64_t M, int max_rows, Fn&& f) {
+  const int64_t tiles = (M + max_rows - 1) / max_rows;
+  for (int64_t tile = 0, row0 = 0; tile < tiles; ++tile) {
+    const int rows = static_cast<int>((M - row0) / (tiles - tile));
+    f(row0, rows);
+    row0 += rows;
+  }
+}
 
 template <QuantFormat F>
 void run_groups(const QuantLinearParams& p, const QuantizedRows& xq) {
@@ -344,23 +360,68 @@ void run_groups(const QuantLinearParams& p, const QuantizedRows& xq) {
 #pragma omp parallel
   {
     const ItemRange share = thread_share(groups);  // each thread streams its own part of the weight
-    const int64_t g0 = share.begin, g1 = share.end;
     float out[kMaxRows][kQuantGroup];
-    for (int64_t c0 = g0; c0 < g1; c0 += chunk) {
-      const int64_t c1 = std::min(g1, c0 + chunk);
-      // Tiles as even as possible (9 rows: 5 + 4, not 8 + 1): a lone row streams the weight again
-      // for little work.
-      const int64_t tiles = (p.M + kMaxRows - 1) / kMaxRows;
-      for (int64_t tile = 0, row0 = 0; tile < tiles; ++tile) {
-        const int rows = static_cast<int>((p.M - row0) / (tiles - tile));
+    for (int64_t c0 = share.begin; c0 < share.end; c0 += chunk) {
+      const int64_t c1 = std::min(share.end, c0 + chunk);
+      for_row_tiles(p.M, kMaxRows, [&](int64_t row0, int rows) {
         for (int64_t g = c0; g < c1; ++g) {
           run_tile<F>(p.packed + g * group_bytes, nb, xq, row0, rows, out, vnni);
           store_rows(p, g, row0, rows, out);
         }
-        row0 += rows;
-      }
+      });
     }
   }
+}
+
+#if FLUID_RT_ISA_AVX512
+// Calls of this many rows or more run on AMX tiles (fewer: the weight stream, not the dot
+// products, is the cost, and the VNNI code streams it with less overhead).
+constexpr int64_t kAmxMinRows = 4;
+
+// run_groups on AMX tiles: threads take pairs of column groups (a C tile is 16 columns); each pair's
+// B tiles are filled once, for all row tiles. A lone last group runs the VNNI tile, which computes
+// the same bits.
+template <QuantFormat F>
+void run_groups_amx(const QuantLinearParams& p, const QuantizedRows& xq) {
+  const int64_t groups = quant_num_groups(p.N), pairs = (groups + 1) / 2, nb = xq.nb;
+  const int64_t group_bytes = nb * quant_block_bytes(F);
+#pragma omp parallel
+  {
+    const ItemRange share = thread_share(pairs);
+    std::unique_ptr<uint8_t[]> b_buffer(new uint8_t[nb * kAmxBTileBytes + 64]);
+    uint8_t* b_tiles = b_buffer.get() + (64 - reinterpret_cast<uintptr_t>(b_buffer.get()) % 64) % 64;
+    float out[kAmxMaxRows][kAmxCols], lone[kMaxRows][kQuantGroup];
+    int configured = 0;
+    for (int64_t pair = share.begin; pair < share.end; ++pair) {
+      const int64_t g = 2 * pair;
+      const uint8_t* group0 = p.packed + g * group_bytes;
+      if (g + 1 == groups) {
+        for_row_tiles(p.M, kMaxRows, [&](int64_t row0, int rows) {
+          run_tile<F>(group0, nb, xq, row0, rows, lone, true);
+          store_rows(p, g, row0, rows, lone);
+        });
+        continue;
+      }
+      amx_fill_b_all<F>(group0, group0 + group_bytes, nb, b_tiles);
+      for_row_tiles(p.M, kAmxMaxRows, [&](int64_t row0, int rows) {
+        if (rows != configured) amx_configure<F>(configured = rows);
+        amx_run_tile<F>(group0, group0 + group_bytes, b_tiles, nb, xq, row0, rows, out);
+        store_rows(p, g, row0, rows, out, 0);
+        store_rows(p, g + 1, row0, rows, out, kQuantGroup);
+      });
+    }
+    if (configured) amx_release();
+  }
+}
+#endif
+
+template <QuantFormat F>
+void run_format(const QuantLinearParams& p, const QuantizedRows& xq) {
+#if FLUID_RT_ISA_AVX512
+  if (p.M >= kAmxMinRows && cpu_amx_enabled() && cpu_has_amx_int8() && cpu_has_avx512_vnni())
+    return run_groups_amx<F>(p, xq);
+#endif
+  run_groups<F>(p, xq);
 }
 
 }  // namespace
@@ -382,10 +443,10 @@ void quant_linear_run(const QuantLinearParams& p) {
     quantize_row(row.data(), nb, xq.xq + m * p.K, xq.dx + m * nb, xq.sx + m * nb, xq.sum16 + 2 * m * nb);
   }
   switch (p.format) {
-    case QuantFormat::kU4F16: return run_groups<QuantFormat::kU4F16>(p, xq);
-    case QuantFormat::kU4F32: return run_groups<QuantFormat::kU4F32>(p, xq);
-    case QuantFormat::kS8F16: return run_groups<QuantFormat::kS8F16>(p, xq);
-    default: return run_groups<QuantFormat::kS8F32x2>(p, xq);
+    case QuantFormat::kU4F16: return run_format<QuantFormat::kU4F16>(p, xq);
+    case QuantFormat::kU4F32: return run_format<QuantFormat::kU4F32>(p, xq);
+    case QuantFormat::kS8F16: return run_format<QuantFormat::kS8F16>(p, xq);
+    default: return run_format<QuantFormat::kS8F32x2>(p, xq);
   }
 }
 

@@ -1,0 +1,166 @@
+// The quantized matmul's AMX-INT8 tile (Intel Sapphire Rapids and later), for the avx512 copy of
+// kernel.isa.cpp (the only file that includes it).
+//
+// Why: a call of several rows (an elastic forward: 4..33) spends its time in the integer dot
+// products, and one tile instruction does 16 rows x 16 columns x 32 k of them, where AVX512-VNNI
+// needs 128 instructions. The weights stay in kernel.isa.cpp's layout: a block's quads of two
+// 8-column groups, side by side, are exactly the rows of a B tile (16 columns x 4 k per 64 bytes),
+// built per block in a 512-byte buffer (4-bit quants unpacked on the way). x's quantized rows are
+// the A tile, loaded in place. The tile's int32 sums are the same integers the VNNI code adds up,
+// and each row's float steps (scale, accumulate in k order, the min term) are the VNNI code's, lane
+// for lane, so this tile gives the VNNI path's results bit for bit (tested), and a row's result still
+// depends on that row alone.
+#pragma once
+#include "common/isa.h"
+#if FLUID_RT_ISA_AVX512
+#include <type_traits>
+
+#include "common/amx.h"
+#include "quant/activations.h"
+#include "quant/params.h"
+
+namespace fluid_rt {
+namespace FLUID_RT_ISA_NS {
+
+constexpr int kAmxMaxRows = 16;             // rows of an A or C tile
+constexpr int kAmxCols = 2 * kQuantGroup;   // columns of a C tile: two column groups
+constexpr int64_t kAmxBTileBytes = 8 * 64;  // a block's B tile: 8 quads x 16 columns x 4 k
+
+// The tile shapes for `rows` rows, two of each (slots 0 and 1, so that one block's tile work runs
+// while the previous block's sums are scaled): C rows x 64 bytes (tmm0, tmm1); A rows x (k per scale)
+// bytes (tmm2, tmm3); B (k per scale / 4) x 64 bytes (tmm4, tmm5).
+template <QuantFormat F>
+inline void amx_configure(int rows) {
+  constexpr int k_per_scale = kQuantBlock / quant_scales_per_block(F);
+  AmxConfig cfg;
+  for (int slot = 0; slot < 2; ++slot)
+    cfg.set(slot, rows, kAmxCols * 4)
+        .set(2 + slot, rows, k_per_scale)
+        .set(4 + slot, k_per_scale / 4, kAmxCols * 4);
+  cfg.load();
+}
+
+// 32 bytes of group 0 then 32 of group 1.
+inline __m512i join256(const uint8_t* a, const uint8_t* b) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a))),
+                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), 1);
+}
+
+// B tile rows t = 0..7 of one block: quad t of group 0's block, then quad t of group 1's.
+template <QuantFormat F>
+inline void amx_fill_b(const uint8_t* blk0, const uint8_t* blk1, uint8_t* b) {
+  if constexpr (quant_is_u4(F)) {
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    for (int c = 0; c < 4; ++c) {  // byte t of packed row c: quad c (low nibble), quad c + 4 (high)
+      const __m512i raw = join256(blk0 + 32 * c, blk1 + 32 * c);
+      _mm512_store_si512(b + 64 * c, _mm512_and_si512(raw, low));
+      _mm512_store_si512(b + 64 * (c + 4), _mm512_and_si512(_mm512_srli_epi16(raw, 4), low));
+    }
+  } else {
+    for (int t = 0; t < 8; ++t) _mm512_store_si512(b + 64 * t, join256(blk0 + 32 * t, blk1 + 32 * t));
+  }
+}
+
+// Eight float scales of each group at byte `offset` of their blocks, as one 16-column vector.
+inline __m512 amx_scales16(const uint8_t* blk0, const uint8_t* blk1, int offset, bool f16) {
+  auto eight = [&](const uint8_t* s) {
+    return f16 ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s)))
+               : _mm256_loadu_ps(reinterpret_cast<const float*>(s));
+  };
+  return _mm512_insertf32x8(_mm512_castps256_ps512(eight(blk0 + offset)), eight(blk1 + offset), 1);
+}
+
+// B tiles of every block of two column groups, 512 bytes each, filled before any is loaded: a tile
+// load right after the stores that wrote its bytes waits for them to reach the cache.
+template <QuantFormat F>
+inline void amx_fill_b_all(const uint8_t* group0, const uint8_t* group1, int64_t nb, uint8_t* b) {
+  constexpr int64_t bb = quant_block_bytes(F);
+  for (int64_t i = 0; i < nb; ++i) amx_fill_b<F>(group0 + i * bb, group1 + i * bb, b + i * kAmxBTileBytes);
+}
+
+// One block's tile work in slot S: per scale (two for kS8F32x2) C = A . B, stored to c[h]
+// (int32 [rows][16]).
+template <QuantFormat F, int S>
+inline void amx_block_sums(const uint8_t* b, const int8_t* x, int64_t K,
+                           int32_t (*c)[kAmxMaxRows * kAmxCols]) {
+  constexpr int spb = static_cast<int>(quant_scales_per_block(F)), k_per_scale = kQuantBlock / spb;
+  for (int h = 0; h < spb; ++h) {
+    FLUID_RT_AMX_ZERO(S);
+    FLUID_RT_AMX_LOAD(S + 2, x + h * k_per_scale, K);
+    FLUID_RT_AMX_LOAD(S + 4, b + h * (k_per_scale / 4) * 64, 64);
+    if constexpr (quant_is_u4(F))
+      FLUID_RT_AMX_DPBSUD(S, S + 2, S + 4);
+    else
+      FLUID_RT_AMX_DPBSSD(S, S + 2, S + 4);
+    FLUID_RT_AMX_STORE(S, c[h], kAmxCols * 4);
+  }
+}
+
+// acc[r] += block b's sums c scaled by d_w d_x (per scale), then the min term: kernel.isa.cpp's
+// `fold` and `add_min`, lane for lane.
+template <QuantFormat F, int R>
+inline void amx_fold(__m512* acc, const uint8_t* blk0, const uint8_t* blk1, const QuantizedRows& xq,
+                     int64_t row0, int64_t b, const int32_t (*c)[kAmxMaxRows * kAmxCols]) {
+  constexpr int spb = static_cast<int>(quant_scales_per_block(F));
+  constexpr bool f16 = F == QuantFormat::kU4F16 || F == QuantFormat::kS8F16;
+  constexpr int qb = static_cast<int>(quant_quant_bytes(F));
+  const int64_t nb = xq.nb;
+  for (int h = 0; h < spb; ++h) {
+    const __m512 dw = amx_scales16(blk0, blk1, qb + 32 * h, f16);
+    for (int r = 0; r < R; ++r) {
+      const __m512 sum = _mm512_cvtepi32_ps(_mm512_load_si512(c[h] + kAmxCols * r));
+      acc[r] = _mm512_fmadd_ps(sum, _mm512_mul_ps(dw, _mm512_set1_ps(xq.dx[(row0 + r) * nb + b])), acc[r]);
+    }
+  }
+  if constexpr (quant_has_min(F)) {
+    const __m512 mw = amx_scales16(blk0, blk1, qb + (f16 ? 16 : 32), f16);
+    for (int r = 0; r < R; ++r)
+      acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xq.sx[(row0 + r) * nb + b]), acc[r]);
+  }
+}
+
+// Rows row0 .. row0 + R - 1 times two column groups (16 columns) into out[R][16], from their B
+// tiles (amx_fill_b_all); the tiles must be configured for R rows. Blocks alternate between the
+// two tile slots, and block b + 1's tile work is issued before block b's sums are scaled, so the
+// two overlap.
+template <QuantFormat F, int R>
+void amx_tile(const uint8_t* group0, const uint8_t* group1, const uint8_t* b_tiles, int64_t nb,
+              const QuantizedRows& xq, int64_t row0, float (*out)[kAmxCols]) {
+  constexpr int64_t bb = quant_block_bytes(F);
+  const int64_t K = nb * kQuantBlock;
+  const int8_t* x = xq.xq + row0 * K;
+  alignas(64) int32_t c_tile[2][2][kAmxMaxRows * kAmxCols];  // [slot][scale]
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  auto sums = [&](auto slot, int64_t b) {
+    constexpr int S = decltype(slot)::value;
+    amx_block_sums<F, S>(b_tiles + b * kAmxBTileBytes, x + b * kQuantBlock, K, c_tile[S]);
+  };
+  auto fold = [&](int slot, int64_t b) {
+    amx_fold<F, R>(acc, group0 + b * bb, group1 + b * bb, xq, row0, b, c_tile[slot]);
+  };
+  using Slot0 = std::integral_constant<int, 0>;
+  using Slot1 = std::integral_constant<int, 1>;
+  sums(Slot0{}, 0);
+  for (int64_t b = 0; b < nb; b += 2) {
+    if (b + 1 < nb) sums(Slot1{}, b + 1);
+    fold(0, b);
+    if (b + 2 < nb) sums(Slot0{}, b + 2);
+    if (b + 1 < nb) fold(1, b + 1);
+  }
+  for (int r = 0; r < R; ++r) _mm512_storeu_ps(out[r], acc[r]);
+}
+
+// amx_tile for a run-time row count 1..kAmxMaxRows.
+template <QuantFormat F, int R = 1>
+void amx_run_tile(const uint8_t* group0, const uint8_t* group1, const uint8_t* b_tiles, int64_t nb,
+                  const QuantizedRows& xq, int64_t row0, int rows, float (*out)[kAmxCols]) {
+  if constexpr (R < kAmxMaxRows) {
+    if (rows != R) return amx_run_tile<F, R + 1>(group0, group1, b_tiles, nb, xq, row0, rows, out);
+  }
+  amx_tile<F, R>(group0, group1, b_tiles, nb, xq, row0, out);
+}
+
+}  // namespace FLUID_RT_ISA_NS
+}  // namespace fluid_rt
+#endif  // FLUID_RT_ISA_AVX512
