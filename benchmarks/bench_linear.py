@@ -30,7 +30,7 @@ from common import emit_json, median_ms, print_table, use_checkout
 
 use_checkout()
 import fluid_rt  # noqa: E402
-from fluid_rt.cpu_isa import set_cpu_isa  # noqa: E402
+from fluid_rt.cpu_isa import amx_enabled, set_cpu_isa  # noqa: E402
 from fluid_rt.ops import pack_linear_weight, packed_linear  # noqa: E402
 
 SHAPES = {  # (layers, hidden, heads, kv_heads, intermediate, vocab)
@@ -43,10 +43,10 @@ def kernel_name(dtype) -> str:
     """What packed_linear runs for this dtype on the path in use."""
     if dtype == torch.float32:
         return "fp32 fma"
+    if fluid_rt.cpu_isa() == "avx512" and fluid_rt.build_info()["cpu_features"]["amx_bf16"] and amx_enabled():
+        return "bf16 AMX tiles"
     if fluid_rt.cpu_isa() == "avx512" and fluid_rt._C.cpu_has_avx512_bf16():
-        return "bf16 vdpbf16ps" + (
-            " (>32 rows: oneDNN, AMX)" if fluid_rt.build_info()["cpu_features"]["amx_bf16"] else ""
-        )
+        return "bf16 vdpbf16ps"
     return "bf16 widened to fp32"
 
 

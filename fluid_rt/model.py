@@ -87,8 +87,8 @@ def cpu_packs(dtype: torch.dtype) -> bool:
     the decoder relies on (elastic decoding equals greedy AR token for token), so every width of a
     forward uses it, prefill included. Measured against torch's matmul on the same weights
     (``benchmarks/bench_linear.py``, SmolLM2-135M's matmuls): avx512 and avx2 are faster at 1 to 128
-    rows in float32; bfloat16 is vdpbf16ps on AVX512-BF16 CPUs (faster than oneDNN without AMX; an
-    AMX CPU's avx512 path sends calls of more than 32 rows to oneDNN) and otherwise the weights
+    rows in float32; bfloat16 runs on AMX tiles where the CPU has them (1.4-2.8x torch's bfloat16
+    mm at 1 to 128 rows, 0.9x at 512), vdpbf16ps on other AVX512-BF16 CPUs, and otherwise the weights
     widened to float32 in registers, several times faster than torch's bfloat16 matmul when decoding
     (a few rows). The portable path (SSE2 on x86-64, NEON on aarch64) keeps up with torch when
     decoding and is slower on wide calls (prefill) than an x86 torch that has AVX-512 or AVX2.

@@ -5,10 +5,11 @@
 // on the other rows of the call.
 //   portable: scalar integer dots (the same sums and float steps, the float ones unfused);
 //   avx2:     maddubs (u8 x s8 pairs -> int16) + madd (-> int32); int8 weights as |w| x sign(x, w);
-//   avx512:   AVX512-VNNI dpbusd (u8 x s8 quads -> int32) where the CPU has it, else the avx2 code;
-//             int8 weights enter dpbusd as w + 128 and the 128 * sum(xq) excess is subtracted;
-//             calls of kAmxMinRows rows or more on AMX-INT8 tiles where the CPU has them (amx.h),
-//             bit for bit the VNNI code's results.
+//             AVX-VNNI dpbusd (u8 x s8 quads -> int32) where the CPU has it (the same integers);
+//   avx512:   AVX512-VNNI dpbusd where the CPU has it, else the avx2 code; int8 weights enter
+//             dpbusd as w + 128 and the 128 * sum(xq) excess is subtracted; calls of kAmxMinRows
+//             rows or more on AMX-INT8 tiles where the CPU has them (amx.h).
+// The avx2 and avx512 paths share their float steps (8 lanes), so all of these give the same bits.
 #include <algorithm>
 #include <cstring>
 #include <memory>
@@ -197,8 +198,20 @@ void tile_s8_avx2(const uint8_t* group, int64_t nb, const QuantizedRows& xq, int
 
 #endif  // FLUID_RT_ISA_AVX2
 
+#if FLUID_RT_ISA_AVX2
+// dpbusd (u8 x s8 quads -> int32): the EVEX form of AVX512-VNNI in the avx512 copy, the VEX form of
+// AVX-VNNI (Intel Alder Lake and later, AMD Zen 5: AVX2 CPUs) in the avx2 copy. Either gives the
+// integers maddubs + madd give (no pair sum of these quants reaches int16's limit), so a path's
+// results are the same bits with or without it.
 #if FLUID_RT_ISA_AVX512
 #define VNNI_FN __attribute__((target("avx512vnni,avx512vl")))
+VNNI_FN inline __m256i dpbusd(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
+inline bool cpu_has_vnni() { return cpu_has_avx512_vnni(); }
+#else
+#define VNNI_FN __attribute__((target("avxvnni")))
+VNNI_FN inline __m256i dpbusd(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_avx_epi32(acc, u, s); }
+inline bool cpu_has_vnni() { return cpu_has_avx_vnni(); }
+#endif
 
 // Independent int32 accumulators per row, so that a tile of few rows still hides dpbusd's latency.
 constexpr int vnni_chains(int rows) { return rows >= 4 ? 1 : rows >= 2 ? 2 : 4; }
@@ -211,7 +224,7 @@ VNNI_FN inline __m256i sum_chains(const __m256i* chain) {
   return s;
 }
 
-// ---- avx512-vnni: 4-bit weights -------------------------------------------------------------------
+// ---- vnni: 4-bit weights -------------------------------------------------------------------
 
 template <QuantFormat F, int R>
 VNNI_FN void tile_u4_vnni(const uint8_t* group, int64_t nb, const QuantizedRows& xq, int64_t row0,
@@ -233,9 +246,9 @@ VNNI_FN void tile_u4_vnni(const uint8_t* group, int64_t nb, const QuantizedRows&
       const __m256i lo = _mm256_and_si256(raw, low), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
       for (int r = 0; r < R; ++r) {
         __m256i& even = isum[r][(2 * c) % C];
-        even = _mm256_dpbusd_epi32(even, lo, broadcast_quad(x0 + r * K, c));
+        even = dpbusd(even, lo, broadcast_quad(x0 + r * K, c));
         __m256i& odd = isum[r][(2 * c + 1) % C];
-        odd = _mm256_dpbusd_epi32(odd, hi, broadcast_quad(x0 + r * K, c + 4));
+        odd = dpbusd(odd, hi, broadcast_quad(x0 + r * K, c + 4));
       }
     }
     const __m256 dw = load_scales8(blk + 128, F == QuantFormat::kU4F16);
@@ -247,7 +260,7 @@ VNNI_FN void tile_u4_vnni(const uint8_t* group, int64_t nb, const QuantizedRows&
   store_tile<R>(acc, out);
 }
 
-// ---- avx512-vnni: int8 weights: dpbusd(w + 128, x) - 128 * sum(x) --------------------------------
+// ---- vnni: int8 weights: dpbusd(w + 128, x) - 128 * sum(x) --------------------------------
 
 template <QuantFormat F, int R>
 VNNI_FN void tile_s8_vnni(const uint8_t* group, int64_t nb, const QuantizedRows& xq, int64_t row0,
@@ -270,7 +283,7 @@ VNNI_FN void tile_s8_vnni(const uint8_t* group, int64_t nb, const QuantizedRows&
             _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 32 * t)), flip);
         for (int r = 0; r < R; ++r) {
           __m256i& chain = isum[r][t % C];
-          chain = _mm256_dpbusd_epi32(chain, w, broadcast_quad(x0 + r * K, t));
+          chain = dpbusd(chain, w, broadcast_quad(x0 + r * K, t));
         }
       }
       const __m256 dw = load_scales8(blk + 256 + 32 * h, F == QuantFormat::kS8F16);
@@ -284,13 +297,13 @@ VNNI_FN void tile_s8_vnni(const uint8_t* group, int64_t nb, const QuantizedRows&
   }
   store_tile<R>(acc, out);
 }
-#endif  // FLUID_RT_ISA_AVX512
+#endif  // FLUID_RT_ISA_AVX2
 
 // One tile of `rows` (1..kMaxRows) rows for one column group, written to out[rows][8] in column order.
 template <QuantFormat F, int R>
 void tile_fixed(const uint8_t* group, int64_t nb, const QuantizedRows& xq, int64_t row0,
                 float (*out)[kQuantGroup], [[maybe_unused]] bool vnni) {
-#if FLUID_RT_ISA_AVX512
+#if FLUID_RT_ISA_AVX2
   if (vnni) {
     if constexpr (quant_is_u4(F))
       tile_u4_vnni<F, R>(group, nb, xq, row0, out);
@@ -352,8 +365,8 @@ template <QuantFormat F>
 void run_groups(const QuantLinearParams& p, const QuantizedRows& xq) {
   const int64_t groups = quant_num_groups(p.N), nb = xq.nb, group_bytes = nb * quant_block_bytes(F);
   const int64_t chunk = p.M <= kMaxRows ? groups : std::max<int64_t>(1, kChunkBytes / group_bytes);
-#if FLUID_RT_ISA_AVX512
-  const bool vnni = cpu_has_avx512_vnni();
+#if FLUID_RT_ISA_AVX2
+  const bool vnni = cpu_has_vnni();
 #else
   const bool vnni = false;
 #endif

@@ -74,6 +74,5 @@ def packed_linear(
 
 def unpack_linear_weight(packed: torch.Tensor) -> torch.Tensor:
     """The ``[out_features, in_features]`` row-major weight back from ``pack_linear_weight`` (one
-    pass over it). ``packed_linear`` does the same internally, slice by slice, for bfloat16 calls
-    with more than 32 rows on the avx512 path of a CPU with AMX, which go to oneDNN's matmul."""
+    pass over it)."""
     return torch.ops.fluid_rt.unpack_linear_weight(packed)
