@@ -209,7 +209,9 @@ VNNI_FN inline __m256i dpbusd(__m256i acc, __m256i u, __m256i s) { return _mm256
 inline bool cpu_has_vnni() { return cpu_has_avx512_vnni(); }
 #else
 #define VNNI_FN __attribute__((target("avxvnni")))
-VNNI_FN inline __m256i dpbusd(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_avx_epi32(acc, u, s); }
+VNNI_FN inline __m256i dpbusd(__m256i acc, __m256i u, __m256i s) {
+  return _mm256_dpbusd_avx_epi32(acc, u, s);
+}
 inline bool cpu_has_vnni() { return cpu_has_avx_vnni(); }
 #endif
 
