@@ -178,11 +178,11 @@ HAS_AMX = fluid_rt.build_info()["cpu_features"]["amx_int8"]
 @pytest.mark.parametrize("qtype", TYPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_amx_tiles_give_the_vnni_bits(qtype, dtype):
-    """On an AMX CPU the avx512 path runs calls of 4 rows or more on AMX tiles (csrc/quant/amx.h):
+    """On an AMX CPU the avx512 path runs calls of 8 rows or more on AMX tiles (csrc/quant/amx.h):
     bit for bit the AVX512-VNNI code's results, for every row count up to three row tiles, with 5
     column groups (two tile pairs and a lone group, which runs the VNNI tile) and 6, bias and
     silu_and_mul. (The tiles also meet the float64 references: every other test here runs on them
-    at 4+ rows on such a CPU.)"""
+    at 8+ rows on such a CPU.)"""
     gen = torch.Generator().manual_seed(11)
     K = K_OF[qtype]
     for N in (37, 48):

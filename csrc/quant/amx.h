@@ -1,11 +1,11 @@
 // The quantized matmul's AMX-INT8 tile (Intel Sapphire Rapids and later), for the avx512 copy of
 // kernel.isa.cpp (the only file that includes it).
 //
-// Why: a call of several rows (an elastic forward: 4..33) spends its time in the integer dot
-// products, and one tile instruction does 16 rows x 16 columns x 32 k of them, where AVX512-VNNI
-// needs 128 instructions. The weights stay in kernel.isa.cpp's layout: a block's quads of two
-// 8-column groups, side by side, are exactly the rows of a B tile (16 columns x 4 k per 64 bytes),
-// built per block in a 512-byte buffer (4-bit quants unpacked on the way). x's quantized rows are
+// Why: a call of many rows (a batch of elastic forwards, a prefill) spends its time in the integer
+// dot products, and one tile instruction does 16 rows x 16 columns x 32 k of them, where
+// AVX512-VNNI needs 16 (512-bit) per row. The weights stay in kernel.isa.cpp's layout: a block's
+// quads of two 8-column groups, side by side, are exactly the rows of a B tile (16 columns x 4 k
+// per 64 bytes), built in 512-byte buffers (4-bit quants unpacked on the way). x's quantized rows are
 // the A tile, loaded in place. The tile's int32 sums are the same integers the VNNI code adds up,
 // and each row's float steps (scale, accumulate in k order, the min term) are the VNNI code's, lane
 // for lane, so this tile gives the VNNI path's results bit for bit (tested), and a row's result still

@@ -6,10 +6,11 @@
 //   portable: scalar integer dots (the same sums and float steps, the float ones unfused);
 //   avx2:     maddubs (u8 x s8 pairs -> int16) + madd (-> int32); int8 weights as |w| x sign(x, w);
 //             AVX-VNNI dpbusd (u8 x s8 quads -> int32) where the CPU has it (the same integers);
-//   avx512:   AVX512-VNNI dpbusd where the CPU has it, else the avx2 code; int8 weights enter
-//             dpbusd as w + 128 and the 128 * sum(xq) excess is subtracted; calls of kAmxMinRows
-//             rows or more on AMX-INT8 tiles where the CPU has them (amx.h).
-// The avx2 and avx512 paths share their float steps (8 lanes), so all of these give the same bits.
+//   avx512:   AVX512-VNNI dpbusd on two column groups per 512-bit vector where the CPU has it, else
+//             the avx2 code; int8 weights enter dpbusd as w + 128 and the 128 * sum(xq) excess is
+//             subtracted; calls of kAmxMinRows rows or more on AMX-INT8 tiles where the CPU has them
+//             (amx.h).
+// The avx2 and avx512 paths take the same float steps per column, so all of these give the same bits.
 #include <algorithm>
 #include <cstring>
 #include <memory>
@@ -301,6 +302,86 @@ VNNI_FN void tile_s8_vnni(const uint8_t* group, int64_t nb, const QuantizedRows&
 }
 #endif  // FLUID_RT_ISA_AVX2
 
+#if FLUID_RT_ISA_AVX512
+// ---- avx512-vnni: two column groups per 512-bit vector ---------------------------------------------
+// Two 8-column tiles in one: x's quads are broadcast once for 16 columns and each dpbusd, fold and
+// scale load covers both groups, about half the instructions (one-row forward x1.05, 3-7 rows
+// x1.09-1.12, paired A/B). Every lane takes the steps of tile_u4_vnni / tile_s8_vnni, so the bits
+// are theirs.
+#define VNNI512_FN __attribute__((target("avx512vnni,avx512f,avx512bw,avx512dq")))
+
+template <QuantFormat F, int R>
+VNNI512_FN void tile_pair_vnni512(const uint8_t* group0, const uint8_t* group1, int64_t nb,
+                                  const QuantizedRows& xq, int64_t row0, float (*out)[2 * kQuantGroup]) {
+  constexpr int64_t bb = quant_block_bytes(F);
+  constexpr int qps = quads_per_scale<F>(), C = vnni_chains(R);
+  constexpr bool f16 = F == QuantFormat::kU4F16 || F == QuantFormat::kS8F16;
+  constexpr int qb = static_cast<int>(quant_quant_bytes(F));
+  const int64_t K = nb * kQuantBlock;
+  const __m512i low = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t *blk0 = group0 + b * bb, *blk1 = group1 + b * bb;
+    const int8_t* x0 = xq.xq + row0 * K + b * kQuantBlock;
+    auto quad = [&](int r, int t) {  // row r's x quad t in every lane
+      int32_t v;
+      std::memcpy(&v, x0 + r * K + 4 * t, 4);
+      return _mm512_set1_epi32(v);
+    };
+    for (int h = 0; h < kQuads / qps; ++h) {
+      __m512i isum[R][C];
+      for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) isum[r][c] = _mm512_setzero_si512();
+      if constexpr (quant_is_u4(F)) {
+        for (int c = 0; c < 4; ++c) {
+          const __m512i raw = join256(blk0 + 32 * c, blk1 + 32 * c);
+          const __m512i lo = _mm512_and_si512(raw, low),
+                        hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low);
+          for (int r = 0; r < R; ++r) {
+            isum[r][(2 * c) % C] = _mm512_dpbusd_epi32(isum[r][(2 * c) % C], lo, quad(r, c));
+            isum[r][(2 * c + 1) % C] = _mm512_dpbusd_epi32(isum[r][(2 * c + 1) % C], hi, quad(r, c + 4));
+          }
+        }
+      } else {
+        for (int t = h * qps; t < (h + 1) * qps; ++t) {
+          const __m512i w = _mm512_xor_si512(join256(blk0 + 32 * t, blk1 + 32 * t), flip);
+          for (int r = 0; r < R; ++r) isum[r][t % C] = _mm512_dpbusd_epi32(isum[r][t % C], w, quad(r, t));
+        }
+      }
+      const __m512 dw = amx_scales16(blk0, blk1, qb + 32 * h, f16);
+      for (int r = 0; r < R; ++r) {
+        __m512i sum = isum[r][0];
+        for (int c = 1; c < C; ++c) sum = _mm512_add_epi32(sum, isum[r][c]);
+        const int64_t xi = (row0 + r) * nb + b;
+        if constexpr (!quant_is_u4(F)) {
+          const int32_t* sum16 = xq.sum16 + 2 * xi;
+          sum = _mm512_sub_epi32(sum,
+                                 _mm512_set1_epi32(128 * (qps == kQuads ? sum16[0] + sum16[1] : sum16[h])));
+        }
+        acc[r] =
+            _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, _mm512_set1_ps(xq.dx[xi])), acc[r]);
+      }
+    }
+    if constexpr (quant_has_min(F)) {
+      const __m512 mw = amx_scales16(blk0, blk1, qb + (f16 ? 16 : 32), f16);
+      for (int r = 0; r < R; ++r)
+        acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xq.sx[(row0 + r) * nb + b]), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) _mm512_storeu_ps(out[r], acc[r]);
+}
+
+template <QuantFormat F, int R = 1>
+void run_pair_tile(const uint8_t* group0, const uint8_t* group1, int64_t nb, const QuantizedRows& xq,
+                   int64_t row0, int rows, float (*out)[2 * kQuantGroup]) {
+  if constexpr (R < kMaxRows) {
+    if (rows != R) return run_pair_tile<F, R + 1>(group0, group1, nb, xq, row0, rows, out);
+  }
+  tile_pair_vnni512<F, R>(group0, group1, nb, xq, row0, out);
+}
+#endif  // FLUID_RT_ISA_AVX512
+
 // One tile of `rows` (1..kMaxRows) rows for one column group, written to out[rows][8] in column order.
 template <QuantFormat F, int R>
 void tile_fixed(const uint8_t* group, int64_t nb, const QuantizedRows& xq, int64_t row0,
@@ -363,9 +444,31 @@ inline void for_row_tiles(int64_t M, int max_rows, Fn&& f) {
   }
 }
 
+// Row tile [row0, row0 + rows) of group g, or of groups g and g + 1 (< end) on the avx512 path's
+// 512-bit pair tile; returns how many groups it did.
+template <QuantFormat F>
+int64_t run_groups_at(const QuantLinearParams& p, const QuantizedRows& xq, int64_t g, int64_t end,
+                      int64_t row0, int rows, bool vnni) {
+  const int64_t group_bytes = xq.nb * quant_block_bytes(F);
+  const uint8_t* group = p.packed + g * group_bytes;
+#if FLUID_RT_ISA_AVX512
+  if (vnni && g + 1 < end) {
+    float out[kMaxRows][2 * kQuantGroup];
+    run_pair_tile<F>(group, group + group_bytes, xq.nb, xq, row0, rows, out);
+    store_rows(p, g, row0, rows, out, 0);
+    store_rows(p, g + 1, row0, rows, out, kQuantGroup);
+    return 2;
+  }
+#endif
+  float out[kMaxRows][kQuantGroup];
+  run_tile<F>(group, xq.nb, xq, row0, rows, out, vnni);
+  store_rows(p, g, row0, rows, out);
+  return 1;
+}
+
 template <QuantFormat F>
 void run_groups(const QuantLinearParams& p, const QuantizedRows& xq) {
-  const int64_t groups = quant_num_groups(p.N), nb = xq.nb, group_bytes = nb * quant_block_bytes(F);
+  const int64_t groups = quant_num_groups(p.N), group_bytes = xq.nb * quant_block_bytes(F);
   const int64_t chunk = p.M <= kMaxRows ? groups : std::max<int64_t>(1, kChunkBytes / group_bytes);
 #if FLUID_RT_ISA_AVX2
   const bool vnni = cpu_has_vnni();
@@ -375,23 +478,20 @@ void run_groups(const QuantLinearParams& p, const QuantizedRows& xq) {
 #pragma omp parallel
   {
     const ItemRange share = thread_share(groups);  // each thread streams its own part of the weight
-    float out[kMaxRows][kQuantGroup];
     for (int64_t c0 = share.begin; c0 < share.end; c0 += chunk) {
       const int64_t c1 = std::min(share.end, c0 + chunk);
       for_row_tiles(p.M, kMaxRows, [&](int64_t row0, int rows) {
-        for (int64_t g = c0; g < c1; ++g) {
-          run_tile<F>(p.packed + g * group_bytes, nb, xq, row0, rows, out, vnni);
-          store_rows(p, g, row0, rows, out);
-        }
+        for (int64_t g = c0; g < c1;) g += run_groups_at<F>(p, xq, g, c1, row0, rows, vnni);
       });
     }
   }
 }
 
 #if FLUID_RT_ISA_AVX512
-// Calls of this many rows or more run on AMX tiles (fewer: the weight stream, not the dot
-// products, is the cost, and the VNNI code streams it with less overhead).
-constexpr int64_t kAmxMinRows = 4;
+// Calls of this many rows or more run on AMX tiles: below it a tile's fixed cost per block (B fill,
+// tile loads, C store) outweighs what it saves over the 512-bit pair tile (a SmolLM2 forward:
+// x0.95 at 4 rows, x1.00-1.03 at 7, x1.06 at 8, x1.12 at 12; paired A/B).
+constexpr int64_t kAmxMinRows = 8;
 
 // run_groups on AMX tiles: threads take pairs of column groups (a C tile is 16 columns); each pair's
 // B tiles are filled once, for all row tiles. A lone last group runs the VNNI tile, which computes
@@ -443,6 +543,7 @@ void run_format(const QuantLinearParams& p, const QuantizedRows& xq) {
 
 void quant_linear_run(const QuantLinearParams& p) {
   if (p.M == 0) return;
+
   const int64_t nb = p.K / kQuantBlock;
   std::unique_ptr<int8_t[]> quants(new int8_t[p.M * p.K]);
   std::unique_ptr<float[]> scales(new float[2 * p.M * nb]);
