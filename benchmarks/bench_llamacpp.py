@@ -35,7 +35,7 @@ import time
 
 import torch
 
-from common import emit_json, print_table, use_checkout
+from common import cpu_path_label, emit_json, print_table, use_checkout
 
 use_checkout()
 import fluid_rt  # noqa: E402
@@ -202,13 +202,14 @@ def bench_chat(loaded, llm, args) -> list[dict] | None:
             done["llama.cpp"] = (outs, sum(map(len, outs)))
         for isa in isas:
             with fluid_rt.use_cpu_isa(isa):
+                path = cpu_path_label()
                 fluid_chat(dec, prompts[:1], el_cfg)  # warm-up
                 for mode, cfg in (("ar", ar_cfg), ("elastic", el_cfg)):
                     secs, outs, forwards = fluid_chat(dec, prompts, cfg)
-                    seconds.setdefault(f"fluid_rt {mode} {isa}", []).append(secs)
-                    done[f"fluid_rt {mode} {isa}"] = (outs, forwards)
-            if done[f"fluid_rt elastic {isa}"][0] != done[f"fluid_rt ar {isa}"][0]:
-                raise SystemExit(f"{isa}: elastic tokens differ from AR's: not lossless")
+                    seconds.setdefault(f"fluid_rt {mode} {path}", []).append(secs)
+                    done[f"fluid_rt {mode} {path}"] = (outs, forwards)
+            if done[f"fluid_rt elastic {path}"][0] != done[f"fluid_rt ar {path}"][0]:
+                raise SystemExit(f"{path}: elastic tokens differ from AR's: not lossless")
     rows = []
     for impl, times in seconds.items():
         outs, forwards = done[impl]
@@ -273,7 +274,7 @@ def main(argv=None) -> None:
         with fluid_rt.use_cpu_isa(isa):
             t_pre, t_dec, toks = bench_fluid(dec, prompt, n, args.repeats)
         r = {
-            "impl": f"fluid_rt {args.weights} {isa}",
+            "impl": f"fluid_rt {args.weights} {cpu_path_label()}",
             "prefill_tok_s": len(prompt) / t_pre,
             "decode_tok_s": n / t_dec,
         }

@@ -23,7 +23,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from common import emit_json, median_ms, print_table, use_checkout
+from common import cpu_path_label, emit_json, median_ms, print_table, use_checkout
 
 use_checkout()
 import fluid_rt  # noqa: E402
@@ -107,7 +107,7 @@ def main():
                 "ratio": min(ms_torch) / ours,
             }
         )
-    path = fluid_rt.cpu_isa()
+    path = cpu_path_label()
     title = (
         f"quant_linear (embedded Q4_1 + Q8_0 lm_head, {weight_bytes / 1e6:.0f} MB) vs torch float32 on "
         f"the dequantized weights, cpu path {path}, {a.threads} threads, best of 3 medians of {a.iters}"

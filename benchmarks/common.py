@@ -27,6 +27,15 @@ def use_checkout() -> None:
         sys.path.append(ROOT)
 
 
+def cpu_path_label() -> str:
+    """The CPU path in use, with "+amx" when its matmuls run on AMX tiles (fluid_rt.cpu_isa)."""
+    import fluid_rt
+    from fluid_rt.cpu_isa import amx_enabled
+
+    isa = fluid_rt.cpu_isa()
+    return f"{isa}+amx" if isa == "avx512" and amx_enabled() else isa
+
+
 def median_ms(fn, *, iters: int = 50, warmup: int = 5, sync=None) -> float:
     """Median wall time of ``fn()`` in milliseconds; ``sync`` (e.g. torch.cuda.synchronize) runs
     after each call so GPU work is inside the timed region."""
