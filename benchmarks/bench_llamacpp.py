@@ -273,8 +273,9 @@ def main(argv=None) -> None:
     for isa in args.isa.split(","):
         with fluid_rt.use_cpu_isa(isa):
             t_pre, t_dec, toks = bench_fluid(dec, prompt, n, args.repeats)
+            label = cpu_path_label()
         r = {
-            "impl": f"fluid_rt {args.weights} {cpu_path_label()}",
+            "impl": f"fluid_rt {args.weights} {label}",
             "prefill_tok_s": len(prompt) / t_pre,
             "decode_tok_s": n / t_dec,
         }
