@@ -6,7 +6,13 @@
 llama.cpp runs through llama-cpp-python (``pip install llama-cpp-python``: it compiles llama.cpp
 from source; it is not part of CI's installs). Without it the baseline is skipped with a message
 and only fluid_rt's numbers are printed. The default model is the embedded
-SmolLM2-135M-Instruct.Q4_1.gguf.
+SmolLM2-135M-Instruct.Q4_1.gguf. On an Intel CPU with AMX, llama-cpp-python 0.3.36 built natively
+(its log then shows ``AMX_INT8 = 1``) crashed with a segmentation fault in its first decode of this
+file on our machine; built without its AMX code it runs (AVX-512, VNNI and BF16 kept):
+``CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+-DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
+-DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF" pip install --force-reinstall
+--no-deps --no-cache-dir llama-cpp-python``.
 
 Both decode greedily from the same 128-token prompt (English text, tokenized by the file's own
 vocabulary), with the same number of threads:
