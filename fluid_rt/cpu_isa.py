@@ -3,9 +3,10 @@
 The path is chosen once, at import: ``FLUID_RT_CPU_ISA=portable|avx2|avx512`` when set, else the
 widest one this CPU supports. ``use_cpu_isa`` switches it for a block of code (tests, benchmarks).
 
-Inside the avx512 path, a CPU with AMX-INT8 tiles (Intel Sapphire Rapids and later) runs the
-quantized matmul's multi-row calls on them, bit for bit the AVX512-VNNI code's results;
-``FLUID_RT_CPU_AMX=0`` at start, or ``use_amx(False)``, keeps them off.
+Inside the avx512 path, a CPU with AMX tiles (Intel Sapphire Rapids and later) runs the quantized
+matmul's calls of 8+ rows (AMX-INT8, bit for bit the AVX512-VNNI code's results) and every bfloat16
+packed_linear call (AMX-BF16) on them; ``FLUID_RT_CPU_AMX=0`` at start, or ``use_amx(False)``,
+keeps them off.
 """
 
 from __future__ import annotations
@@ -55,15 +56,15 @@ def use_cpu_isa(name: str) -> Iterator[None]:
 
 
 def amx_enabled() -> bool:
-    """Whether the kernels use AMX tiles where they would (this CPU has AMX-INT8, the OS granted
-    them, and they are not switched off)."""
+    """Whether the kernels use AMX tiles where they would (this CPU has them, the OS granted them,
+    and they are not switched off)."""
     return bool(_C.cpu_amx())
 
 
 @contextlib.contextmanager
 def use_amx(on: bool) -> Iterator[None]:
     """Run the block with AMX tiles on or off, then restore the previous setting; asking for them
-    on a CPU without AMX-INT8 raises ValueError."""
+    on a CPU without AMX tiles raises ValueError."""
     previous = amx_enabled()
     _C.set_cpu_amx(bool(on))
     try:
@@ -84,6 +85,8 @@ def _check_env() -> None:
         raise ImportError(f"{AMX_ENV}={amx}: expected 0 (AMX tiles off) or 1 (on, the default where present)")
     if amx == "1" and not (_C.cpu_features()["amx_int8"] or _C.cpu_features()["amx_bf16"]):
         raise ImportError(f"{AMX_ENV}=1: this CPU (or its OS) gives this process no AMX tiles")
+    if amx == "0":
+        _C.set_cpu_amx(False)
 
 
 _check_env()

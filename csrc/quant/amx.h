@@ -17,6 +17,7 @@
 
 #include "common/amx.h"
 #include "quant/activations.h"
+#include "quant/group_pair.h"
 #include "quant/params.h"
 
 namespace fluid_rt {
@@ -40,12 +41,6 @@ inline void amx_configure(int rows) {
   cfg.load();
 }
 
-// 32 bytes of group 0 then 32 of group 1.
-inline __m512i join256(const uint8_t* a, const uint8_t* b) {
-  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a))),
-                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), 1);
-}
-
 // B tile rows t = 0..7 of one block: quad t of group 0's block, then quad t of group 1's.
 template <QuantFormat F>
 inline void amx_fill_b(const uint8_t* blk0, const uint8_t* blk1, uint8_t* b) {
@@ -59,15 +54,6 @@ inline void amx_fill_b(const uint8_t* blk0, const uint8_t* blk1, uint8_t* b) {
   } else {
     for (int t = 0; t < 8; ++t) _mm512_store_si512(b + 64 * t, join256(blk0 + 32 * t, blk1 + 32 * t));
   }
-}
-
-// Eight float scales of each group at byte `offset` of their blocks, as one 16-column vector.
-inline __m512 amx_scales16(const uint8_t* blk0, const uint8_t* blk1, int offset, bool f16) {
-  auto eight = [&](const uint8_t* s) {
-    return f16 ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s)))
-               : _mm256_loadu_ps(reinterpret_cast<const float*>(s));
-  };
-  return _mm512_insertf32x8(_mm512_castps256_ps512(eight(blk0 + offset)), eight(blk1 + offset), 1);
 }
 
 // B tiles of every block of two column groups, 512 bytes each, filled before any is loaded: a tile
@@ -106,14 +92,14 @@ inline void amx_fold(__m512* acc, const uint8_t* blk0, const uint8_t* blk1, cons
   constexpr int qb = static_cast<int>(quant_quant_bytes(F));
   const int64_t nb = xq.nb;
   for (int h = 0; h < spb; ++h) {
-    const __m512 dw = amx_scales16(blk0, blk1, qb + 32 * h, f16);
+    const __m512 dw = pair_scales16(blk0, blk1, qb + 32 * h, f16);
     for (int r = 0; r < R; ++r) {
       const __m512 sum = _mm512_cvtepi32_ps(_mm512_load_si512(c[h] + kAmxCols * r));
       acc[r] = _mm512_fmadd_ps(sum, _mm512_mul_ps(dw, _mm512_set1_ps(xq.dx[(row0 + r) * nb + b])), acc[r]);
     }
   }
   if constexpr (quant_has_min(F)) {
-    const __m512 mw = amx_scales16(blk0, blk1, qb + (f16 ? 16 : 32), f16);
+    const __m512 mw = pair_scales16(blk0, blk1, qb + (f16 ? 16 : 32), f16);
     for (int r = 0; r < R; ++r)
       acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xq.sx[(row0 + r) * nb + b]), acc[r]);
   }

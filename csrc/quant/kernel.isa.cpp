@@ -20,6 +20,7 @@
 #include "common/parallel.h"
 #include "quant/activations.h"
 #include "quant/amx.h"
+#include "quant/group_pair.h"
 #include "quant/params.h"
 
 namespace fluid_rt {
@@ -349,7 +350,7 @@ VNNI512_FN void tile_pair_vnni512(const uint8_t* group0, const uint8_t* group1, 
           for (int r = 0; r < R; ++r) isum[r][t % C] = _mm512_dpbusd_epi32(isum[r][t % C], w, quad(r, t));
         }
       }
-      const __m512 dw = amx_scales16(blk0, blk1, qb + 32 * h, f16);
+      const __m512 dw = pair_scales16(blk0, blk1, qb + 32 * h, f16);
       for (int r = 0; r < R; ++r) {
         __m512i sum = isum[r][0];
         for (int c = 1; c < C; ++c) sum = _mm512_add_epi32(sum, isum[r][c]);
@@ -364,7 +365,7 @@ VNNI512_FN void tile_pair_vnni512(const uint8_t* group0, const uint8_t* group1, 
       }
     }
     if constexpr (quant_has_min(F)) {
-      const __m512 mw = amx_scales16(blk0, blk1, qb + (f16 ? 16 : 32), f16);
+      const __m512 mw = pair_scales16(blk0, blk1, qb + (f16 ? 16 : 32), f16);
       for (int r = 0; r < R; ++r)
         acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xq.sx[(row0 + r) * nb + b]), acc[r]);
     }
