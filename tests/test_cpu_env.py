@@ -5,6 +5,7 @@ interpreter (the choice is made at import)."""
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -15,9 +16,17 @@ REPORT = "import fluid_rt; print(fluid_rt.build_info()['cpu_isa'], fluid_rt.buil
 
 
 def run_import(**env):
+    """``import fluid_rt`` in a fresh interpreter, with the fluid_rt these tests import (an in-place
+    build or the installed package) first on the path, run outside the checkout (whose source tree
+    would otherwise shadow an installed package)."""
     full = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
     return subprocess.run(
-        [sys.executable, "-c", REPORT], env=full, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", REPORT],
+        env=full,
+        cwd=tempfile.gettempdir(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -157,15 +157,16 @@ def test_rows_bitwise_independent_of_the_call(matmul_path, dtype):
     DEVELOPERS.md: a position's projections do not change with the width of the forward). The
     row counts cross every tile shape of every path (1..3, 4..6, 7..12 rows per tile, several
     tiles over k-chunks) and K is long enough for several chunks."""
-    weight, bias = torch.randn(300, 1200).to(dtype), torch.randn(300).to(dtype)
-    packed = pack_linear_weight(weight)
-    x = torch.randn(70, 1200).to(dtype)
-    full = packed_linear(x, packed, bias)
-    check_close(full, x, weight, bias)
-    for M in (1, 2, 3, 4, 6, 7, 12, 13, 17, 25, 33):
-        assert torch.equal(packed_linear(x[:M], packed, bias), full[:M])
-        assert torch.equal(packed_linear(x[M : M + 1], packed, bias), full[M : M + 1])
-        assert torch.equal(packed_linear(x[M : 2 * M + 1], packed, bias), full[M : 2 * M + 1])
+    for N in (300, 310):  # last panels 12 and 22 columns wide (AMX: one half-tile, one and a bit)
+        weight, bias = torch.randn(N, 1200).to(dtype), torch.randn(N).to(dtype)
+        packed = pack_linear_weight(weight)
+        x = torch.randn(70, 1200).to(dtype)
+        full = packed_linear(x, packed, bias)
+        check_close(full, x, weight, bias)
+        for M in (1, 2, 3, 4, 6, 7, 12, 13, 17, 25, 33):
+            assert torch.equal(packed_linear(x[:M], packed, bias), full[:M])
+            assert torch.equal(packed_linear(x[M : M + 1], packed, bias), full[M : M + 1])
+            assert torch.equal(packed_linear(x[M : 2 * M + 1], packed, bias), full[M : 2 * M + 1])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -222,7 +223,7 @@ def test_model_uses_packed_weights_on_the_cpu(matmul_path):
     for lin in (Linear(w, b), Linear(w, b, pack=False)):
         check_close(lin(x), x, w, b)
         check_close(lin.silu_and_mul(gate_up.clone()), gate_up, w, b, silu_and_mul=True)
-    # bfloat16 beyond 32 rows too (on an AMX CPU the avx512 path hands those to oneDNN)
+    # bfloat16 beyond 32 rows too (two AMX row tiles of 16 on an AMX CPU)
     lin = Linear(w.bfloat16(), b.bfloat16(), pack=True)
     for rows in (1, 32, 33, 40):
         xb = torch.randn(rows, 8).bfloat16()

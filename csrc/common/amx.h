@@ -6,6 +6,7 @@
 // A tile register holds up to 16 rows of up to 64 bytes; its shape comes from the configuration
 // loaded by the thread that uses it (AmxConfig::load), and amx_release() frees the state again.
 #pragma once
+#include "common/isa.h"
 #if FLUID_RT_ISA_AVX512 && defined(__x86_64__)
 #include <cstdint>
 

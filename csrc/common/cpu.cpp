@@ -177,7 +177,9 @@ bool cpu_has_amx_bf16() {
 #endif
 }
 
-bool cpu_amx_enabled() { return amx_tiles() && amx_switch().load(std::memory_order_relaxed); }
+// The switch first: with the tiles off, the process never asks for their state (a grant makes Linux
+// refuse later sigaltstack calls whose stack is too small for it).
+bool cpu_amx_enabled() { return amx_switch().load(std::memory_order_relaxed) && amx_tiles(); }
 
 bool set_cpu_amx(bool on) {
   if (on && !amx_tiles()) return false;

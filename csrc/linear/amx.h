@@ -9,7 +9,7 @@
 // full panel (16 columns x a pair of k = 64 bytes, 128 bytes apart) are a B tile and 32 k of a row
 // of x an A tile row, both loaded in place. Every output element accumulates in its C tile over
 // the k chunks in order, and the tile computes each element from its own row and column only, so a
-// row's result never depends on the other rows of the call (tested bit for bit, 1..40 rows).
+// row's result never depends on the other rows of the call (tested bit for bit, 1..70 rows).
 // Tails (the last panel narrower than 32 columns, K not a multiple of 32) are copied into
 // zero-padded tiles: adding 0 x 0 changes no sum.
 #pragma once

@@ -3,7 +3,7 @@
 //
 // Why: a call of many rows (a batch of elastic forwards, a prefill) spends its time in the integer
 // dot products, and one tile instruction does 16 rows x 16 columns x 32 k of them, where
-// AVX512-VNNI needs 16 (512-bit) per row. The weights stay in kernel.isa.cpp's layout: a block's
+// AVX512-VNNI needs 8 (512-bit) per row. The weights stay in kernel.isa.cpp's layout: a block's
 // quads of two 8-column groups, side by side, are exactly the rows of a B tile (16 columns x 4 k
 // per 64 bytes), built in 512-byte buffers (4-bit quants unpacked on the way). x's quantized rows are
 // the A tile, loaded in place. The tile's int32 sums are the same integers the VNNI code adds up,

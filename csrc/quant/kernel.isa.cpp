@@ -1,8 +1,8 @@
 // The quantized matmul (params.h), compiled once per CPU path. Threads take contiguous ranges of
-// 8-column groups; each group's weights are streamed once per tile of up to kMaxRows rows, and
-// every row runs through the same instructions whatever its tile (integer dot products are exact
-// in any order, and each row's float work is the same sequence), so a row's result never depends
-// on the other rows of the call.
+// 8-column groups; each group's weights are streamed once per tile of up to kMaxRows rows (16 on
+// AMX tiles), and every row runs through the same instructions whatever its tile (integer dot
+// products are exact in any order, and each row's float work is the same sequence), so a row's
+// result never depends on the other rows of the call.
 //   portable: scalar integer dots (the same sums and float steps, the float ones unfused);
 //   avx2:     maddubs (u8 x s8 pairs -> int16) + madd (-> int32); int8 weights as |w| x sign(x, w);
 //             AVX-VNNI dpbusd (u8 x s8 quads -> int32) where the CPU has it (the same integers);
