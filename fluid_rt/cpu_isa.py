@@ -83,7 +83,8 @@ def _check_env() -> None:
     amx = os.environ.get(AMX_ENV, "").strip()
     if amx not in ("", "0", "1"):
         raise ImportError(f"{AMX_ENV}={amx}: expected 0 (AMX tiles off) or 1 (on, the default where present)")
-    if amx == "1" and not (_C.cpu_features()["amx_int8"] or _C.cpu_features()["amx_bf16"]):
+    features = _C.cpu_features()
+    if amx == "1" and not (features["amx_int8"] or features["amx_bf16"]):
         raise ImportError(f"{AMX_ENV}=1: this CPU (or its OS) gives this process no AMX tiles")
     if amx == "0":
         _C.set_cpu_amx(False)

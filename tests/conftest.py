@@ -87,7 +87,7 @@ def _supported_cpu_isas():
     return list(fluid_rt._C.cpu_isas_supported())
 
 
-def _matmul_paths():
+def matmul_paths():
     """The CPU paths, and on a CPU with AMX tiles the avx512 path without them ("avx512-noamx"):
     the matmul kernels run other code there (AVX512-VNNI, vdpbf16ps)."""
     import fluid_rt
@@ -98,7 +98,7 @@ def _matmul_paths():
 
 
 @contextlib.contextmanager
-def _on_cpu_path(name):
+def on_cpu_path(name):
     import fluid_rt
     from fluid_rt.cpu_isa import use_amx
 
@@ -113,12 +113,12 @@ def cpu_isa(request):
     kernels switched to that path for the test's duration; the value is the path's name."""
     if request.node.get_closest_marker("emu") is not None and request.param != _supported_cpu_isas()[-1]:
         pytest.skip("the emulated CUDA kernels do not depend on the CPU path: one run is enough")
-    with _on_cpu_path(request.param):
+    with on_cpu_path(request.param):
         yield request.param
 
 
-@pytest.fixture(params=_matmul_paths())
+@pytest.fixture(params=matmul_paths())
 def matmul_path(request):
     """``cpu_isa`` for the matmul kernels: every CPU path, plus "avx512-noamx" on an AMX CPU."""
-    with _on_cpu_path(request.param):
+    with on_cpu_path(request.param):
         yield request.param

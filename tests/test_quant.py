@@ -23,11 +23,10 @@ activation quantization costs.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 import torch
+from conftest import matmul_paths, on_cpu_path
 
 import fluid_rt
 from fluid_rt import ops
@@ -203,16 +202,15 @@ def test_x86_paths_give_the_same_bits(qtype):
     """avx2 (maddubs + madd, or AVX-VNNI), avx512 (AVX512-VNNI, or the avx2 code) and AMX tiles add
     the same integers and share their float steps, so on an x86 CPU they agree bit for bit (the
     portable path does its float steps unfused)."""
-    paths = [p for p in fluid_rt._C.cpu_isas_supported() if p != "portable"]
-    if len(paths) < 2 and not HAS_AMX:
+    paths = [p for p in matmul_paths() if p != "portable"]
+    if len(paths) < 2:
         pytest.skip("one x86 vector path here")
     K = K_OF[qtype]
     ql = QuantLinear(quantized_weight(qtype, 37, K, seed=3), torch.randn(37))
     x = torch.randn(21, 2 * K) * 2
     results = []
-    for path in paths + (["avx512-noamx"] if HAS_AMX else []):
-        isa, _, variant = path.partition("-")
-        with fluid_rt.use_cpu_isa(isa), use_amx(False) if variant else contextlib.nullcontext():
+    for path in paths:
+        with on_cpu_path(path):
             results.append([ql(x[:m, :K]) for m in (1, 5, 21)] + [ql.silu_and_mul(x[:7])])
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))

@@ -138,8 +138,8 @@ inline void packed_linear_amx_bf16(const PackedLinearParams& p, bool parallel) {
       std::memcpy(a_tail.get() + m * 32,
                   static_cast<const uint16_t*>(p.x) + m * p.x_row_stride + (steps - tail) * 2, tail * 4);
   }
-  const int64_t tiles = (p.M + kAmxBf16Rows - 1) / kAmxBf16Rows;
-  auto tile_start = [&](int64_t t) { return p.M * t / tiles; };  // balanced: sizes differ by 1 at most
+  const int64_t tiles = row_tiles(p.M, kAmxBf16Rows);
+  auto tile_start = [&](int64_t t) { return row_tile_start(p.M, kAmxBf16Rows, t); };
 #pragma omp parallel if (parallel)
   {
     const ItemRange share = thread_share(panels);

@@ -65,14 +65,6 @@ constexpr int64_t kChunkBytes = 12 * 1024;
 
 int64_t num_steps(const PackedLinearParams& p) { return p.dtype == DType::kFloat32 ? p.K : p.K / 2; }
 
-// Rows are cut into balanced tiles: 17 rows run as 9 + 8, not 12 + 5 (a short tile wastes FMA
-// slots). Tile t covers rows [tile_start(t), tile_start(t + 1)); the first is the tallest.
-int64_t num_tiles(int64_t M, int max_rows) { return (M + max_rows - 1) / max_rows; }
-int64_t tile_start(int64_t M, int max_rows, int64_t t) {
-  const int64_t tiles = num_tiles(M, max_rows), base = M / tiles, extra = M % tiles;
-  return t * base + std::min(t, extra);  // the first `extra` tiles take one row more
-}
-
 // ---- the three ways to multiply a step ------------------------------------------------------------
 // `a` holds a tile's rows of x step-major: entry (s, r) at a[(s * R + r) * kUnits], kUnits 32-bit
 // words per step and row.
@@ -276,13 +268,15 @@ constexpr TileTable kTable = make_table<Step>(std::make_integer_sequence<int, St
 
 // ---- x, packed per tile ------------------------------------------------------------------------
 
-// Steps [s0, s1) of every tile's rows of x into `a` (tile t at word tile_start(t) * steps * kUnits).
+// Steps [s0, s1) of every tile's rows of x into `a` (tile t at word row_tile_start(t) * steps * kUnits; row
+// tiles: common/parallel.h).
 template <class Step>
 void pack_rows(const PackedLinearParams& p, uint32_t* a, int64_t s0, int64_t s1) {
   const int64_t steps = num_steps(p);
   constexpr int64_t u = Step::kUnits;
-  for (int64_t t = 0, tiles = num_tiles(p.M, Step::kMaxRows); t < tiles; ++t) {
-    const int64_t m0 = tile_start(p.M, Step::kMaxRows, t), R = tile_start(p.M, Step::kMaxRows, t + 1) - m0;
+  for (int64_t t = 0, tiles = row_tiles(p.M, Step::kMaxRows); t < tiles; ++t) {
+    const int64_t m0 = row_tile_start(p.M, Step::kMaxRows, t),
+                  R = row_tile_start(p.M, Step::kMaxRows, t + 1) - m0;
     uint32_t* dst = a + m0 * steps * u;
     for (int64_t r = 0; r < R; ++r) {
       const char* row =
@@ -307,13 +301,13 @@ template <class Step>
 void run_call(const PackedLinearParams& p, int64_t n0, int v, const uint32_t* a, float* partial) {
   const TileTable& table = kTable<Step>;
   const int max_rows = Step::kMaxRows, units = Step::kUnits;
-  const int64_t tiles = num_tiles(p.M, max_rows), steps = num_steps(p), cols = int64_t{v} * kLanes;
+  const int64_t tiles = row_tiles(p.M, max_rows), steps = num_steps(p), cols = int64_t{v} * kLanes;
   const bool full = n0 + cols <= p.N / kLinearPanel * kLinearPanel;  // only 32-wide panels
   const int64_t chunk = tiles == 1 ? steps : std::max<int64_t>(16, kChunkBytes / (4 * cols));
   for (int64_t s0 = 0; s0 < steps; s0 += chunk) {
     const int64_t s1 = std::min(steps, s0 + chunk);
     for (int64_t t = 0; t < tiles; ++t) {
-      const int64_t m0 = tile_start(p.M, max_rows, t), rows = tile_start(p.M, max_rows, t + 1) - m0;
+      const int64_t m0 = row_tile_start(p.M, max_rows, t), rows = row_tile_start(p.M, max_rows, t + 1) - m0;
       const TileArgs args{n0, m0, s0, s1, a + m0 * steps * units, partial + m0 * cols, cols, t == 0};
       table[rows - 1][vector_index(v)][full](p, args);
     }
@@ -324,7 +318,7 @@ void run_call(const PackedLinearParams& p, int64_t n0, int v, const uint32_t* a,
 // fewer (a power of two) where the range ends, a call narrower than a panel walks its slices.
 template <class Step>
 void run_panels(const PackedLinearParams& p, int64_t q0, int64_t q1, const uint32_t* a, float* partial) {
-  const int v = Step::vectors(tile_start(p.M, Step::kMaxRows, 1));
+  const int v = Step::vectors(row_tile_start(p.M, Step::kMaxRows, 1));
   const int64_t cols = int64_t{v} * kLanes;
   if (cols >= kLinearPanel) {
     for (int64_t q = q0; q < q1;) {

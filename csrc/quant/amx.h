@@ -23,6 +23,10 @@
 namespace fluid_rt {
 namespace FLUID_RT_ISA_NS {
 
+// Calls of this many rows or more run on AMX tiles: below it a tile's fixed cost per block (B fill,
+// tile loads, C store) outweighs what it saves over the 512-bit pair tile (a SmolLM2 forward:
+// x0.95 at 4 rows, x1.00-1.03 at 7, x1.06 at 8, x1.12 at 12; paired A/B).
+constexpr int kAmxMinRows = 8;
 constexpr int kAmxMaxRows = 16;             // rows of an A or C tile
 constexpr int kAmxCols = 2 * kQuantGroup;   // columns of a C tile: two column groups
 constexpr int64_t kAmxBTileBytes = 8 * 64;  // a block's B tile: 8 quads x 16 columns x 4 k
@@ -87,21 +91,15 @@ inline void amx_block_sums(const uint8_t* b, const int8_t* x, int64_t K,
 template <QuantFormat F, int R>
 inline void amx_fold(__m512* acc, const uint8_t* blk0, const uint8_t* blk1, const QuantizedRows& xq,
                      int64_t row0, int64_t b, const int32_t (*c)[kAmxMaxRows * kAmxCols]) {
-  constexpr int spb = static_cast<int>(quant_scales_per_block(F));
-  constexpr bool f16 = F == QuantFormat::kU4F16 || F == QuantFormat::kS8F16;
-  constexpr int qb = static_cast<int>(quant_quant_bytes(F));
   const int64_t nb = xq.nb;
-  for (int h = 0; h < spb; ++h) {
-    const __m512 dw = pair_scales16(blk0, blk1, qb + 32 * h, f16);
-    for (int r = 0; r < R; ++r) {
-      const __m512 sum = _mm512_cvtepi32_ps(_mm512_load_si512(c[h] + kAmxCols * r));
-      acc[r] = _mm512_fmadd_ps(sum, _mm512_mul_ps(dw, _mm512_set1_ps(xq.dx[(row0 + r) * nb + b])), acc[r]);
-    }
+  for (int h = 0; h < static_cast<int>(quant_scales_per_block(F)); ++h) {
+    const __m512 dw = pair_weight_scales<F>(blk0, blk1, h);
+    for (int r = 0; r < R; ++r)
+      acc[r] = fold16(acc[r], _mm512_load_si512(c[h] + kAmxCols * r), dw, xq.dx[(row0 + r) * nb + b]);
   }
   if constexpr (quant_has_min(F)) {
-    const __m512 mw = pair_scales16(blk0, blk1, qb + (f16 ? 16 : 32), f16);
-    for (int r = 0; r < R; ++r)
-      acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xq.sx[(row0 + r) * nb + b]), acc[r]);
+    const __m512 mw = pair_mins<F>(blk0, blk1);
+    for (int r = 0; r < R; ++r) acc[r] = add_min16(acc[r], mw, xq.sx[(row0 + r) * nb + b]);
   }
 }
 
@@ -137,8 +135,9 @@ void amx_tile(const uint8_t* group0, const uint8_t* group1, const uint8_t* b_til
   for (int r = 0; r < R; ++r) _mm512_storeu_ps(out[r], acc[r]);
 }
 
-// amx_tile for a run-time row count 1..kAmxMaxRows.
-template <QuantFormat F, int R = 1>
+// amx_tile for a run-time row count kAmxMinRows..kAmxMaxRows (balanced row tiles of a call of at
+// least kAmxMinRows rows are never shorter).
+template <QuantFormat F, int R = kAmxMinRows>
 void amx_run_tile(const uint8_t* group0, const uint8_t* group1, const uint8_t* b_tiles, int64_t nb,
                   const QuantizedRows& xq, int64_t row0, int rows, float (*out)[kAmxCols]) {
   if constexpr (R < kAmxMaxRows) {

@@ -6,6 +6,8 @@
 #if FLUID_RT_ISA_AVX512
 #include <cstdint>
 
+#include "quant/params.h"
+
 namespace fluid_rt {
 namespace FLUID_RT_ISA_NS {
 
@@ -22,6 +24,34 @@ inline __m512 pair_scales16(const uint8_t* blk0, const uint8_t* blk1, int offset
                : _mm256_loadu_ps(reinterpret_cast<const float*>(s));
   };
   return _mm512_insertf32x8(_mm512_castps256_ps512(eight(blk0 + offset)), eight(blk1 + offset), 1);
+}
+
+template <QuantFormat F>
+constexpr bool scales_are_f16() {
+  return F == QuantFormat::kU4F16 || F == QuantFormat::kS8F16;
+}
+
+// Weight scale h (0, or 0..1 for kS8F32x2) of block pair (blk0, blk1), 16 columns.
+template <QuantFormat F>
+inline __m512 pair_weight_scales(const uint8_t* blk0, const uint8_t* blk1, int h) {
+  return pair_scales16(blk0, blk1, static_cast<int>(quant_quant_bytes(F)) + 32 * h, scales_are_f16<F>());
+}
+
+// The mins of block pair (blk0, blk1) (4-bit formats), 16 columns.
+template <QuantFormat F>
+inline __m512 pair_mins(const uint8_t* blk0, const uint8_t* blk1) {
+  constexpr bool f16 = scales_are_f16<F>();
+  return pair_scales16(blk0, blk1, static_cast<int>(quant_quant_bytes(F)) + (f16 ? 16 : 32), f16);
+}
+
+// acc + float(sum) * (d_w * d_x), then (add_min16) acc + m_w * s_x: kernel.isa.cpp's `fold` and
+// `add_min` on 16 columns, the same steps per lane. Every 16-column tile folds with these, which is
+// why the pair tile and the AMX tile give the 8-column VNNI tiles' bits.
+inline __m512 fold16(__m512 acc, __m512i sum, __m512 dw, float dx) {
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, _mm512_set1_ps(dx)), acc);
+}
+inline __m512 add_min16(__m512 acc, __m512 mw, float sx) {
+  return _mm512_fmadd_ps(mw, _mm512_set1_ps(sx), acc);
 }
 
 }  // namespace FLUID_RT_ISA_NS

@@ -316,8 +316,6 @@ VNNI512_FN void tile_pair_vnni512(const uint8_t* group0, const uint8_t* group1, 
                                   const QuantizedRows& xq, int64_t row0, float (*out)[2 * kQuantGroup]) {
   constexpr int64_t bb = quant_block_bytes(F);
   constexpr int qps = quads_per_scale<F>(), C = vnni_chains(R);
-  constexpr bool f16 = F == QuantFormat::kU4F16 || F == QuantFormat::kS8F16;
-  constexpr int qb = static_cast<int>(quant_quant_bytes(F));
   const int64_t K = nb * kQuantBlock;
   const __m512i low = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8(static_cast<char>(0x80));
   __m512 acc[R];
@@ -350,7 +348,7 @@ VNNI512_FN void tile_pair_vnni512(const uint8_t* group0, const uint8_t* group1, 
           for (int r = 0; r < R; ++r) isum[r][t % C] = _mm512_dpbusd_epi32(isum[r][t % C], w, quad(r, t));
         }
       }
-      const __m512 dw = pair_scales16(blk0, blk1, qb + 32 * h, f16);
+      const __m512 dw = pair_weight_scales<F>(blk0, blk1, h);
       for (int r = 0; r < R; ++r) {
         __m512i sum = isum[r][0];
         for (int c = 1; c < C; ++c) sum = _mm512_add_epi32(sum, isum[r][c]);
@@ -360,14 +358,12 @@ VNNI512_FN void tile_pair_vnni512(const uint8_t* group0, const uint8_t* group1, 
           sum = _mm512_sub_epi32(sum,
                                  _mm512_set1_epi32(128 * (qps == kQuads ? sum16[0] + sum16[1] : sum16[h])));
         }
-        acc[r] =
-            _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, _mm512_set1_ps(xq.dx[xi])), acc[r]);
+        acc[r] = fold16(acc[r], sum, dw, xq.dx[xi]);
       }
     }
     if constexpr (quant_has_min(F)) {
-      const __m512 mw = pair_scales16(blk0, blk1, qb + (f16 ? 16 : 32), f16);
-      for (int r = 0; r < R; ++r)
-        acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xq.sx[(row0 + r) * nb + b]), acc[r]);
+      const __m512 mw = pair_mins<F>(blk0, blk1);
+      for (int r = 0; r < R; ++r) acc[r] = add_min16(acc[r], mw, xq.sx[(row0 + r) * nb + b]);
     }
   }
   for (int r = 0; r < R; ++r) _mm512_storeu_ps(out[r], acc[r]);
@@ -433,18 +429,6 @@ void store_rows(const QuantLinearParams& p, int64_t g, int64_t row0, int rows, c
 // of x from L2 (which made 128 rows 3x slower per product than 33).
 constexpr int64_t kChunkBytes = 96 << 10;
 
-// Row tiles as even as possible (9 rows in tiles of up to 8: 5 + 4, not 8 + 1): a lone row streams
-// the weight again for little work. Calls f(row0, rows) per tile.
-template <class Fn>
-inline void for_row_tiles(int64_t M, int max_rows, Fn&& f) {
-  const int64_t tiles = (M + max_rows - 1) / max_rows;
-  for (int64_t tile = 0, row0 = 0; tile < tiles; ++tile) {
-    const int rows = static_cast<int>((M - row0) / (tiles - tile));
-    f(row0, rows);
-    row0 += rows;
-  }
-}
-
 // Row tile [row0, row0 + rows) of group g, or of groups g and g + 1 (< end) on the avx512 path's
 // 512-bit pair tile; returns how many groups it did.
 template <QuantFormat F>
@@ -489,10 +473,6 @@ void run_groups(const QuantLinearParams& p, const QuantizedRows& xq) {
 }
 
 #if FLUID_RT_ISA_AVX512
-// Calls of this many rows or more run on AMX tiles: below it a tile's fixed cost per block (B fill,
-// tile loads, C store) outweighs what it saves over the 512-bit pair tile (a SmolLM2 forward:
-// x0.95 at 4 rows, x1.00-1.03 at 7, x1.06 at 8, x1.12 at 12; paired A/B).
-constexpr int64_t kAmxMinRows = 8;
 
 // run_groups on AMX tiles: threads take pairs of column groups (a C tile is 16 columns); each pair's
 // B tiles are filled once, for all row tiles. A lone last group runs the VNNI tile, which computes
