@@ -13,6 +13,13 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 
 constexpr int U = 4;  // vectors per step
 
+// Software prefetch one 4 KiB page ahead, into L1: the hardware streamer stops at page boundaries,
+// and without it the loads and the exp polynomial take turns instead of overlapping. Measured on a
+// 39 MB input from DRAM (2 threads, Xeon): avx2 4.2 -> 2.8 ms, avx512 3.4 -> 2.7, portable 15.6 ->
+// 6.5; a non-temporal hint or 1 KiB ahead gained about half of that. Prefetches never fault, so the
+// last page of a row may point past its end.
+constexpr int64_t kPrefetchBytes = 4096;
+
 struct Lanes {
   VecF m = vset1(-kInf);
   VecI arg = iset1(0);
@@ -59,12 +66,21 @@ struct Lanes {
   }
 };
 
+// Prefetch the cache lines kPrefetchBytes past the step that starts at element i.
+template <DType D>
+inline void prefetch_step(const void* row, int64_t i) {
+  constexpr int64_t kElementBytes = D == DType::kFloat32 ? 4 : 2;
+  const char* ahead = static_cast<const char*>(row) + i * kElementBytes + kPrefetchBytes;
+  for (int64_t b = 0; b < kLanes * U * kElementBytes; b += 64) __builtin_prefetch(ahead + b, 0, 3);
+}
+
 template <DType D>
 EntropyPartial range_vec(const void* row, int64_t lo, int64_t hi, float k) {
   const VecF kv = vset1(k), floor = vset1(kExpFlushBelow);
   Lanes a;
   int64_t i = lo;
   for (; i + kLanes * U <= hi; i += kLanes * U) {
+    prefetch_step<D>(row, i);
     VecF x[U];
     for (int u = 0; u < U; ++u) x[u] = load_as<D>(row, i + kLanes * u);
     // NaN detection: an unordered compare is true when either operand is NaN.
