@@ -408,6 +408,19 @@ void append_new_kv(const CausalAttentionParams& p) {
   }
 }
 
+// Rows per work item: at most kMaxRows, and fewer where the heads alone would leave threads idle
+// (a block of a few tokens over a short cache: SmolLM2 has 3 kv heads), down to kMinSplitRows. A
+// row's result does not depend on its tile, so this changes no bits; below that size the keys are
+// split instead (causal_attention_run).
+constexpr int64_t kMinSplitRows = 4;
+int64_t row_tile(int64_t total_rows, int64_t heads, int64_t threads) {
+  const int64_t tile = attention_row_tile(total_rows, kMaxRows);
+  const int64_t tiles = (total_rows + tile - 1) / tile;
+  const int64_t wanted = (2 * threads + heads - 1) / heads;  // tiles per head for 2 items a thread
+  if (tiles >= wanted) return tile;
+  return std::min(tile, std::max(kMinSplitRows, (total_rows + wanted - 1) / wanted));
+}
+
 }  // namespace
 
 void causal_attention_run(const CausalAttentionParams& p) {
@@ -415,9 +428,10 @@ void causal_attention_run(const CausalAttentionParams& p) {
   if (p.k_new != nullptr) append_new_kv(p);
 
   const int64_t total_rows = p.seqlen_q * p.group();
-  const int64_t tile = attention_row_tile(total_rows, kMaxRows);
-  const int64_t tiles = (total_rows + tile - 1) / tile;
   const int64_t heads = p.batch * p.heads_kv;
+  const int64_t threads = cpu_max_threads();
+  const int64_t tile = row_tile(total_rows, heads, threads);
+  const int64_t tiles = (total_rows + tile - 1) / tile;
   const int64_t items = heads * tiles;
   // Largest causal ranges (last row tiles) first, so the dynamic schedule balances the threads.
   auto item_rows = [&](int64_t it) {
@@ -433,7 +447,6 @@ void causal_attention_run(const CausalAttentionParams& p) {
   for (int64_t b = 0; b < p.batch; ++b)
     max_keys = std::max<int64_t>(max_keys, p.cache_seqlens[b] + p.seqlen_q);
   const int64_t chunks = (max_keys + kChunkKeys - 1) / kChunkKeys;
-  const int64_t threads = cpu_max_threads();
 
   if (items >= 2 * threads || chunks == 1) {
 #pragma omp parallel
