@@ -13,12 +13,17 @@ with ``FLUID_RT_CPU_ISA=<path>`` and times, baseline and ours alternately in the
   rope       rope_ on the q/k heads of a fused qkv, [17 | 512 tokens, 40 heads, 128], vs HF's
              ``q * cos + rotate_half(q) * sin`` written back
 
+torch in each child is held to that path's instruction set (``--torch-isa same``, the default;
+``common.TORCH_ISA_ENV``): on a forced avx2 path the baseline is the AVX2 torch an AVX2-only CPU
+runs, not this CPU's AVX-512 / AMX one. ``--torch-isa native`` leaves torch alone.
+
 Reported: medians (ms) and the same-run ratio torch / ours (> 1: fluid_rt is faster). With
 ``--model`` the linear, quantized-linear and model benchmarks (bench_linear.py, bench_quant.py,
 bench_model.py) also run once per path as subprocesses and their own tables are printed after
 this one.
 
-    python benchmarks/bench_isa.py [--threads 2] [--iters 20] [--paths avx2,portable] [--model] [--json]
+    python benchmarks/bench_isa.py [--threads 2] [--iters 20] [--paths avx2,portable] [--model]
+                                   [--torch-isa same|native] [--json]
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import use_checkout  # noqa: E402
+from common import child_env, torch_isa_label, use_checkout  # noqa: E402
 
 use_checkout()
 
@@ -179,6 +184,7 @@ def child(args):
         rows += fn(args.iters)
     for r in rows:
         r["path"] = fluid_rt.cpu_isa()
+        r["torch"] = torch_isa_label()
         r["ratio"] = r["torch_ms"] / r["ours_ms"]
     print(json.dumps(rows))
 
@@ -187,7 +193,7 @@ def child(args):
 
 
 def run_path(path, args):
-    env = dict(os.environ, FLUID_RT_CPU_ISA=path, OMP_NUM_THREADS=str(args.threads))
+    env = child_env(path, args.threads, args.torch_isa == "same")
     cmd = [
         sys.executable,
         os.path.abspath(__file__),
@@ -202,7 +208,7 @@ def run_path(path, args):
 
 
 def run_model_benchmarks(path, args):
-    env = dict(os.environ, FLUID_RT_CPU_ISA=path, OMP_NUM_THREADS=str(args.threads))
+    env = child_env(path, args.threads, args.torch_isa == "same")
     for script, extra in (
         ("bench_linear.py", []),
         ("bench_quant.py", []),
@@ -225,6 +231,13 @@ def main():
         "--model",
         action="store_true",
         help="also run bench_linear.py, bench_quant.py and bench_model.py per path",
+    )
+    ap.add_argument(
+        "--torch-isa",
+        choices=["same", "native"],
+        default="same",
+        help="same: hold torch in each path's child to that path's instruction set (common.TORCH_ISA_ENV: "
+        "what a CPU of that class runs); native: torch keeps this CPU's best",
     )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -261,6 +274,8 @@ def main():
                     else f"{'-':>24} {'':>6} "
                 )
             print(line)
+        for p in paths:
+            print(f"  {p:<9} torch: {results[p][0]['torch']}")
         notes = {(p, r["op"], r["case"]): r["note"] for p in paths for r in results[p] if r["note"]}
         for (p, op, case), note in notes.items():
             print(f"  {p:<9} {op} {case}: {note}")

@@ -27,6 +27,39 @@ def use_checkout() -> None:
         sys.path.append(ROOT)
 
 
+# Environment that holds torch's own CPU code to a fluid_rt CPU path's instruction set: MKL's BLAS,
+# oneDNN (matmul and the bfloat16 primitives) and ATen's vectorized kernels each read one variable
+# when torch loads. A forced path on a bigger CPU then meets the torch a machine of that class runs,
+# not an AVX-512 (or AMX) one: on the avx2 path the same AVX2 + FMA, on the portable path x86-64's
+# SSE level. Only a child process started with it is restricted.
+TORCH_ISA_ENV = {
+    "avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+    "portable": {
+        "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+        "ONEDNN_MAX_CPU_ISA": "SSE41",
+        "ATEN_CPU_CAPABILITY": "default",
+    },
+}
+
+
+def child_env(path: str, threads: int, restrict_torch: bool) -> dict:
+    """The environment of a benchmark child for CPU path ``path``: ``FLUID_RT_CPU_ISA``, the thread
+    count, and with ``restrict_torch`` torch held to the same instruction set (``TORCH_ISA_ENV``)."""
+    env = dict(os.environ, FLUID_RT_CPU_ISA=path, OMP_NUM_THREADS=str(threads))
+    if restrict_torch:
+        env.update(TORCH_ISA_ENV.get(path, {}))
+    return env
+
+
+def torch_isa_label() -> str:
+    """torch's CPU code level in this process, e.g. "AVX2 (MKL AVX2, oneDNN AVX2)"."""
+    import torch
+
+    mkl = os.environ.get("MKL_ENABLE_INSTRUCTIONS", "native")
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "native")
+    return f"{torch.backends.cpu.get_cpu_capability()} (MKL {mkl}, oneDNN {onednn})"
+
+
 def cpu_path_label() -> str:
     """The CPU path in use, with "+amx" when its matmuls run on AMX tiles (fluid_rt.cpu_isa)."""
     import fluid_rt

@@ -244,6 +244,7 @@ def test_torch_fallback_cpu(monkeypatch):
     """On the portable path the wrapper runs torch's SDPA for large calls (here: every call): same
     contract (cache writes, lse, cache_batch_idx, scale), same reference and tolerances, same errors."""
     monkeypatch.setattr(attention_op, "_force_kernel", False)
+    monkeypatch.setattr(attention_op, "_torch_outpaces_portable", lambda: True)
     with fluid_rt.use_cpu_isa("portable"):
         assert attention_op.uses_torch_fallback(17, 2065, 32, 128)
         assert not attention_op.uses_torch_fallback(9, 265, 9, 64)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import platform
 from collections.abc import Iterator
 
 import torch
@@ -24,19 +26,31 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
 # x keys x query heads x head dim). Below that the fallback's fixed cost (an argument check, the
 # cache writes, a mask and an SDPA call per row: ~0.4 ms) outweighs what SDPA saves: bench_isa's
 # "small" case (9 queries, 265 keys, 9 heads of 64: 1.4M) measured our kernel 3x faster than it.
+# That SDPA was torch's AVX-512 one. An x86 torch held to its baseline code (ATen's DEFAULT
+# capability: a CPU without AVX2, or bench_isa's restricted torch) measured 1.4-1.7x slower than the
+# portable kernel at those shapes, so there the kernel stays (_torch_outpaces_portable).
 _FALLBACK_PATHS = ("portable",)
 _FALLBACK_MIN_WORK = 1 << 24
 _force_kernel = False
 
 
+@functools.cache
+def _torch_outpaces_portable() -> bool:
+    """Whether torch's CPU code has wider vectors than the portable kernel: an x86 torch running
+    AVX2 or AVX-512 code, or any other architecture (aarch64's NEON torch, not measured here)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True
+    return torch.backends.cpu.get_cpu_capability() != "DEFAULT"
+
+
+def _on_fallback_path() -> bool:
+    return not _force_kernel and _C.cpu_isa() in _FALLBACK_PATHS and _torch_outpaces_portable()
+
+
 def uses_torch_fallback(seqlen_q: int, keys: int, heads_q: int, head_dim: int) -> bool:
     """Whether ``causal_attention`` on CPU tensors runs torch's SDPA (see _FALLBACK_PATHS) rather than
     our kernel on the CPU path in use, for rows of ``seqlen_q`` queries over up to ``keys`` keys."""
-    return (
-        not _force_kernel
-        and _C.cpu_isa() in _FALLBACK_PATHS
-        and seqlen_q * keys * heads_q * head_dim >= _FALLBACK_MIN_WORK
-    )
+    return _on_fallback_path() and seqlen_q * keys * heads_q * head_dim >= _FALLBACK_MIN_WORK
 
 
 @contextlib.contextmanager
@@ -53,7 +67,7 @@ def force_kernel() -> Iterator[None]:
 def call_uses_torch_fallback(seqlen_q: int, cache_seqlens, heads_q: int, head_dim: int) -> bool:
     """``uses_torch_fallback`` for a call with these ``cache_seqlens`` (read on the host only on a
     fallback path); False for calls the op rejects or that have nothing to do."""
-    if _force_kernel or _C.cpu_isa() not in _FALLBACK_PATHS:
+    if not _on_fallback_path():
         return False
     if (
         not isinstance(cache_seqlens, torch.Tensor)
