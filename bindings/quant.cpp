@@ -123,20 +123,12 @@ at::Tensor quant_dequantize_rows_impl(const at::Tensor& packed, int64_t format, 
 
 }  // namespace
 
-at::Tensor quant_linear_impl(const at::Tensor& x, const at::Tensor& packed, int64_t format,
-                             int64_t out_features, const std::optional<at::Tensor>& bias, bool silu_and_mul,
-                             const std::optional<at::Tensor>& lora_rows,
-                             const std::optional<at::Tensor>& lora_a_t,
-                             const std::optional<at::Tensor>& lora_b, at::IntArrayRef lora_out_parts) {
-  const QuantFormat f = format_of(format);
-  check_args(kLinearSpec, {x, packed, bias});
-  const int64_t K = packed_in_features(packed, f, out_features);
-  check_linear_input(x, K, silu_and_mul, "packed", packed);
-  if (bias.has_value()) check_size(*bias, 0, out_features, "bias", "out_features");
+at::Tensor quant_linear_output(const at::Tensor& x, const at::Tensor& packed, QuantFormat f, int64_t K,
+                               int64_t out_features, const std::optional<at::Tensor>& bias, bool silu_and_mul,
+                               QuantLinearParams& p) {
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = out_features;
   at::Tensor y = at::empty(out_shape, x.options());
-  QuantLinearParams p;
   p.x = x.data_ptr();
   p.x_row_stride = row_stride(x);
   p.silu_and_mul = silu_and_mul;
@@ -149,6 +141,21 @@ at::Tensor quant_linear_impl(const at::Tensor& x, const at::Tensor& packed, int6
   p.M = x.numel() / x.size(-1);
   p.K = K;
   p.N = out_features;
+  return y;
+}
+
+at::Tensor quant_linear_impl(const at::Tensor& x, const at::Tensor& packed, int64_t format,
+                             int64_t out_features, const std::optional<at::Tensor>& bias, bool silu_and_mul,
+                             const std::optional<at::Tensor>& lora_rows,
+                             const std::optional<at::Tensor>& lora_a_t,
+                             const std::optional<at::Tensor>& lora_b, at::IntArrayRef lora_out_parts) {
+  const QuantFormat f = format_of(format);
+  check_args(kLinearSpec, {x, packed, bias});
+  const int64_t K = packed_in_features(packed, f, out_features);
+  check_linear_input(x, K, silu_and_mul, "packed", packed);
+  if (bias.has_value()) check_size(*bias, 0, out_features, "bias", "out_features");
+  QuantLinearParams p;
+  at::Tensor y = quant_linear_output(x, packed, f, K, out_features, bias, silu_and_mul, p);
   // The gated adapter's LoRA delta at lora_rows, gated_lora_ on this call's x and y: a decode step
   // then makes one op call per adapted linear, not two. Checked before any work is done.
   const bool lora = lora_rows.has_value() || lora_a_t.has_value() || lora_b.has_value();

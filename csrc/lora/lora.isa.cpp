@@ -15,6 +15,11 @@ namespace {
 
 constexpr int kRowTile = kLoraRowTile;
 constexpr int kBlock = kLanes >= 16 ? 4 : 2;  // output vectors per pass: kRowTile x kBlock accumulators
+// Each step's matrix row is prefetched a page ahead: a decode step finds every layer's factors in
+// DRAM (the base weights streamed in between), in rows of 32-128 bytes whose page crossings the
+// hardware streamer does not follow. One mask row's four calls per layer: 13.4 -> 11.2 us per call
+// on avx2 (Xeon, in a forward; a multiple of 1 KiB ahead measured alike).
+constexpr int64_t kPrefetchBytes = 4096;
 
 // A row-major operand: element (i, j) at p[i * stride + j].
 template <class T>
@@ -31,6 +36,8 @@ template <DType WD, int R, int NV, bool kFull>
 inline void rows_mat_step(Mat<float> v, int64_t i, Mat<char> w, VecF (&acc)[R][NV], int64_t tail) {
   constexpr int64_t es = WD == DType::kFloat32 ? 4 : 2;
   const char* row = w.p + i * w.stride * es;
+#pragma GCC unroll 8
+  for (int64_t b = 0; b < NV * kLanes * es; b += 64) __builtin_prefetch(row + kPrefetchBytes + b, 0, 3);
   VecF wv[NV];
 #pragma GCC unroll 8
   for (int b = 0; b < NV; ++b)
