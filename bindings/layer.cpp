@@ -129,10 +129,8 @@ struct LayerLora {
   std::vector<int64_t> ends[kProjs];
 };
 
-// The adapter's factors and rows, by gated_lora_'s own rules (describe_gated_lora), on stand-ins of
-// each projection's input and output (nothing is computed): x itself where the shape is x's, else
-// views of one buffer, one allocation for the three other widths. So a bad factor is reported
-// before x is touched.
+// The adapter's factors and rows, by gated_lora_'s own rules (describe_lora_factors), for each
+// projection's row count and widths, so that a bad factor is reported before x is touched.
 void check_lora(const Dims& d, const at::Tensor& x, const std::optional<at::Tensor>& rows, at::TensorList a_t,
                 at::TensorList b_t, LayerLora& lora) {
   FLUID_CHECK_VALUE(a_t.size() == b_t.size() && (a_t.empty() || a_t.size() == kProjs),
@@ -141,16 +139,11 @@ void check_lora(const Dims& d, const at::Tensor& x, const std::optional<at::Tens
   FLUID_CHECK_VALUE(!rows.has_value() || !a_t.empty(), "lora_rows: given without lora_a_t / lora_b");
   if (!rows.has_value() || rows->numel() == 0) return;
   const int64_t n = d.batch * d.tokens, q_width = d.in_features(kO);
-  const int64_t qkv_width = q_width + 2 * d.heads_kv * d.head_dim, gate_up_width = 2 * d.inter;
-  const at::Tensor buffer = at::empty({n, qkv_width + q_width + gate_up_width}, x.options());
-  const at::Tensor x_rows = x.view({n, d.hidden}),
-                   gate_up = buffer.narrow(1, qkv_width + q_width, gate_up_width);
-  const at::Tensor in[kProjs] = {x_rows, buffer.narrow(1, qkv_width, q_width), x_rows, gate_up};
-  const at::Tensor out[kProjs] = {buffer.narrow(1, 0, qkv_width), x_rows, gate_up, x_rows};
+  const int64_t out[kProjs] = {q_width + 2 * d.heads_kv * d.head_dim, d.hidden, 2 * d.inter, d.hidden};
   for (int i = 0; i < kProjs; ++i) {
     const std::vector<int64_t> parts = d.parts(i);
-    lora.params[i] =
-        describe_gated_lora(out[i], in[i], *rows, a_t[i], b_t[i], i == kDown, parts, lora.ends[i]);
+    lora.params[i] = describe_lora_factors(n, d.in_features(i), out[i], x.scalar_type(), *rows, a_t[i],
+                                           b_t[i], i == kDown, parts, lora.ends[i]);
   }
   lora.active = true;
 }

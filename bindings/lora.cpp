@@ -50,20 +50,16 @@ std::vector<int64_t> part_ends(at::IntArrayRef out_parts, int64_t rank, int64_t 
 
 }  // namespace
 
-GatedLoraParams describe_gated_lora(const at::Tensor& y, const at::Tensor& x, const at::Tensor& rows,
-                                    const at::Tensor& a_t, const at::Tensor& b_t, bool silu_and_mul,
-                                    at::IntArrayRef out_parts, std::vector<int64_t>& ends) {
-  check_args(kGatedLoraSpec, {y, x, rows, a_t, b_t});
-  const int64_t in = a_t.size(0);
-  check_linear_input(x, in, silu_and_mul, "a_t", a_t);
-  const int64_t n = y.numel() / y.size(-1);
+namespace {
+
+// The rows and factors of a call over n rows with `out` output features (already checked by a
+// spec): rows in range and distinct, one factor dtype, the parts and B's pieces. Fills every field
+// but the input's and output's.
+GatedLoraParams lora_factor_params(int64_t n, int64_t out, const at::Tensor& rows, const at::Tensor& a_t,
+                                   const at::Tensor& b_t, bool silu_and_mul, at::IntArrayRef out_parts,
+                                   std::vector<int64_t>& ends) {
   check_rows(rows, n);
   GatedLoraParams p;
-  p.y = y.data_ptr();
-  p.y_stride = row_stride(y);
-  p.x = x.data_ptr();
-  p.x_stride = row_stride(x);
-  p.dtype = y.scalar_type() == at::kFloat ? DType::kFloat32 : DType::kBFloat16;
   p.rows = rows.data_ptr<int64_t>();
   p.num_rows = rows.numel();
   FLUID_CHECK_VALUE(a_t.scalar_type() == b_t.scalar_type(), "a_t and b_t must have one dtype, got ",
@@ -71,9 +67,9 @@ GatedLoraParams describe_gated_lora(const at::Tensor& y, const at::Tensor& x, co
   p.a_t = a_t.data_ptr();
   p.b_t = b_t.data_ptr();
   p.factor_dtype = a_t.scalar_type() == at::kFloat ? DType::kFloat32 : DType::kBFloat16;
-  p.in = in;
+  p.in = a_t.size(0);
   p.rank = a_t.size(1);
-  p.out = y.size(-1);
+  p.out = out;
   p.silu_and_mul = silu_and_mul;
   ends = part_ends(out_parts, p.rank, b_t.size(1), p.out);
   p.part_ends = ends.data();
@@ -81,6 +77,37 @@ GatedLoraParams describe_gated_lora(const at::Tensor& y, const at::Tensor& x, co
   FLUID_CHECK_VALUE(b_t.size(2) == kLoraPiece && b_t.size(0) == lora_num_pieces(p), "b_t: expected ",
                     lora_num_pieces(p), " pieces of ", kLoraPiece, " columns for out_parts ", out_parts,
                     " (ops.lora_pack_b), got shape ", b_t.sizes());
+  return p;
+}
+
+constexpr ArgSpec kLoraFactorArgs[] = {kGatedLoraArgs[2], kGatedLoraArgs[3], kGatedLoraArgs[4]};
+constexpr OpSpec kLoraFactorSpec{kLoraFactorArgs, kGatedLoraSpec.cpu_only};
+
+}  // namespace
+
+GatedLoraParams describe_gated_lora(const at::Tensor& y, const at::Tensor& x, const at::Tensor& rows,
+                                    const at::Tensor& a_t, const at::Tensor& b_t, bool silu_and_mul,
+                                    at::IntArrayRef out_parts, std::vector<int64_t>& ends) {
+  check_args(kGatedLoraSpec, {y, x, rows, a_t, b_t});
+  check_linear_input(x, a_t.size(0), silu_and_mul, "a_t", a_t);
+  GatedLoraParams p =
+      lora_factor_params(y.numel() / y.size(-1), y.size(-1), rows, a_t, b_t, silu_and_mul, out_parts, ends);
+  p.y = y.data_ptr();
+  p.y_stride = row_stride(y);
+  p.x = x.data_ptr();
+  p.x_stride = row_stride(x);
+  p.dtype = y.scalar_type() == at::kFloat ? DType::kFloat32 : DType::kBFloat16;
+  return p;
+}
+
+GatedLoraParams describe_lora_factors(int64_t n, int64_t in, int64_t out, at::ScalarType dtype,
+                                      const at::Tensor& rows, const at::Tensor& a_t, const at::Tensor& b_t,
+                                      bool silu_and_mul, at::IntArrayRef out_parts,
+                                      std::vector<int64_t>& ends) {
+  check_args(kLoraFactorSpec, {rows, a_t, b_t});
+  FLUID_CHECK_VALUE(a_t.size(0) == in, "a_t: expected ", in, " in_features (rows), got shape ", a_t.sizes());
+  GatedLoraParams p = lora_factor_params(n, out, rows, a_t, b_t, silu_and_mul, out_parts, ends);
+  p.dtype = dtype == at::kFloat ? DType::kFloat32 : DType::kBFloat16;
   return p;
 }
 
