@@ -65,7 +65,11 @@ inline void amx_fill_b(const uint8_t* blk0, const uint8_t* blk1, uint8_t* b) {
 template <QuantFormat F>
 inline void amx_fill_b_all(const uint8_t* group0, const uint8_t* group1, int64_t nb, uint8_t* b) {
   constexpr int64_t bb = quant_block_bytes(F);
-  for (int64_t i = 0; i < nb; ++i) amx_fill_b<F>(group0 + i * bb, group1 + i * bb, b + i * kAmxBTileBytes);
+  for (int64_t i = 0; i < nb; ++i) {
+    prefetch_quant_block<F>(group0 + i * bb);
+    prefetch_quant_block<F>(group1 + i * bb);
+    amx_fill_b<F>(group0 + i * bb, group1 + i * bb, b + i * kAmxBTileBytes);
+  }
 }
 
 // One block's tile work in slot S: per scale (two for kS8F32x2) C = A . B, stored to c[h]

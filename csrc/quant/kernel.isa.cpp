@@ -80,6 +80,7 @@ void tile_portable(const uint8_t* group, int64_t nb, const QuantizedRows& xq, in
   float acc[kMaxRows][8] = {};
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = group + b * bb;
+    prefetch_quant_block<F>(blk);
     int q[kQuads][8][4];
     float d[16], m[8];
     unpack_block<F>(blk, q);
@@ -146,6 +147,7 @@ void tile_u4_avx2(const uint8_t* group, int64_t nb, const QuantizedRows& xq, int
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = group + b * bb;
+    prefetch_quant_block<F>(blk);
     const int8_t* x0 = xq.xq + row0 * K + b * kQuantBlock;
     __m256i s16[R];  // int16 pair sums: 8 quads x 2 x 15 x 127 < 2^15
     for (int r = 0; r < R; ++r) s16[r] = _mm256_setzero_si256();
@@ -179,6 +181,7 @@ void tile_s8_avx2(const uint8_t* group, int64_t nb, const QuantizedRows& xq, int
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = group + b * bb;
+    prefetch_quant_block<F>(blk);
     const int8_t* x0 = xq.xq + row0 * K + b * kQuantBlock;
     for (int h = 0; h < kQuads / qps; ++h) {
       __m256i i32[R];
@@ -241,6 +244,7 @@ VNNI_FN void tile_u4_vnni(const uint8_t* group, int64_t nb, const QuantizedRows&
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = group + b * bb;
+    prefetch_quant_block<F>(blk);
     const int8_t* x0 = xq.xq + row0 * K + b * kQuantBlock;
     __m256i isum[R][C];
     for (int r = 0; r < R; ++r)
@@ -277,6 +281,7 @@ VNNI_FN void tile_s8_vnni(const uint8_t* group, int64_t nb, const QuantizedRows&
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = group + b * bb;
+    prefetch_quant_block<F>(blk);
     const int8_t* x0 = xq.xq + row0 * K + b * kQuantBlock;
     for (int h = 0; h < kQuads / qps; ++h) {
       __m256i isum[R][C];
@@ -322,6 +327,8 @@ VNNI512_FN void tile_pair_vnni512(const uint8_t* group0, const uint8_t* group1, 
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t *blk0 = group0 + b * bb, *blk1 = group1 + b * bb;
+    prefetch_quant_block<F>(blk0);
+    prefetch_quant_block<F>(blk1);
     const int8_t* x0 = xq.xq + row0 * K + b * kQuantBlock;
     auto quad = [&](int r, int t) {  // row r's x quad t in every lane
       int32_t v;

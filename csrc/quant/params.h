@@ -54,6 +54,19 @@ constexpr int64_t quant_scale_bytes(QuantFormat f) {
 }
 // Bytes of one (group, block).
 constexpr int64_t quant_block_bytes(QuantFormat f) { return quant_quant_bytes(f) + quant_scale_bytes(f); }
+
+// The kernels prefetch the weight stream 8 KiB ahead of the block they read: a decode step finds
+// every weight outside the core's caches, and the hardware streamer stops at each 4 KiB page, so
+// without it the loads and the integer dots took turns. Embedded SmolLM2 forward (paired A/B, Xeon,
+// 2 threads): 1 row 11.8 -> 11.1 ms (avx2) and 11.2 -> 9.9 (avx512), 5 rows 22.4 -> 20.0 and
+// 18.0 -> 15.3; 2 and 4 KiB ahead gained less on avx512, an L2 hint the same.
+constexpr int64_t kQuantPrefetchBytes = 8192;
+
+template <QuantFormat F>
+inline void prefetch_quant_block(const uint8_t* block) {
+  for (int64_t b = 0; b < quant_block_bytes(F); b += 64)
+    __builtin_prefetch(block + kQuantPrefetchBytes + b, 0, 3);
+}
 // Scales per block and column: 2 for kS8F32x2 (one per 16 k), else 1.
 constexpr int64_t quant_scales_per_block(QuantFormat f) { return f == QuantFormat::kS8F32x2 ? 2 : 1; }
 constexpr int64_t quant_num_groups(int64_t n) { return (n + kQuantGroup - 1) / kQuantGroup; }
