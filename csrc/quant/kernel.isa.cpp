@@ -56,46 +56,56 @@ inline void block_scales(const uint8_t* blk, float* d, float* m) {
 
 // ---- portable micro-kernel ----------------------------------------------------------------------
 
-// A block's quants as ints: q[t][j][i] = q(column j, k = 4 t + i).
+// A block's quants as int16, one column after another: q[j][k] = q(column j, k). int16 products
+// of these and x's int8 quants summed into int32 are the pattern compilers vectorize (SSE2's
+// pmaddwd, NEON's smlal); the sums are exact, so the order of the lanes changes no bit.
 template <QuantFormat F>
-inline void unpack_block(const uint8_t* blk, int (*q)[8][4]) {
-  for (int t = 0; t < kQuads; ++t)
-    for (int j = 0; j < 8; ++j)
+inline void unpack_block(const uint8_t* blk, int16_t (*q)[kQuantBlock]) {
+  for (int j = 0; j < 8; ++j)
+    for (int t = 0; t < kQuads; ++t)
       for (int i = 0; i < 4; ++i) {
         if (quant_is_u4(F)) {
           const uint8_t byte = blk[32 * (t % 4) + 4 * j + i];
-          q[t][j][i] = t < 4 ? (byte & 0xF) : (byte >> 4);
+          q[j][4 * t + i] = static_cast<int16_t>(t < 4 ? (byte & 0xF) : (byte >> 4));
         } else {
-          q[t][j][i] = static_cast<int8_t>(blk[32 * t + 4 * j + i]);
+          q[j][4 * t + i] = static_cast<int8_t>(blk[32 * t + 4 * j + i]);
         }
       }
+}
+
+// The integer dot product of one column's quants and x over k in [K0, K0 + N).
+template <int K0, int N>
+inline int32_t dot_quants(const int16_t* q, const int16_t* x) {
+  int32_t sum = 0;
+  for (int k = K0; k < K0 + N; ++k) sum += q[k] * x[k];
+  return sum;
 }
 
 template <QuantFormat F>
 void tile_portable(const uint8_t* group, int64_t nb, const QuantizedRows& xq, int64_t row0, int rows,
                    float (*out)[kQuantGroup]) {
   constexpr int64_t bb = quant_block_bytes(F);
-  constexpr int qps = quads_per_scale<F>();
+  constexpr int qps = quads_per_scale<F>(), k_per_scale = 4 * qps;
   const int64_t K = nb * kQuantBlock;
   float acc[kMaxRows][8] = {};
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = group + b * bb;
     prefetch_quant_block<F>(blk);
-    int q[kQuads][8][4];
+    int16_t q[8][kQuantBlock];
     float d[16], m[8];
     unpack_block<F>(blk, q);
     block_scales<F>(blk, d, m);
     for (int r = 0; r < rows; ++r) {
       const int8_t* x = xq.xq + (row0 + r) * K + b * kQuantBlock;
       const int64_t xi = (row0 + r) * nb + b;
-      for (int h = 0; h < kQuads / qps; ++h) {
-        int isum[8] = {};
-        for (int t = h * qps; t < (h + 1) * qps; ++t)
-          for (int i = 0; i < 4; ++i)
-            for (int j = 0; j < 8; ++j) isum[j] += q[t][j][i] * x[4 * t + i];
+      int16_t xs[kQuantBlock];
+      for (int k = 0; k < kQuantBlock; ++k) xs[k] = x[k];
+      for (int j = 0; j < 8; ++j)
+        acc[r][j] = acc[r][j] + static_cast<float>(dot_quants<0, k_per_scale>(q[j], xs)) * (d[j] * xq.dx[xi]);
+      if constexpr (k_per_scale < kQuantBlock)  // a second scale for k 16..31 (kS8F32x2)
         for (int j = 0; j < 8; ++j)
-          acc[r][j] = acc[r][j] + static_cast<float>(isum[j]) * (d[8 * h + j] * xq.dx[xi]);
-      }
+          acc[r][j] = acc[r][j] + static_cast<float>(dot_quants<k_per_scale, k_per_scale>(q[j], xs)) *
+                                      (d[8 + j] * xq.dx[xi]);
       if (quant_has_min(F))
         for (int j = 0; j < 8; ++j) acc[r][j] = acc[r][j] + m[j] * xq.sx[xi];
     }
