@@ -144,6 +144,8 @@ at::Tensor quant_linear_output(const at::Tensor& x, const at::Tensor& packed, Qu
   return y;
 }
 
+namespace {
+
 at::Tensor quant_linear_impl(const at::Tensor& x, const at::Tensor& packed, int64_t format,
                              int64_t out_features, const std::optional<at::Tensor>& bias, bool silu_and_mul,
                              const std::optional<at::Tensor>& lora_rows,
@@ -171,6 +173,8 @@ at::Tensor quant_linear_impl(const at::Tensor& x, const at::Tensor& packed, int6
   if (lora) gated_lora_cpu(lp);
   return y;
 }
+
+}  // namespace
 
 }  // namespace fluid_rt
 

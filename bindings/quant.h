@@ -1,5 +1,5 @@
-// quant_linear's impl, for fused ops that run it without a dispatch (bindings/layer.cpp); the op's
-// schema, checks and registration are in bindings/quant.cpp.
+// quant_linear's output and params for fused ops that run it without a dispatch (bindings/layer.cpp);
+// the op's schema, checks and registration are in bindings/quant.cpp.
 #pragma once
 #include <optional>
 
@@ -15,11 +15,5 @@ namespace fluid_rt {
 at::Tensor quant_linear_output(const at::Tensor& x, const at::Tensor& packed, QuantFormat f, int64_t K,
                                int64_t out_features, const std::optional<at::Tensor>& bias, bool silu_and_mul,
                                QuantLinearParams& p);
-
-at::Tensor quant_linear_impl(const at::Tensor& x, const at::Tensor& packed, int64_t format,
-                             int64_t out_features, const std::optional<at::Tensor>& bias, bool silu_and_mul,
-                             const std::optional<at::Tensor>& lora_rows,
-                             const std::optional<at::Tensor>& lora_a_t,
-                             const std::optional<at::Tensor>& lora_b, at::IntArrayRef lora_out_parts);
 
 }  // namespace fluid_rt

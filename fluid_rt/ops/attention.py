@@ -27,7 +27,7 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
 # cache writes, a mask and an SDPA call per row: ~0.4 ms) outweighs what SDPA saves: bench_isa's
 # "small" case (9 queries, 265 keys, 9 heads of 64: 1.4M) measured our kernel 3x faster than it.
 # That SDPA was torch's AVX-512 one. An x86 torch held to its baseline code (ATen's DEFAULT
-# capability: a CPU without AVX2, or bench_isa's restricted torch) measured 1.4-1.7x slower than the
+# capability: a CPU without AVX2, or bench_isa's restricted torch) measured 1.3-1.8x slower than the
 # portable kernel at those shapes, so there the kernel stays (_torch_outpaces_portable).
 _FALLBACK_PATHS = ("portable",)
 _FALLBACK_MIN_WORK = 1 << 24
