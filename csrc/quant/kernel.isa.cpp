@@ -232,8 +232,9 @@ inline bool cpu_has_vnni() { return cpu_has_avx_vnni(); }
 
 // Independent int32 accumulators per row, so that a tile of few rows still hides dpbusd's latency.
 constexpr int vnni_chains(int rows) { return rows >= 4 ? 1 : rows >= 2 ? 2 : 4; }
-// The 4-bit 256-bit tile keeps two chains at 4 rows too (16 ymm registers still hold them): on the
-// avx2 path's AVX-VNNI that measured x0.93-0.98 per call at 4-9 rows (3072 x 576 Q4_1, paired A/B).
+// The 4-bit 256-bit tile keeps two chains at 4 rows too (GCC then keeps the float accumulators on the
+// stack, and it is still faster): on the avx2 path's AVX-VNNI x0.93-0.96 per call at 4-8 rows
+// (3072 x 576 Q4_1, paired A/B).
 constexpr int vnni_chains_u4_256(int rows) { return rows == 4 ? 2 : vnni_chains(rows); }
 
 // Sums a row's chains into its first.
