@@ -265,6 +265,33 @@ def bench_row(impl: str, result: tuple, prompt_tokens: int, new_tokens: int) -> 
     return row
 
 
+def bench_prompt(loaded, prompt: list[int], baselines: dict, args) -> list[dict]:
+    """The first table's rows: prefill and decode of ``prompt`` by each llama.cpp baseline, then by
+    fluid_rt on each CPU path, with ratios against the path's baseline (``baseline_for``)."""
+    n = args.new_tokens
+    rows = [
+        bench_row(name, llm.bench(prompt, n, args.repeats), len(prompt), n) for name, llm in baselines.items()
+    ]
+    dec = Decoder(loaded.model, max_seq=len(prompt) + n + 8)
+    for isa in args.isa.split(","):
+        with fluid_rt.use_cpu_isa(isa):
+            t_pre, t_dec, toks = bench_fluid(dec, prompt, n, args.repeats)
+            label = cpu_path_label()
+        r = bench_row(f"fluid_rt {args.weights} {label}", (t_pre, t_dec, toks), len(prompt), n)
+        vs = baseline_for(label, baselines)
+        if vs is not None:
+            base = next(b for b in rows if b["impl"] == vs)
+            r["prefill_ratio"] = r["prefill_tok_s"] / base["prefill_tok_s"]
+            r["decode_ratio"] = r["decode_tok_s"] / base["decode_tok_s"]
+            r["vs"] = vs
+            # greedy agreement with llama.cpp (informative: both quantize activations, differently)
+            r["same_tokens"] = next((i for i, (a, b) in enumerate(zip(toks, base["tokens"])) if a != b), n)
+        rows.append(r)
+    for r in rows:
+        del r["tokens"]
+    return rows
+
+
 def chat_prompts(tokenizer, n: int) -> list[list[int]]:
     """The first ``n`` held-out chat prompts, kinds interleaved, as chat-template ids."""
     from fluid_rt.adapt.data import chat_ids
@@ -386,29 +413,7 @@ def main(argv=None) -> None:
 
     baselines = open_baselines(path, args.threads, args.llama_cpp)
     try:
-        rows = [
-            bench_row(name, llm.bench(prompt, n, args.repeats), len(prompt), n)
-            for name, llm in baselines.items()
-        ]
-        dec = Decoder(loaded.model, max_seq=len(prompt) + n + 8)
-        for isa in args.isa.split(","):
-            with fluid_rt.use_cpu_isa(isa):
-                t_pre, t_dec, toks = bench_fluid(dec, prompt, n, args.repeats)
-                label = cpu_path_label()
-            r = bench_row(f"fluid_rt {args.weights} {label}", (t_pre, t_dec, toks), len(prompt), n)
-            vs = baseline_for(label, baselines)
-            if vs is not None:
-                base = next(b for b in rows if b["impl"] == vs)
-                r["prefill_ratio"] = r["prefill_tok_s"] / base["prefill_tok_s"]
-                r["decode_ratio"] = r["decode_tok_s"] / base["decode_tok_s"]
-                r["vs"] = vs
-                # greedy agreement with llama.cpp (informative: both quantize activations, differently)
-                r["same_tokens"] = next(
-                    (i for i, (a, b) in enumerate(zip(toks, base["tokens"])) if a != b), n
-                )
-            rows.append(r)
-        for r in rows:
-            del r["tokens"]
+        rows = bench_prompt(loaded, prompt, baselines, args)
         chat = bench_chat(loaded, baselines, args) if args.chat_prompts > 0 else None
     finally:
         for llm in baselines.values():
