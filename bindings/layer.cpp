@@ -131,19 +131,19 @@ struct LayerLora {
 
 // The adapter's factors and rows, by gated_lora_'s own rules (describe_lora_factors), for each
 // projection's row count and widths, so that a bad factor is reported before x is touched.
-void check_lora(const Dims& d, const at::Tensor& x, const std::optional<at::Tensor>& rows, at::TensorList a_t,
-                at::TensorList b_t, LayerLora& lora) {
+void check_lora(const Dims& d, const at::Tensor& x, at::IntArrayRef out_features,
+                const std::optional<at::Tensor>& rows, at::TensorList a_t, at::TensorList b_t,
+                LayerLora& lora) {
   FLUID_CHECK_VALUE(a_t.size() == b_t.size() && (a_t.empty() || a_t.size() == kProjs),
                     "lora_a_t, lora_b: expected 4 each (qkv, o, gate_up, down) or none, got ", a_t.size(),
                     ", ", b_t.size());
   FLUID_CHECK_VALUE(!rows.has_value() || !a_t.empty(), "lora_rows: given without lora_a_t / lora_b");
   if (!rows.has_value() || rows->numel() == 0) return;
-  const int64_t n = d.batch * d.tokens, q_width = d.in_features(kO);
-  const int64_t out[kProjs] = {q_width + 2 * d.heads_kv * d.head_dim, d.hidden, 2 * d.inter, d.hidden};
+  const int64_t n = d.batch * d.tokens;
   for (int i = 0; i < kProjs; ++i) {
     const std::vector<int64_t> parts = d.parts(i);
-    lora.params[i] = describe_lora_factors(n, d.in_features(i), out[i], x.scalar_type(), *rows, a_t[i],
-                                           b_t[i], i == kDown, parts, lora.ends[i]);
+    lora.params[i] = describe_lora_factors(n, d.in_features(i), out_features[i], x.scalar_type(), *rows,
+                                           a_t[i], b_t[i], i == kDown, parts, lora.ends[i]);
   }
   lora.active = true;
 }
@@ -202,7 +202,7 @@ at::Tensor decoder_layer_impl(at::Tensor& x, const std::optional<at::Tensor>& de
                     cos.sizes());
   check_projections(d, weights, formats, out_features, biases, x);
   LayerLora lora;
-  check_lora(d, x, lora_rows, lora_a_t, lora_b, lora);
+  check_lora(d, x, out_features, lora_rows, lora_a_t, lora_b, lora);
   check_attention(d, x, k_cache, v_cache, cache_seqlens, cache_batch_idx);
   const Projections project{d, weights, formats, out_features, biases, lora};
 

@@ -80,6 +80,8 @@ GatedLoraParams lora_factor_params(int64_t n, int64_t out, const at::Tensor& row
   return p;
 }
 
+// The rows, a_t and b_t entries of gated_lora_'s table: the checks of a call whose y and x do not
+// exist yet (describe_lora_factors).
 constexpr ArgSpec kLoraFactorArgs[] = {kGatedLoraArgs[2], kGatedLoraArgs[3], kGatedLoraArgs[4]};
 constexpr OpSpec kLoraFactorSpec{kLoraFactorArgs, kGatedLoraSpec.cpu_only};
 

@@ -2,6 +2,7 @@
 // vector, U vectors per step, a per-lane (m, s, t, argmax) with one (s, t) pair per vector slot, and
 // a polynomial exp (csrc/common/vexp.h). NaN and +inf are only flagged (the row is redone by
 // cpu.cpp's rules); -inf weighs exactly 0 (d is clamped to kExpFlushBelow, where exp gives 0).
+#include "common/prefetch.h"
 #include "common/vexp.h"
 #include "entropy/partial.h"
 
@@ -70,8 +71,8 @@ struct Lanes {
 template <DType D>
 inline void prefetch_step(const void* row, int64_t i) {
   constexpr int64_t kElementBytes = D == DType::kFloat32 ? 4 : 2;
-  const char* ahead = static_cast<const char*>(row) + i * kElementBytes + kPrefetchBytes;
-  for (int64_t b = 0; b < kLanes * U * kElementBytes; b += 64) __builtin_prefetch(ahead + b, 0, 3);
+  prefetch_span(static_cast<const char*>(row) + i * kElementBytes + kPrefetchBytes,
+                kLanes * U * kElementBytes);
 }
 
 template <DType D>

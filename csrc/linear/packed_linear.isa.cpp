@@ -268,8 +268,8 @@ constexpr TileTable kTable = make_table<Step>(std::make_integer_sequence<int, St
 
 // ---- x, packed per tile ------------------------------------------------------------------------
 
-// Steps [s0, s1) of every tile's rows of x into `a` (tile t at word row_tile_start(t) * steps * kUnits; row
-// tiles: common/parallel.h).
+// Steps [s0, s1) of every tile's rows of x into `a`: tile t (common/parallel.h's row tiles) at word
+// row_tile_start(t) * steps * kUnits.
 template <class Step>
 void pack_rows(const PackedLinearParams& p, uint32_t* a, int64_t s0, int64_t s1) {
   const int64_t steps = num_steps(p);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <memory>
 
+#include "common/prefetch.h"
 #include "common/vexp.h"
 #include "lora/params.h"
 
@@ -36,8 +37,7 @@ template <DType WD, int R, int NV, bool kFull>
 inline void rows_mat_step(Mat<float> v, int64_t i, Mat<char> w, VecF (&acc)[R][NV], int64_t tail) {
   constexpr int64_t es = WD == DType::kFloat32 ? 4 : 2;
   const char* row = w.p + i * w.stride * es;
-#pragma GCC unroll 8
-  for (int64_t b = 0; b < NV * kLanes * es; b += 64) __builtin_prefetch(row + kPrefetchBytes + b, 0, 3);
+  prefetch_span(row + kPrefetchBytes, NV * kLanes * es);
   VecF wv[NV];
 #pragma GCC unroll 8
   for (int b = 0; b < NV; ++b)

@@ -3,7 +3,8 @@
 // AMX tiles), and every row runs through the same instructions whatever its tile (integer dot
 // products are exact in any order, and each row's float work is the same sequence), so a row's
 // result never depends on the other rows of the call.
-//   portable: scalar integer dots (the same sums and float steps, the float ones unfused);
+//   portable: int16 dot products the compiler vectorizes (the same sums and float steps, the float
+//             ones unfused);
 //   avx2:     maddubs (u8 x s8 pairs -> int16) + madd (-> int32); int8 weights as |w| x sign(x, w);
 //             AVX-VNNI dpbusd (u8 x s8 quads -> int32) where the CPU has it (the same integers);
 //   avx512:   AVX512-VNNI dpbusd on two column groups per 512-bit vector where the CPU has it, else
@@ -73,11 +74,11 @@ inline void unpack_block(const uint8_t* blk, int16_t (*q)[kQuantBlock]) {
       }
 }
 
-// The integer dot product of one column's quants and x over k in [K0, K0 + N).
-template <int K0, int N>
+// The integer dot product of N quants of one column and N of x.
+template <int N>
 inline int32_t dot_quants(const int16_t* q, const int16_t* x) {
   int32_t sum = 0;
-  for (int k = K0; k < K0 + N; ++k) sum += q[k] * x[k];
+  for (int k = 0; k < N; ++k) sum += q[k] * x[k];
   return sum;
 }
 
@@ -100,12 +101,11 @@ void tile_portable(const uint8_t* group, int64_t nb, const QuantizedRows& xq, in
       const int64_t xi = (row0 + r) * nb + b;
       int16_t xs[kQuantBlock];
       for (int k = 0; k < kQuantBlock; ++k) xs[k] = x[k];
-      for (int j = 0; j < 8; ++j)
-        acc[r][j] = acc[r][j] + static_cast<float>(dot_quants<0, k_per_scale>(q[j], xs)) * (d[j] * xq.dx[xi]);
-      if constexpr (k_per_scale < kQuantBlock)  // a second scale for k 16..31 (kS8F32x2)
-        for (int j = 0; j < 8; ++j)
-          acc[r][j] = acc[r][j] + static_cast<float>(dot_quants<k_per_scale, k_per_scale>(q[j], xs)) *
-                                      (d[8 + j] * xq.dx[xi]);
+      for (int h = 0; h < kQuantBlock / k_per_scale; ++h)  // two scales per block for kS8F32x2
+        for (int j = 0; j < 8; ++j) {
+          const int32_t dot = dot_quants<k_per_scale>(q[j] + h * k_per_scale, xs + h * k_per_scale);
+          acc[r][j] = acc[r][j] + static_cast<float>(dot) * (d[8 * h + j] * xq.dx[xi]);
+        }
       if (quant_has_min(F))
         for (int j = 0; j < 8; ++j) acc[r][j] = acc[r][j] + m[j] * xq.sx[xi];
     }
@@ -545,7 +545,6 @@ void run_format(const QuantLinearParams& p, const QuantizedRows& xq) {
 
 void quant_linear_run(const QuantLinearParams& p) {
   if (p.M == 0) return;
-
   const int64_t nb = p.K / kQuantBlock;
   std::unique_ptr<int8_t[]> quants(new int8_t[p.M * p.K]);
   std::unique_ptr<float[]> scales(new float[2 * p.M * nb]);

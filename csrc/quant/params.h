@@ -32,6 +32,7 @@
 #include <cstdint>
 
 #include "common/dtype.h"
+#include "common/prefetch.h"
 
 namespace fluid_rt {
 
@@ -55,6 +56,10 @@ constexpr int64_t quant_scale_bytes(QuantFormat f) {
 // Bytes of one (group, block).
 constexpr int64_t quant_block_bytes(QuantFormat f) { return quant_quant_bytes(f) + quant_scale_bytes(f); }
 
+// Scales per block and column: 2 for kS8F32x2 (one per 16 k), else 1.
+constexpr int64_t quant_scales_per_block(QuantFormat f) { return f == QuantFormat::kS8F32x2 ? 2 : 1; }
+constexpr int64_t quant_num_groups(int64_t n) { return (n + kQuantGroup - 1) / kQuantGroup; }
+
 // The kernels prefetch the weight stream 8 KiB ahead of the block they read: a decode step finds
 // every weight outside the core's caches, and the hardware streamer stops at each 4 KiB page, so
 // without it the loads and the integer dots took turns. Embedded SmolLM2 forward (paired A/B, Xeon,
@@ -64,12 +69,8 @@ constexpr int64_t kQuantPrefetchBytes = 8192;
 
 template <QuantFormat F>
 inline void prefetch_quant_block(const uint8_t* block) {
-  for (int64_t b = 0; b < quant_block_bytes(F); b += 64)
-    __builtin_prefetch(block + kQuantPrefetchBytes + b, 0, 3);
+  prefetch_span(block + kQuantPrefetchBytes, quant_block_bytes(F));
 }
-// Scales per block and column: 2 for kS8F32x2 (one per 16 k), else 1.
-constexpr int64_t quant_scales_per_block(QuantFormat f) { return f == QuantFormat::kS8F32x2 ? 2 : 1; }
-constexpr int64_t quant_num_groups(int64_t n) { return (n + kQuantGroup - 1) / kQuantGroup; }
 
 // Packing: integer quants and float scales (rows = output columns) -> the layout above.
 struct QuantPackParams {
